@@ -1,0 +1,66 @@
+//! Leaky bucket as a meter: each unit of cost pours one emission interval of water in, the
+//! bucket drains one tick of water per tick, and a request that would overflow `tau` is denied.
+
+use super::Raw;
+use crate::quota::Params;
+
+/// Water level (in ticks of draining) at tick `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeakyBucketState {
+    pub(crate) level: u64,
+    pub(crate) at: u64,
+}
+
+pub(crate) fn apply(state: &mut Option<LeakyBucketState>, now: u64, p: &Params, cost: u64, commit: bool) -> Raw {
+    let now = state.map_or(now, |s| now.max(s.at));
+    let mut level = state.map_or(0, |s| s.level.saturating_sub(now - s.at));
+    let room = |level: u64| (p.tau - level.min(p.tau)) / p.interval;
+    let poured = level.saturating_add(cost.saturating_mul(p.interval));
+    let allowed = cost <= p.burst && poured <= p.tau;
+    let retry_after = if allowed || cost > p.burst { None } else { Some(poured - p.tau) };
+    if allowed && commit {
+        level = poured;
+    }
+    *state = (level > 0).then_some(LeakyBucketState { level, at: now });
+    Raw { allowed, capacity: p.burst, remaining: room(level), reset_after: level, retry_after }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Quota;
+    use std::num::NonZeroU32;
+
+    fn params(limit: u32, burst: u32) -> Params {
+        let l = NonZeroU32::new(limit).unwrap();
+        Quota::per_second(l).burst(NonZeroU32::new(burst).unwrap()).unwrap().params(1_000_000)
+    }
+
+    #[test]
+    fn overflow_is_denied_until_drained() {
+        let p = params(10, 2);
+        let mut s = None;
+        assert!(apply(&mut s, 0, &p, 1, true).allowed);
+        assert!(apply(&mut s, 0, &p, 1, true).allowed);
+        let r = apply(&mut s, 30, &p, 1, true);
+        assert_eq!((r.allowed, r.retry_after, r.reset_after), (false, Some(70), 170));
+        assert!(apply(&mut s, 100, &p, 1, true).allowed);
+    }
+
+    #[test]
+    fn drained_meter_holds_no_state() {
+        let p = params(10, 2);
+        let mut s = None;
+        apply(&mut s, 0, &p, 1, true);
+        apply(&mut s, 100, &p, 1, false);
+        assert_eq!(s, None);
+    }
+
+    #[test]
+    fn clock_going_back_does_not_refill() {
+        let p = params(10, 1);
+        let mut s = None;
+        assert!(apply(&mut s, 1000, &p, 1, true).allowed);
+        assert!(!apply(&mut s, 900, &p, 1, true).allowed);
+    }
+}

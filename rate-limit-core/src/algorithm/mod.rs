@@ -1,0 +1,260 @@
+//! The six algorithms, each a pure state transition in integer ticks.
+//!
+//! Every transition has the shape
+//! `(state, now, quota, cost, commit) -> (decision, state)`: no I/O, no real time, no floats.
+//! `commit = false` computes the same decision without charging (a *peek*); it may still tidy the
+//! state (drop expired log entries, roll a window), which never changes a later decision.
+//!
+//! A state that is back to full is `None`: a store holds nothing for it.
+//!
+//! | algorithm | state | admits |
+//! |---|---|---|
+//! | [`TokenBucket`](Algorithm::TokenBucket) | tokens + refill time | `burst` at once, then one per emission interval |
+//! | [`LeakyBucket`](Algorithm::LeakyBucket) | water level + time | the same, as a meter that drains |
+//! | [`Gcra`](Algorithm::Gcra) | one timestamp (TAT) | the same, in 8 bytes |
+//! | [`FixedWindow`](Algorithm::FixedWindow) | window start + count | `limit` per epoch-aligned window |
+//! | [`SlidingWindowLog`](Algorithm::SlidingWindowLog) | one entry per admission time | `limit` in *any* window of `period` |
+//! | [`SlidingWindow`](Algorithm::SlidingWindow) | two counters | `limit` per aligned window; < `2 * limit` in any window (see its docs) |
+//!
+//! The three bucket algorithms make identical decisions (the conformance table checks that);
+//! they differ in the state they keep and in how their state reads.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::decision::Snapshot;
+use crate::error::ConfigError;
+use crate::quota::{Params, Quota};
+
+pub(crate) mod fixed_window;
+pub(crate) mod gcra;
+pub(crate) mod leaky_bucket;
+pub(crate) mod sliding_window;
+pub(crate) mod sliding_window_log;
+pub(crate) mod token_bucket;
+
+/// A rate-limiting algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// A bucket of `burst` tokens refilled one per emission interval, in whole tokens.
+    #[default]
+    TokenBucket,
+    /// A meter of capacity `burst` that drains one unit per emission interval; a request that
+    /// would overflow it is denied.
+    LeakyBucket,
+    /// Counts per window aligned to multiples of the period since the Unix epoch, so that every
+    /// instance agrees on window edges. Up to `2 * limit` can pass around an edge.
+    FixedWindow,
+    /// Exact sliding window: remembers each admission for one period. State grows with the limit.
+    SlidingWindowLog,
+    /// Sliding window counter: the current window's count plus the previous window's, weighted by
+    /// how much of it still overlaps the sliding window.
+    ///
+    /// Error bound: it admits at most `limit` per aligned window, and in any window of length
+    /// `period` at most `limit + prev * e / period < 2 * limit`, where `prev` is what the previous
+    /// aligned window admitted and `e` is how far the sliding window reaches into the current one.
+    /// It over-admits only when the previous window's traffic was bunched at its end.
+    SlidingWindow,
+    /// Generic cell rate algorithm: a theoretical arrival time, one `u64` of state.
+    Gcra,
+}
+
+impl Algorithm {
+    /// Every algorithm, in a fixed order.
+    pub const ALL: [Algorithm; 6] = [
+        Algorithm::TokenBucket,
+        Algorithm::LeakyBucket,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindowLog,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ];
+
+    /// The snake_case name used in configuration (`token_bucket`, `gcra`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::TokenBucket => "token_bucket",
+            Self::LeakyBucket => "leaky_bucket",
+            Self::FixedWindow => "fixed_window",
+            Self::SlidingWindowLog => "sliding_window_log",
+            Self::SlidingWindow => "sliding_window",
+            Self::Gcra => "gcra",
+        }
+    }
+
+    /// Whether the algorithm's capacity is the quota's burst (buckets) rather than its limit
+    /// (windows).
+    pub const fn is_bucket(self) -> bool {
+        matches!(self, Self::TokenBucket | Self::LeakyBucket | Self::Gcra)
+    }
+
+    /// Runs one transition in nanoseconds since the Unix epoch: the decision for `cost` at `now`
+    /// and the state to keep (`None` when the state is back to full).
+    ///
+    /// With `commit = false` nothing is charged: this is what a check *would* decide.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use std::time::Duration;
+    /// use rate_limit_core::{Algorithm, Quota};
+    ///
+    /// let quota = Quota::per_second(NonZeroU32::new(2).unwrap());
+    /// let one = NonZeroU32::MIN;
+    /// let t0 = Duration::from_secs(1_000);
+    /// let (d, s) = Algorithm::Gcra.transition(None, t0, &quota, one, true);
+    /// assert!(d.allowed());
+    /// let (d, s) = Algorithm::Gcra.transition(s, t0, &quota, one, true);
+    /// assert!(d.allowed());
+    /// let (d, _) = Algorithm::Gcra.transition(s, t0, &quota, one, true);
+    /// assert!(!d.allowed());
+    /// assert_eq!(d.retry_after(), Some(Duration::from_millis(500)));
+    /// ```
+    pub fn transition(
+        self,
+        state: Option<State>,
+        now: Duration,
+        quota: &Quota,
+        cost: NonZeroU32,
+        commit: bool,
+    ) -> (Snapshot, Option<State>) {
+        let mut slot = state;
+        let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        let p = quota.params(1);
+        let raw = apply(self, &mut slot, now, &p, u64::from(cost.get()), commit);
+        (raw.snapshot(&p), slot)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = ConfigError;
+
+    /// Parses a [`name`](Algorithm::name); `-` is accepted for `_` and case is ignored.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let norm = s.trim().to_ascii_lowercase().replace('-', "_");
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == norm)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "algorithm",
+                    s,
+                    "expected one of token_bucket, leaky_bucket, fixed_window, sliding_window_log, sliding_window, gcra",
+                )
+            })
+    }
+}
+
+/// The state one algorithm keeps for one key and one limit. Opaque: only transitions read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum State {
+    /// [`Algorithm::TokenBucket`]'s state.
+    TokenBucket(token_bucket::TokenBucketState),
+    /// [`Algorithm::LeakyBucket`]'s state.
+    LeakyBucket(leaky_bucket::LeakyBucketState),
+    /// [`Algorithm::FixedWindow`]'s state.
+    FixedWindow(fixed_window::FixedWindowState),
+    /// [`Algorithm::SlidingWindowLog`]'s state.
+    SlidingWindowLog(Box<sliding_window_log::LogState>),
+    /// [`Algorithm::SlidingWindow`]'s state.
+    SlidingWindow(sliding_window::SlidingWindowState),
+    /// [`Algorithm::Gcra`]'s state.
+    Gcra(gcra::GcraState),
+}
+
+/// A decision in ticks, before conversion to durations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Raw {
+    pub(crate) allowed: bool,
+    pub(crate) capacity: u64,
+    pub(crate) remaining: u64,
+    pub(crate) reset_after: u64,
+    pub(crate) retry_after: Option<u64>,
+}
+
+impl Raw {
+    pub(crate) fn snapshot(&self, p: &Params) -> Snapshot {
+        let d = |ticks: u64| Duration::from_nanos(ticks.saturating_mul(p.tick));
+        Snapshot::new(
+            self.allowed,
+            u32::try_from(self.capacity).unwrap_or(u32::MAX),
+            u32::try_from(self.remaining).unwrap_or(u32::MAX),
+            d(self.reset_after),
+            self.retry_after.map(d),
+        )
+    }
+}
+
+/// Moves the matching variant out of `slot`, runs `f` on it, and puts the result back. A state
+/// of another algorithm (which a store never hands over) counts as no state.
+macro_rules! dispatch {
+    ($slot:ident, $variant:ident, $module:ident, $($arg:expr),*) => {{
+        let mut s = match $slot.take() {
+            Some(State::$variant(s)) => Some(s),
+            _ => None,
+        };
+        let raw = $module::apply(&mut s, $($arg),*);
+        *$slot = s.map(State::$variant);
+        raw
+    }};
+}
+
+/// Runs `algorithm`'s transition on `slot` in ticks.
+pub(crate) fn apply(
+    algorithm: Algorithm,
+    slot: &mut Option<State>,
+    now: u64,
+    p: &Params,
+    cost: u64,
+    commit: bool,
+) -> Raw {
+    match algorithm {
+        Algorithm::TokenBucket => dispatch!(slot, TokenBucket, token_bucket, now, p, cost, commit),
+        Algorithm::LeakyBucket => dispatch!(slot, LeakyBucket, leaky_bucket, now, p, cost, commit),
+        Algorithm::FixedWindow => dispatch!(slot, FixedWindow, fixed_window, now, p, cost, commit),
+        Algorithm::SlidingWindowLog => {
+            dispatch!(slot, SlidingWindowLog, sliding_window_log, now, p, cost, commit)
+        }
+        Algorithm::SlidingWindow => {
+            dispatch!(slot, SlidingWindow, sliding_window, now, p, cost, commit)
+        }
+        Algorithm::Gcra => dispatch!(slot, Gcra, gcra, now, p, cost, commit),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for a in Algorithm::ALL {
+            assert_eq!(a.name().parse::<Algorithm>().unwrap(), a);
+        }
+        assert_eq!(
+            "Sliding-Window-Log".parse::<Algorithm>().unwrap(),
+            Algorithm::SlidingWindowLog
+        );
+        let err = "leaky".parse::<Algorithm>().unwrap_err();
+        assert_eq!(err.setting(), "algorithm");
+        assert_eq!(err.value(), "leaky");
+    }
+
+    #[test]
+    fn a_foreign_state_counts_as_none() {
+        let q = Quota::per_second(NonZeroU32::new(1).unwrap());
+        let t = Duration::from_secs(10);
+        let (_, s) = Algorithm::Gcra.transition(None, t, &q, NonZeroU32::MIN, true);
+        let (d, _) = Algorithm::FixedWindow.transition(s, t, &q, NonZeroU32::MIN, true);
+        assert!(d.allowed());
+    }
+}

@@ -1,0 +1,113 @@
+//! Sliding window counter: the current aligned window's count plus the previous one's, weighted
+//! by the share of the previous window the sliding window still covers.
+//!
+//! A request of cost `c` passes when `prev * (P - e) + (cur + c) * P <= limit * P`, where `e` is
+//! the time since the current window began: exact integer arithmetic, no floats. See
+//! [`Algorithm::SlidingWindow`](crate::Algorithm::SlidingWindow) for the error bound.
+
+use super::Raw;
+use crate::quota::Params;
+
+/// The current window's start tick, its count, and the previous window's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingWindowState {
+    pub(crate) start: u64,
+    pub(crate) cur: u64,
+    pub(crate) prev: u64,
+}
+
+pub(crate) fn apply(state: &mut Option<SlidingWindowState>, now: u64, p: &Params, cost: u64, commit: bool) -> Raw {
+    // A clock that goes back is treated as standing still at the newest window seen.
+    let now = state.map_or(now, |s| now.max(s.start));
+    let start = now - now % p.period;
+    let (mut cur, prev) = match *state {
+        Some(s) if s.start == start => (s.cur, s.prev),
+        Some(s) if s.start.saturating_add(p.period) == start => (0, s.cur),
+        _ => (0, 0),
+    };
+    let period = u128::from(p.period);
+    let elapsed = u128::from(now - start);
+    // Previous window's weight, in units of cost times ticks.
+    let carried = u128::from(prev) * (period - elapsed);
+    let budget = u128::from(p.limit) * period;
+    let fits = |cur: u64, cost: u64| carried + u128::from(cur + cost) * period <= budget;
+    let allowed = cost <= p.limit && fits(cur, cost);
+    let retry_after = if allowed || cost > p.limit {
+        None
+    } else if cur + cost <= p.limit {
+        // Later in this window, once prev's weight has dropped far enough.
+        let k = u128::from(p.limit - cur - cost) * period / u128::from(prev);
+        Some(to_u64(period - k - elapsed))
+    } else {
+        // In the next window, where `cur` becomes the weighted previous count.
+        let k = u128::from(p.limit - cost) * period / u128::from(cur);
+        Some(to_u64(2 * period - k - elapsed))
+    };
+    if allowed && commit {
+        cur += cost;
+    }
+    *state = (cur > 0 || prev > 0).then_some(SlidingWindowState { start, cur, prev });
+    let weighted_prev = to_u64(carried.div_ceil(period));
+    let end = start + p.period;
+    Raw {
+        allowed,
+        capacity: p.limit,
+        remaining: p.limit.saturating_sub(weighted_prev + cur),
+        reset_after: if cur > 0 { end + p.period - now } else if prev > 0 { end - now } else { 0 },
+        retry_after,
+    }
+}
+
+fn to_u64(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Quota;
+    use std::num::NonZeroU32;
+
+    fn params(limit: u32) -> Params {
+        Quota::per_second(NonZeroU32::new(limit).unwrap()).params(1_000_000)
+    }
+
+    #[test]
+    fn previous_window_is_weighted_by_overlap() {
+        let p = params(10);
+        let mut s = None;
+        assert!(apply(&mut s, 1_900, &p, 10, true).allowed);
+        // At 2_250, 75% of the previous window overlaps: 7.5 carried, 2 fit.
+        let r = apply(&mut s, 2_250, &p, 1, false);
+        assert_eq!((r.allowed, r.remaining), (true, 2));
+        assert!(apply(&mut s, 2_250, &p, 2, true).allowed);
+        let r = apply(&mut s, 2_250, &p, 1, true);
+        // Needs 10*(1000 - e) <= (10-2-1)*1000 -> e >= 300.
+        assert_eq!((r.allowed, r.retry_after), (false, Some(50)));
+        assert!(!apply(&mut s, 2_299, &p, 1, true).allowed);
+        assert!(apply(&mut s, 2_300, &p, 1, true).allowed);
+    }
+
+    #[test]
+    fn full_window_waits_into_the_next() {
+        let p = params(4);
+        let mut s = None;
+        assert!(apply(&mut s, 0, &p, 4, true).allowed);
+        let r = apply(&mut s, 500, &p, 2, true);
+        // Next window: 4*(1000 - e) <= 2*1000 -> e >= 500, i.e. t = 1500.
+        assert_eq!(r.retry_after, Some(1000));
+        assert!(!apply(&mut s, 1_499, &p, 2, true).allowed);
+        assert!(apply(&mut s, 1_500, &p, 2, true).allowed);
+    }
+
+    #[test]
+    fn state_vanishes_after_two_idle_windows() {
+        let p = params(4);
+        let mut s = None;
+        apply(&mut s, 0, &p, 1, true);
+        apply(&mut s, 1_500, &p, 1, false);
+        assert!(s.is_some());
+        apply(&mut s, 2_000, &p, 1, false);
+        assert_eq!(s, None);
+    }
+}

@@ -1,0 +1,89 @@
+//! Token bucket: whole tokens, refilled one per emission interval up to the burst.
+//!
+//! The refill keeps its remainder (`last` advances by whole intervals only), so refills never
+//! drift however often the bucket is checked.
+
+use super::Raw;
+use crate::quota::Params;
+
+/// Tokens left, and the tick from which the next refill is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucketState {
+    pub(crate) tokens: u64,
+    pub(crate) last: u64,
+}
+
+pub(crate) fn apply(state: &mut Option<TokenBucketState>, now: u64, p: &Params, cost: u64, commit: bool) -> Raw {
+    let (mut tokens, last) = match *state {
+        None => (p.burst, now),
+        Some(s) => {
+            let add = now.saturating_sub(s.last) / p.interval;
+            let tokens = s.tokens.saturating_add(add).min(p.burst);
+            if tokens == p.burst { (tokens, now) } else { (tokens, s.last + add * p.interval) }
+        }
+    };
+    // Time at which the bucket is full again, given `tokens` valid from `last`.
+    let full_at = |tokens: u64, last: u64| last.saturating_add((p.burst - tokens) * p.interval);
+    let allowed = cost <= tokens;
+    let retry_after = if allowed || cost > p.burst {
+        None
+    } else {
+        Some(last + (cost - tokens) * p.interval - now)
+    };
+    if allowed && commit {
+        tokens -= cost;
+    }
+    *state = (tokens < p.burst).then_some(TokenBucketState { tokens, last });
+    Raw {
+        allowed,
+        capacity: p.burst,
+        remaining: tokens,
+        reset_after: full_at(tokens, last).saturating_sub(now),
+        retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Quota;
+    use std::num::NonZeroU32;
+
+    fn params(limit: u32, burst: u32) -> Params {
+        let l = NonZeroU32::new(limit).unwrap();
+        Quota::per_second(l).burst(NonZeroU32::new(burst).unwrap()).unwrap().params(1_000_000)
+    }
+
+    #[test]
+    fn refills_whole_tokens_without_drift() {
+        let p = params(10, 2); // T = 100 ms
+        let mut s = None;
+        assert!(apply(&mut s, 0, &p, 2, true).allowed);
+        // 150 ms later: one token, and the half interval is kept.
+        let r = apply(&mut s, 150, &p, 1, true);
+        assert_eq!((r.allowed, r.remaining), (true, 0));
+        let r = apply(&mut s, 199, &p, 1, true);
+        assert_eq!((r.allowed, r.retry_after), (false, Some(1)));
+        assert!(apply(&mut s, 200, &p, 1, true).allowed);
+    }
+
+    #[test]
+    fn reset_after_counts_to_full() {
+        let p = params(10, 5);
+        let mut s = None;
+        let r = apply(&mut s, 1000, &p, 3, true);
+        assert_eq!((r.remaining, r.reset_after), (2, 300));
+        let r = apply(&mut s, 1050, &p, 1, false);
+        assert_eq!((r.remaining, r.reset_after), (2, 250));
+    }
+
+    #[test]
+    fn full_bucket_holds_no_state() {
+        let p = params(10, 1);
+        let mut s = None;
+        apply(&mut s, 0, &p, 1, true);
+        assert!(s.is_some());
+        apply(&mut s, 100, &p, 1, false);
+        assert_eq!(s, None);
+    }
+}

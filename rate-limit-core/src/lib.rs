@@ -1,0 +1,69 @@
+//! Rate-limiting algorithms, quotas, clocks and stores, with no HTTP types.
+//!
+//! This is the engine under [`tower-ratelimit`](https://docs.rs/tower-ratelimit); use it directly
+//! to rate-limit anything that is not an HTTP request.
+//!
+//! - [`Quota`]: `limit` per `period` with a `burst`, which cannot be built invalid.
+//! - [`Algorithm`]: six pure transitions in integer ticks (token bucket, leaky bucket, fixed
+//!   window, sliding window log, sliding window counter, GCRA).
+//! - [`Limit`]: a quota enforced by an algorithm, the unit a store decides on.
+//! - [`Store`]: decides and keeps state. [`MemoryStore`] is sharded and bounded.
+//! - [`Decision`]: allowed or not, with remaining, reset and retry times for headers.
+//! - [`Clock`]: the only place real time is read; [`ManualClock`] for tests.
+//!
+//! # Example
+//!
+//! ```
+//! use std::num::NonZeroU32;
+//! use std::time::Duration;
+//! use rate_limit_core::{Algorithm, Limit, ManualClock, MemoryStore, Quota, Store};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+//! let store = MemoryStore::builder().clock(clock.clone()).build();
+//! // 10 per second and 100 per hour, both at once.
+//! let limits = [
+//!     Limit::new(Quota::per_second(NonZeroU32::new(10).unwrap()), Algorithm::Gcra),
+//!     Limit::new(Quota::per_hour(NonZeroU32::new(100).unwrap()), Algorithm::SlidingWindow),
+//! ];
+//! let cost = NonZeroU32::new(10).unwrap();
+//! let d = store.check("client-1", &limits, cost).await.unwrap();
+//! assert!(d.allowed());
+//! let d = store.check("client-1", &limits, NonZeroU32::MIN).await.unwrap();
+//! assert!(!d.allowed());
+//! assert_eq!(d.retry_after(), Some(Duration::from_millis(100)));
+//! clock.advance(Duration::from_millis(100));
+//! assert!(store.check("client-1", &limits, NonZeroU32::MIN).await.unwrap().allowed());
+//! # }
+//! ```
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod algorithm;
+mod clock;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod decision;
+mod error;
+mod limit;
+mod quota;
+mod store;
+
+pub use algorithm::{Algorithm, State};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use decision::{Decision, Snapshot};
+pub use error::{ConfigError, StoreError, StoreErrorKind};
+pub use limit::Limit;
+pub use quota::{MAX_SPAN, Quota};
+pub use store::memory::{MemoryStore, MemoryStoreBuilder};
+pub use store::{BoxFuture, Store};
+
+/// The per-algorithm state types held inside [`State`]. Opaque: only transitions read them.
+pub mod state {
+    pub use crate::algorithm::fixed_window::FixedWindowState;
+    pub use crate::algorithm::gcra::GcraState;
+    pub use crate::algorithm::leaky_bucket::LeakyBucketState;
+    pub use crate::algorithm::sliding_window::SlidingWindowState;
+    pub use crate::algorithm::sliding_window_log::LogState;
+    pub use crate::algorithm::token_bucket::TokenBucketState;
+}

@@ -1,0 +1,499 @@
+//! [`MemoryStore`]: a sharded, bounded, in-process store.
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use super::{BoxFuture, Store};
+use crate::algorithm::{self, Raw, State};
+use crate::clock::{Clock, SystemClock};
+use crate::decision::Decision;
+use crate::error::{StoreError, StoreErrorKind};
+use crate::limit::Limit;
+
+const DEFAULT_MAX_KEYS: usize = 1_000_000;
+const DEFAULT_SHARDS: usize = 64;
+const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// An in-process store: a fixed number of shards, each a mutex around a hash table, so that
+/// checks on different keys rarely contend and no lock is global.
+///
+/// It is bounded: it holds at most [`max_keys`](MemoryStoreBuilder::max_keys) entries (one per
+/// key and limit). An entry whose state is full again is dropped by the next sweep, which each
+/// shard runs on its own every [`sweep_interval`](MemoryStoreBuilder::sweep_interval), and by
+/// [`sweep`](MemoryStore::sweep). When a shard is full, it first drops what has expired, then
+/// evicts the eighth of its entries that would be full again soonest (counted in
+/// [`evictions`](MemoryStore::evictions)).
+///
+/// Evicting the entries closest to full forgets the least: a key flood of fresh clients (each one
+/// request in, so nearly full) evicts its own entries before the state of heavy users. Eviction
+/// can only make the limiter more lenient for an evicted key, never stricter.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use rate_limit_core::{Algorithm, Limit, MemoryStore, Quota, Store};
+///
+/// # tokio_test();
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn tokio_test() {
+/// let store = MemoryStore::new();
+/// let limit = [Limit::new(Quota::per_minute(NonZeroU32::new(2).unwrap()), Algorithm::Gcra)];
+/// let one = NonZeroU32::MIN;
+/// assert!(store.check("alice", &limit, one).await.unwrap().allowed());
+/// assert!(store.check("alice", &limit, one).await.unwrap().allowed());
+/// let denied = store.check("alice", &limit, one).await.unwrap();
+/// assert!(!denied.allowed());
+/// assert!(denied.retry_after().is_some());
+/// assert!(store.check("bob", &limit, one).await.unwrap().allowed());
+/// # }
+/// ```
+pub struct MemoryStore<C = SystemClock> {
+    shards: Box<[Shard]>,
+    mask: u64,
+    per_shard: usize,
+    hasher: DefaultHashBuilder,
+    clock: C,
+    sweep_every: u64,
+    evictions: AtomicU64,
+}
+
+/// Builds a [`MemoryStore`].
+#[derive(Debug, Clone)]
+pub struct MemoryStoreBuilder<C = SystemClock> {
+    max_keys: NonZeroUsize,
+    shards: NonZeroUsize,
+    sweep_interval: Duration,
+    clock: C,
+}
+
+// Padded to a cache line pair so that neighbouring shards' locks do not share a line.
+#[repr(align(128))]
+struct Shard(Mutex<Inner>);
+
+struct Inner {
+    table: HashTable<Entry>,
+    next_sweep: u64,
+}
+
+/// One key and one limit. `state` is never `None` while stored.
+struct Entry {
+    key: Box<str>,
+    limit: u64,
+    /// Nanoseconds since the epoch at which the state is full again.
+    expires: u64,
+    state: Option<State>,
+}
+
+impl MemoryStore<SystemClock> {
+    /// A store with the defaults: 1,000,000 keys, 64 shards, a sweep every 10 s, the system clock.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder, to set the bound, the shards, the sweep interval or the clock.
+    pub fn builder() -> MemoryStoreBuilder<SystemClock> {
+        MemoryStoreBuilder {
+            max_keys: NonZeroUsize::new(DEFAULT_MAX_KEYS).unwrap_or(NonZeroUsize::MIN),
+            shards: NonZeroUsize::new(DEFAULT_SHARDS).unwrap_or(NonZeroUsize::MIN),
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            clock: SystemClock::new(),
+        }
+    }
+}
+
+impl Default for MemoryStore<SystemClock> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C: Clock> MemoryStoreBuilder<C> {
+    /// The most entries (keys times limits) the store holds. Default 1,000,000.
+    #[must_use]
+    pub fn max_keys(mut self, max_keys: NonZeroUsize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// How many shards (rounded up to a power of two, and at most `max_keys`). Default 64.
+    #[must_use]
+    pub fn shards(mut self, shards: NonZeroUsize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// How often each shard drops entries that are full again. Default 10 s.
+    #[must_use]
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        self.sweep_interval = every;
+        self
+    }
+
+    /// The clock to read time from (a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn clock<C2: Clock>(self, clock: C2) -> MemoryStoreBuilder<C2> {
+        MemoryStoreBuilder {
+            max_keys: self.max_keys,
+            shards: self.shards,
+            sweep_interval: self.sweep_interval,
+            clock,
+        }
+    }
+
+    /// Builds the store.
+    pub fn build(self) -> MemoryStore<C> {
+        let max = self.max_keys.get();
+        let mut shards = self.shards.get().next_power_of_two();
+        while shards > max {
+            shards /= 2;
+        }
+        let per_shard = max / shards;
+        MemoryStore {
+            shards: (0..shards)
+                .map(|_| {
+                    Shard(Mutex::new(Inner {
+                        table: HashTable::new(),
+                        next_sweep: 0,
+                    }))
+                })
+                .collect(),
+            mask: shards as u64 - 1,
+            per_shard,
+            hasher: DefaultHashBuilder::default(),
+            clock: self.clock,
+            sweep_every: u64::try_from(self.sweep_interval.as_nanos()).unwrap_or(u64::MAX),
+            evictions: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<C: Clock> MemoryStore<C> {
+    /// Entries held now (keys times limits), expired ones included until swept.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).table.len()).sum()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bound on entries.
+    pub fn max_keys(&self) -> usize {
+        self.per_shard * self.shards.len()
+    }
+
+    /// Entries evicted before they were full again, since the store was built.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// Drops every entry that is full again, in every shard, and gives back memory that the
+    /// tables no longer need. Returns how many entries were dropped.
+    pub fn sweep(&self) -> usize {
+        let now = self.clock.now_nanos();
+        self.shards
+            .iter()
+            .map(|s| self.sweep_shard(&mut lock(s), now))
+            .sum()
+    }
+
+    fn sweep_shard(&self, inner: &mut Inner, now: u64) -> usize {
+        let before = inner.table.len();
+        inner.table.retain(|e| e.expires > now);
+        if inner.table.capacity() > 64 && inner.table.len() * 4 < inner.table.capacity() {
+            inner.table.shrink_to_fit(|e| self.rehash(e));
+        }
+        inner.next_sweep = now.saturating_add(self.sweep_every);
+        before - inner.table.len()
+    }
+
+    fn rehash(&self, e: &Entry) -> u64 {
+        entry_hash(self.hasher.hash_one(&*e.key), e.limit)
+    }
+
+    fn decide(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+        commit: bool,
+    ) -> Result<Decision, StoreError> {
+        if limits.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidInput,
+                "no limits to check",
+            ));
+        }
+        let now = self.clock.now_nanos();
+        let cost = u64::from(cost.get());
+        let h = self.hasher.hash_one(key);
+        // The shard comes from bits the table does not use for its own buckets.
+        let shard = &self.shards[usize::try_from((h >> 40) & self.mask).unwrap_or(0)];
+        let mut inner = lock(shard);
+        if now >= inner.next_sweep {
+            self.sweep_shard(&mut inner, now);
+        }
+        if let [limit] = limits {
+            let raw = self.apply(&mut inner, key, h, limit, now, cost, commit);
+            return Ok(Decision::single(raw.snapshot(limit.nanos())));
+        }
+        // All-or-nothing: decide every limit without charging, then charge only if all allow.
+        let mut all = true;
+        let mut raws: Vec<Raw> = limits
+            .iter()
+            .map(|l| {
+                let r = self.apply(&mut inner, key, h, l, now, cost, false);
+                all &= r.allowed;
+                r
+            })
+            .collect();
+        if all && commit {
+            for (r, l) in raws.iter_mut().zip(limits) {
+                *r = self.apply(&mut inner, key, h, l, now, cost, true);
+            }
+        }
+        Ok(Decision::from_snapshots(
+            raws.iter()
+                .zip(limits)
+                .map(|(r, l)| r.snapshot(l.nanos()))
+                .collect(),
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        inner: &mut Inner,
+        key: &str,
+        key_hash: u64,
+        limit: &Limit,
+        now: u64,
+        cost: u64,
+        commit: bool,
+    ) -> Raw {
+        let hash = entry_hash(key_hash, limit.id());
+        let p = limit.nanos();
+        let found = inner
+            .table
+            .find_entry(hash, |e| e.limit == limit.id() && *e.key == *key);
+        if let Ok(mut occupied) = found {
+            let e = occupied.get_mut();
+            let raw = algorithm::apply(limit.algorithm(), &mut e.state, now, p, cost, commit);
+            if e.state.is_none() {
+                occupied.remove();
+            } else {
+                e.expires = now.saturating_add(raw.reset_after);
+            }
+            return raw;
+        }
+        let mut state = None;
+        let raw = algorithm::apply(limit.algorithm(), &mut state, now, p, cost, commit);
+        if state.is_some() {
+            if inner.table.len() >= self.per_shard {
+                self.make_room(inner, now);
+            }
+            let entry = Entry {
+                key: key.into(),
+                limit: limit.id(),
+                expires: now.saturating_add(raw.reset_after),
+                state,
+            };
+            inner.table.insert_unique(hash, entry, |e| self.rehash(e));
+        }
+        raw
+    }
+
+    /// Drops what has expired; if that is not enough, evicts the eighth of the shard that would
+    /// be full again soonest.
+    fn make_room(&self, inner: &mut Inner, now: u64) {
+        self.sweep_shard(inner, now);
+        let len = inner.table.len();
+        if len < self.per_shard {
+            return;
+        }
+        let evict = (len - self.per_shard * 7 / 8).max(1);
+        let mut expiries: Vec<u64> = inner.table.iter().map(|e| e.expires).collect();
+        let (_, &mut threshold, _) = expiries.select_nth_unstable(evict - 1);
+        let mut at_threshold = evict - expiries.iter().filter(|&&x| x < threshold).count();
+        inner.table.retain(|e| {
+            if e.expires < threshold {
+                false
+            } else if e.expires == threshold && at_threshold > 0 {
+                at_threshold -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.evictions.fetch_add(evict as u64, Ordering::Relaxed);
+    }
+}
+
+impl<C: Clock> Store for MemoryStore<C> {
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        let result = self.decide(key, limits, cost, true);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn peek<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        let result = self.decide(key, limits, cost, false);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+impl<C> fmt::Debug for MemoryStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .field("max_keys", &(self.per_shard * self.shards.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(shard: &Shard) -> MutexGuard<'_, Inner> {
+    // A panic while holding a shard cannot leave an entry half-written (transitions are pure and
+    // write back whole values), so a poisoned lock is still consistent.
+    shard.0.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One hash per (key, limit), derived from the key's hash so the key is hashed once per check.
+fn entry_hash(key_hash: u64, limit: u64) -> u64 {
+    key_hash ^ limit.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Algorithm, ManualClock, Quota};
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    fn store(max: usize, clock: &ManualClock) -> MemoryStore<ManualClock> {
+        MemoryStore::builder()
+            .max_keys(NonZeroUsize::new(max).unwrap())
+            .shards(NonZeroUsize::new(1).unwrap())
+            .clock(clock.clone())
+            .build()
+    }
+
+    fn check(s: &MemoryStore<ManualClock>, key: &str, limits: &[Limit], cost: u32) -> Decision {
+        s.decide(key, limits, nz(cost), true).unwrap()
+    }
+
+    #[test]
+    fn several_limits_are_all_or_nothing() {
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let s = store(100, &clock);
+        let per_sec = Limit::new(Quota::per_second(nz(3)), Algorithm::Gcra);
+        let per_min = Limit::new(Quota::per_minute(nz(4)), Algorithm::FixedWindow);
+        let both = [per_sec, per_min];
+        assert!(check(&s, "k", &both, 3).allowed());
+        // Per-second denies: the per-minute window must not be charged.
+        let d = check(&s, "k", &both, 1);
+        assert!(!d.allowed());
+        assert_eq!(d.binding_index(), 0);
+        assert_eq!(d.snapshots()[1].remaining(), 1);
+        clock.advance(Duration::from_secs(1));
+        let d = check(&s, "k", &both, 1);
+        assert!(d.allowed());
+        assert_eq!((d.remaining(), d.binding_index()), (0, 1));
+    }
+
+    #[test]
+    fn peek_charges_nothing() {
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let s = store(100, &clock);
+        let l = [Limit::new(Quota::per_second(nz(1)), Algorithm::SlidingWindowLog)];
+        for _ in 0..3 {
+            assert!(s.decide("k", &l, nz(1), false).unwrap().allowed());
+        }
+        assert!(s.is_empty());
+        assert!(check(&s, "k", &l, 1).allowed());
+        assert!(!s.decide("k", &l, nz(1), false).unwrap().allowed());
+    }
+
+    #[test]
+    fn full_again_keys_hold_no_memory_after_a_sweep() {
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let s = store(10_000, &clock);
+        for alg in Algorithm::ALL {
+            let l = [Limit::new(Quota::per_second(nz(10)), alg)];
+            for i in 0..500 {
+                check(&s, &format!("k{i}"), &l, 1);
+            }
+        }
+        assert_eq!(s.len(), 3000);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(s.sweep(), 3000);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn bound_holds_and_evicts_soonest_full_first() {
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let s = store(64, &clock);
+        let heavy = [Limit::new(Quota::per_hour(nz(100)), Algorithm::Gcra)];
+        let light = [Limit::new(Quota::per_second(nz(100)), Algorithm::Gcra)];
+        for _ in 0..50 {
+            check(&s, "heavy", &heavy, 1);
+        }
+        for i in 0..1000 {
+            check(&s, &format!("flood{i}"), &light, 1);
+            assert!(s.len() <= 64);
+        }
+        assert!(s.evictions() > 0);
+        // The heavy user's state survived the flood: 50 spent of 100.
+        assert_eq!(check(&s, "heavy", &heavy, 1).remaining(), 49);
+    }
+
+    #[test]
+    fn periodic_sweep_runs_on_access() {
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let s = MemoryStore::builder()
+            .shards(NonZeroUsize::new(1).unwrap())
+            .sweep_interval(Duration::from_secs(5))
+            .clock(clock.clone())
+            .build();
+        let l = [Limit::new(Quota::per_second(nz(10)), Algorithm::TokenBucket)];
+        for i in 0..100 {
+            s.decide(&format!("k{i}"), &l, nz(1), true).unwrap();
+        }
+        assert_eq!(s.len(), 100);
+        clock.advance(Duration::from_secs(6));
+        s.decide("other", &l, nz(1), true).unwrap();
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn empty_limits_is_an_error() {
+        let clock = ManualClock::new(Duration::from_secs(1));
+        let e = store(10, &clock).decide("k", &[], nz(1), true).unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::InvalidInput);
+    }
+}

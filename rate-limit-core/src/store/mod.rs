@@ -1,0 +1,100 @@
+//! [`Store`]: where decisions are made and state is kept.
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::decision::Decision;
+use crate::error::StoreError;
+use crate::limit::Limit;
+
+pub(crate) mod memory;
+
+/// A boxed, `Send` future: what [`Store`] methods return, so that stores can be used as
+/// `Arc<dyn Store>` and wrapped by other stores.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Keeps rate-limit state and decides on it.
+///
+/// Implementations must make several limits all-or-nothing: if one denies, none is charged.
+/// A denial is an `Ok` [`Decision`]; `Err` is for a store that could not decide.
+///
+/// The `conformance` feature of this crate ships a table of cases that any implementation must
+/// pass.
+pub trait Store: Send + Sync + 'static {
+    /// Decides whether `cost` may be spent now by `key` against every limit, and charges it if so.
+    ///
+    /// # Errors
+    ///
+    /// The store could not decide (timeout, lost connection, backend error), or `limits` is empty.
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>>;
+
+    /// What [`check`](Store::check) would decide, without charging anything.
+    ///
+    /// # Errors
+    ///
+    /// As for [`check`](Store::check).
+    fn peek<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>>;
+
+    /// A short name of the backend for metrics and status (`memory`, `redis`, ...).
+    fn backend(&self) -> &'static str;
+}
+
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        (**self).check(key, limits, cost)
+    }
+
+    fn peek<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        (**self).peek(key, limits, cost)
+    }
+
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+}
+
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        (**self).check(key, limits, cost)
+    }
+
+    fn peek<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        (**self).peek(key, limits, cost)
+    }
+
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+}
