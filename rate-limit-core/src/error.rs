@@ -197,6 +197,9 @@ mod tests {
         assert_eq!(o.to_string(), "circuit open");
         let src = std::io::Error::other("refused");
         let c = StoreError::new(StoreErrorKind::Connection, "redis").with_source(src);
-        assert_eq!(c.source().map(ToString::to_string).as_deref(), Some("refused"));
+        assert_eq!(
+            c.source().map(ToString::to_string).as_deref(),
+            Some("refused")
+        );
     }
 }

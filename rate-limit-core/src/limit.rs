@@ -107,13 +107,19 @@ mod tests {
     fn id_is_stable_across_releases() {
         // Changing this value would split every deployed Redis state: do not.
         let q = Quota::per_minute(NonZeroU32::new(100).unwrap());
-        assert_eq!(Limit::new(q, Algorithm::TokenBucket).id(), 0x4877_b29f_e38d_c867);
+        assert_eq!(
+            Limit::new(q, Algorithm::TokenBucket).id(),
+            0x4877_b29f_e38d_c867
+        );
     }
 
     #[test]
     fn id_depends_on_burst() {
         let q = Quota::per_minute(NonZeroU32::new(100).unwrap());
         let b = q.burst(NonZeroU32::new(200).unwrap()).unwrap();
-        assert_ne!(Limit::new(q, Algorithm::Gcra).id(), Limit::new(b, Algorithm::Gcra).id());
+        assert_ne!(
+            Limit::new(q, Algorithm::Gcra).id(),
+            Limit::new(b, Algorithm::Gcra).id()
+        );
     }
 }

@@ -227,7 +227,10 @@ mod tests {
         let q = Quota::per_second(nz(3));
         assert_eq!(q.emission_interval(), Duration::from_nanos(333_333_334));
         let p = q.params(1000);
-        assert_eq!((p.period, p.interval, p.tau), (1_000_000, 333_334, 1_000_002));
+        assert_eq!(
+            (p.period, p.interval, p.tau),
+            (1_000_000, 333_334, 1_000_002)
+        );
     }
 
     #[test]

@@ -11,19 +11,27 @@ pub struct FixedWindowState {
     pub(crate) count: u64,
 }
 
-pub(crate) fn apply(state: &mut Option<FixedWindowState>, now: u64, p: &Params, cost: u64, commit: bool) -> Raw {
+pub(crate) fn apply(
+    state: &mut Option<FixedWindowState>,
+    now: u64,
+    p: &Params,
+    cost: u64,
+    commit: bool,
+) -> Raw {
     let start = now - now % p.period;
     let end = start.saturating_add(p.period);
     let mut count = match *state {
         Some(s) if s.start == start => s.count,
         // A clock that went back into an older window keeps the newer window's count.
-        Some(s) if s.start > start => return Raw {
-            allowed: false,
-            capacity: p.limit,
-            remaining: p.limit - s.count.min(p.limit),
-            reset_after: s.start + p.period - now,
-            retry_after: (cost <= p.limit).then(|| s.start + p.period - now),
-        },
+        Some(s) if s.start > start => {
+            return Raw {
+                allowed: false,
+                capacity: p.limit,
+                remaining: p.limit - s.count.min(p.limit),
+                reset_after: s.start + p.period - now,
+                retry_after: (cost <= p.limit).then(|| s.start + p.period - now),
+            };
+        }
         _ => 0,
     };
     let allowed = count.saturating_add(cost) <= p.limit;
@@ -57,7 +65,10 @@ mod tests {
         let mut s = None;
         assert!(apply(&mut s, 1_250, &p, 2, true).allowed);
         let r = apply(&mut s, 1_999, &p, 1, true);
-        assert_eq!((r.allowed, r.retry_after, r.reset_after), (false, Some(1), 1));
+        assert_eq!(
+            (r.allowed, r.retry_after, r.reset_after),
+            (false, Some(1), 1)
+        );
         let r = apply(&mut s, 2_000, &p, 1, true);
         assert_eq!((r.allowed, r.remaining, r.reset_after), (true, 1, 1000));
     }

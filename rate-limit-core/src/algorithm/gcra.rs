@@ -12,14 +12,26 @@ pub struct GcraState {
     pub(crate) tat: u64,
 }
 
-pub(crate) fn apply(state: &mut Option<GcraState>, now: u64, p: &Params, cost: u64, commit: bool) -> Raw {
+pub(crate) fn apply(
+    state: &mut Option<GcraState>,
+    now: u64,
+    p: &Params,
+    cost: u64,
+    commit: bool,
+) -> Raw {
     let tat = state.map_or(now, |s| s.tat.max(now));
     if tat <= now {
         *state = None;
     }
     let remaining = |tat: u64| (now.saturating_add(p.tau).saturating_sub(tat)) / p.interval;
     if cost > p.burst {
-        return Raw { allowed: false, capacity: p.burst, remaining: remaining(tat), reset_after: tat - now, retry_after: None };
+        return Raw {
+            allowed: false,
+            capacity: p.burst,
+            remaining: remaining(tat),
+            reset_after: tat - now,
+            retry_after: None,
+        };
     }
     let new_tat = tat.saturating_add(cost * p.interval);
     let allow_at = new_tat.saturating_sub(p.tau);
@@ -28,9 +40,21 @@ pub(crate) fn apply(state: &mut Option<GcraState>, now: u64, p: &Params, cost: u
             *state = Some(GcraState { tat: new_tat });
         }
         let tat = if commit { new_tat } else { tat };
-        Raw { allowed: true, capacity: p.burst, remaining: remaining(tat), reset_after: tat - now, retry_after: None }
+        Raw {
+            allowed: true,
+            capacity: p.burst,
+            remaining: remaining(tat),
+            reset_after: tat - now,
+            retry_after: None,
+        }
     } else {
-        Raw { allowed: false, capacity: p.burst, remaining: remaining(tat), reset_after: tat - now, retry_after: Some(allow_at - now) }
+        Raw {
+            allowed: false,
+            capacity: p.burst,
+            remaining: remaining(tat),
+            reset_after: tat - now,
+            retry_after: Some(allow_at - now),
+        }
     }
 }
 
@@ -42,7 +66,10 @@ mod tests {
 
     fn params(limit: u32, burst: u32) -> Params {
         let l = NonZeroU32::new(limit).unwrap();
-        Quota::per_second(l).burst(NonZeroU32::new(burst).unwrap()).unwrap().params(1_000_000)
+        Quota::per_second(l)
+            .burst(NonZeroU32::new(burst).unwrap())
+            .unwrap()
+            .params(1_000_000)
     }
 
     #[test]
@@ -56,7 +83,10 @@ mod tests {
             assert_eq!(r.remaining, left);
         }
         let r = apply(&mut s, 1000, &p, 1, true);
-        assert_eq!((r.allowed, r.retry_after, r.reset_after), (false, Some(100), 300));
+        assert_eq!(
+            (r.allowed, r.retry_after, r.reset_after),
+            (false, Some(100), 300)
+        );
         assert!(!apply(&mut s, 1099, &p, 1, true).allowed);
         assert!(apply(&mut s, 1100, &p, 1, true).allowed);
     }

@@ -11,18 +11,34 @@ pub struct LeakyBucketState {
     pub(crate) at: u64,
 }
 
-pub(crate) fn apply(state: &mut Option<LeakyBucketState>, now: u64, p: &Params, cost: u64, commit: bool) -> Raw {
+pub(crate) fn apply(
+    state: &mut Option<LeakyBucketState>,
+    now: u64,
+    p: &Params,
+    cost: u64,
+    commit: bool,
+) -> Raw {
     let now = state.map_or(now, |s| now.max(s.at));
     let mut level = state.map_or(0, |s| s.level.saturating_sub(now - s.at));
     let room = |level: u64| (p.tau - level.min(p.tau)) / p.interval;
     let poured = level.saturating_add(cost.saturating_mul(p.interval));
     let allowed = cost <= p.burst && poured <= p.tau;
-    let retry_after = if allowed || cost > p.burst { None } else { Some(poured - p.tau) };
+    let retry_after = if allowed || cost > p.burst {
+        None
+    } else {
+        Some(poured - p.tau)
+    };
     if allowed && commit {
         level = poured;
     }
     *state = (level > 0).then_some(LeakyBucketState { level, at: now });
-    Raw { allowed, capacity: p.burst, remaining: room(level), reset_after: level, retry_after }
+    Raw {
+        allowed,
+        capacity: p.burst,
+        remaining: room(level),
+        reset_after: level,
+        retry_after,
+    }
 }
 
 #[cfg(test)]
@@ -33,7 +49,10 @@ mod tests {
 
     fn params(limit: u32, burst: u32) -> Params {
         let l = NonZeroU32::new(limit).unwrap();
-        Quota::per_second(l).burst(NonZeroU32::new(burst).unwrap()).unwrap().params(1_000_000)
+        Quota::per_second(l)
+            .burst(NonZeroU32::new(burst).unwrap())
+            .unwrap()
+            .params(1_000_000)
     }
 
     #[test]
@@ -43,7 +62,10 @@ mod tests {
         assert!(apply(&mut s, 0, &p, 1, true).allowed);
         assert!(apply(&mut s, 0, &p, 1, true).allowed);
         let r = apply(&mut s, 30, &p, 1, true);
-        assert_eq!((r.allowed, r.retry_after, r.reset_after), (false, Some(70), 170));
+        assert_eq!(
+            (r.allowed, r.retry_after, r.reset_after),
+            (false, Some(70), 170)
+        );
         assert!(apply(&mut s, 100, &p, 1, true).allowed);
     }
 

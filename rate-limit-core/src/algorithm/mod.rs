@@ -222,7 +222,15 @@ pub(crate) fn apply(
         Algorithm::LeakyBucket => dispatch!(slot, LeakyBucket, leaky_bucket, now, p, cost, commit),
         Algorithm::FixedWindow => dispatch!(slot, FixedWindow, fixed_window, now, p, cost, commit),
         Algorithm::SlidingWindowLog => {
-            dispatch!(slot, SlidingWindowLog, sliding_window_log, now, p, cost, commit)
+            dispatch!(
+                slot,
+                SlidingWindowLog,
+                sliding_window_log,
+                now,
+                p,
+                cost,
+                commit
+            )
         }
         Algorithm::SlidingWindow => {
             dispatch!(slot, SlidingWindow, sliding_window, now, p, cost, commit)

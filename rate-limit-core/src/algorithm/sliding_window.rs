@@ -16,7 +16,13 @@ pub struct SlidingWindowState {
     pub(crate) prev: u64,
 }
 
-pub(crate) fn apply(state: &mut Option<SlidingWindowState>, now: u64, p: &Params, cost: u64, commit: bool) -> Raw {
+pub(crate) fn apply(
+    state: &mut Option<SlidingWindowState>,
+    now: u64,
+    p: &Params,
+    cost: u64,
+    commit: bool,
+) -> Raw {
     // A clock that goes back is treated as standing still at the newest window seen.
     let now = state.map_or(now, |s| now.max(s.start));
     let start = now - now % p.period;
@@ -53,7 +59,13 @@ pub(crate) fn apply(state: &mut Option<SlidingWindowState>, now: u64, p: &Params
         allowed,
         capacity: p.limit,
         remaining: p.limit.saturating_sub(weighted_prev + cur),
-        reset_after: if cur > 0 { end + p.period - now } else if prev > 0 { end - now } else { 0 },
+        reset_after: if cur > 0 {
+            end + p.period - now
+        } else if prev > 0 {
+            end - now
+        } else {
+            0
+        },
         retry_after,
     }
 }

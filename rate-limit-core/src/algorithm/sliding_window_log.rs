@@ -14,7 +14,13 @@ pub struct LogState {
     pub(crate) used: u64,
 }
 
-pub(crate) fn apply(state: &mut Option<Box<LogState>>, now: u64, p: &Params, cost: u64, commit: bool) -> Raw {
+pub(crate) fn apply(
+    state: &mut Option<Box<LogState>>,
+    now: u64,
+    p: &Params,
+    cost: u64,
+    commit: bool,
+) -> Raw {
     // Entries are kept in order; a clock that goes back is treated as standing still.
     let now = state
         .as_ref()

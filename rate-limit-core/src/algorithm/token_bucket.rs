@@ -13,13 +13,23 @@ pub struct TokenBucketState {
     pub(crate) last: u64,
 }
 
-pub(crate) fn apply(state: &mut Option<TokenBucketState>, now: u64, p: &Params, cost: u64, commit: bool) -> Raw {
+pub(crate) fn apply(
+    state: &mut Option<TokenBucketState>,
+    now: u64,
+    p: &Params,
+    cost: u64,
+    commit: bool,
+) -> Raw {
     let (mut tokens, last) = match *state {
         None => (p.burst, now),
         Some(s) => {
             let add = now.saturating_sub(s.last) / p.interval;
             let tokens = s.tokens.saturating_add(add).min(p.burst);
-            if tokens == p.burst { (tokens, now) } else { (tokens, s.last + add * p.interval) }
+            if tokens == p.burst {
+                (tokens, now)
+            } else {
+                (tokens, s.last + add * p.interval)
+            }
         }
     };
     // Time at which the bucket is full again, given `tokens` valid from `last`.
@@ -51,7 +61,10 @@ mod tests {
 
     fn params(limit: u32, burst: u32) -> Params {
         let l = NonZeroU32::new(limit).unwrap();
-        Quota::per_second(l).burst(NonZeroU32::new(burst).unwrap()).unwrap().params(1_000_000)
+        Quota::per_second(l)
+            .burst(NonZeroU32::new(burst).unwrap())
+            .unwrap()
+            .params(1_000_000)
     }
 
     #[test]

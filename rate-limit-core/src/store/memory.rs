@@ -429,7 +429,10 @@ mod tests {
     fn peek_charges_nothing() {
         let clock = ManualClock::new(Duration::from_secs(1_000));
         let s = store(100, &clock);
-        let l = [Limit::new(Quota::per_second(nz(1)), Algorithm::SlidingWindowLog)];
+        let l = [Limit::new(
+            Quota::per_second(nz(1)),
+            Algorithm::SlidingWindowLog,
+        )];
         for _ in 0..3 {
             assert!(s.decide("k", &l, nz(1), false).unwrap().allowed());
         }
@@ -480,7 +483,10 @@ mod tests {
             .sweep_interval(Duration::from_secs(5))
             .clock(clock.clone())
             .build();
-        let l = [Limit::new(Quota::per_second(nz(10)), Algorithm::TokenBucket)];
+        let l = [Limit::new(
+            Quota::per_second(nz(10)),
+            Algorithm::TokenBucket,
+        )];
         for i in 0..100 {
             s.decide(&format!("k{i}"), &l, nz(1), true).unwrap();
         }

@@ -1,0 +1,366 @@
+//! A table of cases that every [`Store`] must pass: quota, arrivals, expected decisions.
+//!
+//! The expected values were worked out by hand from each algorithm's definition, not recorded
+//! from an implementation. The in-memory store and the Redis store (with a client clock) run the
+//! very same table, so the Lua twins cannot drift from the Rust transitions.
+//!
+//! All quotas have emission intervals of whole milliseconds and all arrivals fall on whole
+//! milliseconds after [`BASE`], a multiple of every period used, so the table holds for a store
+//! that counts in nanoseconds and one that counts in microseconds alike.
+//!
+//! ```
+//! use rate_limit_core::{conformance, ManualClock, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let clock = ManualClock::new(conformance::BASE);
+//! let store = MemoryStore::builder().clock(clock.clone()).build();
+//! let steps = conformance::run(&store, &clock, "doc").await.unwrap();
+//! assert!(steps > 50);
+//! # }
+//! ```
+
+use std::fmt::Write as _;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use crate::{Algorithm, Decision, Limit, ManualClock, Quota, Store};
+
+/// The instant every case starts from: 2027-01-15T08:00:00Z, a whole number of hours (and so of
+/// seconds and minutes) since the Unix epoch.
+pub const BASE: Duration = Duration::from_secs(1_800_000_000);
+
+/// One limit's expected snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    /// Whether this limit allows the request.
+    pub allowed: bool,
+    /// Expected remaining.
+    pub remaining: u32,
+    /// Expected reset-after, in milliseconds.
+    pub reset_ms: u64,
+    /// Expected retry-after in milliseconds; `None` when allowed or never.
+    pub retry_ms: Option<u64>,
+}
+
+/// One arrival and what it must produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Milliseconds after [`BASE`].
+    pub at_ms: u64,
+    /// Cost of the request.
+    pub cost: u32,
+    /// `true` for a [`Store::peek`], `false` for a [`Store::check`].
+    pub peek: bool,
+    /// Whether the whole decision is allowed.
+    pub allowed: bool,
+    /// Expected index of the binding limit.
+    pub binding: usize,
+    /// One expectation per limit, in order.
+    pub expect: Vec<Expect>,
+}
+
+/// A named sequence of steps against a set of limits on one key.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// A short unique name (also part of the key).
+    pub name: String,
+    /// The limits checked at every step.
+    pub limits: Vec<Limit>,
+    /// The arrivals, in time order.
+    pub steps: Vec<Step>,
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+fn quota(limit: u32, period_ms: u64, burst: u32) -> Quota {
+    Quota::with_period(nz(limit), Duration::from_millis(period_ms))
+        .and_then(|q| q.burst(nz(burst)))
+        .unwrap_or_else(|_| Quota::per_second(nz(limit)))
+}
+
+/// `(at_ms, cost, allowed, remaining, reset_ms, retry_ms)` for single-limit cases.
+type Row = (u64, u32, bool, u32, u64, Option<u64>);
+
+fn single(name: &str, limit: Limit, rows: &[Row]) -> Case {
+    Case {
+        name: name.to_owned(),
+        limits: vec![limit],
+        steps: rows
+            .iter()
+            .map(
+                |&(at_ms, cost, allowed, remaining, reset_ms, retry_ms)| Step {
+                    at_ms,
+                    cost,
+                    peek: false,
+                    allowed,
+                    binding: 0,
+                    expect: vec![Expect {
+                        allowed,
+                        remaining,
+                        reset_ms,
+                        retry_ms,
+                    }],
+                },
+            )
+            .collect(),
+    }
+}
+
+/// Every case.
+pub fn cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    // The three bucket algorithms admit identical sequences: 4/s, burst 4, T = 250 ms.
+    let bucket: [Row; 8] = [
+        (0, 1, true, 3, 250, None),
+        (0, 2, true, 1, 750, None),
+        (0, 2, false, 1, 750, Some(250)),
+        (100, 1, true, 0, 900, None),
+        (100, 1, false, 0, 900, Some(150)),
+        (250, 1, true, 0, 1000, None),
+        (1250, 5, false, 4, 0, None),
+        (1250, 4, true, 0, 1000, None),
+    ];
+    // 2/s with burst 4: T = 500 ms, a full bucket lasts 2 s.
+    let big_burst: [Row; 3] = [
+        (0, 4, true, 0, 2000, None),
+        (0, 1, false, 0, 2000, Some(500)),
+        (1000, 2, true, 0, 2000, None),
+    ];
+    for alg in [
+        Algorithm::TokenBucket,
+        Algorithm::LeakyBucket,
+        Algorithm::Gcra,
+    ] {
+        cases.push(single(
+            &format!("{alg}-basic"),
+            Limit::new(quota(4, 1000, 4), alg),
+            &bucket,
+        ));
+        cases.push(single(
+            &format!("{alg}-burst"),
+            Limit::new(quota(2, 1000, 4), alg),
+            &big_burst,
+        ));
+    }
+    cases.push(single(
+        "fixed_window-basic",
+        Limit::new(quota(4, 1000, 4), Algorithm::FixedWindow),
+        &[
+            (0, 1, true, 3, 1000, None),
+            (500, 3, true, 0, 500, None),
+            (999, 1, false, 0, 1, Some(1)),
+            (1000, 1, true, 3, 1000, None),
+            (1000, 5, false, 3, 1000, None),
+            (1200, 3, true, 0, 800, None),
+            (1200, 1, false, 0, 800, Some(800)),
+        ],
+    ));
+    cases.push(single(
+        "sliding_window_log-basic",
+        Limit::new(quota(4, 1000, 4), Algorithm::SlidingWindowLog),
+        &[
+            (0, 1, true, 3, 1000, None),
+            (500, 3, true, 0, 1000, None),
+            (999, 1, false, 0, 501, Some(1)),
+            (1000, 1, true, 0, 1000, None),
+            (1000, 2, false, 0, 1000, Some(500)),
+            (1500, 2, true, 1, 1000, None),
+            (1500, 5, false, 1, 1000, None),
+        ],
+    ));
+    cases.push(single(
+        "sliding_window-basic",
+        Limit::new(quota(4, 1000, 4), Algorithm::SlidingWindow),
+        &[
+            (0, 4, true, 0, 2000, None),
+            (500, 1, false, 0, 1500, Some(750)),
+            (1249, 1, false, 0, 751, Some(1)),
+            (1250, 1, true, 0, 1750, None),
+            (1500, 1, true, 0, 1500, None),
+            (1500, 2, false, 0, 1500, Some(500)),
+            (3000, 4, true, 0, 2000, None),
+        ],
+    ));
+    // Several limits, mixed algorithms: 4/s token bucket and 6/min fixed window.
+    let e = |allowed, remaining, reset_ms, retry_ms| Expect {
+        allowed,
+        remaining,
+        reset_ms,
+        retry_ms,
+    };
+    let step = |at_ms, cost, allowed, binding, expect: Vec<Expect>| Step {
+        at_ms,
+        cost,
+        peek: false,
+        allowed,
+        binding,
+        expect,
+    };
+    cases.push(Case {
+        name: "multi-mixed".to_owned(),
+        limits: vec![
+            Limit::new(quota(4, 1000, 4), Algorithm::TokenBucket),
+            Limit::new(quota(6, 60_000, 6), Algorithm::FixedWindow),
+        ],
+        steps: vec![
+            step(
+                0,
+                4,
+                true,
+                0,
+                vec![e(true, 0, 1000, None), e(true, 2, 60_000, None)],
+            ),
+            // The bucket denies; the window must not be charged.
+            step(
+                0,
+                1,
+                false,
+                0,
+                vec![e(false, 0, 1000, Some(250)), e(true, 2, 60_000, None)],
+            ),
+            // The window denies; the (refilled) bucket must not be charged.
+            step(
+                1000,
+                3,
+                false,
+                1,
+                vec![e(true, 4, 0, None), e(false, 2, 59_000, Some(59_000))],
+            ),
+            step(
+                1000,
+                2,
+                true,
+                1,
+                vec![e(true, 2, 500, None), e(true, 0, 59_000, None)],
+            ),
+        ],
+    });
+    // Several limits, one algorithm: 2/s (T = 500 ms) and 3/9s (T = 3 s) GCRA.
+    cases.push(Case {
+        name: "multi-gcra".to_owned(),
+        limits: vec![
+            Limit::new(quota(2, 1000, 2), Algorithm::Gcra),
+            Limit::new(quota(3, 9000, 3), Algorithm::Gcra),
+        ],
+        steps: vec![
+            step(
+                0,
+                2,
+                true,
+                0,
+                vec![e(true, 0, 1000, None), e(true, 1, 6000, None)],
+            ),
+            // Both at 0 remaining: the longer reset binds.
+            step(
+                500,
+                1,
+                true,
+                1,
+                vec![e(true, 0, 1000, None), e(true, 0, 8500, None)],
+            ),
+            step(
+                1500,
+                1,
+                false,
+                1,
+                vec![e(true, 2, 0, None), e(false, 0, 7500, Some(1500))],
+            ),
+        ],
+    });
+    // A peek reports without charging; the check after it sees the same state.
+    let mut peeked = single(
+        "peek",
+        Limit::new(quota(2, 1000, 2), Algorithm::FixedWindow),
+        &[
+            (0, 1, true, 2, 0, None),
+            (0, 2, true, 0, 1000, None),
+            (10, 1, false, 0, 990, Some(990)),
+        ],
+    );
+    peeked.steps[0].peek = true;
+    peeked.steps[2].peek = true;
+    cases.push(peeked);
+    cases
+}
+
+/// Runs every case against `store`, moving `clock` (which the store must read) to each
+/// arrival. Keys are `"{key_prefix}:{case name}"`.
+///
+/// Returns the number of steps run.
+///
+/// # Errors
+///
+/// A report listing every step whose decision differed from the table.
+pub async fn run<S: Store + ?Sized>(
+    store: &S,
+    clock: &ManualClock,
+    key_prefix: &str,
+) -> Result<usize, String> {
+    let mut report = String::new();
+    let mut steps = 0;
+    for case in cases() {
+        let key = format!("{key_prefix}:{}", case.name);
+        for (i, step) in case.steps.iter().enumerate() {
+            steps += 1;
+            clock.set(BASE + Duration::from_millis(step.at_ms));
+            let cost = nz(step.cost);
+            let got = if step.peek {
+                store.peek(&key, &case.limits, cost).await
+            } else {
+                store.check(&key, &case.limits, cost).await
+            };
+            match got {
+                Ok(d) => {
+                    if let Some(diff) = compare(&d, step) {
+                        let _ = writeln!(
+                            report,
+                            "{} step {i} (t={}ms): {diff}",
+                            case.name, step.at_ms
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(report, "{} step {i}: store error: {e}", case.name);
+                }
+            }
+        }
+    }
+    if report.is_empty() {
+        Ok(steps)
+    } else {
+        Err(report)
+    }
+}
+
+fn compare(d: &Decision, step: &Step) -> Option<String> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let got: Vec<Expect> = d
+        .snapshots()
+        .iter()
+        .map(|s| Expect {
+            allowed: s.allowed(),
+            remaining: s.remaining(),
+            // Stores may count in finer ticks; the table is in whole milliseconds, rounded up.
+            reset_ms: ms(s.reset_after() + Duration::from_nanos(999_999)),
+            retry_ms: s
+                .retry_after()
+                .map(|r| ms(r + Duration::from_nanos(999_999))),
+        })
+        .collect();
+    (d.allowed() != step.allowed || d.binding_index() != step.binding || got != step.expect).then(
+        || {
+            format!(
+                "expected allowed={} binding={} {:?}, got allowed={} binding={} {:?}",
+                step.allowed,
+                step.binding,
+                step.expect,
+                d.allowed(),
+                d.binding_index(),
+                got
+            )
+        },
+    )
+}
