@@ -1,0 +1,254 @@
+//! [`ResponseFuture`]: waits for the store, then calls the inner service or answers itself.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use rate_limit_core::{BoxFuture, Decision, StoreError};
+use tower_service::Service;
+
+use crate::config::{FailureMode, Shared};
+use crate::headers::{set_rate_limit_headers, set_retry_after};
+use crate::observe::{self, Outcome};
+use crate::policy::Policy;
+use crate::rejection::{RejectResponse, Rejection, StoreFailure};
+
+/// How long a client is told to wait after a 503 from a failed store.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+
+pin_project! {
+    /// Response future of [`RateLimit`](crate::RateLimit).
+    ///
+    /// Only the store call is boxed; the inner service's future is polled in place.
+    ///
+    /// # Panics
+    ///
+    /// If polled again after it completed, as futures may.
+    pub struct ResponseFuture<S, ReqBody, R>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody, R>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody, R>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Checking {
+            check: BoxFuture<'static, Result<Decision, StoreError>>,
+            pending: Option<Pending<S, ReqBody, R>>,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+            after: Option<After>,
+        },
+        Done {
+            response: Option<S::Response>,
+        },
+    }
+}
+
+/// What the request needs once the store has decided.
+pub(crate) struct Pending<S, ReqBody, R> {
+    pub(crate) inner: S,
+    pub(crate) req: Request<ReqBody>,
+    pub(crate) policy: Policy,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) rejection: Arc<R>,
+}
+
+/// What the response gets once the inner service has answered.
+pub(crate) struct After {
+    decision: Option<Decision>,
+    failure: Option<StoreFailure>,
+    policy: Policy,
+    shared: Arc<Shared>,
+}
+
+impl After {
+    fn apply<B>(self, res: &mut Response<B>) {
+        if let Some(decision) = self.decision {
+            let clock = &self.shared.clock;
+            set_rate_limit_headers(
+                res.headers_mut(),
+                self.shared.headers,
+                &self.policy,
+                &decision,
+                || clock.now(),
+            );
+            res.extensions_mut().insert(decision);
+        }
+        if let Some(failure) = self.failure {
+            res.extensions_mut().insert(failure);
+        }
+    }
+}
+
+impl<S, ReqBody, R> ResponseFuture<S, ReqBody, R>
+where
+    S: Service<Request<ReqBody>>,
+{
+    pub(crate) fn checking(
+        check: BoxFuture<'static, Result<Decision, StoreError>>,
+        pending: Pending<S, ReqBody, R>,
+    ) -> Self {
+        let pending = Some(pending);
+        Self {
+            state: State::Checking { check, pending },
+        }
+    }
+
+    pub(crate) fn calling(future: S::Future, after: Option<After>) -> Self {
+        Self {
+            state: State::Calling { future, after },
+        }
+    }
+
+    pub(crate) fn respond(response: S::Response) -> Self {
+        let response = Some(response);
+        Self {
+            state: State::Done { response },
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody, R> Future for ResponseFuture<S, ReqBody, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    R: RejectResponse<ResBody>,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Checking { check, pending } => {
+                    let result = ready!(check.as_mut().poll(cx));
+                    let Some(pending) = pending.take() else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    let next = match resolve(result, pending) {
+                        Next::Call(future, after) => State::Calling {
+                            future,
+                            after: Some(after),
+                        },
+                        Next::Respond(response) => State::Done {
+                            response: Some(response),
+                        },
+                    };
+                    state.set(next);
+                }
+                StateProj::Calling { future, after } => {
+                    let mut res = ready!(future.poll(cx))?;
+                    if let Some(after) = after.take() {
+                        after.apply(&mut res);
+                    }
+                    return Poll::Ready(Ok(res));
+                }
+                StateProj::Done { response } => {
+                    let Some(res) = response.take() else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    return Poll::Ready(Ok(res));
+                }
+            }
+        }
+    }
+}
+
+enum Next<F, Res> {
+    Call(F, After),
+    Respond(Res),
+}
+
+/// Turns the store's answer into a call of the inner service or a response of our own.
+fn resolve<S, ReqBody, ResBody, R>(
+    result: Result<Decision, StoreError>,
+    pending: Pending<S, ReqBody, R>,
+) -> Next<S::Future, Response<ResBody>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    R: RejectResponse<ResBody>,
+{
+    let Pending {
+        mut inner,
+        mut req,
+        policy,
+        shared,
+        rejection,
+    } = pending;
+    let name = policy.shared_name();
+    let backend = shared.backend;
+    match result {
+        Ok(decision) => {
+            let outcome = match (decision.allowed(), shared.shadow) {
+                (true, _) => Outcome::Allowed,
+                (false, true) => Outcome::ShadowDenied,
+                (false, false) => Outcome::Denied,
+            };
+            observe::decision(name, backend, outcome);
+            if outcome == Outcome::Denied {
+                let mut res = rejection.response(&Rejection::Limited(&decision));
+                if let Some(wait) = decision.retry_after() {
+                    set_retry_after(res.headers_mut(), wait);
+                }
+                After {
+                    decision: Some(decision),
+                    failure: None,
+                    policy,
+                    shared,
+                }
+                .apply(&mut res);
+                return Next::Respond(res);
+            }
+            req.extensions_mut().insert(decision.clone());
+            let after = After {
+                decision: Some(decision),
+                failure: None,
+                policy,
+                shared,
+            };
+            Next::Call(inner.call(req), after)
+        }
+        Err(err) => {
+            let failure = StoreFailure::new(&err, backend);
+            if shared.failure == FailureMode::Closed {
+                observe::decision(name, backend, Outcome::FailedClosed);
+                let mut res = rejection.response(&Rejection::StoreUnavailable(&err));
+                set_retry_after(res.headers_mut(), UNAVAILABLE_RETRY);
+                res.extensions_mut().insert(failure);
+                return Next::Respond(res);
+            }
+            observe::decision(name, backend, Outcome::FailedOpen);
+            req.extensions_mut().insert(failure.clone());
+            let after = After {
+                decision: None,
+                failure: Some(failure),
+                policy,
+                shared,
+            };
+            Next::Call(inner.call(req), after)
+        }
+    }
+}
+
+impl<S, ReqBody, R> fmt::Debug for ResponseFuture<S, ReqBody, R>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

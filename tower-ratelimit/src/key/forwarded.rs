@@ -1,0 +1,249 @@
+//! [`ForwardedIp`]: the client address behind trusted reverse proxies.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::HeaderName;
+use http::header::FORWARDED;
+use http::request::Parts;
+
+use super::KeyExtractor;
+use super::ip::{Cidr, ip_key, peer_ip};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    XForwardedFor,
+    Forwarded,
+}
+
+/// The client address as reported by trusted reverse proxies, in `X-Forwarded-For` or the
+/// RFC 7239 `Forwarded` header.
+///
+/// Only proxies whose address is in a [trusted](Self::trust) range are believed. The extractor
+/// starts at the peer of the connection and walks the forwarding chain from the right, past every
+/// trusted hop; the first hop that is not trusted is the client. Without trusted proxies (or when
+/// the peer itself is not trusted) the peer address is the key, so a client that sends its own
+/// `X-Forwarded-For` cannot get a fresh budget. A hop that cannot be read (`unknown`, an
+/// obfuscated name, garbage) stops the walk at the last trusted hop.
+///
+/// Pick the header your proxy writes: a client can send the other one too, and it would not be
+/// checked. The peer address is read as by [`PeerIp`](super::PeerIp); with no peer address there
+/// is no key.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use tower_ratelimit::key::{ForwardedIp, KeyExtractor};
+///
+/// let key = ForwardedIp::new().trust("10.0.0.0/8".parse()?);
+/// let mut req = http::Request::get("/")
+///     .header("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.2")
+///     .body(())
+///     .unwrap();
+/// req.extensions_mut().insert(SocketAddr::from(([10, 0, 0, 1], 80)));
+/// let (parts, ()) = req.into_parts();
+/// // 10.0.0.1 (peer) and 10.0.0.2 are trusted proxies; 1.1.1.1 is whatever the client claimed.
+/// assert_eq!(key.extract(&parts).as_deref(), Some("203.0.113.9"));
+/// # Ok::<(), rate_limit_core::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ForwardedIp {
+    trusted: Vec<Cidr>,
+    source: Source,
+    v6_prefix: u8,
+}
+
+impl ForwardedIp {
+    /// Reads `X-Forwarded-For`; trusts no proxy until told to.
+    pub fn new() -> Self {
+        Self {
+            trusted: Vec::new(),
+            source: Source::XForwardedFor,
+            v6_prefix: 64,
+        }
+    }
+
+    /// Reads the RFC 7239 `Forwarded` header (its `for=` parameters) instead.
+    #[must_use]
+    pub fn forwarded(mut self) -> Self {
+        self.source = Source::Forwarded;
+        self
+    }
+
+    /// Trusts the proxies in `range`.
+    #[must_use]
+    pub fn trust(mut self, range: Cidr) -> Self {
+        self.trusted.push(range);
+        self
+    }
+
+    /// Keys IPv6 clients by their first `bits` bits (default 64, at most 128).
+    #[must_use]
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.v6_prefix = bits.min(128);
+        self
+    }
+
+    /// The client address for this request, or `None` when the peer address is unknown.
+    pub fn client_ip(&self, parts: &Parts) -> Option<IpAddr> {
+        let peer = peer_ip(parts)?;
+        if !self.is_trusted(peer) {
+            return Some(peer);
+        }
+        let mut nearest = peer;
+        let name = match self.source {
+            Source::XForwardedFor => &X_FORWARDED_FOR,
+            Source::Forwarded => &FORWARDED,
+        };
+        // Header lines in order, each split at commas; walked from the right.
+        let hops = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .rev()
+            .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','));
+        for hop in hops {
+            let ip = match self.source {
+                Source::XForwardedFor => parse_node(hop),
+                Source::Forwarded => forwarded_for(hop),
+            };
+            match ip {
+                Some(ip) if self.is_trusted(ip) => nearest = ip,
+                Some(ip) => return Some(ip),
+                None => return Some(nearest),
+            }
+        }
+        Some(nearest)
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|range| range.contains(ip))
+    }
+}
+
+impl Default for ForwardedIp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KeyExtractor for ForwardedIp {
+    fn extract(&self, parts: &Parts) -> Option<String> {
+        self.client_ip(parts).map(|ip| ip_key(ip, self.v6_prefix))
+    }
+}
+
+/// The `for=` node of one `Forwarded` element (`for=192.0.2.1;proto=https`).
+fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
+    element.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let (name, value) = pair.split_at_checked(4)?;
+        name.eq_ignore_ascii_case(b"for=").then(|| parse_node(value))?
+    })
+}
+
+/// A node: `192.0.2.1`, `192.0.2.1:80`, `2001:db8::1`, `[2001:db8::1]:80`, optionally quoted.
+fn parse_node(node: &[u8]) -> Option<IpAddr> {
+    let mut node = node.trim_ascii();
+    if let [b'"', inner @ .., b'"'] = node {
+        node = inner;
+    }
+    let text = std::str::from_utf8(node).ok()?;
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        return inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    }
+    text.parse::<SocketAddr>().ok().map(|a| a.ip().to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(peer: [u8; 4], headers: &[(&str, &[u8])]) -> Parts {
+        let mut req = http::Request::new(());
+        for (name, value) in headers {
+            req.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        req.extensions_mut().insert(SocketAddr::from((peer, 9)));
+        req.into_parts().0
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    fn proxies() -> ForwardedIp {
+        ForwardedIp::new().trust("10.0.0.0/8".parse().unwrap())
+    }
+
+    #[test]
+    fn without_trusted_proxies_the_peer_is_the_client() {
+        let p = parts([198, 51, 100, 1], &[("x-forwarded-for", b"1.2.3.4")]);
+        assert_eq!(ForwardedIp::new().client_ip(&p), ip("198.51.100.1"));
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_even_with_trusted_ranges() {
+        let p = parts([198, 51, 100, 1], &[("x-forwarded-for", b"1.2.3.4")]);
+        assert_eq!(proxies().client_ip(&p), ip("198.51.100.1"));
+    }
+
+    #[test]
+    fn takes_rightmost_untrusted_hop_across_header_lines() {
+        let p = parts(
+            [10, 0, 0, 1],
+            &[
+                ("x-forwarded-for", b"6.6.6.6, 5.5.5.5"),
+                ("x-forwarded-for", b"203.0.113.4 , 10.1.1.1"),
+            ],
+        );
+        assert_eq!(proxies().client_ip(&p), ip("203.0.113.4"));
+    }
+
+    #[test]
+    fn all_trusted_chain_yields_leftmost_hop() {
+        let p = parts([10, 0, 0, 1], &[("x-forwarded-for", b"10.9.9.9, 10.0.0.3")]);
+        assert_eq!(proxies().client_ip(&p), ip("10.9.9.9"));
+    }
+
+    #[test]
+    fn garbage_hop_stops_at_last_trusted_proxy() {
+        let p = parts([10, 0, 0, 1], &[("x-forwarded-for", b"1.1.1.1, bogus, 10.0.0.7")]);
+        assert_eq!(proxies().client_ip(&p), ip("10.0.0.7"));
+    }
+
+    #[test]
+    fn reads_rfc7239_for_parameters() {
+        let p = parts(
+            [10, 0, 0, 1],
+            &[(
+                "forwarded",
+                b"for=9.9.9.9, for=\"[2001:db8:cafe::17]:4711\";proto=https, By=10.0.0.5;FOR=10.2.2.2",
+            )],
+        );
+        let key = proxies().forwarded();
+        assert_eq!(key.client_ip(&p), ip("2001:db8:cafe::17"));
+        assert_eq!(key.extract(&p).as_deref(), Some("2001:db8:cafe::/64"));
+    }
+
+    #[test]
+    fn forwarded_unknown_stops_the_walk() {
+        let p = parts([10, 0, 0, 1], &[("forwarded", b"for=1.2.3.4, for=unknown")]);
+        assert_eq!(proxies().forwarded().client_ip(&p), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn nodes_with_ports_parse() {
+        assert_eq!(parse_node(b" 192.0.2.1:8080 "), ip("192.0.2.1"));
+        assert_eq!(parse_node(b"[::1]"), ip("::1"));
+        assert_eq!(parse_node(b"\"_hidden\""), None);
+        assert_eq!(parse_node(b"\xff"), None);
+        assert_eq!(forwarded_for(b"for"), None);
+    }
+}

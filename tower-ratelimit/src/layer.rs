@@ -1,0 +1,237 @@
+//! [`RateLimitLayer`]: the builder and [`Layer`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::request::Parts;
+use rate_limit_core::{Algorithm, Clock, ConfigError, Limit, Quota, Store, SystemClock};
+use tower_layer::Layer;
+
+use crate::config::{FailureMode, MissingKey, Shared};
+use crate::headers::{HeaderSettings, HeaderStyle, ResetStyle};
+use crate::key::{Global, KeyExtractor};
+use crate::policy::Policy;
+use crate::rejection::DefaultRejection;
+use crate::service::RateLimit;
+
+/// The policy name used until [`name`](RateLimitLayer::name) sets one.
+const DEFAULT_NAME: &str = "default";
+
+/// Applies rate limiting to a service. See the [crate docs](crate) for an overview.
+///
+/// Cheap to clone: the settings sit behind an `Arc`, and every service built from the layer (and
+/// every clone of those services) shares one store, so they share one budget per key.
+///
+/// Builder methods consume and return the layer; call them before handing it to a router.
+pub struct RateLimitLayer<R = DefaultRejection> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) rejection: Arc<R>,
+}
+
+impl RateLimitLayer {
+    /// Limits every client to `quota`, keyed by [`Global`] until [`key`](Self::key) says
+    /// otherwise, with the default algorithm ([`Algorithm::TokenBucket`]).
+    pub fn new(store: impl Store, quota: Quota) -> Self {
+        Self::build(store, vec![Limit::new(quota, Algorithm::default())])
+    }
+
+    /// Enforces every one of `limits` at once (all-or-nothing), each with its own algorithm.
+    ///
+    /// # Errors
+    ///
+    /// `limits` is empty.
+    pub fn with_limits(
+        store: impl Store,
+        limits: impl IntoIterator<Item = Limit>,
+    ) -> Result<Self, ConfigError> {
+        let limits: Vec<Limit> = limits.into_iter().collect();
+        let policy = Policy::new(DEFAULT_NAME, limits.iter().copied())?;
+        let algorithm = limits
+            .first()
+            .map_or_else(Algorithm::default, Limit::algorithm);
+        Ok(Self::from_parts(store, policy, algorithm))
+    }
+
+    fn build(store: impl Store, limits: Vec<Limit>) -> Self {
+        let algorithm = Algorithm::default();
+        match Policy::new(DEFAULT_NAME, limits) {
+            Ok(policy) => Self::from_parts(store, policy, algorithm),
+            // A constant name and one limit: cannot fail.
+            Err(err) => unreachable!("{err}"),
+        }
+    }
+
+    fn from_parts(store: impl Store, policy: Policy, algorithm: Algorithm) -> Self {
+        let backend = store.backend();
+        Self {
+            shared: Arc::new(Shared {
+                store: Arc::new(store),
+                backend,
+                key: Arc::new(Global),
+                algorithm,
+                policy,
+                policy_fn: None,
+                cost: None,
+                headers: HeaderSettings {
+                    style: HeaderStyle::default(),
+                    reset: ResetStyle::default(),
+                },
+                missing: MissingKey::default(),
+                shadow: false,
+                failure: FailureMode::default(),
+                clock: Arc::new(SystemClock::new()),
+            }),
+            rejection: Arc::new(DefaultRejection),
+        }
+    }
+}
+
+impl<R> RateLimitLayer<R> {
+    fn set(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        f(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    fn set_policy(self, name: &str, limits: Vec<Limit>) -> Self {
+        match Policy::new(name, limits) {
+            Ok(policy) => self.set(|s| s.policy = policy),
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// The policy requests are checked against unless a [policy hook](Self::policy) picks
+    /// another.
+    pub fn default_policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
+    /// Enforces every limit with `algorithm`, including limits added later with
+    /// [`limit`](Self::limit).
+    #[must_use]
+    pub fn algorithm(self, algorithm: Algorithm) -> Self {
+        let limits = self
+            .shared
+            .policy
+            .limits()
+            .iter()
+            .map(|l| Limit::new(*l.quota(), algorithm))
+            .collect();
+        let name = self.shared.policy.shared_name().clone();
+        self.set(|s| s.algorithm = algorithm).set_policy(&name, limits)
+    }
+
+    /// Adds another limit, enforced together with the others (all-or-nothing): e.g. 10 per
+    /// second *and* 1000 per hour.
+    #[must_use]
+    pub fn limit(self, quota: Quota) -> Self {
+        let mut limits = self.shared.policy.limits().to_vec();
+        limits.push(Limit::new(quota, self.shared.algorithm));
+        let name = self.shared.policy.shared_name().clone();
+        self.set_policy(&name, limits)
+    }
+
+    /// Names the policy: the IETF `RateLimit-Policy` name, the `policy` metrics label, and the
+    /// prefix of store keys. Default `default`.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not 1 to 64 ASCII letters, digits, `-`, `_` or `.` (see [`Policy::new`]).
+    #[must_use]
+    pub fn name(self, name: &str) -> Self {
+        let limits = self.shared.policy.limits().to_vec();
+        self.set_policy(name, limits)
+    }
+
+    /// Who requests are charged to (default [`Global`]: one budget for everyone).
+    #[must_use]
+    pub fn key(self, key: impl KeyExtractor) -> Self {
+        self.set(|s| s.key = Arc::new(key))
+    }
+
+    /// How much a request costs (default 1). A cost of 0 lets the request through uncounted.
+    #[must_use]
+    pub fn cost(self, cost: impl Fn(&Parts) -> u32 + Send + Sync + 'static) -> Self {
+        self.set(|s| s.cost = Some(Arc::new(cost)))
+    }
+
+    /// Picks the policy per request from its head and its (compacted) key: per-route limits,
+    /// or tiers such as premium API keys. `None` uses the [default policy](Self::default_policy).
+    #[must_use]
+    pub fn policy(
+        self,
+        pick: impl Fn(&Parts, &str) -> Option<Policy> + Send + Sync + 'static,
+    ) -> Self {
+        self.set(|s| s.policy_fn = Some(Arc::new(pick)))
+    }
+
+    /// Which rate-limit headers responses carry (default [`HeaderStyle::Both`]).
+    #[must_use]
+    pub fn headers(self, style: HeaderStyle) -> Self {
+        self.set(|s| s.headers.style = style)
+    }
+
+    /// How `X-RateLimit-Reset` is written (default [`ResetStyle::DeltaSeconds`]).
+    #[must_use]
+    pub fn reset(self, style: ResetStyle) -> Self {
+        self.set(|s| s.headers.reset = style)
+    }
+
+    /// What to do when no key can be extracted (default [`MissingKey::Reject`]).
+    #[must_use]
+    pub fn on_missing_key(self, missing: MissingKey) -> Self {
+        self.set(|s| s.missing = missing)
+    }
+
+    /// Shadow mode: decide, charge, count and set headers, but never block a request.
+    #[must_use]
+    pub fn shadow(self, shadow: bool) -> Self {
+        self.set(|s| s.shadow = shadow)
+    }
+
+    /// What to do when the store fails (default [`FailureMode::Open`]).
+    #[must_use]
+    pub fn on_store_error(self, mode: FailureMode) -> Self {
+        self.set(|s| s.failure = mode)
+    }
+
+    /// The clock for Unix-time `X-RateLimit-Reset` values and store latency (default
+    /// [`SystemClock`]). Decisions use the store's own clock.
+    #[must_use]
+    pub fn clock(self, clock: impl Clock) -> Self {
+        self.set(|s| s.clock = Arc::new(clock))
+    }
+
+    /// Builds rejection responses (429, 503, 400) with `rejection` instead of an empty body.
+    /// See [`RejectResponse`](crate::RejectResponse).
+    pub fn with_rejection<R2>(self, rejection: R2) -> RateLimitLayer<R2> {
+        RateLimitLayer {
+            shared: self.shared,
+            rejection: Arc::new(rejection),
+        }
+    }
+}
+
+impl<R> Clone for RateLimitLayer<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            rejection: Arc::clone(&self.rejection),
+        }
+    }
+}
+
+impl<R> fmt::Debug for RateLimitLayer<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("config", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, R> Layer<S> for RateLimitLayer<R> {
+    type Service = RateLimit<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::from_layer(inner, self)
+    }
+}
