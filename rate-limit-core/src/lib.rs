@@ -56,6 +56,8 @@ pub use error::{ConfigError, StoreError, StoreErrorKind};
 pub use limit::Limit;
 pub use quota::{MAX_SPAN, Quota};
 pub use store::memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "redis")]
+pub use store::redis::{RedisStore, RedisStoreBuilder};
 pub use store::{BoxFuture, Store};
 
 /// The per-algorithm state types held inside [`State`]. Opaque: only transitions read them.

@@ -1,1 +1,15 @@
 //! End-to-end tests across the crates; see `tests/tests/`.
+//!
+//! Test support lives here: [`RedisServer`] starts a throwaway `redis-server` on a free loopback
+//! port (which a test may kill, pause, resume and restart), [`RedisCluster`] a three-master
+//! Redis Cluster. Neither touches a server it did not start.
+//!
+//! Tests that need Redis call [`redis_available`] first: when `redis-server` is not on the
+//! `PATH` they print `SKIPPED: redis-server not found` and return, unless `CI=true`, where a
+//! missing server fails the test.
+
+mod redis_cluster;
+mod redis_server;
+
+pub use redis_cluster::RedisCluster;
+pub use redis_server::{RedisServer, redis_available};

@@ -10,6 +10,8 @@ use crate::error::StoreError;
 use crate::limit::Limit;
 
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 /// A boxed, `Send` future: what [`Store`] methods return, so that stores can be used as
 /// `Arc<dyn Store>` and wrapped by other stores.

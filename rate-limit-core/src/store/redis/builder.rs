@@ -1,0 +1,73 @@
+//! [`RedisStoreBuilder`]: the key prefix and where time comes from.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::RedisStore;
+use super::keys;
+use crate::clock::Clock;
+use crate::error::ConfigError;
+
+/// Builds a [`RedisStore`] over a connection `C`; see [`RedisStore::builder`].
+pub struct RedisStoreBuilder<C> {
+    conn: C,
+    prefix: String,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl<C> RedisStoreBuilder<C> {
+    pub(super) fn new(conn: C) -> Self {
+        Self {
+            conn,
+            prefix: keys::DEFAULT_PREFIX.to_owned(),
+            clock: None,
+        }
+    }
+
+    /// The first part of every key, `rl` by default. Keys are
+    /// `{prefix}:{<escaped client key>}:<limit id in hex>`.
+    ///
+    /// Checked by [`build`](Self::build): it must be non-empty and hold no `{`, `}` or control
+    /// characters.
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Reads time from `clock` and sends it with each call (client-clock mode), instead of
+    /// reading Redis `TIME` inside the script (the default).
+    ///
+    /// Server time is one clock for every instance; use a client clock only for servers that
+    /// refuse `TIME` in scripts, or for deterministic tests with a
+    /// [`ManualClock`](crate::ManualClock). Instances whose clocks disagree then disagree on
+    /// refills and window edges.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Builds the store. No I/O happens here.
+    ///
+    /// # Errors
+    ///
+    /// The [`prefix`](Self::prefix) is empty or holds `{`, `}` or a control character.
+    pub fn build(self) -> Result<RedisStore<C>, ConfigError> {
+        keys::validate_prefix(&self.prefix)?;
+        Ok(RedisStore {
+            conn: self.conn,
+            prefix: self.prefix.into(),
+            clock: self.clock,
+        })
+    }
+}
+
+impl<C> fmt::Debug for RedisStoreBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("prefix", &self.prefix)
+            .field("client_clock", &self.clock.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,24 @@
+-- GCRA: the twin of algorithm/gcra.rs. State "tat".
+local function gcra(key, now, p, cost, commit)
+  local s = load_fields(key)
+  local tat = now
+  if s then
+    tat = math.max(s[1], now)
+  end
+  local function remaining(at)
+    return math.floor(math.max(now + p.tau - at, 0) / p.interval)
+  end
+  if cost > p.burst then
+    return { false, p.burst, remaining(tat), tat - now, -1 }
+  end
+  local new_tat = tat + cost * p.interval
+  local allow_at = math.max(new_tat - p.tau, 0)
+  if allow_at <= now then
+    if commit then
+      tat = new_tat
+      store_fields(key, { tat }, tat - now)
+    end
+    return { true, p.burst, remaining(tat), tat - now, -1 }
+  end
+  return { false, p.burst, remaining(tat), tat - now, allow_at - now }
+end

@@ -1,0 +1,107 @@
+//! The key layout: `{prefix}:{<escaped client key>}:<limit id in hex>`.
+//!
+//! Every key of one request shares the hash tag `{<escaped client key>}`, so they live in one
+//! Redis Cluster slot and one script may touch them all. The client key is escaped so that no
+//! text can leave its braces: `%`, `{`, `}`, and control characters (`\n`, `\0`, ...) become
+//! `%XX` (their byte in hex). Any other text, non-ASCII included, is kept as it is. The empty key
+//! becomes a lone `%`, which no escaped key contains, because Redis Cluster hashes a key with an
+//! empty tag `{}` whole.
+
+use std::fmt::Write as _;
+
+use crate::error::ConfigError;
+
+/// The default key prefix.
+pub(crate) const DEFAULT_PREFIX: &str = "rl";
+
+/// Checks a prefix: non-empty, no braces (they would move the hash tag), no control characters.
+pub(crate) fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() {
+        return Err(ConfigError::new("prefix", prefix, "must not be empty"));
+    }
+    if prefix.contains(['{', '}']) || prefix.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            "prefix",
+            prefix.escape_debug(),
+            "must not contain `{`, `}` or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The hash-tagged part of every key of `key`, braces included: `{<escaped key>}`.
+pub(crate) fn tag(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 2);
+    out.push('{');
+    if key.is_empty() {
+        out.push('%');
+    }
+    for c in key.chars() {
+        if matches!(c, '%' | '{' | '}') || c.is_ascii_control() {
+            // `c` is ASCII here, so its code is its one UTF-8 byte.
+            let _ = write!(out, "%{:02X}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The state key of one limit: `{prefix}:{tag}:{id:016x}`.
+pub(crate) fn state_key(prefix: &str, tag: &str, limit_id: u64) -> String {
+    format!("{prefix}:{tag}:{limit_id:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_keys_stay_readable() {
+        assert_eq!(tag("client-1"), "{client-1}");
+        assert_eq!(
+            state_key("rl", &tag("a:b"), 0xab),
+            "rl:{a:b}:00000000000000ab"
+        );
+        assert_eq!(tag("zoë 東京"), "{zoë 東京}");
+    }
+
+    #[test]
+    fn braces_percent_and_controls_are_escaped() {
+        assert_eq!(tag("}x{"), "{%7Dx%7B}");
+        assert_eq!(tag("50%"), "{50%25}");
+        assert_eq!(tag("a\nb\0"), "{a%0Ab%00}");
+        assert_eq!(tag("\u{7f}"), "{%7F}");
+    }
+
+    #[test]
+    fn escaping_is_injective_on_tricky_pairs() {
+        let keys = [
+            "", "%", "%25", "{", "%7B", "}", "\0", "%00", "a}:{b", "a", "a ",
+        ];
+        let tags: std::collections::HashSet<String> = keys.iter().map(|k| tag(k)).collect();
+        assert_eq!(tags.len(), keys.len());
+    }
+
+    #[test]
+    fn the_tag_is_the_first_braced_part_and_never_empty() {
+        for key in ["", "}", "{}", "x}{y", "{{", "}}"] {
+            let full = state_key("rl", &tag(key), 1);
+            let open = full.find('{').unwrap();
+            let close = open + full[open..].find('}').unwrap();
+            assert_eq!(&full[open..=close], tag(key));
+            assert!(close > open + 1, "empty tag for {key:?}");
+            assert_eq!(full.matches('{').count(), 1);
+        }
+    }
+
+    #[test]
+    fn prefixes_with_braces_are_rejected() {
+        assert!(validate_prefix("rl").is_ok());
+        assert!(validate_prefix("app:rl").is_ok());
+        assert_eq!(validate_prefix("").unwrap_err().setting(), "prefix");
+        assert!(validate_prefix("a{b").is_err());
+        assert!(validate_prefix("a\nb").is_err());
+    }
+}

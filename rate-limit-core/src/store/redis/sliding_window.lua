@@ -1,0 +1,50 @@
+-- Sliding window counter: the twin of algorithm/sliding_window.rs. State "start:cur:prev".
+--
+-- The Rust test `prev * (P - e) + (cur + cost) * P <= limit * P` is rewritten as
+-- `cur + cost <= limit and prev * (P - e) <= (limit - cur - cost) * P`, the same test whose
+-- products never exceed `limit * P`: the store checks that `limit * P < 2^53`.
+local function sliding_window(key, now, p, cost, commit)
+  local s = load_fields(key)
+  if s then
+    -- A clock that goes back is treated as standing still at the newest window seen.
+    now = math.max(now, s[1])
+  end
+  local start = now - now % p.period
+  local cur, prev = 0, 0
+  if s then
+    if s[1] == start then
+      cur, prev = s[2], s[3]
+    elseif s[1] + p.period == start then
+      prev = s[2]
+    end
+  end
+  local elapsed = now - start
+  local carried = prev * (p.period - elapsed)
+  local allowed = cost <= p.limit and cur + cost <= p.limit
+    and carried <= (p.limit - cur - cost) * p.period
+  local retry = -1
+  if not allowed and cost <= p.limit then
+    if cur + cost <= p.limit then
+      -- Later in this window, once prev's weight has dropped far enough.
+      local k = math.floor((p.limit - cur - cost) * p.period / prev)
+      retry = p.period - k - elapsed
+    else
+      -- In the next window, where cur becomes the weighted previous count.
+      local k = math.floor((p.limit - cost) * p.period / cur)
+      retry = 2 * p.period - k - elapsed
+    end
+  end
+  local stop = start + p.period
+  if allowed and commit then
+    cur = cur + cost
+    store_fields(key, { start, cur, prev }, stop + p.period - now)
+  end
+  local weighted_prev = math.ceil(carried / p.period)
+  local reset = 0
+  if cur > 0 then
+    reset = stop + p.period - now
+  elseif prev > 0 then
+    reset = stop - now
+  end
+  return { allowed, p.limit, math.max(p.limit - (weighted_prev + cur), 0), reset, retry }
+end
