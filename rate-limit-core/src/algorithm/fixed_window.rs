@@ -8,7 +8,7 @@ use crate::quota::Params;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FixedWindowState {
     pub(crate) start: u64,
-    pub(crate) count: u64,
+    pub(crate) count: u32,
 }
 
 pub(crate) fn apply(
@@ -21,13 +21,13 @@ pub(crate) fn apply(
     let start = now - now % p.period;
     let end = start.saturating_add(p.period);
     let mut count = match *state {
-        Some(s) if s.start == start => s.count,
+        Some(s) if s.start == start => u64::from(s.count),
         // A clock that went back into an older window keeps the newer window's count.
         Some(s) if s.start > start => {
             return Raw {
                 allowed: false,
                 capacity: p.limit,
-                remaining: p.limit - s.count.min(p.limit),
+                remaining: p.limit - u64::from(s.count).min(p.limit),
                 reset_after: s.start + p.period - now,
                 retry_after: (cost <= p.limit).then(|| s.start + p.period - now),
             };
@@ -39,7 +39,10 @@ pub(crate) fn apply(
     if allowed && commit {
         count += cost;
     }
-    *state = (count > 0).then_some(FixedWindowState { start, count });
+    *state = (count > 0).then(|| FixedWindowState {
+        start,
+        count: narrow(count),
+    });
     Raw {
         allowed,
         capacity: p.limit,
@@ -47,6 +50,11 @@ pub(crate) fn apply(
         reset_after: if count > 0 { end - now } else { 0 },
         retry_after,
     }
+}
+
+/// Counts never exceed the limit, a `u32`.
+fn narrow(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use crate::quota::Params;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlidingWindowState {
     pub(crate) start: u64,
-    pub(crate) cur: u64,
-    pub(crate) prev: u64,
+    pub(crate) cur: u32,
+    pub(crate) prev: u32,
 }
 
 pub(crate) fn apply(
@@ -27,8 +27,8 @@ pub(crate) fn apply(
     let now = state.map_or(now, |s| now.max(s.start));
     let start = now - now % p.period;
     let (mut cur, prev) = match *state {
-        Some(s) if s.start == start => (s.cur, s.prev),
-        Some(s) if s.start.saturating_add(p.period) == start => (0, s.cur),
+        Some(s) if s.start == start => (u64::from(s.cur), u64::from(s.prev)),
+        Some(s) if s.start.saturating_add(p.period) == start => (0, u64::from(s.cur)),
         _ => (0, 0),
     };
     let period = u128::from(p.period);
@@ -52,7 +52,11 @@ pub(crate) fn apply(
     if allowed && commit {
         cur += cost;
     }
-    *state = (cur > 0 || prev > 0).then_some(SlidingWindowState { start, cur, prev });
+    *state = (cur > 0 || prev > 0).then(|| SlidingWindowState {
+        start,
+        cur: narrow(cur),
+        prev: narrow(prev),
+    });
     let weighted_prev = to_u64(carried.div_ceil(period));
     let end = start + p.period;
     Raw {
@@ -68,6 +72,11 @@ pub(crate) fn apply(
         },
         retry_after,
     }
+}
+
+/// Counts never exceed the limit, a `u32`.
+fn narrow(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn to_u64(v: u128) -> u64 {

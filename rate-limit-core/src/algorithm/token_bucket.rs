@@ -9,7 +9,7 @@ use crate::quota::Params;
 /// Tokens left, and the tick from which the next refill is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenBucketState {
-    pub(crate) tokens: u64,
+    pub(crate) tokens: u32,
     pub(crate) last: u64,
 }
 
@@ -24,7 +24,7 @@ pub(crate) fn apply(
         None => (p.burst, now),
         Some(s) => {
             let add = now.saturating_sub(s.last) / p.interval;
-            let tokens = s.tokens.saturating_add(add).min(p.burst);
+            let tokens = u64::from(s.tokens).saturating_add(add).min(p.burst);
             if tokens == p.burst {
                 (tokens, now)
             } else {
@@ -43,7 +43,10 @@ pub(crate) fn apply(
     if allowed && commit {
         tokens -= cost;
     }
-    *state = (tokens < p.burst).then_some(TokenBucketState { tokens, last });
+    *state = (tokens < p.burst).then(|| TokenBucketState {
+        tokens: u32::try_from(tokens).unwrap_or(u32::MAX),
+        last,
+    });
     Raw {
         allowed,
         capacity: p.burst,

@@ -81,12 +81,47 @@ struct Inner {
 }
 
 /// One key and one limit. `state` is never `None` while stored.
+///
+/// 64 bytes, aligned to a cache line, so that a lookup touches one line (plus the key's heap
+/// bytes only for keys longer than [`INLINE_KEY`]).
+#[repr(align(64))]
 struct Entry {
-    key: Box<str>,
+    key: Key,
     limit: u64,
     /// Nanoseconds since the epoch at which the state is full again.
     expires: u64,
     state: Option<State>,
+}
+
+/// Keys up to this many bytes are stored inside the entry.
+const INLINE_KEY: usize = 22;
+
+/// A key stored inline when short (no allocation, no pointer to chase), boxed when long.
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<str>),
+}
+
+impl Key {
+    fn new(key: &str) -> Self {
+        let src = key.as_bytes();
+        match u8::try_from(src.len()) {
+            Ok(len) if src.len() <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                bytes[..src.len()].copy_from_slice(src);
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(key.into()),
+        }
+    }
+
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(s) => s.as_bytes(),
+        }
+    }
 }
 
 impl MemoryStore<SystemClock> {
@@ -197,6 +232,35 @@ impl<C: Clock> MemoryStore<C> {
         &self.clock
     }
 
+    /// [`Store::check`] without a future: the memory store never waits, so callers that are not
+    /// async (or that want to skip the boxed future) can decide in place.
+    ///
+    /// # Errors
+    ///
+    /// `limits` is empty.
+    pub fn check_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Result<Decision, StoreError> {
+        self.decide(key, limits, cost, true)
+    }
+
+    /// [`Store::peek`] without a future.
+    ///
+    /// # Errors
+    ///
+    /// `limits` is empty.
+    pub fn peek_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Result<Decision, StoreError> {
+        self.decide(key, limits, cost, false)
+    }
+
     /// Drops every entry that is full again, in every shard, and gives back memory that the
     /// tables no longer need. Returns how many entries were dropped.
     pub fn sweep(&self) -> usize {
@@ -218,7 +282,9 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     fn rehash(&self, e: &Entry) -> u64 {
-        entry_hash(self.hasher.hash_one(&*e.key), e.limit)
+        // Keys are hashed as `str` on lookup; hash the same bytes the same way here.
+        let key = std::str::from_utf8(e.key.as_bytes()).unwrap_or_default();
+        entry_hash(self.hasher.hash_one(key), e.limit)
     }
 
     fn decide(
@@ -283,9 +349,9 @@ impl<C: Clock> MemoryStore<C> {
     ) -> Raw {
         let hash = entry_hash(key_hash, limit.id());
         let p = limit.nanos();
-        let found = inner
-            .table
-            .find_entry(hash, |e| e.limit == limit.id() && *e.key == *key);
+        let found = inner.table.find_entry(hash, |e| {
+            e.limit == limit.id() && e.key.as_bytes() == key.as_bytes()
+        });
         if let Ok(mut occupied) = found {
             let e = occupied.get_mut();
             let raw = algorithm::apply(limit.algorithm(), &mut e.state, now, p, cost, commit);
@@ -303,7 +369,7 @@ impl<C: Clock> MemoryStore<C> {
                 self.make_room(inner, now);
             }
             let entry = Entry {
-                key: key.into(),
+                key: Key::new(key),
                 limit: limit.id(),
                 expires: now.saturating_add(raw.reset_after),
                 state,
@@ -374,6 +440,7 @@ impl<C> fmt::Debug for MemoryStore<C> {
     }
 }
 
+#[inline]
 fn lock(shard: &Shard) -> MutexGuard<'_, Inner> {
     // A panic while holding a shard cannot leave an entry half-written (transitions are pure and
     // write back whole values), so a poisoned lock is still consistent.
@@ -494,6 +561,33 @@ mod tests {
         clock.advance(Duration::from_secs(6));
         s.decide("other", &l, nz(1), true).unwrap();
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn entries_fill_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+    }
+
+    #[test]
+    fn short_and_long_keys_are_told_apart() {
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let s = store(100, &clock);
+        let l = [Limit::new(Quota::per_hour(nz(1)), Algorithm::Gcra)];
+        let long = "x".repeat(INLINE_KEY + 1);
+        let keys = ["", "a", &long[..INLINE_KEY], &long, "é\u{0}z"];
+        for k in keys {
+            assert!(check(&s, k, &l, 1).allowed(), "{k:?}");
+        }
+        for k in keys {
+            assert!(!check(&s, k, &l, 1).allowed(), "{k:?}");
+        }
+        // Growth rehashes every entry: inline and boxed keys must hash as they were looked up.
+        for i in 0..90 {
+            check(&s, &format!("grow-{i}-{long}"), &l, 1);
+        }
+        for k in keys {
+            assert!(!check(&s, k, &l, 1).allowed(), "{k:?}");
+        }
     }
 
     #[test]
