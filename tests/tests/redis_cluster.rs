@@ -1,0 +1,71 @@
+//! `RedisStore` on a three-master Redis Cluster started by the test.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use integration_tests::{RedisCluster, redis_available};
+use rate_limit_core::{Algorithm, Limit, Quota, RedisStore, Store};
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_spread_over_masters_and_each_is_exact() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = Arc::new(RedisStore::connect_cluster(&urls).await.unwrap());
+    // Three limits, three algorithms, one script per check: no CROSSSLOT.
+    let limits = [
+        Limit::new(Quota::per_hour(nz(5)), Algorithm::Gcra),
+        Limit::new(Quota::per_hour(nz(6)), Algorithm::SlidingWindowLog),
+        Limit::new(Quota::per_hour(nz(7)), Algorithm::TokenBucket),
+    ];
+    let keys: Vec<String> = (0..60)
+        .map(|i| format!("client-{i}"))
+        .chain(["{", "}x{", "", "a\nb", "東京"].map(str::to_owned))
+        .collect();
+    let mut handles = Vec::new();
+    for key in &keys {
+        for _ in 0..4 {
+            let store = Arc::clone(&store);
+            let key = key.clone();
+            handles.push(tokio::spawn(async move {
+                let mut admitted = 0u32;
+                for _ in 0..2 {
+                    let d = store.check(&key, &limits, nz(1)).await.unwrap();
+                    admitted += u32::from(d.allowed());
+                }
+                (key, admitted)
+            }));
+        }
+    }
+    let mut per_key = std::collections::HashMap::new();
+    for h in handles {
+        let (key, n) = h.await.unwrap();
+        *per_key.entry(key).or_insert(0) += n;
+    }
+    for key in &keys {
+        // 8 attempts against the tightest limit, 5 per hour: exactly 5.
+        assert_eq!(per_key[key], 5, "{key:?}");
+    }
+    // Keys landed on more than one master, and each client's keys share one slot.
+    let mut masters_used = 0;
+    for node in cluster.nodes() {
+        let n: u64 = node.cli(&["DBSIZE"]).parse().unwrap();
+        masters_used += usize::from(n > 0);
+    }
+    assert!(masters_used > 1, "every key on one master");
+    for key in &keys {
+        let slots: HashSet<String> = limits
+            .iter()
+            .map(|l| cluster.nodes()[0].cli(&["CLUSTER", "KEYSLOT", &store.state_key(key, l)]))
+            .collect();
+        assert_eq!(slots.len(), 1, "{key:?}: {slots:?}");
+    }
+}
