@@ -92,7 +92,10 @@ pub(crate) fn set_rate_limit_headers(
 ) {
     if settings.style.legacy() {
         headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(decision.limit()));
-        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(decision.remaining()));
+        headers.insert(
+            X_RATELIMIT_REMAINING,
+            HeaderValue::from(decision.remaining()),
+        );
         let reset = match settings.reset {
             ResetStyle::DeltaSeconds => ceil_secs(decision.reset_after()),
             ResetStyle::UnixSeconds => ceil_secs(now().saturating_add(decision.reset_after())),
@@ -132,7 +135,10 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_nanos(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
-        assert_eq!(retry_after_secs(Duration::from_secs(59) + Duration::from_nanos(1)), 60);
+        assert_eq!(
+            retry_after_secs(Duration::from_secs(59) + Duration::from_nanos(1)),
+            60
+        );
     }
 
     #[test]

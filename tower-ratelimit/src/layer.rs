@@ -117,7 +117,8 @@ impl<R> RateLimitLayer<R> {
             .map(|l| Limit::new(*l.quota(), algorithm))
             .collect();
         let name = self.shared.policy.shared_name().clone();
-        self.set(|s| s.algorithm = algorithm).set_policy(&name, limits)
+        self.set(|s| s.algorithm = algorithm)
+            .set_policy(&name, limits)
     }
 
     /// Adds another limit, enforced together with the others (all-or-nothing): e.g. 10 per

@@ -1,6 +1,122 @@
-//! Distributed rate limiting as Tower middleware.
+//! Distributed rate limiting as [Tower](https://docs.rs/tower) middleware.
 //!
-//! (docs follow)
+//! Add a [`RateLimitLayer`] to an axum `Router`, a hyper service or any `tower::Service` over
+//! `http::Request`s. Every request is charged to a key (a client id, an IP, an API key) in a
+//! [`Store`] shared by every instance of the application (in memory here; Redis in production).
+//! A spent budget is answered with `429 Too Many Requests` and `Retry-After`; every response
+//! carries the remaining budget in headers.
+//!
+//! ```
+//! use std::num::NonZeroU32;
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use rate_limit_core::{ManualClock, MemoryStore, Quota};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_ratelimit::{RateLimitLayer, key};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+//! let store = MemoryStore::builder().clock(clock.clone()).build();
+//! let svc = ServiceBuilder::new()
+//!     .layer(
+//!         RateLimitLayer::new(store, Quota::per_minute(NonZeroU32::new(2).unwrap()))
+//!             .name("api")
+//!             .key(key::Header::new("x-client-id")),
+//!     )
+//!     .service(service_fn(|_req: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+//!     }));
+//!
+//! let req = || Request::get("/").header("x-client-id", "alice").body(String::new());
+//! let res = svc.clone().oneshot(req()?).await?;
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(res.headers()["x-ratelimit-limit"], "2");
+//! assert_eq!(res.headers()["x-ratelimit-remaining"], "1");
+//! assert_eq!(res.headers()["ratelimit-policy"], r#""api";q=2;w=60"#);
+//! assert_eq!(res.headers()["ratelimit"], r#""api";r=1;t=30"#);
+//!
+//! svc.clone().oneshot(req()?).await?;
+//! let res = svc.clone().oneshot(req()?).await?;
+//! assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(res.headers()["retry-after"], "30");
+//!
+//! clock.advance(Duration::from_secs(30));
+//! assert_eq!(svc.oneshot(req()?).await?.status(), StatusCode::OK);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! In axum, `Router::new().route(..).layer(layer)` limits the whole router and
+//! `.route_layer(layer)` on a method router limits one route.
+//!
+//! # What a request goes through
+//!
+//! 1. `poll_ready` forwards to the inner service. A limit is never enforced by a pending
+//!    `poll_ready`: the decision is made in `call`, and a spent budget is a response.
+//! 2. The [key extractor](key::KeyExtractor) finds the key in the request head
+//!    ([`key::Global`] by default). With no key, [`MissingKey`] decides: reject with 400 (the
+//!    default), skip, or charge a shared key.
+//! 3. The [policy hook](RateLimitLayer::policy) may pick another [`Policy`] (per route, per
+//!    tier); the [cost](RateLimitLayer::cost) says how much the request spends (0 is free).
+//! 4. The store checks every limit of the policy at once, all-or-nothing.
+//! 5. Allowed: the inner service is called, with the [`Decision`] in the request extensions, and
+//!    its response gets the headers. Denied: the inner service is not called; the response is a
+//!    429. In [shadow mode](RateLimitLayer::shadow) a denied request is let through anyway,
+//!    counted as `shadow_denied`.
+//! 6. Store failure: [`FailureMode::Open`] lets the request through with a [`StoreFailure`] in
+//!    the response extensions; [`FailureMode::Closed`] answers 503 with `Retry-After: 1`.
+//!    (Timeouts, a circuit breaker and a local fallback are stores wrapping stores: the layer only
+//!    sees a [`Store`].)
+//!
+//! # Responses
+//!
+//! The middleware keeps `Error = S::Error` and the body type of the inner service. Like
+//! tower-http's middleware, its own responses (429, 503, 400) are built with
+//! `ResBody: Default`, i.e. an empty body; to send a body, pass a closure to
+//! [`with_rejection`](RateLimitLayer::with_rejection) (see [`RejectResponse`]). Rate-limit
+//! headers and `Retry-After` are added to whatever it returns.
+//!
+//! | Header | Value |
+//! |---|---|
+//! | `X-RateLimit-Limit` | capacity of the binding limit (burst for buckets) |
+//! | `X-RateLimit-Remaining` | what is left of it |
+//! | `X-RateLimit-Reset` | seconds until it is full, rounded up ([`ResetStyle::UnixSeconds`] for a Unix time) |
+//! | `RateLimit-Policy` | `"api";q=100;w=60`, one list member per limit |
+//! | `RateLimit` | `"api";r=42;t=17`, one list member per limit |
+//! | `Retry-After` | on 429 and 503: whole seconds, rounded up, never 0 |
+//!
+//! The IETF fields follow draft-ietf-httpapi-ratelimit-headers and are structured-field lists.
+//! With several limits the legacy headers describe the binding one: the denying limit with the
+//! longest wait, or the one with the least remaining. [`HeaderStyle`] picks which are sent. A
+//! request whose cost exceeds a limit's capacity gets a 429 without `Retry-After`, since no wait
+//! would help.
+//!
+//! # Keys
+//!
+//! [`key::Global`], [`key::Header`], [`key::PeerIp`], [`key::ForwardedIp`] (trusted proxies
+//! only), [`key::ApiKey`] (hashed with SHA-256), or any closure `Fn(&Parts) -> Option<String>`.
+//! Keys longer than [`key::MAX_KEY_LEN`] or with bytes other than visible ASCII are hashed, so
+//! every key stays short and no header value can break a store key. Store keys are
+//! `{policy name}:{key}`.
+//!
+//! # Observability
+//!
+//! Through the [`metrics`](https://docs.rs/metrics) facade: the counter
+//! `ratelimit_decisions_total{policy, outcome, backend}` (outcome `allowed`, `denied`,
+//! `shadow_denied`, `failed_open`, `failed_closed`) and the histogram
+//! `ratelimit_store_duration_seconds{backend}` (timed with the layer's [clock](RateLimitLayer::clock)).
+//! Each store call runs in a `ratelimit.check` [`tracing`](https://docs.rs/tracing) span. Keys
+//! are never metric labels and never logged.
+//!
+//! # Features
+//!
+//! | Feature | Enables |
+//! |---|---|
+//! | `axum` | [`key::PeerIp`] and [`key::ForwardedIp`] also read axum's `ConnectInfo<SocketAddr>` |
+//!
+//! Without it, insert the peer's `SocketAddr` into the request extensions in your hyper
+//! `service_fn`.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod config;

@@ -66,7 +66,11 @@ impl Policy {
         }
         let limits: Box<[Limit]> = limits.into_iter().collect();
         if limits.is_empty() {
-            return Err(ConfigError::new("limits", "[]", "a policy needs at least one limit"));
+            return Err(ConfigError::new(
+                "limits",
+                "[]",
+                "a policy needs at least one limit",
+            ));
         }
         let members = member_names(name, &limits);
         let mut field = String::new();
@@ -184,7 +188,10 @@ mod tests {
             p.header().unwrap(),
             "\"api-1s\";q=10;w=1, \"api-3600s\";q=1000;w=3600"
         );
-        let same = Policy::new("x", [limit(1, Quota::per_second), limit(2, Quota::per_second)]);
+        let same = Policy::new(
+            "x",
+            [limit(1, Quota::per_second), limit(2, Quota::per_second)],
+        );
         assert_eq!(same.unwrap().members(), ["\"x-0\"", "\"x-1\""]);
     }
 
@@ -199,7 +206,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_names_and_no_limits() {
-        assert_eq!(Policy::new("", [limit(1, Quota::per_second)]).unwrap_err().setting(), "policy name");
+        assert_eq!(
+            Policy::new("", [limit(1, Quota::per_second)])
+                .unwrap_err()
+                .setting(),
+            "policy name"
+        );
         assert!(Policy::new("a\"b", [limit(1, Quota::per_second)]).is_err());
         assert_eq!(Policy::new("ok", []).unwrap_err().setting(), "limits");
     }

@@ -34,7 +34,10 @@ async fn headers_count_down_across_a_window() {
     assert_eq!(header(&res, "x-ratelimit-remaining"), Some("2"));
     assert_eq!(header(&res, "x-ratelimit-reset"), Some("60"));
     assert_eq!(header(&res, "ratelimit"), Some("\"default\";r=2;t=60"));
-    assert_eq!(header(&res, "ratelimit-policy"), Some("\"default\";q=3;w=60"));
+    assert_eq!(
+        header(&res, "ratelimit-policy"),
+        Some("\"default\";q=3;w=60")
+    );
     assert_eq!(header(&res, "retry-after"), None);
 
     clock.advance(Duration::from_secs(10));
@@ -69,7 +72,13 @@ async fn clones_share_one_budget() {
     // Services from clones of the layer, and clones of those services.
     let other = ServiceBuilder::new().layer(layer).service_fn(ok);
     let services: Vec<_> = (0..4)
-        .map(|i| if i % 2 == 0 { svc.clone() } else { other.clone() })
+        .map(|i| {
+            if i % 2 == 0 {
+                svc.clone()
+            } else {
+                other.clone()
+            }
+        })
         .collect();
     let mut allowed = 0;
     for i in 0..12 {
@@ -86,9 +95,18 @@ async fn keys_have_separate_budgets() {
     let clock = clock();
     let layer = RateLimitLayer::new(store(&clock), fixed(1)).key(Header::new("X-Client"));
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
-    assert_eq!(send(&svc, get_with("/", "x-client", b"a")).await.status(), 200);
-    assert_eq!(send(&svc, get_with("/", "x-client", b"a")).await.status(), 429);
-    assert_eq!(send(&svc, get_with("/", "x-client", b"b")).await.status(), 200);
+    assert_eq!(
+        send(&svc, get_with("/", "x-client", b"a")).await.status(),
+        200
+    );
+    assert_eq!(
+        send(&svc, get_with("/", "x-client", b"a")).await.status(),
+        429
+    );
+    assert_eq!(
+        send(&svc, get_with("/", "x-client", b"b")).await.status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -128,8 +146,8 @@ async fn retry_after_rounds_up_to_whole_seconds() {
 #[tokio::test]
 async fn retry_after_is_never_zero() {
     let clock = clock();
-    let layer = RateLimitLayer::new(store(&clock), Quota::per_second(nz(1000)))
-        .algorithm(Algorithm::Gcra);
+    let layer =
+        RateLimitLayer::new(store(&clock), Quota::per_second(nz(1000))).algorithm(Algorithm::Gcra);
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
     for _ in 0..1000 {
         assert_eq!(send(&svc, get("/")).await.status(), 200);
@@ -202,7 +220,11 @@ async fn ietf_fields_parse_as_structured_fields() {
     let state = ietf_list(header(&res, "ratelimit").unwrap());
     assert_eq!(state[0].0, "api");
     assert_eq!(state[0].1[0], ("r".to_owned(), 99));
-    assert_eq!(header(&res, "x-ratelimit-limit"), None, "legacy headers are off");
+    assert_eq!(
+        header(&res, "x-ratelimit-limit"),
+        None,
+        "legacy headers are off"
+    );
 }
 
 #[tokio::test]
@@ -308,19 +330,20 @@ async fn missing_key_rejects_skips_or_shares() {
     assert_eq!(send(&svc, get("/")).await.status(), 200);
     assert_eq!(send(&svc, get("/")).await.status(), 429);
     // A client with a key has its own budget.
-    assert_eq!(send(&svc, get_with("/", "x-client", b"c")).await.status(), 200);
+    assert_eq!(
+        send(&svc, get_with("/", "x-client", b"c")).await.status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn custom_rejection_builds_the_body_and_keeps_headers() {
     let clock = clock();
-    let layer = RateLimitLayer::new(store(&clock), fixed(1)).with_rejection(
-        |r: &Rejection<'_>| {
-            let mut res = Response::new(format!("slow down ({})", r.status().as_u16()));
-            *res.status_mut() = r.status();
-            res
-        },
-    );
+    let layer = RateLimitLayer::new(store(&clock), fixed(1)).with_rejection(|r: &Rejection<'_>| {
+        let mut res = Response::new(format!("slow down ({})", r.status().as_u16()));
+        *res.status_mut() = r.status();
+        res
+    });
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
     send(&svc, get("/")).await;
     let res = send(&svc, get("/")).await;
@@ -333,13 +356,12 @@ async fn custom_rejection_builds_the_body_and_keeps_headers() {
 #[tokio::test]
 async fn cost_charges_a_weight_and_zero_is_free() {
     let clock = clock();
-    let layer = RateLimitLayer::new(store(&clock), fixed(10)).cost(|parts| {
-        match parts.uri.path() {
+    let layer =
+        RateLimitLayer::new(store(&clock), fixed(10)).cost(|parts| match parts.uri.path() {
             "/health" => 0,
             "/export" => 4,
             _ => 1,
-        }
-    });
+        });
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
     let res = send(&svc, get("/export")).await;
     assert_eq!(header(&res, "x-ratelimit-remaining"), Some("6"));
@@ -361,7 +383,10 @@ async fn policy_hook_gives_premium_keys_more() {
     let clock = clock();
     let premium = Policy::new(
         "premium",
-        [rate_limit_core::Limit::new(fixed(5), Algorithm::FixedWindow)],
+        [rate_limit_core::Limit::new(
+            fixed(5),
+            Algorithm::FixedWindow,
+        )],
     )
     .unwrap();
     let premium_key = tower_ratelimit::key::hash_key(b"gold");
@@ -376,7 +401,10 @@ async fn policy_hook_gives_premium_keys_more() {
     for _ in 0..5 {
         let res = send(&svc, gold()).await;
         assert_eq!(res.status(), 200);
-        assert_eq!(header(&res, "ratelimit-policy"), Some("\"premium\";q=5;w=60"));
+        assert_eq!(
+            header(&res, "ratelimit-policy"),
+            Some("\"premium\";q=5;w=60")
+        );
     }
     assert_eq!(send(&svc, gold()).await.status(), 429);
     let res = send(&svc, tin()).await;

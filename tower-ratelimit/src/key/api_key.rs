@@ -100,13 +100,19 @@ mod tests {
 
     #[test]
     fn falls_back_to_x_api_key_and_ignores_basic_auth() {
-        let p = parts(&[("authorization", b"Basic dXNlcjpwdw=="), ("x-api-key", b"k1")]);
+        let p = parts(&[
+            ("authorization", b"Basic dXNlcjpwdw=="),
+            ("x-api-key", b"k1"),
+        ]);
         assert_eq!(ApiKey::new().extract(&p), Some(hash_key(b"k1")));
     }
 
     #[test]
     fn no_token_is_no_key() {
-        assert_eq!(ApiKey::new().extract(&parts(&[("authorization", b"Bearer ")])), None);
+        assert_eq!(
+            ApiKey::new().extract(&parts(&[("authorization", b"Bearer ")])),
+            None
+        );
         assert_eq!(ApiKey::new().extract(&parts(&[("x-api-key", b"  ")])), None);
         assert_eq!(ApiKey::new().extract(&parts(&[])), None);
     }

@@ -138,7 +138,8 @@ fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
     element.split(|&b| b == b';').find_map(|pair| {
         let pair = pair.trim_ascii();
         let (name, value) = pair.split_at_checked(4)?;
-        name.eq_ignore_ascii_case(b"for=").then(|| parse_node(value))?
+        name.eq_ignore_ascii_case(b"for=")
+            .then(|| parse_node(value))?
     })
 }
 
@@ -155,7 +156,9 @@ fn parse_node(node: &[u8]) -> Option<IpAddr> {
     if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
         return inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
     }
-    text.parse::<SocketAddr>().ok().map(|a| a.ip().to_canonical())
+    text.parse::<SocketAddr>()
+        .ok()
+        .map(|a| a.ip().to_canonical())
 }
 
 #[cfg(test)]
@@ -214,7 +217,10 @@ mod tests {
 
     #[test]
     fn garbage_hop_stops_at_last_trusted_proxy() {
-        let p = parts([10, 0, 0, 1], &[("x-forwarded-for", b"1.1.1.1, bogus, 10.0.0.7")]);
+        let p = parts(
+            [10, 0, 0, 1],
+            &[("x-forwarded-for", b"1.1.1.1, bogus, 10.0.0.7")],
+        );
         assert_eq!(proxies().client_ip(&p), ip("10.0.0.7"));
     }
 

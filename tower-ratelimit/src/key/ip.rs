@@ -26,7 +26,7 @@ use super::KeyExtractor;
 /// use tower_ratelimit::key::{KeyExtractor, PeerIp};
 ///
 /// let mut req = http::Request::new(());
-/// req.extensions_mut().insert(SocketAddr::from(([2001, 0xdb8, 1, 2, 3, 4, 5, 6], 443)));
+/// req.extensions_mut().insert(SocketAddr::from(([0x2001, 0xdb8, 1, 2, 3, 4, 5, 6], 443)));
 /// let (parts, ()) = req.into_parts();
 /// assert_eq!(PeerIp::new().extract(&parts).as_deref(), Some("2001:db8:1:2::/64"));
 /// ```
@@ -89,11 +89,15 @@ pub(crate) fn ip_key(ip: IpAddr, v6_prefix: u8) -> String {
 }
 
 fn mask128(bits: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(bits.min(128))).unwrap_or(0)
+    u128::MAX
+        .checked_shl(128 - u32::from(bits.min(128)))
+        .unwrap_or(0)
 }
 
 fn mask32(bits: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(bits.min(32))).unwrap_or(0)
+    u32::MAX
+        .checked_shl(32 - u32::from(bits.min(32)))
+        .unwrap_or(0)
 }
 
 /// A network range such as `10.0.0.0/8` or `2001:db8::/32`; a bare address is a single host.
@@ -122,8 +126,14 @@ impl Cidr {
     pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, ConfigError> {
         let addr = addr.to_canonical();
         let (max, masked) = match addr {
-            IpAddr::V4(v4) => (32, IpAddr::V4(Ipv4Addr::from_bits(v4.to_bits() & mask32(prefix)))),
-            IpAddr::V6(v6) => (128, IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & mask128(prefix)))),
+            IpAddr::V4(v4) => (
+                32,
+                IpAddr::V4(Ipv4Addr::from_bits(v4.to_bits() & mask32(prefix))),
+            ),
+            IpAddr::V6(v6) => (
+                128,
+                IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & mask128(prefix))),
+            ),
         };
         if prefix > max {
             return Err(ConfigError::new(
@@ -141,7 +151,9 @@ impl Cidr {
     /// Whether `ip` is inside the range (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => ip.to_bits() & mask32(self.prefix) == net.to_bits(),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                ip.to_bits() & mask32(self.prefix) == net.to_bits()
+            }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 ip.to_bits() & mask128(self.prefix) == net.to_bits()
             }
@@ -199,7 +211,10 @@ mod tests {
         let k = PeerIp::new();
         assert_eq!(k.extract(&a), k.extract(&b));
         assert_ne!(k.extract(&a), k.extract(&c));
-        assert_eq!(k.ipv6_prefix(128).extract(&a).as_deref(), Some("2001:db8:0:1::1"));
+        assert_eq!(
+            k.ipv6_prefix(128).extract(&a).as_deref(),
+            Some("2001:db8:0:1::1")
+        );
     }
 
     #[test]
@@ -225,7 +240,10 @@ mod tests {
         assert!(!host.contains("10.0.0.2".parse().unwrap()));
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("8.8.8.8".parse().unwrap()));
-        assert_eq!("10.9.9.9/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            "10.9.9.9/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         assert!("nonsense".parse::<Cidr>().is_err());
         assert!("::/129".parse::<Cidr>().is_err());
     }

@@ -146,16 +146,16 @@ fn hex_digit(n: u8) -> char {
     char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 })
 }
 
-/// Compacts a key returned by any extractor. An empty key is no key.
+/// Compacts a key returned by any extractor. An empty key is no key; a key already in the
+/// hashed form (as [`hash_key`] makes it) is kept, so hashed keys stay comparable.
 pub(crate) fn compact(key: String) -> Option<String> {
     if key.is_empty() {
-        None
-    } else if key.len() <= MAX_KEY_LEN
+        return None;
+    }
+    let plain = key.len() <= MAX_KEY_LEN
         && !key.starts_with('#')
-        && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
-    {
-        Some(key)
-    } else if is_hashed(&key) {
+        && key.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if plain || is_hashed(&key) {
         Some(key)
     } else {
         Some(hash_key(key.as_bytes()))
@@ -165,7 +165,9 @@ pub(crate) fn compact(key: String) -> Option<String> {
 fn is_hashed(key: &str) -> bool {
     key.len() == 33
         && key.starts_with('#')
-        && key[1..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && key[1..]
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -205,7 +207,9 @@ mod tests {
 
     #[test]
     fn header_reads_non_utf8_values() {
-        let k = Header::new("X-Id").extract(&parts("x-id", b"\xff\xfeok")).unwrap();
+        let k = Header::new("X-Id")
+            .extract(&parts("x-id", b"\xff\xfeok"))
+            .unwrap();
         assert!(is_hashed(&k));
         assert_eq!(k, hash_key(b"\xff\xfeok"));
     }
