@@ -17,6 +17,12 @@ use crate::rejection::{DefaultRejection, RejectResponse, Rejection};
 ///
 /// `poll_ready` only forwards to the inner service: the limit is decided in `call`, and a spent
 /// budget is a 429 response, never a pending `poll_ready`. Clones share the layer's store.
+///
+/// The inner service must be `Clone`: the store is asked before the inner service is called, so
+/// the service that was polled ready moves into the response future and a clone takes its place
+/// (the usual tower pattern; axum's routes and `service_fn` are `Clone`).
+///
+/// Rate-limit headers are inserted into the inner service's response, replacing any it set.
 pub struct RateLimit<S, R = DefaultRejection> {
     inner: S,
     shared: Arc<Shared>,

@@ -464,3 +464,35 @@ async fn poll_ready_follows_the_inner_service_only() {
     assert_eq!(svc.call(get("/")).await.unwrap().status(), 429);
     assert!(svc.ready().await.is_ok());
 }
+
+#[tokio::test]
+async fn with_limits_takes_an_algorithm_per_limit() {
+    use rate_limit_core::Limit;
+    let clock = clock();
+    let limits = [
+        Limit::new(Quota::per_second(nz(2)), Algorithm::Gcra),
+        Limit::new(fixed(3), Algorithm::FixedWindow),
+    ];
+    let layer = RateLimitLayer::with_limits(store(&clock), limits).unwrap();
+    assert_eq!(layer.default_policy().limits(), limits);
+    let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
+    let res = send(&svc, get("/")).await;
+    assert_eq!(
+        header(&res, "ratelimit-policy"),
+        Some("\"default-1s\";q=2;w=1, \"default-60s\";q=3;w=60")
+    );
+    let err = RateLimitLayer::with_limits(store(&clock), []).unwrap_err();
+    assert_eq!(err.setting(), "limits");
+}
+
+#[tokio::test]
+async fn cost_above_capacity_is_denied_without_retry_after() {
+    let clock = clock();
+    let layer = RateLimitLayer::new(store(&clock), fixed(3)).cost(|_| 5);
+    let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
+    let res = send(&svc, get("/")).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.extensions().get::<Decision>().unwrap().is_never());
+    assert_eq!(header(&res, "retry-after"), None, "no wait would help");
+    assert_eq!(header(&res, "x-ratelimit-remaining"), Some("3"));
+}

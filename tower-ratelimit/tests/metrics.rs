@@ -1,0 +1,154 @@
+//! Metrics through the `metrics` facade: outcomes, backend, latency; never a key.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use metrics::{
+    Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
+use rate_limit_core::{Quota, StoreErrorKind};
+use tower::ServiceBuilder;
+use tower_ratelimit::key::Header;
+use tower_ratelimit::{FailureMode, RateLimitLayer};
+
+/// Counts every counter increment and histogram sample by its rendered key.
+#[derive(Default)]
+struct Capture {
+    counts: Mutex<BTreeMap<String, Arc<Handle>>>,
+}
+
+#[derive(Default)]
+struct Handle(AtomicU64);
+
+impl CounterFn for Handle {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Ordering::SeqCst);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.0.store(value, Ordering::SeqCst);
+    }
+}
+
+impl HistogramFn for Handle {
+    fn record(&self, _value: f64) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn render(key: &Key) -> String {
+    let mut labels: Vec<String> = key
+        .labels()
+        .map(|l| format!("{}={}", l.key(), l.value()))
+        .collect();
+    labels.sort();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+impl Capture {
+    fn handle(&self, key: &Key) -> Arc<Handle> {
+        Arc::clone(self.counts.lock().unwrap().entry(render(key)).or_default())
+    }
+
+    fn get(&self, rendered: &str) -> u64 {
+        self.counts
+            .lock()
+            .unwrap()
+            .get(rendered)
+            .map_or(0, |h| h.0.load(Ordering::SeqCst))
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.counts.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+impl Recorder for Capture {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(self.handle(key))
+    }
+
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(self.handle(key))
+    }
+}
+
+fn run<F: std::future::Future>(capture: &Capture, f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(capture, || rt.block_on(f))
+}
+
+#[test]
+fn decisions_are_counted_by_outcome_policy_and_backend() {
+    let capture = Capture::default();
+    let clock = clock();
+    let limited = RateLimitLayer::new(store(&clock), Quota::per_minute(nz(2)))
+        .name("api")
+        .key(Header::new("x-client"));
+    let shadow = limited.clone().name("shadowed").shadow(true);
+    run(&capture, async {
+        let svc = ServiceBuilder::new().layer(limited).service_fn(ok);
+        for _ in 0..5 {
+            send(&svc, get_with("/", "x-client", b"secret-client-id")).await;
+        }
+        let svc = ServiceBuilder::new().layer(shadow).service_fn(ok);
+        for _ in 0..3 {
+            send(&svc, get_with("/", "x-client", b"secret-client-id")).await;
+        }
+    });
+    let c = |policy: &str, outcome: &str| {
+        capture.get(&format!(
+            "ratelimit_decisions_total{{backend=memory,outcome={outcome},policy={policy}}}"
+        ))
+    };
+    assert_eq!(c("api", "allowed"), 2);
+    assert_eq!(c("api", "denied"), 3);
+    assert_eq!(c("shadowed", "allowed"), 2);
+    assert_eq!(c("shadowed", "shadow_denied"), 1);
+    assert_eq!(
+        capture.get("ratelimit_store_duration_seconds{backend=memory}"),
+        8
+    );
+    for key in capture.keys() {
+        assert!(!key.contains("secret-client-id"), "{key}");
+    }
+}
+
+#[test]
+fn store_failures_are_counted_by_mode() {
+    let capture = Capture::default();
+    let open = RateLimitLayer::new(
+        FailingStore(StoreErrorKind::Timeout),
+        Quota::per_minute(nz(2)),
+    );
+    let closed = open.clone().on_store_error(FailureMode::Closed);
+    run(&capture, async {
+        let svc = ServiceBuilder::new().layer(open).service_fn(ok);
+        send(&svc, get("/")).await;
+        let svc = ServiceBuilder::new().layer(closed).service_fn(ok);
+        send(&svc, get("/")).await;
+        send(&svc, get("/")).await;
+    });
+    let c = |outcome: &str| {
+        capture.get(&format!(
+            "ratelimit_decisions_total{{backend=failing,outcome={outcome},policy=default}}"
+        ))
+    };
+    assert_eq!(c("failed_open"), 1);
+    assert_eq!(c("failed_closed"), 2);
+}
