@@ -25,7 +25,10 @@ fn quota() -> impl Strategy<Value = Quota> {
 /// Arrivals as (gap in µs, cost): bunched and spread alike.
 fn arrivals() -> impl Strategy<Value = Vec<(u64, u32)>> {
     prop::collection::vec(
-        (prop_oneof![Just(0u64), 0u64..2_000, 0u64..3_000_000], 1u32..=3),
+        (
+            prop_oneof![Just(0u64), 0u64..2_000, 0u64..3_000_000],
+            1u32..=3,
+        ),
         1..120,
     )
 }
@@ -181,7 +184,9 @@ proptest! {
 }
 
 /// The memory store answers with a ready future: poll it once.
-fn futures_lite_block<T>(f: rate_limit_core::BoxFuture<'_, Result<T, rate_limit_core::StoreError>>) -> T {
+fn futures_lite_block<T>(
+    f: rate_limit_core::BoxFuture<'_, Result<T, rate_limit_core::StoreError>>,
+) -> T {
     let mut f = f;
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     match f.as_mut().poll(&mut cx) {
