@@ -214,8 +214,10 @@ async fn idle_keys_expire_and_denials_do_not_extend_them() {
             .query_async(&mut conn)
             .await
             .unwrap();
+        // A denial may rewrite a tidied state with the same expiry, give or take the
+        // millisecond that PEXPIRE rounds up to.
         assert!(
-            after <= before,
+            after <= before + 1,
             "{l}: a denial extended the ttl {before} -> {after}"
         );
     }

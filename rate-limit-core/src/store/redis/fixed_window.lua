@@ -2,7 +2,7 @@
 local function fixed_window(key, now, p, cost, commit)
   local start = now - now % p.period
   local stop = start + p.period
-  local s = load_fields(key)
+  local s, old = load_fields(key)
   local count = 0
   if s then
     if s[1] == start then
@@ -24,11 +24,13 @@ local function fixed_window(key, now, p, cost, commit)
   end
   if allowed and commit then
     count = count + cost
-    store_fields(key, { start, count }, stop - now)
   end
   local reset = 0
+  local state = nil
   if count > 0 then
     reset = stop - now
+    state = { start, count }
   end
+  save_fields(key, old, state, reset)
   return { allowed, p.limit, p.limit - count, reset, retry }
 end

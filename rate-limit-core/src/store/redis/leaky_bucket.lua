@@ -1,6 +1,6 @@
 -- Leaky bucket as a meter: the twin of algorithm/leaky_bucket.rs. State "level:at".
 local function leaky_bucket(key, now, p, cost, commit)
-  local s = load_fields(key)
+  local s, old = load_fields(key)
   local level = 0
   if s then
     now = math.max(now, s[2])
@@ -15,8 +15,12 @@ local function leaky_bucket(key, now, p, cost, commit)
   end
   if allowed and commit then
     level = poured
-    store_fields(key, { level, now }, level)
   end
+  local state = nil
+  if level > 0 then
+    state = { level, now }
+  end
+  save_fields(key, old, state, level)
   local room = math.floor((p.tau - math.min(level, p.tau)) / p.interval)
   return { allowed, p.burst, room, level, retry }
 end

@@ -1,77 +1,6 @@
 //! [`RedisStore`]: one budget per client shared by every instance, through Redis.
 //!
-//! # How a check runs
-//!
-//! One `EVALSHA` per check, whatever the number of limits. The script (one Lua function per
-//! algorithm, each the twin of its Rust transition, plus a dispatcher) decides every limit
-//! without charging, then charges every limit only if all allow: several limits are
-//! all-or-nothing, and limits of one request may use different algorithms. When the server does
-//! not know the script (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`), it is loaded and the call
-//! is retried once.
-//!
-//! # Time
-//!
-//! By default the script reads the server's `TIME`: one clock for every instance, whatever
-//! their own clocks say. [`RedisStoreBuilder::clock`] sends time from a [`Clock`] instead, for
-//! servers that refuse `TIME` in scripts and for deterministic tests.
-//!
-//! # Exactness
-//!
-//! The script counts in integer microseconds. Lua numbers are doubles, exact up to 2^53, and
-//! every value the script computes stays below that (see `script.rs`), with one limit:
-//! a [`SlidingWindow`](crate::Algorithm::SlidingWindow) limit needs
-//! `limit × period in µs < 2^53` (about 9.0e15): up to 2.5 million per hour, 104,000 per day.
-//! Beyond that a check fails with [`StoreErrorKind::InvalidInput`]; test a limit at start-up with
-//! [`RedisStore::validate_limit`].
-//!
-//! # Keys
-//!
-//! `{prefix}:{<escaped client key>}:<limit id, 16 hex digits>`, for example
-//! `rl:{client-1}:4877b29fe38dc867`. Every key of one client shares the hash tag in braces, so
-//! they live in one Redis Cluster slot. In the client key, `%`, `{`, `}` and control characters
-//! are written `%XX`; the empty key is written `%`. No client key can leave its braces or reach
-//! another client's state.
-//!
-//! Each key expires (`PEXPIRE`) when its state would be full again, so an idle client leaves
-//! nothing behind. A denied check or a peek writes nothing and leaves the expiry alone.
-//!
-//! State: the buckets, the fixed window, the sliding window counter and GCRA keep a short string
-//! of integers (`tokens:last`, `level:at`, `start:count`, `start:cur:prev`, `tat`); the sliding
-//! window log keeps a list of `tick:cost:running total` entries, at most `limit` long.
-//!
-//! # Connections, TLS and AUTH
-//!
-//! Any clonable `redis::aio::ConnectionLike` works: a reconnecting `ConnectionManager` (what
-//! [`RedisStore::connect`] builds), a `MultiplexedConnection`, or, with the `cluster` feature, a
-//! `ClusterConnection` ([`RedisStore::connect_cluster`]). Each check clones the handle, which is
-//! cheap: they multiplex one socket.
-//!
-//! Credentials and TLS come from the URL: `redis://user:password@host:6379/0` sends `AUTH`
-//! (`redis://:password@host` for a password alone); `rediss://host:6380` connects with TLS (the
-//! `tls` feature, rustls with the webpki roots).
-//!
-//! # Errors
-//!
-//! Redis errors become [`StoreError`]s whose kind a circuit breaker can count: timeouts are
-//! `Timeout`; refused, reset or dropped connections and failed authentication are `Connection`;
-//! server answers (`CLUSTERDOWN`, script errors, `LOADING`, ...) are `Backend`.
-//!
-//! # Example
-//!
-//! ```no_run
-//! use std::num::NonZeroU32;
-//! use rate_limit_core::{Algorithm, Limit, Quota, RedisStore, Store};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
-//! let limits = [Limit::new(Quota::per_minute(NonZeroU32::new(100).unwrap()), Algorithm::Gcra)];
-//! let d = store.check("client-1", &limits, NonZeroU32::MIN).await?;
-//! assert!(d.allowed());
-//! assert_eq!(d.limit(), 100);
-//! # Ok(())
-//! # }
-//! ```
+//! See [`RedisStore`] for the details: how a check runs, time, exactness, keys, connections.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -94,7 +23,78 @@ pub use builder::RedisStoreBuilder;
 
 /// A [`Store`] on Redis: every instance that shares the server shares one budget per client.
 ///
-/// See the [module docs](self) for the key layout, time, exactness, TLS and AUTH.
+/// # How a check runs
+///
+/// One `EVALSHA` per check, whatever the number of limits. The script (one Lua function per
+/// algorithm, each the twin of its Rust transition, plus a dispatcher) decides every limit
+/// without charging, then charges every limit only if all allow: several limits are
+/// all-or-nothing, and limits of one request may use different algorithms. When the server does
+/// not know the script (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`), it is loaded and the call
+/// is retried once.
+///
+/// # Time
+///
+/// By default the script reads the server's `TIME`: one clock for every instance, whatever
+/// their own clocks say. [`RedisStoreBuilder::clock`] sends time from a [`Clock`] instead, for
+/// servers that refuse `TIME` in scripts and for deterministic tests.
+///
+/// # Exactness
+///
+/// The script counts in integer microseconds. Lua numbers are doubles, exact up to 2^53, and
+/// every value the script computes stays below that until about the year 2140, with one limit:
+/// a [`SlidingWindow`](crate::Algorithm::SlidingWindow) limit needs `limit × period in µs < 2^53`
+/// (about 9.0e15): up to 2.5 million per hour, 104,000 per day.
+/// Beyond that a check fails with [`StoreErrorKind::InvalidInput`]; test a limit at start-up with
+/// [`validate_limit`](RedisStore::validate_limit).
+///
+/// # Keys
+///
+/// `{prefix}:{<escaped client key>}:<limit id, 16 hex digits>`, for example
+/// `rl:{client-1}:4877b29fe38dc867`. Every key of one client shares the hash tag in braces, so
+/// they live in one Redis Cluster slot. In the client key, `%`, `{`, `}` and control characters
+/// are written `%XX`; the empty key is written `%`. No client key can leave its braces or reach
+/// another client's state.
+///
+/// Each key expires (`PEXPIRE`) when its state would be full again, so an idle client leaves
+/// nothing behind. A denied check or a peek writes nothing and leaves the expiry alone.
+///
+/// State: the buckets, the fixed window, the sliding window counter and GCRA keep a short string
+/// of integers (`tokens:last`, `level:at`, `start:count`, `start:cur:prev`, `tat`); the sliding
+/// window log keeps a list of `tick:cost:running total` entries, at most `limit` long.
+///
+/// # Connections, TLS and AUTH
+///
+/// Any clonable `redis::aio::ConnectionLike` works: a reconnecting `ConnectionManager` (what
+/// [`RedisStore::connect`] builds), a `MultiplexedConnection`, or, with the `cluster` feature, a
+/// `ClusterConnection` ([`RedisStore::connect_cluster`]). Each check clones the handle, which is
+/// cheap: they multiplex one socket.
+///
+/// Credentials and TLS come from the URL: `redis://user:password@host:6379/0` sends `AUTH`
+/// (`redis://:password@host` for a password alone); `rediss://host:6380` connects with TLS (the
+/// `tls` feature, rustls with the webpki roots).
+///
+/// # Errors
+///
+/// Redis errors become [`StoreError`]s whose kind a circuit breaker can count: timeouts are
+/// `Timeout`; refused, reset or dropped connections and failed authentication are `Connection`;
+/// server answers (`CLUSTERDOWN`, script errors, `LOADING`, ...) are `Backend`.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::num::NonZeroU32;
+/// use rate_limit_core::{Algorithm, Limit, Quota, RedisStore, Store};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let limits = [Limit::new(Quota::per_minute(NonZeroU32::new(100).unwrap()), Algorithm::Gcra)];
+/// let d = store.check("client-1", &limits, NonZeroU32::MIN).await?;
+/// assert!(d.allowed());
+/// assert_eq!(d.limit(), 100);
+/// # Ok(())
+/// # }
+/// ```
 pub struct RedisStore<C = ConnectionManager> {
     conn: C,
     prefix: Arc<str>,
@@ -204,7 +204,7 @@ impl<C> RedisStore<C> {
         Self::key_layout(&self.prefix, key, limit)
     }
 
-    /// Whether the script decides `limit` exactly; see the [module docs](self#exactness).
+    /// Whether the script decides `limit` exactly; see [exactness](RedisStore#exactness).
     ///
     /// ```
     /// use std::num::NonZeroU32;

@@ -1,6 +1,6 @@
 -- Token bucket: the twin of algorithm/token_bucket.rs. State "tokens:last".
 local function token_bucket(key, now, p, cost, commit)
-  local s = load_fields(key)
+  local s, old = load_fields(key)
   local tokens, last
   if not s then
     tokens, last = p.burst, now
@@ -22,8 +22,10 @@ local function token_bucket(key, now, p, cost, commit)
     tokens = tokens - cost
   end
   local reset = math.max(last + (p.burst - tokens) * p.interval - now, 0)
-  if allowed and commit then
-    store_fields(key, { tokens, last }, reset)
+  local state = nil
+  if tokens < p.burst then
+    state = { tokens, last }
   end
+  save_fields(key, old, state, reset)
   return { allowed, p.burst, tokens, reset, retry }
 end
