@@ -67,10 +67,13 @@ fn limit_sets() -> Vec<Vec<Limit>> {
     sets
 }
 
+/// allowed, limit, remaining, reset after (µs), retry after (µs).
+type SnapshotMicros = (bool, u32, u32, u128, Option<u128>);
+
 /// A decision with its durations in whole microseconds, rounded up: the sliding window counter
 /// finds the exact instant a weighted count fits, which in nanosecond ticks may fall inside a
 /// microsecond; Redis, counting in microseconds, answers the end of that microsecond.
-fn micros(d: &Decision) -> (bool, usize, Vec<(bool, u32, u32, u128, Option<u128>)>) {
+fn micros(d: &Decision) -> (bool, usize, Vec<SnapshotMicros>) {
     let us = |d: Duration| d.as_nanos().div_ceil(1000);
     let snaps = d
         .snapshots()

@@ -56,7 +56,10 @@ pub use builder::RedisStoreBuilder;
 /// another client's state.
 ///
 /// Each key expires (`PEXPIRE`) when its state would be full again, so an idle client leaves
-/// nothing behind. A denied check or a peek writes nothing and leaves the expiry alone.
+/// nothing behind. A denied check or a peek charges nothing; like the Rust transitions it may
+/// store a tidied state (a refill counted, a window rolled, old log entries dropped), which is
+/// full again at the same instant, so its expiry does not move (beyond the millisecond that
+/// `PEXPIRE` rounds up to). A state back to full is deleted.
 ///
 /// State: the buckets, the fixed window, the sliding window counter and GCRA keep a short string
 /// of integers (`tokens:last`, `level:at`, `start:count`, `start:cur:prev`, `tat`); the sliding
