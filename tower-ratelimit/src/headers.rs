@@ -82,6 +82,10 @@ pub(crate) struct HeaderSettings {
 
 /// Writes the rate-limit headers for `decision` under `policy`.
 ///
+/// When layers nest (a route layer inside a router layer), the response passes the inner one
+/// first: the legacy headers it set are kept (the most specific policy, and the one that denied),
+/// and the IETF fields, which are lists, get one more field line per layer.
+///
 /// `now` is the current Unix time, read only for [`ResetStyle::UnixSeconds`].
 pub(crate) fn set_rate_limit_headers(
     headers: &mut HeaderMap,
@@ -90,7 +94,7 @@ pub(crate) fn set_rate_limit_headers(
     decision: &Decision,
     now: impl FnOnce() -> Duration,
 ) {
-    if settings.style.legacy() {
+    if settings.style.legacy() && !headers.contains_key(X_RATELIMIT_LIMIT) {
         headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(decision.limit()));
         headers.insert(
             X_RATELIMIT_REMAINING,
@@ -104,7 +108,7 @@ pub(crate) fn set_rate_limit_headers(
     }
     if settings.style.ietf() {
         if let Some(value) = policy.header() {
-            headers.insert(RATELIMIT_POLICY, value.clone());
+            headers.append(RATELIMIT_POLICY, value.clone());
         }
         let mut field = String::with_capacity(32 * decision.snapshots().len());
         for (member, snapshot) in policy.members().iter().zip(decision.snapshots()) {
@@ -120,7 +124,7 @@ pub(crate) fn set_rate_limit_headers(
             );
         }
         if let Ok(value) = HeaderValue::try_from(field) {
-            headers.insert(RATELIMIT, value);
+            headers.append(RATELIMIT, value);
         }
     }
 }

@@ -23,6 +23,45 @@ const DEFAULT_NAME: &str = "default";
 /// every clone of those services) shares one store, so they share one budget per key.
 ///
 /// Builder methods consume and return the layer; call them before handing it to a router.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use axum::{Router, body::Body, routing::{get, post}};
+/// use http::Request;
+/// use rate_limit_core::{Algorithm, MemoryStore, Quota};
+/// use tower::ServiceExt;
+/// use tower_ratelimit::{RateLimitLayer, key::Header};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = std::sync::Arc::new(MemoryStore::new());
+/// let per_client = |n| {
+///     RateLimitLayer::new(store.clone(), Quota::per_minute(NonZeroU32::new(n).unwrap()))
+///         .algorithm(Algorithm::Gcra)
+///         .key(Header::new("x-client-id"))
+/// };
+/// let app = Router::new()
+///     // Per route: logins are scarce...
+///     .route("/login", post(|| async { "welcome" }).route_layer(per_client(1).name("login")))
+///     .route("/items", get(|| async { "items" }))
+///     // ...and everything shares a wider budget.
+///     .layer(per_client(100).name("api"));
+///
+/// let login = || Request::post("/login").header("x-client-id", "c1").body(Body::empty()).unwrap();
+/// assert_eq!(app.clone().oneshot(login()).await.unwrap().status(), 200);
+/// let res = app.clone().oneshot(login()).await.unwrap();
+/// assert_eq!(res.status(), 429);
+/// assert_eq!(res.headers()["retry-after"], "60");
+/// // The denying (inner) layer's legacy headers; both policies in the IETF fields.
+/// assert_eq!(res.headers()["x-ratelimit-limit"], "1");
+/// let policies: Vec<_> = res.headers().get_all("ratelimit-policy").iter().collect();
+/// assert_eq!(policies, [r#""login";q=1;w=60"#, r#""api";q=100;w=60"#]);
+/// let items = Request::get("/items").header("x-client-id", "c1").body(Body::empty()).unwrap();
+/// let res = app.oneshot(items).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// assert_eq!(res.headers()["ratelimit-policy"], r#""api";q=100;w=60"#);
+/// # }
+/// ```
 pub struct RateLimitLayer<R = DefaultRejection> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) rejection: Arc<R>,

@@ -22,7 +22,8 @@ use crate::rejection::{DefaultRejection, RejectResponse, Rejection};
 /// the service that was polled ready moves into the response future and a clone takes its place
 /// (the usual tower pattern; axum's routes and `service_fn` are `Clone`).
 ///
-/// Rate-limit headers are inserted into the inner service's response, replacing any it set.
+/// Rate-limit headers are added to the inner service's response; with nested layers the inner
+/// layer's legacy headers are kept and the IETF fields list every layer's policies.
 pub struct RateLimit<S, R = DefaultRejection> {
     inner: S,
     shared: Arc<Shared>,

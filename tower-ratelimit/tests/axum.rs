@@ -173,3 +173,39 @@ async fn peer_ip_reads_axum_connect_info() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn nested_layers_keep_the_inner_legacy_headers_and_list_both_policies() {
+    let clock = clock();
+    let store = std::sync::Arc::new(store(&clock));
+    let app = Router::new()
+        .route(
+            "/login",
+            get(|| async { "in" }).route_layer(
+                RateLimitLayer::new(store.clone(), Quota::per_minute(nz(1)))
+                    .name("login")
+                    .key(Header::new("x-client")),
+            ),
+        )
+        .layer(
+            RateLimitLayer::new(store, Quota::per_minute(nz(10)))
+                .name("api")
+                .key(Header::new("x-client")),
+        );
+    app.clone().oneshot(req("/login", "1")).await.unwrap();
+    let res = app.oneshot(req("/login", "1")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&res, "x-ratelimit-limit"), Some("1"));
+    assert_eq!(header(&res, "x-ratelimit-remaining"), Some("0"));
+    // Field lines of a list combine with commas (RFC 9110), and still parse.
+    let lines: Vec<&str> = res
+        .headers()
+        .get_all("ratelimit")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    let members = ietf_list(&lines.join(", "));
+    let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
+    assert_eq!(names, ["login", "api"]);
+    assert_eq!(members[1].1[0], ("r".to_owned(), 8));
+}
