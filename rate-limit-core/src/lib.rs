@@ -10,6 +10,8 @@
 //! - [`Store`]: decides and keeps state. [`MemoryStore`] is sharded and bounded.
 //! - [`Decision`]: allowed or not, with remaining, reset and retry times for headers.
 //! - [`Clock`]: the only place real time is read; [`ManualClock`] for tests.
+//! - `resilience` (feature `resilience`): a timeout, a circuit breaker and a local fallback, as
+//!   stores that wrap stores.
 //!
 //! # Example
 //!
@@ -47,6 +49,8 @@ mod decision;
 mod error;
 mod limit;
 mod quota;
+#[cfg(feature = "resilience")]
+pub mod resilience;
 mod store;
 
 pub use algorithm::{Algorithm, State};

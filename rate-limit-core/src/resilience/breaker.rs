@@ -1,0 +1,575 @@
+//! [`CircuitBreaker`]: stops calling a store that keeps failing, and probes it back.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::decision::Decision;
+use crate::error::{StoreError, StoreErrorKind};
+use crate::limit::Limit;
+use crate::store::{BoxFuture, Store};
+
+/// Where a [`CircuitBreaker`] stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CircuitState {
+    /// Calls go through; consecutive infrastructure failures are counted.
+    Closed,
+    /// No call goes through: each fails at once with [`StoreErrorKind::CircuitOpen`].
+    Open,
+    /// One probe call is in flight; the others fail at once with `CircuitOpen`.
+    HalfOpen,
+}
+
+impl CircuitState {
+    /// `closed`, `open` or `half_open`, for status pages and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+
+    /// The value of the `ratelimit_circuit_state` gauge: 0 closed, 1 open, 2 half-open.
+    pub fn as_gauge(self) -> f64 {
+        match self {
+            Self::Closed => 0.0,
+            Self::Open => 1.0,
+            Self::HalfOpen => 2.0,
+        }
+    }
+
+    fn from_phase(phase: u64) -> Self {
+        match phase & 0b11 {
+            0 => Self::Closed,
+            1 => Self::Open,
+            _ => Self::HalfOpen,
+        }
+    }
+
+    fn bits(self) -> u64 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+        }
+    }
+}
+
+impl fmt::Display for CircuitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counts consecutive infrastructure failures of the store inside and, past a threshold, stops
+/// calling it for a cool-down.
+///
+/// - **Closed**: calls go through. After [`failure_threshold`](Self::failure_threshold)
+///   consecutive infrastructure failures ([`StoreError::is_infrastructure`]: timeout, connection,
+///   backend) it opens. Denials are answers, not failures, and so is
+///   [`InvalidInput`](StoreErrorKind::InvalidInput): neither counts, and an answer resets the
+///   count.
+/// - **Open**: every call fails at once with [`StoreErrorKind::CircuitOpen`]; nothing reaches
+///   the store, so nothing piles up against it. After the cool-down, the next call becomes the
+///   probe.
+/// - **Half-open**: exactly one probe goes through; concurrent calls fail with `CircuitOpen`.
+///   If the probe gets an answer, the breaker closes and the cool-down is reset; if it fails,
+///   the breaker opens again for twice the last cool-down, up to
+///   [`max_cool_down`](Self::max_cool_down). A probe dropped before it finished (its caller gave
+///   up) leaves the breaker open with the cool-down over, so the next call probes.
+///
+/// Time is read only through a [`Clock`], and only while open. In the closed state a call costs
+/// two atomic loads; the mutex is taken only on failures and transitions. Results of calls let
+/// through before a transition are ignored after it.
+///
+/// Every transition sets the gauge `ratelimit_circuit_state` (0 closed, 1 open, 2 half-open)
+/// and increments the counter `ratelimit_circuit_transitions_total` (label `to`), both labelled
+/// `backend` with the inner store's name.
+///
+/// [`backend`](Store::backend) is the inner store's name.
+pub struct CircuitBreaker<S, C = SystemClock> {
+    inner: S,
+    clock: C,
+    threshold: u32,
+    base: u64,
+    max: u64,
+    /// `(transitions << 2) | state`: one load gives the state and the generation it belongs to.
+    phase: AtomicU64,
+    /// Nanoseconds since the epoch before which an open breaker refuses every call.
+    open_until: AtomicU64,
+    /// Whether `Tally::failures` may be non-zero, so that a success in the closed state takes
+    /// the lock only after failures.
+    dirty: AtomicBool,
+    tally: Mutex<Tally>,
+}
+
+#[derive(Debug)]
+struct Tally {
+    failures: u32,
+    cool_down: u64,
+}
+
+/// What a call was let through as.
+#[derive(Clone, Copy)]
+enum Admit {
+    Closed(u64),
+    Probe(u64),
+}
+
+impl<S> CircuitBreaker<S, SystemClock> {
+    /// Wraps `inner`: opens after 3 consecutive infrastructure failures, for 1 s at first,
+    /// doubling up to 30 s while probes fail.
+    pub fn new(inner: S) -> Self {
+        let base = nanos(Duration::from_secs(1));
+        Self {
+            inner,
+            clock: SystemClock::new(),
+            threshold: 3,
+            base,
+            max: nanos(Duration::from_secs(30)),
+            phase: AtomicU64::new(CircuitState::Closed.bits()),
+            open_until: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            tally: Mutex::new(Tally {
+                failures: 0,
+                cool_down: base,
+            }),
+        }
+    }
+}
+
+impl<S, C: Clock> CircuitBreaker<S, C> {
+    /// Consecutive infrastructure failures that open the breaker. Default 3.
+    #[must_use]
+    pub fn failure_threshold(mut self, failures: NonZeroU32) -> Self {
+        self.threshold = failures.get();
+        self
+    }
+
+    /// The first cool-down after the breaker opens. Default 1 s.
+    #[must_use]
+    pub fn cool_down(mut self, cool_down: Duration) -> Self {
+        self.base = nanos(cool_down);
+        self.tally_mut().cool_down = self.base;
+        self
+    }
+
+    /// The longest cool-down, however many probes fail. Default 30 s; never below
+    /// [`cool_down`](Self::cool_down).
+    #[must_use]
+    pub fn max_cool_down(mut self, max: Duration) -> Self {
+        self.max = nanos(max);
+        self
+    }
+
+    /// Reads time from `clock` (a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn clock<C2: Clock>(self, clock: C2) -> CircuitBreaker<S, C2> {
+        CircuitBreaker {
+            inner: self.inner,
+            clock,
+            threshold: self.threshold,
+            base: self.base,
+            max: self.max,
+            phase: self.phase,
+            open_until: self.open_until,
+            dirty: self.dirty,
+            tally: self.tally,
+        }
+    }
+
+    /// Where the breaker stands now. An open breaker whose cool-down is over stays `Open` until
+    /// a call arrives and becomes the probe.
+    pub fn state(&self) -> CircuitState {
+        CircuitState::from_phase(self.phase.load(Ordering::Acquire))
+    }
+
+    /// How many transitions the breaker has made since it was built.
+    pub fn transitions(&self) -> u64 {
+        self.phase.load(Ordering::Acquire) >> 2
+    }
+
+    /// The cool-down the breaker waits (or waited) through the last time it opened.
+    pub fn current_cool_down(&self) -> Duration {
+        Duration::from_nanos(self.lock().cool_down)
+    }
+
+    /// The store inside.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tally_mut(&mut self) -> &mut Tally {
+        self.tally.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<S: Store, C: Clock> CircuitBreaker<S, C> {
+    fn admit(&self) -> Option<Admit> {
+        let phase = self.phase.load(Ordering::Acquire);
+        match CircuitState::from_phase(phase) {
+            CircuitState::Closed => Some(Admit::Closed(phase)),
+            CircuitState::HalfOpen => None,
+            CircuitState::Open => {
+                let now = self.clock.now_nanos();
+                if now < self.open_until.load(Ordering::Acquire) {
+                    return None;
+                }
+                let _tally = self.lock();
+                // Another call may have become the probe since the first load.
+                if self.phase.load(Ordering::Acquire) != phase {
+                    return None;
+                }
+                Some(Admit::Probe(self.move_to(phase, CircuitState::HalfOpen)))
+            }
+        }
+    }
+
+    /// Sets the state, under the lock, and reports it. Returns the new phase.
+    fn move_to(&self, phase: u64, to: CircuitState) -> u64 {
+        let next = ((phase >> 2) + 1) << 2 | to.bits();
+        self.phase.store(next, Ordering::Release);
+        let backend = self.inner.backend();
+        metrics::gauge!(super::METRIC_CIRCUIT_STATE, "backend" => backend).set(to.as_gauge());
+        metrics::counter!(
+            super::METRIC_CIRCUIT_TRANSITIONS, "backend" => backend, "to" => to.as_str()
+        )
+        .increment(1);
+        next
+    }
+
+    fn open(&self, phase: u64, cool_down: u64) {
+        let until = self.clock.now_nanos().saturating_add(cool_down);
+        self.open_until.store(until, Ordering::Release);
+        self.move_to(phase, CircuitState::Open);
+    }
+
+    fn settle(&self, admit: Admit, failed: bool) {
+        match admit {
+            Admit::Closed(phase) if !failed => {
+                if self.dirty.load(Ordering::Acquire) {
+                    let mut tally = self.lock();
+                    if self.phase.load(Ordering::Acquire) == phase {
+                        tally.failures = 0;
+                        self.dirty.store(false, Ordering::Release);
+                    }
+                }
+            }
+            Admit::Closed(phase) => {
+                let mut tally = self.lock();
+                if self.phase.load(Ordering::Acquire) != phase {
+                    return;
+                }
+                tally.failures += 1;
+                self.dirty.store(true, Ordering::Release);
+                if tally.failures >= self.threshold {
+                    tally.cool_down = self.base;
+                    self.open(phase, self.base);
+                }
+            }
+            Admit::Probe(phase) => {
+                let mut tally = self.lock();
+                if self.phase.load(Ordering::Acquire) != phase {
+                    return;
+                }
+                if failed {
+                    tally.cool_down = tally
+                        .cool_down
+                        .saturating_mul(2)
+                        .min(self.max.max(self.base));
+                    self.open(phase, tally.cool_down);
+                } else {
+                    tally.failures = 0;
+                    tally.cool_down = self.base;
+                    self.dirty.store(false, Ordering::Release);
+                    self.move_to(phase, CircuitState::Closed);
+                }
+            }
+        }
+    }
+
+    fn guarded<'a>(
+        &'a self,
+        call: impl FnOnce(&'a S) -> BoxFuture<'a, Result<Decision, StoreError>> + Send + 'a,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(async move {
+            let Some(admit) = self.admit() else {
+                return Err(StoreError::new(StoreErrorKind::CircuitOpen, ""));
+            };
+            let mut pending = Pending(self, Some(admit));
+            let result = call(&self.inner).await;
+            pending.1 = None;
+            let failed = matches!(&result, Err(e) if e.is_infrastructure());
+            self.settle(admit, failed);
+            result
+        })
+    }
+}
+
+/// A call let through and not settled yet: if its future is dropped first, a probe gives its
+/// turn back (open, cool-down over).
+struct Pending<'a, S: Store, C: Clock>(&'a CircuitBreaker<S, C>, Option<Admit>);
+
+impl<S: Store, C: Clock> Drop for Pending<'_, S, C> {
+    fn drop(&mut self) {
+        if let Some(Admit::Probe(phase)) = self.1 {
+            let breaker = self.0;
+            let _tally = breaker.lock();
+            if breaker.phase.load(Ordering::Acquire) == phase {
+                breaker.open(phase, 0);
+            }
+        }
+    }
+}
+
+impl<S: Store, C: Clock> Store for CircuitBreaker<S, C> {
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        self.guarded(move |s| s.check(key, limits, cost))
+    }
+
+    fn peek<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        self.guarded(move |s| s.peek(key, limits, cost))
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field(
+                "state",
+                &CircuitState::from_phase(self.phase.load(Ordering::Relaxed)),
+            )
+            .field("failure_threshold", &self.threshold)
+            .field("cool_down", &Duration::from_nanos(self.base))
+            .field("max_cool_down", &Duration::from_nanos(self.max))
+            .finish_non_exhaustive()
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::resilience::testing::{Script, Scripted, limits};
+    use std::sync::Arc;
+
+    type Breaker = CircuitBreaker<Arc<Scripted>, ManualClock>;
+
+    fn breaker(
+        scripts: impl IntoIterator<Item = Script>,
+    ) -> (Arc<Breaker>, Arc<Scripted>, ManualClock) {
+        let inner = Arc::new(Scripted::new(scripts));
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let b = CircuitBreaker::new(Arc::clone(&inner))
+            .cool_down(Duration::from_secs(1))
+            .max_cool_down(Duration::from_secs(3))
+            .clock(clock.clone());
+        (Arc::new(b), inner, clock)
+    }
+
+    async fn call(b: &Breaker) -> Result<Decision, StoreError> {
+        b.check("k", &limits(10), NonZeroU32::MIN).await
+    }
+
+    async fn kind(b: &Breaker) -> Option<StoreErrorKind> {
+        call(b).await.err().map(|e| e.kind())
+    }
+
+    fn fail(kind: StoreErrorKind) -> Script {
+        Script::Fail(kind)
+    }
+
+    /// Trips a fresh breaker with three connection failures.
+    async fn trip(b: &Breaker) {
+        for _ in 0..3 {
+            assert_eq!(kind(b).await, Some(StoreErrorKind::Connection));
+        }
+        assert_eq!(b.state(), CircuitState::Open);
+    }
+
+    #[tokio::test]
+    async fn opens_after_exactly_the_threshold_of_infrastructure_failures() {
+        use StoreErrorKind::{Backend, Connection, Timeout};
+        let (b, inner, _) = breaker([fail(Timeout), fail(Connection), fail(Backend)]);
+        assert_eq!(kind(&b).await, Some(Timeout));
+        assert_eq!(kind(&b).await, Some(Connection));
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert_eq!(kind(&b).await, Some(Backend));
+        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(b.transitions(), 1);
+        // Open: refused at once, and the store is not called.
+        for _ in 0..5 {
+            let err = call(&b).await.unwrap_err();
+            assert!(err.is_circuit_open() && !err.is_infrastructure());
+            assert_eq!(err.to_string(), "circuit open");
+        }
+        assert_eq!(inner.calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn denials_and_invalid_input_never_count_and_answers_reset_the_count() {
+        use StoreErrorKind::{CircuitOpen, Connection, InvalidInput};
+        let (b, inner, _) = breaker([
+            fail(Connection),
+            fail(Connection),
+            Script::Deny,
+            fail(Connection),
+            fail(Connection),
+            fail(InvalidInput),
+            fail(Connection),
+            fail(Connection),
+            fail(CircuitOpen),
+            fail(Connection),
+            fail(Connection),
+            Script::Allow,
+            Script::Deny,
+            Script::Deny,
+            Script::Deny,
+        ]);
+        for _ in 0..15 {
+            let _ = call(&b).await;
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert_eq!(b.transitions(), 0);
+        assert_eq!(inner.calls(), 15);
+        // The count starts again from zero: three more failures are needed.
+        inner.push([fail(Connection), fail(Connection)]);
+        let _ = call(&b).await;
+        let _ = call(&b).await;
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_lets_exactly_one_probe_through_and_closes_on_an_answer() {
+        let (b, inner, clock) = breaker(vec![fail(StoreErrorKind::Connection); 3]);
+        trip(&b).await;
+        clock.advance(Duration::from_millis(999));
+        assert_eq!(kind(&b).await, Some(StoreErrorKind::CircuitOpen));
+        assert_eq!(inner.calls(), 3);
+        clock.advance(Duration::from_millis(1));
+        // The probe takes 10 ms to answer; meanwhile every other call is refused.
+        inner.push([Script::AllowAfter(Duration::from_millis(10))]);
+        let probe = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { call(&b).await.map(|d| d.allowed()) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        for _ in 0..10 {
+            assert_eq!(kind(&b).await, Some(StoreErrorKind::CircuitOpen));
+        }
+        assert_eq!(inner.calls(), 4);
+        assert!(probe.await.unwrap().unwrap());
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert_eq!(b.transitions(), 3); // open, half-open, closed
+        assert!(call(&b).await.is_ok());
+        assert_eq!(inner.calls(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_reopens_for_a_doubled_cool_down_up_to_the_cap() {
+        let (b, inner, clock) = breaker(vec![fail(StoreErrorKind::Connection); 3]);
+        trip(&b).await;
+        assert_eq!(b.current_cool_down(), Duration::from_secs(1));
+        let mut expected = Vec::new();
+        for _ in 0..3 {
+            let cool_down = b.current_cool_down();
+            clock.advance(cool_down - Duration::from_millis(1));
+            assert_eq!(kind(&b).await, Some(StoreErrorKind::CircuitOpen));
+            clock.advance(Duration::from_millis(1));
+            inner.push([fail(StoreErrorKind::Timeout)]);
+            assert_eq!(kind(&b).await, Some(StoreErrorKind::Timeout));
+            assert_eq!(b.state(), CircuitState::Open);
+            expected.push(b.current_cool_down().as_secs());
+        }
+        assert_eq!(expected, [2, 3, 3]);
+        // An answer closes it and resets the cool-down.
+        clock.advance(Duration::from_secs(3));
+        assert!(call(&b).await.is_ok());
+        assert_eq!(b.state(), CircuitState::Closed);
+        inner.push(vec![fail(StoreErrorKind::Connection); 3]);
+        trip(&b).await;
+        assert_eq!(b.current_cool_down(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_gives_its_turn_back() {
+        let (b, inner, clock) = breaker(vec![fail(StoreErrorKind::Connection); 3]);
+        trip(&b).await;
+        clock.advance(Duration::from_secs(1));
+        inner.push([Script::Hang]);
+        let gave_up = tokio::time::timeout(Duration::from_millis(5), call(&b)).await;
+        assert!(gave_up.is_err());
+        assert_eq!(inner.live(), 0);
+        assert_eq!(b.state(), CircuitState::Open);
+        // No new cool-down: the next call is the probe.
+        assert!(call(&b).await.is_ok());
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn results_of_calls_let_through_before_a_transition_are_ignored() {
+        use StoreErrorKind::Connection;
+        // Two slow calls are in flight when three fast failures open the breaker; their late
+        // answers must not close it.
+        let (b, inner, _) = breaker([
+            Script::AllowAfter(Duration::from_millis(10)),
+            Script::AllowAfter(Duration::from_millis(10)),
+        ]);
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                let b = Arc::clone(&b);
+                tokio::spawn(async move { call(&b).await.is_ok() })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(inner.calls(), 2);
+        inner.push(vec![fail(Connection); 3]);
+        trip(&b).await;
+        for h in slow {
+            assert!(h.await.unwrap());
+        }
+        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(b.transitions(), 1);
+    }
+
+    #[test]
+    fn states_have_stable_names_and_gauge_values() {
+        let all = [
+            CircuitState::Closed,
+            CircuitState::Open,
+            CircuitState::HalfOpen,
+        ];
+        let names: Vec<_> = all.iter().map(|s| s.to_string()).collect();
+        assert_eq!(names, ["closed", "open", "half_open"]);
+        let gauges: Vec<_> = all.iter().map(|s| s.as_gauge()).collect();
+        assert_eq!(gauges, [0.0, 1.0, 2.0]);
+    }
+}

@@ -1,0 +1,114 @@
+//! Resilience: stores that wrap stores, so that a slow or dead Redis never takes the API down.
+//!
+//! Each wrapper is a [`Store`](crate::Store) around a store, and they compose from the inside
+//! out:
+//!
+//! ```text
+//! Fallback<CircuitBreaker<Timeout<RedisStore>>, MemoryStore>
+//!          │              └─ Timeout: no call waits longer than its budget (50 ms)
+//!          └─ CircuitBreaker: after 3 failures in a row, stop calling; probe after a cool-down
+//! └─ Fallback: while the primary fails, decide locally on this instance's share of the quota
+//! ```
+//!
+//! - [`Timeout`] turns a hung call into a [`Timeout`](crate::StoreErrorKind::Timeout) error
+//!   after its budget.
+//! - [`CircuitBreaker`] counts consecutive infrastructure errors (timeouts, connection and
+//!   backend errors, never denials) and, past its threshold, refuses every call at once with
+//!   [`CircuitOpen`](crate::StoreErrorKind::CircuitOpen) for a cool-down that doubles while
+//!   probes fail. Its [`state`](CircuitBreaker::state) is what a `/status` page shows.
+//! - [`Fallback`] answers from a local store (a [`MemoryStore`](crate::MemoryStore)) on the
+//!   quota divided by the number of instances while the primary fails or its breaker is open,
+//!   and goes back to the primary at its first answer.
+//!
+//! Without a `Fallback`, the middleware's failure mode decides what an error means: fail open
+//! (let the request through, marked) or closed (503). With one, there are no store errors to
+//! resolve while the local store works: that is the *local* failure mode.
+//!
+//! # Recovery does not flood Redis
+//!
+//! Nothing here queues or retries. A timed-out call is dropped, not retried (with Redis it may
+//! or may not have been charged, and running the script again could charge twice). While the
+//! breaker is open no call is sent at all; when the cool-down ends, one probe goes first, and
+//! traffic returns only once it has been answered. At most the calls in flight when the breaker
+//! opened, plus one probe per cool-down, can be waiting in a socket buffer for a paused server.
+//!
+//! # Metrics
+//!
+//! Through the [`metrics`](https://docs.rs/metrics) facade (nothing is recorded until the
+//! application installs a recorder), labelled `backend` with the wrapped store's name:
+//!
+//! | name | kind | meaning |
+//! |------|------|---------|
+//! | `ratelimit_circuit_state` | gauge | 0 closed, 1 open, 2 half-open |
+//! | `ratelimit_circuit_transitions_total` | counter | transitions, label `to` (the new state) |
+//! | `ratelimit_fallback_decisions_total` | counter | local checks, label `outcome` (`allowed`, `denied`) |
+//!
+//! # Example
+//!
+//! A primary that is down, behind a breaker, with a local fallback for an app run as 4
+//! instances:
+//!
+//! ```
+//! use std::num::NonZeroU32;
+//! use std::time::Duration;
+//! use rate_limit_core::resilience::{CircuitBreaker, CircuitState, Fallback, Timeout};
+//! use rate_limit_core::{
+//!     Algorithm, BoxFuture, Decision, Limit, ManualClock, MemoryStore, Quota, Store, StoreError,
+//!     StoreErrorKind,
+//! };
+//!
+//! /// A store whose server is gone.
+//! struct Down;
+//!
+//! impl Store for Down {
+//!     fn check<'a>(&'a self, _: &'a str, _: &'a [Limit], _: NonZeroU32)
+//!         -> BoxFuture<'a, Result<Decision, StoreError>> {
+//!         Box::pin(async { Err(StoreError::new(StoreErrorKind::Connection, "refused")) })
+//!     }
+//!     fn peek<'a>(&'a self, key: &'a str, limits: &'a [Limit], cost: NonZeroU32)
+//!         -> BoxFuture<'a, Result<Decision, StoreError>> {
+//!         self.check(key, limits, cost)
+//!     }
+//!     fn backend(&self) -> &'static str { "down" }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+//! let guarded = CircuitBreaker::new(Timeout::new(Down)).clock(clock.clone());
+//! let local = MemoryStore::builder().clock(clock.clone()).build();
+//! let store = Fallback::new(guarded, local, NonZeroU32::new(4).unwrap());
+//!
+//! // 100 per minute for the whole fleet: 25 per minute for this instance while Redis is away.
+//! let limits = [Limit::new(Quota::per_minute(NonZeroU32::new(100).unwrap()), Algorithm::Gcra)];
+//! let mut admitted = 0;
+//! for _ in 0..40 {
+//!     let d = store.check("client-1", &limits, NonZeroU32::MIN).await.unwrap();
+//!     assert_eq!(d.limit(), 25);
+//!     admitted += u32::from(d.allowed());
+//! }
+//! assert_eq!(admitted, 25);
+//! assert_eq!(store.local_decisions(), 40);
+//! // Three failures opened the breaker: the other 37 calls never reached the primary.
+//! assert_eq!(store.primary().state(), CircuitState::Open);
+//! assert_eq!(store.primary().state().as_str(), "open");
+//! assert_eq!(store.backend(), "down");
+//! # }
+//! ```
+
+mod breaker;
+mod fallback;
+#[cfg(test)]
+mod testing;
+mod timeout;
+
+pub use breaker::{CircuitBreaker, CircuitState};
+pub use fallback::{DecidedBy, Fallback};
+pub use timeout::Timeout;
+
+/// Name of the gauge of a breaker's state: 0 closed, 1 open, 2 half-open.
+pub const METRIC_CIRCUIT_STATE: &str = "ratelimit_circuit_state";
+/// Name of the counter of a breaker's transitions (label `to`).
+pub const METRIC_CIRCUIT_TRANSITIONS: &str = "ratelimit_circuit_transitions_total";
+/// Name of the counter of checks decided by a [`Fallback`]'s local store (label `outcome`).
+pub const METRIC_FALLBACK_DECISIONS: &str = "ratelimit_fallback_decisions_total";

@@ -1,0 +1,131 @@
+//! A scripted fake [`Store`] for the unit tests of the wrappers.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::Algorithm;
+use crate::decision::{Decision, Snapshot};
+use crate::error::{StoreError, StoreErrorKind};
+use crate::limit::Limit;
+use crate::quota::Quota;
+use crate::store::{BoxFuture, Store};
+
+/// What the next call does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Script {
+    Allow,
+    Deny,
+    Fail(StoreErrorKind),
+    /// Never answers.
+    Hang,
+    /// Allows after a (Tokio) sleep.
+    AllowAfter(Duration),
+}
+
+/// Plays its scripts in order, then allows.
+#[derive(Debug, Default)]
+pub(crate) struct Scripted {
+    scripts: Mutex<VecDeque<Script>>,
+    calls: AtomicUsize,
+    live: std::sync::Arc<AtomicUsize>,
+}
+
+/// Counts a future alive until it is dropped.
+struct Live(std::sync::Arc<AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Scripted {
+    pub(crate) fn new(scripts: impl IntoIterator<Item = Script>) -> Self {
+        let s = Self::default();
+        s.push(scripts);
+        s
+    }
+
+    pub(crate) fn push(&self, scripts: impl IntoIterator<Item = Script>) {
+        self.scripts.lock().unwrap().extend(scripts);
+    }
+
+    /// Calls that reached this store.
+    pub(crate) fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls whose future has not been dropped yet.
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    fn run(&self, limits: &[Limit]) -> BoxFuture<'static, Result<Decision, StoreError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let script = self
+            .scripts
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Script::Allow);
+        let limit = limits.first().map_or(0, |l| l.quota().limit().get());
+        self.live.fetch_add(1, Ordering::SeqCst);
+        let live = Live(std::sync::Arc::clone(&self.live));
+        Box::pin(async move {
+            let _live = live;
+            let decided = |allowed: bool| {
+                let retry = (!allowed).then_some(Duration::from_secs(1));
+                Ok(Decision::single(Snapshot::new(
+                    allowed,
+                    limit,
+                    0,
+                    Duration::ZERO,
+                    retry,
+                )))
+            };
+            match script {
+                Script::Allow => decided(true),
+                Script::Deny => decided(false),
+                Script::Fail(kind) => Err(StoreError::new(kind, "scripted")),
+                Script::Hang => std::future::pending().await,
+                Script::AllowAfter(d) => {
+                    tokio::time::sleep(d).await;
+                    decided(true)
+                }
+            }
+        })
+    }
+}
+
+impl Store for Scripted {
+    fn check<'a>(
+        &'a self,
+        _key: &'a str,
+        limits: &'a [Limit],
+        _cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        self.run(limits)
+    }
+
+    fn peek<'a>(
+        &'a self,
+        _key: &'a str,
+        limits: &'a [Limit],
+        _cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        self.run(limits)
+    }
+
+    fn backend(&self) -> &'static str {
+        "scripted"
+    }
+}
+
+/// One GCRA limit of `n` per second.
+pub(crate) fn limits(n: u32) -> [Limit; 1] {
+    let q = Quota::per_second(NonZeroU32::new(n).unwrap());
+    [Limit::new(q, Algorithm::Gcra)]
+}
