@@ -1,0 +1,774 @@
+//! The demo's settings: environment variables over an optional TOML file.
+//!
+//! Every setting has an environment variable (`RATE_LIMIT`, ...) and the same name in lower
+//! case in the file named by `RATELIMIT_CONFIG` (`rate_limit = 100`). The environment wins. The
+//! file alone can also hold per-route policies (`[[routes]]`) and per-key tiers (`[[tiers]]`):
+//!
+//! ```toml
+//! rate_limit = 100
+//! rate_limit_window_sec = 60
+//! rate_limit_algorithm = "gcra"
+//! trusted_proxies = ["10.0.0.0/8"]
+//!
+//! [[routes]]            # POST /acquire gets its own budget
+//! path = "/acquire"
+//! limit = 20
+//! window_sec = 1
+//!
+//! [[tiers]]             # these clients (values of the key header) get more, everywhere
+//! name = "premium"
+//! keys = ["alice", "bob"]
+//! limit = 1000
+//! window_sec = 60
+//! ```
+//!
+//! A bad value is a [`ConfigError`] naming the variable (or the file key) and the value.
+
+use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::HeaderName;
+use rate_limit_core::{Algorithm, ConfigError, Limit, Quota};
+use serde::Deserialize;
+use tower_ratelimit::key::Cidr;
+
+/// The endpoints a `[[routes]]` entry may give their own policy.
+pub const LIMITED_ROUTES: [&str; 2] = ["/ratelimit", "/acquire"];
+
+/// Every scalar setting, by environment variable name. The file uses the lower-case names.
+const SETTINGS: [&str; 14] = [
+    "PORT",
+    "REDIS_URL",
+    "REDIS_ADDR",
+    "REDIS_CLUSTER_NODES",
+    "RATE_LIMIT",
+    "RATE_LIMIT_WINDOW_SEC",
+    "RATE_LIMIT_BURST",
+    "RATE_LIMIT_ALGORITHM",
+    "RATE_LIMIT_MAX_KEYS",
+    "FAILURE_MODE",
+    "REDIS_TIMEOUT_MS",
+    "KEY_HEADER",
+    "TRUSTED_PROXIES",
+    "RATELIMIT_CONFIG",
+];
+
+/// Where rate-limit state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// An in-process [`MemoryStore`](rate_limit_core::MemoryStore): one budget per instance.
+    Memory,
+    /// One Redis server, by URL: one budget shared by every instance.
+    Redis(String),
+    /// A Redis Cluster, by the URLs of some of its nodes.
+    Cluster(Vec<String>),
+}
+
+impl Backend {
+    /// `memory`, `redis` or `cluster`, as `/status` reports it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis(_) => "redis",
+            Self::Cluster(_) => "cluster",
+        }
+    }
+}
+
+/// What happens to a request when Redis cannot decide (`FAILURE_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailureSetting {
+    /// Let the request through.
+    Open,
+    /// Answer `503 Service Unavailable`.
+    Closed,
+    /// Decide with a per-instance in-memory limiter until Redis is back.
+    #[default]
+    Local,
+}
+
+impl FromStr for FailureSetting {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "open" => Ok(Self::Open),
+            "closed" => Ok(Self::Closed),
+            "local" => Ok(Self::Local),
+            _ => Err(ConfigError::new(
+                "FAILURE_MODE",
+                s,
+                "expected one of open, closed, local",
+            )),
+        }
+    }
+}
+
+/// A per-route policy from the file: the limit for one of [`LIMITED_ROUTES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLimit {
+    /// The path, `/ratelimit` or `/acquire`.
+    pub path: String,
+    /// The policy name (headers, metrics, store keys).
+    pub name: String,
+    /// The limit.
+    pub limit: Limit,
+}
+
+/// A tier from the file: clients (values of the key header) with their own limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    /// The policy name.
+    pub name: String,
+    /// The key-header values that belong to the tier.
+    pub keys: Vec<String>,
+    /// The limit.
+    pub limit: Limit,
+}
+
+/// The demo's whole configuration, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Listen port on every interface; 0 picks a free one (the demo prints it).
+    pub port: u16,
+    /// Where state lives.
+    pub backend: Backend,
+    /// The default limit: `RATE_LIMIT` per `RATE_LIMIT_WINDOW_SEC`, burst `RATE_LIMIT_BURST`,
+    /// with `RATE_LIMIT_ALGORITHM`.
+    pub limit: Limit,
+    /// Bound of the in-memory store (and of the local fallback).
+    pub max_keys: NonZeroUsize,
+    /// What happens when Redis cannot decide.
+    pub failure_mode: FailureSetting,
+    /// Time budget of one Redis call.
+    pub redis_timeout: Duration,
+    /// The header naming the client; `None` (an empty `KEY_HEADER`) keys by IP only.
+    pub key_header: Option<HeaderName>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Per-route policies (file only).
+    pub routes: Vec<RouteLimit>,
+    /// Per-key tiers (file only).
+    pub tiers: Vec<Tier>,
+}
+
+impl Config {
+    /// Reads the process environment (and the file `RATELIMIT_CONFIG` names, if any).
+    ///
+    /// # Errors
+    ///
+    /// A variable or file value is invalid, not UTF-8, or the file cannot be read or parsed.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| match std::env::var(name) {
+            Ok(v) => Ok(Some(v)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(raw)) => Err(ConfigError::new(
+                name,
+                raw.to_string_lossy(),
+                "not valid UTF-8",
+            )),
+        })
+    }
+
+    /// Reads `vars` as if they were the whole environment (for tests).
+    ///
+    /// # Errors
+    ///
+    /// As for [`from_env`](Self::from_env).
+    pub fn from_vars(vars: &[(&str, &str)]) -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| {
+            Ok(vars
+                .iter()
+                .rev()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned()))
+        })
+    }
+
+    /// Reads settings through `lookup` (an environment variable by name).
+    ///
+    /// # Errors
+    ///
+    /// As for [`from_env`](Self::from_env).
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Result<Option<String>, ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        let mut env = BTreeMap::new();
+        for name in SETTINGS {
+            if let Some(value) = lookup(name)? {
+                env.insert(name, value);
+            }
+        }
+        let file = match env.get("RATELIMIT_CONFIG") {
+            Some(path) => Some(FileSettings::read(path)?),
+            None => None,
+        };
+        Sources { env, file }.config()
+    }
+}
+
+/// A value and the name to blame for it (`RATE_LIMIT`, or `rate_limit in demo.toml`).
+struct Setting {
+    name: String,
+    value: String,
+}
+
+impl Setting {
+    fn error(&self, reason: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.name.as_str(), &self.value, reason)
+    }
+
+    /// The same error, blamed on this setting instead of the name a library used.
+    fn rename(&self, err: &ConfigError) -> ConfigError {
+        self.error(err.reason())
+    }
+}
+
+struct Sources {
+    env: BTreeMap<&'static str, String>,
+    file: Option<FileSettings>,
+}
+
+impl Sources {
+    fn get(&self, name: &'static str) -> Option<Setting> {
+        if let Some(value) = self.env.get(name) {
+            return Some(Setting {
+                name: name.to_owned(),
+                value: value.clone(),
+            });
+        }
+        let file = self.file.as_ref()?;
+        let key = name.to_ascii_lowercase();
+        file.scalars.get(&key).map(|value| Setting {
+            name: format!("{key} in {}", file.path),
+            value: value.clone(),
+        })
+    }
+
+    fn config(&self) -> Result<Config, ConfigError> {
+        let port = match self.get("PORT") {
+            Some(s) => s
+                .value
+                .trim()
+                .parse::<u16>()
+                .map_err(|_| s.error("expected a port number, 0 to 65535"))?,
+            None => 8080,
+        };
+        let algorithm = match self.get("RATE_LIMIT_ALGORITHM") {
+            Some(s) => s.value.parse::<Algorithm>().map_err(|e| s.rename(&e))?,
+            None => Algorithm::TokenBucket,
+        };
+        let limit = match self.get("RATE_LIMIT") {
+            Some(s) => positive_u32(&s)?,
+            None => NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN),
+        };
+        let window = self.get("RATE_LIMIT_WINDOW_SEC");
+        let window_secs = match &window {
+            Some(s) => positive_u64(s)?,
+            None => 60,
+        };
+        let mut quota = Quota::with_period(limit, Duration::from_secs(window_secs))
+            .map_err(|e| window.as_ref().map_or_else(|| e.clone(), |s| s.rename(&e)))?;
+        if let Some(s) = self.get("RATE_LIMIT_BURST") {
+            quota = quota.burst(positive_u32(&s)?).map_err(|e| s.rename(&e))?;
+        }
+        let max_keys = match self.get("RATE_LIMIT_MAX_KEYS") {
+            Some(s) => s
+                .value
+                .trim()
+                .parse::<NonZeroUsize>()
+                .map_err(|_| s.error("expected a positive integer"))?,
+            None => NonZeroUsize::new(1_000_000).unwrap_or(NonZeroUsize::MIN),
+        };
+        let failure_mode = match self.get("FAILURE_MODE") {
+            Some(s) => s.value.parse().map_err(|e| s.rename(&e))?,
+            None => FailureSetting::Local,
+        };
+        let redis_timeout = match self.get("REDIS_TIMEOUT_MS") {
+            Some(s) => Duration::from_millis(positive_u64(&s)?),
+            None => Duration::from_millis(50),
+        };
+        let key_header = match self.get("KEY_HEADER") {
+            Some(s) if s.value.trim().is_empty() => None,
+            Some(s) => Some(
+                HeaderName::from_bytes(s.value.trim().as_bytes())
+                    .map_err(|_| s.error("not a valid header name"))?,
+            ),
+            None => Some(HeaderName::from_static("x-client-id")),
+        };
+        let trusted_proxies = match self.get("TRUSTED_PROXIES") {
+            Some(s) => list(&s.value)
+                .map(|cidr| cidr.parse::<Cidr>().map_err(|e| s.rename(&e)))
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        let (routes, tiers) = match &self.file {
+            Some(file) => (
+                file.routes(window_secs, algorithm)?,
+                file.tiers(window_secs, algorithm)?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(Config {
+            port,
+            backend: self.backend()?,
+            limit: Limit::new(quota, algorithm),
+            max_keys,
+            failure_mode,
+            redis_timeout,
+            key_header,
+            trusted_proxies,
+            routes,
+            tiers,
+        })
+    }
+
+    fn backend(&self) -> Result<Backend, ConfigError> {
+        let url = match (self.get("REDIS_URL"), self.get("REDIS_ADDR")) {
+            (Some(s), _) => Some(redis_url(&s, s.value.trim())?),
+            (None, Some(s)) => Some(redis_addr(&s)?),
+            (None, None) => None,
+        };
+        let cluster = match self.get("REDIS_CLUSTER_NODES") {
+            Some(s) => {
+                let nodes = list(&s.value)
+                    .map(|node| redis_url(&s, node))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if nodes.is_empty() {
+                    return Err(s.error("expected comma-separated redis://host:port URLs"));
+                }
+                Some((s, nodes))
+            }
+            None => None,
+        };
+        match (url, cluster) {
+            (Some(_), Some((s, _))) => {
+                Err(s.error("set either REDIS_CLUSTER_NODES or REDIS_URL/REDIS_ADDR, not both"))
+            }
+            (Some(url), None) => Ok(Backend::Redis(url)),
+            (None, Some((_, nodes))) => Ok(Backend::Cluster(nodes)),
+            (None, None) => Ok(Backend::Memory),
+        }
+    }
+}
+
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn positive_u32(s: &Setting) -> Result<NonZeroU32, ConfigError> {
+    s.value
+        .trim()
+        .parse::<NonZeroU32>()
+        .map_err(|_| s.error("expected a positive integer (at most 4294967295)"))
+}
+
+fn positive_u64(s: &Setting) -> Result<u64, ConfigError> {
+    s.value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| s.error("expected a positive integer"))
+}
+
+fn redis_url(s: &Setting, url: &str) -> Result<String, ConfigError> {
+    if url.starts_with("rediss://") {
+        return Err(s.error("TLS (rediss://) is not enabled in the demo; use redis://"));
+    }
+    match url.strip_prefix("redis://") {
+        Some(rest) if !rest.is_empty() => Ok(url.to_owned()),
+        _ => Err(s.error("expected a URL like redis://127.0.0.1:6379")),
+    }
+}
+
+fn redis_addr(s: &Setting) -> Result<String, ConfigError> {
+    let addr = s.value.trim();
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(format!("redis://{addr}"))
+        }
+        _ => Err(s.error("expected host:port, e.g. 127.0.0.1:6379")),
+    }
+}
+
+/// What the TOML file holds: scalar settings as text, and the route and tier tables.
+struct FileSettings {
+    path: String,
+    scalars: BTreeMap<String, String>,
+    routes: Vec<toml::Value>,
+    tiers: Vec<toml::Value>,
+}
+
+/// A `[[routes]]` or `[[tiers]]` entry before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimit {
+    path: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+    limit: u64,
+    window_sec: Option<u64>,
+    burst: Option<u64>,
+    algorithm: Option<String>,
+}
+
+impl FileSettings {
+    fn read(path: &str) -> Result<Self, ConfigError> {
+        let blame = |reason: String| ConfigError::new("RATELIMIT_CONFIG", path, reason);
+        let text = std::fs::read_to_string(path).map_err(|e| blame(e.to_string()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| blame(e.to_string()))?;
+        let mut file = Self {
+            path: path.to_owned(),
+            scalars: BTreeMap::new(),
+            routes: Vec::new(),
+            tiers: Vec::new(),
+        };
+        for (key, value) in table {
+            match key.as_str() {
+                "routes" | "tiers" => {
+                    let toml::Value::Array(entries) = value else {
+                        return Err(blame(format!("`{key}` must be an array of tables")));
+                    };
+                    if key == "routes" {
+                        file.routes = entries;
+                    } else {
+                        file.tiers = entries;
+                    }
+                }
+                "ratelimit_config" => {
+                    return Err(blame(String::from("a file cannot name another")));
+                }
+                _ if SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(&key)) => {
+                    let text = match value {
+                        toml::Value::String(s) => s,
+                        toml::Value::Array(items) => items
+                            .iter()
+                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        other => other.to_string(),
+                    };
+                    file.scalars.insert(key, text);
+                }
+                _ => return Err(blame(format!("unknown setting `{key}`"))),
+            }
+        }
+        Ok(file)
+    }
+
+    fn entry(&self, what: &str, i: usize, value: &toml::Value) -> Result<FileLimit, ConfigError> {
+        FileLimit::deserialize(value.clone()).map_err(|e| {
+            ConfigError::new(
+                format!("{what}[{i}] in {}", self.path),
+                value,
+                e.to_string(),
+            )
+        })
+    }
+
+    fn limit(
+        &self,
+        what: &str,
+        i: usize,
+        entry: &FileLimit,
+        window_secs: u64,
+        algorithm: Algorithm,
+    ) -> Result<Limit, ConfigError> {
+        let field = |name: &str, value: &dyn std::fmt::Display, reason: &str| {
+            ConfigError::new(
+                format!("{what}[{i}].{name} in {}", self.path),
+                value,
+                reason,
+            )
+        };
+        let limit = u32::try_from(entry.limit)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| field("limit", &entry.limit, "expected a positive integer"))?;
+        let window = entry.window_sec.unwrap_or(window_secs);
+        let mut quota = Quota::with_period(limit, Duration::from_secs(window))
+            .map_err(|e| field("window_sec", &window, e.reason()))?;
+        if let Some(burst) = entry.burst {
+            let n = u32::try_from(burst)
+                .ok()
+                .and_then(NonZeroU32::new)
+                .ok_or_else(|| field("burst", &burst, "expected a positive integer"))?;
+            quota = quota
+                .burst(n)
+                .map_err(|e| field("burst", &burst, e.reason()))?;
+        }
+        let algorithm = match &entry.algorithm {
+            Some(a) => a
+                .parse::<Algorithm>()
+                .map_err(|e| field("algorithm", a, e.reason()))?,
+            None => algorithm,
+        };
+        Ok(Limit::new(quota, algorithm))
+    }
+
+    fn routes(
+        &self,
+        window_secs: u64,
+        algorithm: Algorithm,
+    ) -> Result<Vec<RouteLimit>, ConfigError> {
+        let mut routes: Vec<RouteLimit> = Vec::new();
+        for (i, value) in self.routes.iter().enumerate() {
+            let entry = self.entry("routes", i, value)?;
+            let blame = |reason: &str| {
+                ConfigError::new(format!("routes[{i}].path in {}", self.path), value, reason)
+            };
+            let Some(path) = entry.path.clone() else {
+                return Err(blame("a route needs a path"));
+            };
+            if !LIMITED_ROUTES.contains(&path.as_str()) {
+                return Err(blame("expected /ratelimit or /acquire"));
+            }
+            if routes.iter().any(|r| r.path == path) {
+                return Err(blame("this path already has a policy"));
+            }
+            let name = entry
+                .name
+                .clone()
+                .unwrap_or_else(|| path.trim_start_matches('/').to_owned());
+            let limit = self.limit("routes", i, &entry, window_secs, algorithm)?;
+            routes.push(RouteLimit { path, name, limit });
+        }
+        Ok(routes)
+    }
+
+    fn tiers(&self, window_secs: u64, algorithm: Algorithm) -> Result<Vec<Tier>, ConfigError> {
+        let mut tiers = Vec::new();
+        for (i, value) in self.tiers.iter().enumerate() {
+            let entry = self.entry("tiers", i, value)?;
+            let blame = |reason: &str| {
+                ConfigError::new(format!("tiers[{i}] in {}", self.path), value, reason)
+            };
+            let Some(name) = entry.name.clone() else {
+                return Err(blame("a tier needs a name"));
+            };
+            if entry.keys.is_empty() {
+                return Err(blame("a tier needs at least one key"));
+            }
+            if entry.path.is_some() {
+                return Err(blame("a tier applies to every route: remove `path`"));
+            }
+            let limit = self.limit("tiers", i, &entry, window_secs, algorithm)?;
+            tiers.push(Tier {
+                name,
+                keys: entry.keys,
+                limit,
+            });
+        }
+        Ok(tiers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(vars: &[(&str, &str)]) -> ConfigError {
+        Config::from_vars(vars).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_table() {
+        let c = Config::from_vars(&[]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.backend, Backend::Memory);
+        assert_eq!(c.limit.quota().limit().get(), 100);
+        assert_eq!(c.limit.quota().period(), Duration::from_secs(60));
+        assert_eq!(c.limit.quota().burst_size().get(), 100);
+        assert_eq!(c.limit.algorithm(), Algorithm::TokenBucket);
+        assert_eq!(c.max_keys.get(), 1_000_000);
+        assert_eq!(c.failure_mode, FailureSetting::Local);
+        assert_eq!(c.redis_timeout, Duration::from_millis(50));
+        assert_eq!(c.key_header.unwrap(), "x-client-id");
+        assert!(c.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let c = Config::from_vars(&[
+            ("PORT", "0"),
+            ("REDIS_ADDR", "127.0.0.1:6380"),
+            ("RATE_LIMIT", "7"),
+            ("RATE_LIMIT_WINDOW_SEC", "2"),
+            ("RATE_LIMIT_BURST", "9"),
+            ("RATE_LIMIT_ALGORITHM", "GCRA"),
+            ("RATE_LIMIT_MAX_KEYS", "10"),
+            ("FAILURE_MODE", "closed"),
+            ("REDIS_TIMEOUT_MS", "25"),
+            ("KEY_HEADER", "X-Api-Key"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1"),
+        ])
+        .unwrap();
+        assert_eq!(c.port, 0);
+        assert_eq!(c.backend, Backend::Redis("redis://127.0.0.1:6380".into()));
+        assert_eq!(c.limit.quota().burst_size().get(), 9);
+        assert_eq!(c.limit.algorithm(), Algorithm::Gcra);
+        assert_eq!(c.failure_mode, FailureSetting::Closed);
+        assert_eq!(c.key_header.unwrap(), "x-api-key");
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let c = Config::from_vars(&[(
+            "REDIS_CLUSTER_NODES",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+        )])
+        .unwrap();
+        assert_eq!(c.backend.name(), "cluster");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_value() {
+        for (var, value) in [
+            ("PORT", "70000"),
+            ("RATE_LIMIT", "abc"),
+            ("RATE_LIMIT", "0"),
+            ("RATE_LIMIT_WINDOW_SEC", "-1"),
+            ("RATE_LIMIT_BURST", "0"),
+            ("RATE_LIMIT_ALGORITHM", "leaky"),
+            ("RATE_LIMIT_MAX_KEYS", "0"),
+            ("FAILURE_MODE", "maybe"),
+            ("REDIS_TIMEOUT_MS", "fast"),
+            ("KEY_HEADER", "bad header"),
+            ("TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("REDIS_URL", "http://x"),
+            ("REDIS_ADDR", "nohost"),
+            ("REDIS_CLUSTER_NODES", ","),
+            ("RATELIMIT_CONFIG", "/nonexistent/demo.toml"),
+        ] {
+            let e = err(&[(var, value)]);
+            assert_eq!(e.setting(), var, "{e}");
+            assert_eq!(e.value(), value, "{e}");
+            assert!(e.to_string().contains(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn burst_that_overflows_names_burst() {
+        let e = err(&[
+            ("RATE_LIMIT", "1"),
+            ("RATE_LIMIT_WINDOW_SEC", "3600"),
+            ("RATE_LIMIT_BURST", "4294967295"),
+        ]);
+        assert_eq!(e.setting(), "RATE_LIMIT_BURST");
+    }
+
+    #[test]
+    fn redis_url_and_cluster_conflict() {
+        let e = err(&[
+            ("REDIS_URL", "redis://a:1"),
+            ("REDIS_CLUSTER_NODES", "redis://b:2"),
+        ]);
+        assert_eq!(e.setting(), "REDIS_CLUSTER_NODES");
+    }
+
+    #[test]
+    fn empty_key_header_keys_by_ip() {
+        let c = Config::from_vars(&[("KEY_HEADER", "")]).unwrap();
+        assert_eq!(c.key_header, None);
+    }
+
+    fn file(text: &str) -> (tempfile_path::Guard, String) {
+        let guard = tempfile_path::Guard::new(text);
+        let path = guard.0.display().to_string();
+        (guard, path)
+    }
+
+    /// A file removed on drop, without a dependency for it.
+    mod tempfile_path {
+        use std::path::PathBuf;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        pub(super) struct Guard(pub(super) PathBuf);
+
+        impl Guard {
+            pub(super) fn new(text: &str) -> Self {
+                static N: AtomicU32 = AtomicU32::new(0);
+                let n = N.fetch_add(1, Ordering::Relaxed);
+                let path = std::env::temp_dir()
+                    .join(format!("demo-config-{}-{n}.toml", std::process::id()));
+                std::fs::write(&path, text).unwrap();
+                Self(path)
+            }
+        }
+
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn file_settings_routes_and_tiers_with_env_on_top() {
+        let (_g, path) = file(
+            r#"
+rate_limit = 10
+rate_limit_window_sec = 30
+rate_limit_algorithm = "fixed_window"
+trusted_proxies = ["10.0.0.0/8", "172.16.0.0/12"]
+
+[[routes]]
+path = "/acquire"
+limit = 50
+window_sec = 1
+algorithm = "gcra"
+
+[[tiers]]
+name = "premium"
+keys = ["alice"]
+limit = 1000
+"#,
+        );
+        let c = Config::from_vars(&[("RATELIMIT_CONFIG", &path), ("RATE_LIMIT", "20")]).unwrap();
+        assert_eq!(c.limit.quota().limit().get(), 20, "the environment wins");
+        assert_eq!(c.limit.quota().period(), Duration::from_secs(30));
+        assert_eq!(c.limit.algorithm(), Algorithm::FixedWindow);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].name, "acquire");
+        assert_eq!(c.routes[0].limit.algorithm(), Algorithm::Gcra);
+        assert_eq!(c.routes[0].limit.quota().period(), Duration::from_secs(1));
+        assert_eq!(c.tiers[0].keys, ["alice"]);
+        assert_eq!(c.tiers[0].limit.quota().period(), Duration::from_secs(30));
+        assert_eq!(c.tiers[0].limit.algorithm(), Algorithm::FixedWindow);
+    }
+
+    #[test]
+    fn bad_file_values_name_the_key_and_file() {
+        let (_g, path) = file("rate_limit = 0\n");
+        let e = err(&[("RATELIMIT_CONFIG", &path)]);
+        assert_eq!(e.setting(), format!("rate_limit in {path}"));
+        assert_eq!(e.value(), "0");
+
+        let (_g, path) = file("rate_limt = 5\n");
+        let e = err(&[("RATELIMIT_CONFIG", &path)]);
+        assert!(e.reason().contains("rate_limt"), "{e}");
+
+        let (_g, path) = file("[[routes]]\npath = \"/healthz\"\nlimit = 1\n");
+        let e = err(&[("RATELIMIT_CONFIG", &path)]);
+        assert!(e.setting().starts_with("routes[0].path"), "{e}");
+
+        let (_g, path) = file("[[tiers]]\nname = \"x\"\nkeys = [\"a\"]\nlimit = 0\n");
+        let e = err(&[("RATELIMIT_CONFIG", &path)]);
+        assert!(e.setting().starts_with("tiers[0].limit"), "{e}");
+
+        let (_g, path) = file("[[tiers]]\nname = \"x\"\nkeys = [\"a\"]\nlimit = 1\nsurprise = 1\n");
+        let e = err(&[("RATELIMIT_CONFIG", &path)]);
+        assert!(e.reason().contains("surprise"), "{e}");
+
+        let (_g, path) = file("this is not toml");
+        assert_eq!(
+            err(&[("RATELIMIT_CONFIG", &path)]).setting(),
+            "RATELIMIT_CONFIG"
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! The store the configuration asks for: in memory, Redis or Redis Cluster.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rate_limit_core::{MemoryStore, RedisStore, Store, StoreError};
+use tower_ratelimit::FailureMode;
+
+use super::config::{Backend, Config, FailureSetting};
+
+/// How long the demo waits for the first connection to Redis at start-up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A circuit breaker's state, as `/status` reports it.
+type CircuitFn = dyn Fn() -> &'static str + Send + Sync;
+
+/// The demo's store with what `/status` reports about it.
+#[derive(Clone)]
+pub struct DemoStore {
+    store: Arc<dyn Store>,
+    backend: &'static str,
+    failure_mode: FailureMode,
+    circuit: Option<Arc<CircuitFn>>,
+}
+
+impl DemoStore {
+    /// An in-memory store bounded to `config.max_keys`.
+    pub fn memory(config: &Config) -> Self {
+        let store = MemoryStore::builder().max_keys(config.max_keys).build();
+        Self {
+            store: Arc::new(store),
+            backend: "memory",
+            failure_mode: FailureMode::Open,
+            circuit: None,
+        }
+    }
+
+    /// Builds the store `config.backend` names, connecting to Redis if it is one.
+    ///
+    /// # Errors
+    ///
+    /// Redis could not be reached within 5 s, or the failure mode cannot be honoured.
+    pub async fn connect(config: &Config) -> Result<Self, StoreStartError> {
+        match &config.backend {
+            Backend::Memory => Ok(Self::memory(config)),
+            Backend::Redis(url) => {
+                let store = connect(url, RedisStore::connect(url)).await?;
+                Self::remote(config, store, "redis")
+            }
+            Backend::Cluster(nodes) => {
+                let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+                let what = nodes.join(",");
+                let store = connect(&what, RedisStore::connect_cluster(&refs)).await?;
+                Self::remote(config, store, "cluster")
+            }
+        }
+    }
+
+    fn remote(
+        config: &Config,
+        store: impl Store,
+        backend: &'static str,
+    ) -> Result<Self, StoreStartError> {
+        let failure_mode = match config.failure_mode {
+            FailureSetting::Open => FailureMode::Open,
+            FailureSetting::Closed => FailureMode::Closed,
+            FailureSetting::Local => {
+                return Err(StoreStartError(String::from(
+                    "invalid FAILURE_MODE `local`: the local fallback is not available in this \
+                     build yet; set FAILURE_MODE=open or FAILURE_MODE=closed",
+                )));
+            }
+        };
+        Ok(Self {
+            store: Arc::new(store),
+            backend,
+            failure_mode,
+            circuit: None,
+        })
+    }
+
+    /// The store, to hand to the layer and to `/status`.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// `memory`, `redis` or `cluster`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// What the layer does when the store fails.
+    pub fn failure_mode(&self) -> FailureMode {
+        self.failure_mode
+    }
+
+    /// The circuit breaker's state: `closed`, `open` or `half_open`. A store with no breaker (in
+    /// memory) has nothing to trip and reports `closed`.
+    pub fn circuit(&self) -> &'static str {
+        self.circuit.as_ref().map_or("closed", |state| state())
+    }
+}
+
+impl fmt::Debug for DemoStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DemoStore")
+            .field("backend", &self.backend)
+            .field("failure_mode", &self.failure_mode)
+            .field("circuit", &self.circuit())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn connect<S>(
+    what: &str,
+    fut: impl Future<Output = Result<S, StoreError>>,
+) -> Result<S, StoreStartError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+        Ok(Ok(store)) => Ok(store),
+        Ok(Err(err)) => Err(StoreStartError(format!(
+            "cannot connect to Redis at {what}: {err}"
+        ))),
+        Err(_) => Err(StoreStartError(format!(
+            "cannot connect to Redis at {what}: no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// The store could not be set up at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreStartError(String);
+
+impl fmt::Display for StoreStartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreStartError {}
