@@ -42,6 +42,10 @@ impl<C> RedisStoreBuilder<C> {
     /// refuse `TIME` in scripts, or for deterministic tests with a
     /// [`ManualClock`](crate::ManualClock). Instances whose clocks disagree then disagree on
     /// refills and window edges.
+    ///
+    /// Key expiry (`PX`/`PEXPIRE`) still runs on the server's own clock: a client clock that
+    /// runs slower than the server's lets a state expire before the client's time says it is
+    /// full again, and that client is then treated as fresh (more lenient, never stricter).
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Some(Arc::new(clock));
