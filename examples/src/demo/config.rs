@@ -38,7 +38,7 @@ use tower_ratelimit::key::Cidr;
 pub const LIMITED_ROUTES: [&str; 2] = ["/ratelimit", "/acquire"];
 
 /// Every scalar setting, by environment variable name. The file uses the lower-case names.
-const SETTINGS: [&str; 14] = [
+const SETTINGS: [&str; 15] = [
     "PORT",
     "REDIS_URL",
     "REDIS_ADDR",
@@ -48,6 +48,7 @@ const SETTINGS: [&str; 14] = [
     "RATE_LIMIT_BURST",
     "RATE_LIMIT_ALGORITHM",
     "RATE_LIMIT_MAX_KEYS",
+    "RATE_LIMIT_INSTANCES",
     "FAILURE_MODE",
     "REDIS_TIMEOUT_MS",
     "KEY_HEADER",
@@ -145,6 +146,9 @@ pub struct Config {
     pub max_keys: NonZeroUsize,
     /// What happens when Redis cannot decide.
     pub failure_mode: FailureSetting,
+    /// How many instances share Redis (`RATE_LIMIT_INSTANCES`, default 1): with
+    /// `FAILURE_MODE=local`, each admits `1/instances` of every quota while Redis is away.
+    pub instances: NonZeroU32,
     /// Time budget of one Redis call.
     pub redis_timeout: Duration,
     /// The header naming the client; `None` (an empty `KEY_HEADER`) keys by IP only.
@@ -289,6 +293,10 @@ impl Sources {
             Some(s) => s.value.parse().map_err(|e| s.rename(&e))?,
             None => FailureSetting::Local,
         };
+        let instances = match self.get("RATE_LIMIT_INSTANCES") {
+            Some(s) => positive_u32(&s)?,
+            None => NonZeroU32::MIN,
+        };
         let redis_timeout = match self.get("REDIS_TIMEOUT_MS") {
             Some(s) => Duration::from_millis(positive_u64(&s)?),
             None => Duration::from_millis(50),
@@ -320,6 +328,7 @@ impl Sources {
             limit: Limit::new(quota, algorithm),
             max_keys,
             failure_mode,
+            instances,
             redis_timeout,
             key_header,
             trusted_proxies,
@@ -589,6 +598,7 @@ mod tests {
         assert_eq!(c.limit.algorithm(), Algorithm::TokenBucket);
         assert_eq!(c.max_keys.get(), 1_000_000);
         assert_eq!(c.failure_mode, FailureSetting::Local);
+        assert_eq!(c.instances.get(), 1);
         assert_eq!(c.redis_timeout, Duration::from_millis(50));
         assert_eq!(c.key_header.unwrap(), "x-client-id");
         assert!(c.trusted_proxies.is_empty());
@@ -635,6 +645,7 @@ mod tests {
             ("RATE_LIMIT_BURST", "0"),
             ("RATE_LIMIT_ALGORITHM", "leaky"),
             ("RATE_LIMIT_MAX_KEYS", "0"),
+            ("RATE_LIMIT_INSTANCES", "none"),
             ("FAILURE_MODE", "maybe"),
             ("REDIS_TIMEOUT_MS", "fast"),
             ("KEY_HEADER", "bad header"),

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rate_limit_core::resilience::{CircuitBreaker, Fallback, Timeout};
 use rate_limit_core::{MemoryStore, RedisStore, Store, StoreError};
 use tower_ratelimit::FailureMode;
 
@@ -40,44 +41,47 @@ impl DemoStore {
     ///
     /// # Errors
     ///
-    /// Redis could not be reached within 5 s, or the failure mode cannot be honoured.
+    /// Redis could not be reached within 5 s.
     pub async fn connect(config: &Config) -> Result<Self, StoreStartError> {
         match &config.backend {
             Backend::Memory => Ok(Self::memory(config)),
             Backend::Redis(url) => {
                 let store = connect(url, RedisStore::connect(url)).await?;
-                Self::remote(config, store, "redis")
+                Ok(Self::remote(config, store, "redis"))
             }
             Backend::Cluster(nodes) => {
                 let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
                 let what = nodes.join(",");
                 let store = connect(&what, RedisStore::connect_cluster(&refs)).await?;
-                Self::remote(config, store, "cluster")
+                Ok(Self::remote(config, store, "cluster"))
             }
         }
     }
 
-    fn remote(
-        config: &Config,
-        store: impl Store,
-        backend: &'static str,
-    ) -> Result<Self, StoreStartError> {
-        let failure_mode = match config.failure_mode {
-            FailureSetting::Open => FailureMode::Open,
-            FailureSetting::Closed => FailureMode::Closed,
+    /// Wraps a Redis store for production: a time budget per call (`REDIS_TIMEOUT_MS`), a
+    /// circuit breaker, and the `FAILURE_MODE`: `open` and `closed` are the layer's failure
+    /// modes; `local` decides with an in-memory store on `1/RATE_LIMIT_INSTANCES` of each quota
+    /// while Redis is away (and answers 503 only if that fails too).
+    fn remote(config: &Config, store: impl Store, backend: &'static str) -> Self {
+        let timed = Timeout::new(store).budget(config.redis_timeout);
+        let breaker = Arc::new(CircuitBreaker::new(timed));
+        let probe = Arc::clone(&breaker);
+        let circuit: Arc<CircuitFn> = Arc::new(move || probe.state().as_str());
+        let (store, failure_mode): (Arc<dyn Store>, _) = match config.failure_mode {
+            FailureSetting::Open => (breaker, FailureMode::Open),
+            FailureSetting::Closed => (breaker, FailureMode::Closed),
             FailureSetting::Local => {
-                return Err(StoreStartError(String::from(
-                    "invalid FAILURE_MODE `local`: the local fallback is not available in this \
-                     build yet; set FAILURE_MODE=open or FAILURE_MODE=closed",
-                )));
+                let local = MemoryStore::builder().max_keys(config.max_keys).build();
+                let fallback = Fallback::new(breaker, local, config.instances);
+                (Arc::new(fallback), FailureMode::Closed)
             }
         };
-        Ok(Self {
-            store: Arc::new(store),
+        Self {
+            store,
             backend,
             failure_mode,
-            circuit: None,
-        })
+            circuit: Some(circuit),
+        }
     }
 
     /// The store, to hand to the layer and to `/status`.

@@ -1,0 +1,436 @@
+//! The demo server, run as a process the way a user runs it: its HTTP contract for every
+//! algorithm, three instances sharing one Redis, start-up errors, graceful shutdown, and the
+//! TOML configuration file.
+
+mod demo_support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+use demo_support::{Demo, HttpResponse, counter, demo_command, head, read_response};
+use integration_tests::{RedisServer, redis_available};
+
+const ALGORITHMS: [&str; 6] = [
+    "token_bucket",
+    "leaky_bucket",
+    "fixed_window",
+    "sliding_window_log",
+    "sliding_window",
+    "gcra",
+];
+
+/// A day: no refill and no window edge can plausibly fall inside a test.
+const DAY: &str = "86400";
+
+fn id(client: &str) -> [(&'static str, &str); 1] {
+    [("X-Client-ID", client)]
+}
+
+/// Checks that the headers and the JSON of an answer agree, and returns the JSON.
+fn check_answer(
+    res: &HttpResponse,
+    limit: u64,
+    allowed: bool,
+    remaining: u64,
+) -> serde_json::Value {
+    let status = if allowed { 200 } else { 429 };
+    assert_eq!(res.status, status, "{res:?}");
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    let json = res.json();
+    assert_eq!(json["allowed"], allowed, "{json}");
+    assert_eq!(json["limit"], limit, "{json}");
+    assert_eq!(json["remaining"], remaining, "{json}");
+    assert!(json["reset_after_ms"].as_u64().is_some(), "{json}");
+    assert_eq!(res.header_u64("x-ratelimit-limit"), limit);
+    assert_eq!(res.header_u64("x-ratelimit-remaining"), remaining);
+    let reset = res.header_u64("x-ratelimit-reset");
+    assert_eq!(
+        reset,
+        json["reset_after_ms"].as_u64().unwrap().div_ceil(1000),
+        "{res:?}"
+    );
+    let policy = res.header("ratelimit-policy").expect("RateLimit-Policy");
+    assert_eq!(policy, format!("\"default\";q={limit};w={DAY}"));
+    let field = res.header("ratelimit").expect("RateLimit");
+    assert_eq!(field, format!("\"default\";r={remaining};t={reset}"));
+    if allowed {
+        assert_eq!(json["retry_after_ms"], 0);
+        assert_eq!(res.header("retry-after"), None);
+    } else {
+        let wait = json["retry_after_ms"].as_u64().expect("a wait");
+        assert!(wait > 0);
+        assert_eq!(res.header_u64("retry-after"), wait.div_ceil(1000).max(1));
+    }
+    json
+}
+
+fn status(demo: &Demo, client: &str) -> serde_json::Value {
+    let res = demo.get(&format!("/status?key={client}"), &[]);
+    assert_eq!(res.status, 200, "{res:?}");
+    res.json()
+}
+
+fn contract(algorithm: &str, demo: &Demo) {
+    let limit = 4;
+    assert_eq!(demo.get("/healthz", &[]).status, 200);
+
+    // Exactly the quota, then 429; the headers and the JSON agree.
+    for remaining in (0..limit).rev() {
+        check_answer(
+            &demo.get("/ratelimit", &id("alice")),
+            limit,
+            true,
+            remaining,
+        );
+    }
+    let denied = demo.get("/ratelimit", &id("alice"));
+    check_answer(&denied, limit, false, 0);
+
+    // /status reports without charging, by ?key= or by the key header.
+    let s = status(demo, "alice");
+    assert_eq!(
+        (s["allowed"].clone(), s["remaining"].clone()),
+        (false.into(), 0.into())
+    );
+    assert_eq!(s["backend"], "memory");
+    assert_eq!(s["circuit"], "closed");
+    let by_header = demo.get("/status", &id("alice")).json();
+    assert_eq!(by_header["remaining"], 0);
+    for _ in 0..3 {
+        let s = status(demo, "carol");
+        assert_eq!(
+            (s["allowed"].clone(), s["remaining"].clone()),
+            (true.into(), limit.into())
+        );
+    }
+    check_answer(
+        &demo.get("/ratelimit", &id("carol")),
+        limit,
+        true,
+        limit - 1,
+    );
+    assert_eq!(status(demo, "carol")["remaining"], limit - 1);
+
+    // /acquire charges the cost in its body; no body or no cost field costs 1.
+    let res = demo.post("/acquire", &id("bob"), r#"{"cost": 3, "note": "ignored"}"#);
+    check_answer(&res, limit, true, limit - 3);
+    let res = demo.post("/acquire", &id("bob"), r#"{"cost": 2}"#);
+    check_answer(&res, limit, false, limit - 3);
+    check_answer(&demo.post("/acquire", &id("bob"), "{}"), limit, true, 0);
+    check_answer(&demo.post("/acquire", &id("bob"), ""), limit, false, 0);
+    for bad in ["nope", r#"{"cost": 0}"#, r#"{"cost": -1}"#] {
+        let res = demo.post("/acquire", &id("dave"), bad);
+        assert_eq!(res.status, 400, "{algorithm}: {bad} -> {res:?}");
+    }
+    assert_eq!(
+        status(demo, "dave")["remaining"],
+        limit,
+        "a 400 charges nothing"
+    );
+
+    // Without the key header the peer address is the key.
+    let res = demo.get("/ratelimit", &[]);
+    check_answer(&res, limit, true, limit - 1);
+    assert_eq!(demo.get("/status", &[]).json()["remaining"], limit - 1);
+
+    // /metrics counts the layer's decisions.
+    let metrics = demo.get("/metrics", &[]);
+    assert_eq!(metrics.status, 200);
+    let allowed = r#"outcome="allowed""#;
+    let denied = r#"outcome="denied""#;
+    let name = "ratelimit_decisions_total";
+    // alice 4, carol 1, bob 2, the peer 1 / alice 1, bob 2.
+    assert_eq!(
+        counter(&metrics.body, name, &[allowed, r#"backend="memory""#]),
+        8,
+        "{algorithm}:\n{}",
+        metrics.body
+    );
+    assert_eq!(
+        counter(&metrics.body, name, &[denied]),
+        3,
+        "{algorithm}:\n{}",
+        metrics.body
+    );
+}
+
+#[test]
+fn the_http_contract_holds_for_every_algorithm() {
+    // Started together, checked one by one: six short-lived processes.
+    let demos: Vec<(&str, Demo)> = ALGORITHMS
+        .iter()
+        .map(|a| {
+            let vars = [
+                ("RATE_LIMIT", "4"),
+                ("RATE_LIMIT_WINDOW_SEC", DAY),
+                ("RATE_LIMIT_ALGORITHM", a),
+            ];
+            (*a, Demo::start(&vars))
+        })
+        .collect();
+    for (algorithm, demo) in &demos {
+        contract(algorithm, demo);
+    }
+}
+
+#[test]
+fn three_demos_sharing_one_redis_admit_exactly_the_quota() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    for algorithm in ["token_bucket", "sliding_window_log"] {
+        let vars = [
+            ("REDIS_URL", url.as_str()),
+            ("FAILURE_MODE", "closed"),
+            ("RATE_LIMIT", "10"),
+            ("RATE_LIMIT_WINDOW_SEC", DAY),
+            ("RATE_LIMIT_ALGORITHM", algorithm),
+        ];
+        let demos: Vec<Demo> = (0..3).map(|_| Demo::start(&vars)).collect();
+        let client = format!("shared-{algorithm}");
+        // 3 × 4 threads × 3 requests = 36 requests at once, for a quota of 10.
+        let statuses: Vec<u16> = thread::scope(|s| {
+            let handles: Vec<_> = demos
+                .iter()
+                .flat_map(|demo| (0..4).map(move |_| demo))
+                .map(|demo| {
+                    let client = client.as_str();
+                    s.spawn(move || {
+                        (0..3)
+                            .map(|_| demo.get("/ratelimit", &id(client)).status)
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!((ok, limited), (10, 26), "{algorithm}: {statuses:?}");
+        for demo in &demos {
+            let s = status(demo, &client);
+            assert_eq!(s["backend"], "redis");
+            assert_eq!(
+                s["remaining"], 0,
+                "{algorithm}: every instance sees the shared state"
+            );
+        }
+        // Another client still has its whole budget, on any instance.
+        assert_eq!(status(&demos[2], "someone-else")["remaining"], 10);
+    }
+}
+
+#[test]
+fn bad_settings_fail_fast_naming_the_variable_and_value() {
+    let dir = std::env::temp_dir().join(format!("demo-bad-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "rate_limit = 0\n").unwrap();
+    let file = file.display().to_string();
+    let cases = [
+        ("RATE_LIMIT", "abc"),
+        ("RATE_LIMIT", "0"),
+        ("RATE_LIMIT_WINDOW_SEC", "-5"),
+        ("RATE_LIMIT_BURST", "lots"),
+        ("RATE_LIMIT_ALGORITHM", "leaky"),
+        ("RATE_LIMIT_MAX_KEYS", "0"),
+        ("FAILURE_MODE", "sometimes"),
+        ("REDIS_TIMEOUT_MS", "soon"),
+        ("PORT", "99999"),
+        ("KEY_HEADER", "not a header"),
+        ("TRUSTED_PROXIES", "10.0.0.0/40"),
+        ("REDIS_URL", "localhost:6379"),
+        ("RATELIMIT_CONFIG", "/nonexistent/ratelimit.toml"),
+    ];
+    for (var, value) in cases {
+        let out = demo_command(&[(var, value)])
+            .output()
+            .expect("the demo runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} started");
+        assert!(
+            stderr.contains(var) && stderr.contains(value),
+            "{var}={value}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{var}={value} said it was listening");
+    }
+    let out = demo_command(&[("RATELIMIT_CONFIG", &file)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("rate_limit in ") && stderr.contains("`0`"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A Redis that cannot be reached is a start-up error too.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let out = demo_command(&[("REDIS_URL", &url), ("FAILURE_MODE", "closed")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&url), "{stderr}");
+}
+
+#[test]
+fn sigterm_stops_accepting_and_lets_an_in_flight_request_finish() {
+    let mut demo = Demo::start(&[("RATE_LIMIT", "5"), ("RATE_LIMIT_WINDOW_SEC", DAY)]);
+    // A slow upload: the head and half the body now, the rest after the signal.
+    let body = r#"{"cost": 2}"#;
+    let (first, rest) = body.split_at(8);
+    let mut slow = TcpStream::connect(("127.0.0.1", demo.port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let req = head("POST", "/acquire", &id("slow"), Some(body.len()));
+    slow.write_all(req.as_bytes()).unwrap();
+    slow.write_all(first.as_bytes()).unwrap();
+    thread::sleep(Duration::from_millis(300));
+
+    demo.terminate();
+    thread::sleep(Duration::from_millis(500));
+    assert!(demo.try_wait().is_none(), "exited with a request in flight");
+    assert!(
+        TcpStream::connect(("127.0.0.1", demo.port)).is_err(),
+        "still accepting connections after SIGTERM"
+    );
+
+    slow.write_all(rest.as_bytes()).unwrap();
+    let res = read_response(&mut slow);
+    assert_eq!(res.status, 200, "{res:?}");
+    assert_eq!(res.json()["remaining"], 3);
+    let code = demo.wait_timeout(Duration::from_secs(10));
+    assert_eq!(code.and_then(|c| c.code()), Some(0), "{}", demo.stderr());
+}
+
+#[test]
+fn a_config_file_adds_route_policies_and_tiers_under_the_environment() {
+    let dir = std::env::temp_dir().join(format!("demo-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ratelimit.toml");
+    std::fs::write(
+        &file,
+        r#"
+rate_limit = 2
+rate_limit_window_sec = 86400
+
+[[routes]]
+path = "/acquire"
+limit = 5
+
+[[tiers]]
+name = "premium"
+keys = ["vip"]
+limit = 7
+algorithm = "gcra"
+"#,
+    )
+    .unwrap();
+    let file_path = file.display().to_string();
+    let demo = Demo::start(&[("RATELIMIT_CONFIG", &file_path), ("RATE_LIMIT", "3")]);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let res = demo.get("/ratelimit", &id("a"));
+    assert_eq!(
+        res.header_u64("x-ratelimit-limit"),
+        3,
+        "the environment wins"
+    );
+    assert_eq!(
+        res.header("ratelimit-policy"),
+        Some("\"default\";q=3;w=86400")
+    );
+    let res = demo.post("/acquire", &id("a"), "");
+    assert_eq!(res.header_u64("x-ratelimit-limit"), 5);
+    assert_eq!(
+        res.header("ratelimit-policy"),
+        Some("\"acquire\";q=5;w=86400")
+    );
+    assert_eq!(
+        res.header_u64("x-ratelimit-remaining"),
+        4,
+        "a separate budget"
+    );
+    for (path, post) in [("/ratelimit", false), ("/acquire", true)] {
+        let res = if post {
+            demo.post(path, &id("vip"), "")
+        } else {
+            demo.get(path, &id("vip"))
+        };
+        assert_eq!(
+            res.header("ratelimit-policy"),
+            Some("\"premium\";q=7;w=86400")
+        );
+    }
+    let s = status(&demo, "vip");
+    assert_eq!(
+        (s["limit"].clone(), s["remaining"].clone()),
+        (7.into(), 5.into())
+    );
+}
+
+#[test]
+fn when_redis_dies_each_failure_mode_does_what_it_says() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let start = |mode: &str| {
+        Demo::start(&[
+            ("REDIS_URL", url.as_str()),
+            ("FAILURE_MODE", mode),
+            ("RATE_LIMIT", "6"),
+            ("RATE_LIMIT_INSTANCES", "3"),
+            ("RATE_LIMIT_WINDOW_SEC", DAY),
+            ("REDIS_TIMEOUT_MS", "100"),
+        ])
+    };
+    let (open, closed, local) = (start("open"), start("closed"), start("local"));
+    for demo in [&open, &closed, &local] {
+        assert_eq!(demo.get("/ratelimit", &id("before")).status, 200);
+        assert_eq!(status(demo, "before")["circuit"], "closed");
+    }
+    redis.kill9();
+
+    // local: a third of the quota per instance, decided in memory, then 429.
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| local.get("/ratelimit", &id("outage")).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 429, 429], "{}", local.stderr());
+    let res = local.get("/ratelimit", &id("outage"));
+    assert_eq!(res.header_u64("x-ratelimit-limit"), 2);
+    // Enough failures have been counted: the breaker is open and says so.
+    assert_eq!(status(&local, "outage")["circuit"], "open");
+
+    // open: admitted without a decision, and marked.
+    for _ in 0..4 {
+        let res = open.get("/ratelimit", &id("outage"));
+        assert_eq!(res.status, 200, "{res:?}");
+        assert_eq!(res.json()["allowed"], true);
+        assert!(res.json()["degraded"].is_string(), "{res:?}");
+    }
+    // closed: 503 with Retry-After.
+    for _ in 0..4 {
+        let res = closed.get("/ratelimit", &id("outage"));
+        assert_eq!(res.status, 503, "{res:?}");
+        assert_eq!(res.header_u64("retry-after"), 1);
+    }
+    let res = closed.get("/status?key=outage", &[]);
+    assert_eq!(res.status, 503);
+    assert_eq!(res.json()["circuit"], "open");
+}
