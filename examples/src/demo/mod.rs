@@ -1,7 +1,7 @@
 //! The demo server behind `cargo run --example demo`: its configuration, store, routes and
 //! server loop, kept in the library so that they are unit-tested.
 //!
-//! See the [routes](routes) for the endpoints and the [configuration](config) for the settings.
+//! See [`routes`] for the endpoints and the [configuration](config) for the settings.
 
 pub mod client;
 pub mod config;
