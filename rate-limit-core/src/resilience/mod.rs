@@ -98,12 +98,14 @@
 
 mod breaker;
 mod fallback;
+mod state;
 #[cfg(test)]
 mod testing;
 mod timeout;
 
-pub use breaker::{CircuitBreaker, CircuitState};
+pub use breaker::CircuitBreaker;
 pub use fallback::{DecidedBy, Fallback};
+pub use state::CircuitState;
 pub use timeout::Timeout;
 
 /// Name of the gauge of a breaker's state: 0 closed, 1 open, 2 half-open.
