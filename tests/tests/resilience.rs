@@ -1,0 +1,171 @@
+//! Resilience against real faults: a `RedisStore` (server time, through a reconnecting
+//! `ConnectionManager`) behind `Timeout` and `CircuitBreaker`, with and without a local
+//! `Fallback`, under steady load from several tasks while the test kills (`SIGKILL`) or pauses
+//! (`SIGSTOP`) its own `redis-server`.
+//!
+//! Each test takes a lock so that they run one at a time (latency bounds on a shared 2-core
+//! machine), and gives its store its own backend name so that the breaker transitions it reads
+//! back from the metrics are its own.
+#![allow(clippy::disallowed_methods)] // wall-clock latency of each call is what is measured
+
+mod resilience_support;
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use integration_tests::{RedisServer, redis_available};
+use rate_limit_core::resilience::CircuitState;
+use rate_limit_core::{Store, StoreErrorKind};
+use resilience_support::*;
+
+/// Kills Redis, keeps the load on for 3 s, restarts it on the same port.
+fn kill_for_3s(server: &mut RedisServer) -> Fault<'_> {
+    Fault::new(server, |s| s.kill9(), |s| s.restart())
+}
+
+/// Pauses Redis (connections stay open, nothing answers) for 3 s, then resumes it.
+fn pause_for_3s(server: &mut RedisServer) -> Fault<'_> {
+    Fault::new(server, |s| s.pause(), |s| s.resume())
+}
+
+#[test]
+fn kill9_in_local_mode_every_call_is_decided_within_the_budget() {
+    let _one_at_a_time = serial();
+    if !redis_available() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let report = run(async {
+        let store = local_mode(&server, "redis-kill-local").await;
+        let report = drive(Target::Local(&store), kill_for_3s(&mut server)).await;
+        report.print("kill -9, local mode");
+        report
+    });
+    report.assert_bounded_latency();
+    assert_eq!(
+        report.errors, 0,
+        "failed decisions: {:?}",
+        report.error_kinds
+    );
+    assert!(report.local > 0, "no decision was made locally");
+    report.assert_breaker_cycled("redis-kill-local");
+    report.assert_back_on_redis(&server);
+}
+
+#[test]
+fn kill9_in_open_mode_errors_are_fast_and_redis_takes_over_again() {
+    let _one_at_a_time = serial();
+    if !redis_available() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let report = run(async {
+        let store = open_mode(&server, "redis-kill-open").await;
+        let report = drive(Target::Open(&store), kill_for_3s(&mut server)).await;
+        report.print("kill -9, open mode");
+        report
+    });
+    report.assert_bounded_latency();
+    // The middleware would let these through (fail open); at store level they are errors, and
+    // most of them are the breaker's immediate refusals.
+    assert!(report.errors > 0);
+    let open = report
+        .error_kinds
+        .get(&StoreErrorKind::CircuitOpen)
+        .copied();
+    assert!(
+        open.unwrap_or(0) > report.errors / 2,
+        "{:?}",
+        report.error_kinds
+    );
+    report.assert_breaker_cycled("redis-kill-open");
+    report.assert_back_on_redis(&server);
+}
+
+#[test]
+fn sigstop_in_local_mode_every_call_is_decided_within_the_budget() {
+    let _one_at_a_time = serial();
+    if !redis_available() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let report = run(async {
+        let store = local_mode(&server, "redis-pause-local").await;
+        let report = drive(Target::Local(&store), pause_for_3s(&mut server)).await;
+        report.print("SIGSTOP, local mode");
+        report
+    });
+    report.assert_bounded_latency();
+    assert_eq!(
+        report.errors, 0,
+        "failed decisions: {:?}",
+        report.error_kinds
+    );
+    assert!(report.local > 0, "no decision was made locally");
+    report.assert_breaker_cycled("redis-pause-local");
+    report.assert_back_on_redis(&server);
+}
+
+#[test]
+fn sigstop_in_open_mode_errors_are_fast_and_redis_takes_over_again() {
+    let _one_at_a_time = serial();
+    if !redis_available() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let report = run(async {
+        let store = open_mode(&server, "redis-pause-open").await;
+        let report = drive(Target::Open(&store), pause_for_3s(&mut server)).await;
+        report.print("SIGSTOP, open mode");
+        report
+    });
+    report.assert_bounded_latency();
+    assert!(report.errors > 0);
+    // A paused server does not refuse: what reaches it times out.
+    assert!(report.error_kinds.contains_key(&StoreErrorKind::Timeout));
+    report.assert_breaker_cycled("redis-pause-open");
+    report.assert_back_on_redis(&server);
+}
+
+#[test]
+fn with_redis_down_and_the_breaker_open_calls_fail_at_once() {
+    let _one_at_a_time = serial();
+    if !redis_available() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    run(async {
+        let store = open_mode(&server, "redis-down").await;
+        let limits = limits();
+        assert!(store.check("k", &limits, NonZeroU32::MIN).await.is_ok());
+        server.kill9();
+        // The failures that open it: each within the budget.
+        let mut tripping = Vec::new();
+        while store.state() == CircuitState::Closed {
+            let start = Instant::now();
+            let err = store
+                .check("k", &limits, NonZeroU32::MIN)
+                .await
+                .unwrap_err();
+            tripping.push((err.kind(), start.elapsed()));
+            assert!(err.is_infrastructure(), "{err}");
+            assert!(start.elapsed() < BUDGET + MARGIN, "{tripping:?}");
+            assert!(tripping.len() <= 3, "still closed after {tripping:?}");
+        }
+        assert_eq!(tripping.len(), 3);
+        // Open: every call is refused at once, without touching the network.
+        let mut slowest = Duration::ZERO;
+        for _ in 0..1_000 {
+            let start = Instant::now();
+            let err = store
+                .check("k", &limits, NonZeroU32::MIN)
+                .await
+                .unwrap_err();
+            slowest = slowest.max(start.elapsed());
+            assert_eq!(err.kind(), StoreErrorKind::CircuitOpen);
+        }
+        println!("tripped by {tripping:?}; 1000 refusals, slowest {slowest:?}");
+        assert!(slowest < BUDGET / 2, "an open breaker took {slowest:?}");
+        assert_eq!(store.state(), CircuitState::Open);
+    });
+}
