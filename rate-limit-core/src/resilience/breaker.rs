@@ -71,7 +71,7 @@ enum Admit {
 
 impl<S> CircuitBreaker<S, SystemClock> {
     /// Wraps `inner`: opens after 3 consecutive infrastructure failures, for 1 s at first,
-    /// doubling up to 30 s while probes fail.
+    /// doubling up to 10 s while probes fail.
     pub fn new(inner: S) -> Self {
         let base = nanos(Duration::from_secs(1));
         Self {
@@ -79,7 +79,7 @@ impl<S> CircuitBreaker<S, SystemClock> {
             clock: SystemClock::new(),
             threshold: 3,
             base,
-            max: nanos(Duration::from_secs(30)),
+            max: nanos(Duration::from_secs(10)),
             phase: AtomicU64::new(CircuitState::Closed.bits()),
             open_until: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
@@ -107,8 +107,10 @@ impl<S, C: Clock> CircuitBreaker<S, C> {
         self
     }
 
-    /// The longest cool-down, however many probes fail. Default 30 s; never below
-    /// [`cool_down`](Self::cool_down).
+    /// The longest cool-down, however many probes fail. Default 10 s: after a long outage,
+    /// decisions return to the store at most this long after it is back (plus the time its
+    /// client takes to reconnect), for the price of one probe per cool-down while it is away.
+    /// Never below [`cool_down`](Self::cool_down).
     #[must_use]
     pub fn max_cool_down(mut self, max: Duration) -> Self {
         self.max = nanos(max);
