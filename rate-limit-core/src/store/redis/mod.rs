@@ -133,12 +133,32 @@ impl RedisStore<ConnectionManager> {
     /// Connects to `url` through a `ConnectionManager`, which reconnects after a failure, with
     /// the default prefix and server time.
     ///
+    /// Reconnection waits at most 500 ms between attempts, and each attempt at most 500 ms, rather
+    /// than the `redis` crate's longer defaults; use [`connect_with`](Self::connect_with) for
+    /// other settings.
+    ///
     /// # Errors
     ///
     /// The URL is invalid, or the first connection failed.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
+            .set_max_delay(std::time::Duration::from_millis(500));
+        Self::connect_with(url, config).await
+    }
+
+    /// As [`connect`](Self::connect), with the `ConnectionManager`'s reconnection settings
+    /// (delays, timeouts, retries) given by `config`.
+    ///
+    /// # Errors
+    ///
+    /// The URL is invalid, or the first connection failed.
+    pub async fn connect_with(
+        url: &str,
+        config: redis::aio::ConnectionManagerConfig,
+    ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(error::from_redis)?;
-        let conn = ConnectionManager::new(client)
+        let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(error::from_redis)?;
         Ok(Self::with_defaults(conn))
