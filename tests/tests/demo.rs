@@ -299,7 +299,9 @@ fn sigterm_stops_accepting_and_lets_an_in_flight_request_finish() {
     let req = head("POST", "/acquire", &id("slow"), Some(body.len()));
     slow.write_all(req.as_bytes()).unwrap();
     slow.write_all(first.as_bytes()).unwrap();
-    thread::sleep(Duration::from_millis(300));
+    // Time for the server to read the head: from then on the request is in flight (a
+    // connection whose head is not read yet is idle, and is closed by a graceful shutdown).
+    thread::sleep(Duration::from_millis(1000));
 
     demo.terminate();
     thread::sleep(Duration::from_millis(500));
