@@ -20,6 +20,7 @@ async fn keys_spread_over_masters_and_each_is_exact() {
     let urls = cluster.urls();
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
     let store = Arc::new(RedisStore::connect_cluster(&urls).await.unwrap());
+    assert_eq!(store.backend(), "cluster");
     // Three limits, three algorithms, one script per check: no CROSSSLOT.
     let limits = [
         Limit::new(Quota::per_hour(nz(5)), Algorithm::Gcra),

@@ -346,3 +346,36 @@ async fn failures_have_the_kind_a_breaker_counts() {
     assert_eq!(err.kind(), StoreErrorKind::InvalidInput);
     assert!(!err.is_infrastructure());
 }
+
+#[tokio::test]
+async fn connect_decides_and_names_its_backend() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    assert_eq!(store.backend(), "redis");
+    let limits = [Limit::new(
+        Quota::per_hour(NonZeroU32::new(1).unwrap()),
+        Algorithm::Gcra,
+    )];
+    assert!(
+        store
+            .check("c", &limits, NonZeroU32::MIN)
+            .await
+            .unwrap()
+            .allowed()
+    );
+    assert!(
+        !store
+            .check("c", &limits, NonZeroU32::MIN)
+            .await
+            .unwrap()
+            .allowed()
+    );
+    let named = RedisStore::builder(mux(&server).await)
+        .backend("cluster")
+        .build()
+        .unwrap();
+    assert_eq!(named.backend(), "cluster");
+}

@@ -13,6 +13,7 @@ pub struct RedisStoreBuilder<C> {
     conn: C,
     prefix: String,
     clock: Option<Arc<dyn Clock>>,
+    backend: &'static str,
 }
 
 impl<C> RedisStoreBuilder<C> {
@@ -21,6 +22,7 @@ impl<C> RedisStoreBuilder<C> {
             conn,
             prefix: keys::DEFAULT_PREFIX.to_owned(),
             clock: None,
+            backend: "redis",
         }
     }
 
@@ -52,6 +54,15 @@ impl<C> RedisStoreBuilder<C> {
         self
     }
 
+    /// The name [`Store::backend`](crate::Store::backend) reports (a metrics label, and what a
+    /// status page shows): `redis` by default; `RedisStore::connect_cluster` uses `cluster`.
+    /// Set `cluster` when building over a cluster connection yourself.
+    #[must_use]
+    pub fn backend(mut self, name: &'static str) -> Self {
+        self.backend = name;
+        self
+    }
+
     /// Builds the store. No I/O happens here.
     ///
     /// # Errors
@@ -63,6 +74,7 @@ impl<C> RedisStoreBuilder<C> {
             conn: self.conn,
             prefix: self.prefix.into(),
             clock: self.clock,
+            backend: self.backend,
         })
     }
 }

@@ -102,6 +102,7 @@ pub struct RedisStore<C = ConnectionManager> {
     conn: C,
     prefix: Arc<str>,
     clock: Option<Arc<dyn Clock>>,
+    backend: &'static str,
 }
 
 impl<C> RedisStore<C>
@@ -180,7 +181,10 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
             .get_async_connection()
             .await
             .map_err(error::from_redis)?;
-        Ok(Self::with_defaults(conn))
+        Ok(Self {
+            backend: "cluster",
+            ..Self::with_defaults(conn)
+        })
     }
 }
 
@@ -190,6 +194,7 @@ impl<C> RedisStore<C> {
             conn,
             prefix: keys::DEFAULT_PREFIX.into(),
             clock: None,
+            backend: "redis",
         }
     }
 
@@ -317,7 +322,7 @@ where
     }
 
     fn backend(&self) -> &'static str {
-        "redis"
+        self.backend
     }
 }
 
