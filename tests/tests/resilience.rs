@@ -28,19 +28,41 @@ fn pause_for_3s(server: &mut RedisServer) -> Fault<'_> {
     Fault::new(server, |s| s.pause(), |s| s.resume())
 }
 
-#[test]
-fn kill9_in_local_mode_every_call_is_decided_within_the_budget() {
-    let _one_at_a_time = serial();
+/// Starts a server, drives steady load through `fault` in local-fallback or open mode, and prints
+/// the report. `None` (with the skip printed) when Redis cannot run here.
+fn under_fault(
+    local: bool,
+    fault: for<'a> fn(&'a mut RedisServer) -> Fault<'a>,
+    backend: &'static str,
+) -> Option<(Report, RedisServer)> {
     if !redis_available() {
-        return;
+        return None;
     }
     let mut server = RedisServer::start();
     let report = run(async {
-        let store = local_mode(&server, "redis-kill-local").await;
-        let report = drive(Target::Local(&store), kill_for_3s(&mut server)).await;
-        report.print("kill -9, local mode");
+        let report = if local {
+            let store = local_mode(&server, backend).await;
+            drive(Target::Local(&store), fault(&mut server)).await
+        } else {
+            let store = open_mode(&server, backend).await;
+            drive(Target::Open(&store), fault(&mut server)).await
+        };
+        report.print(backend);
         report
     });
+    Some((report, server))
+}
+
+/// Local mode: every call decided within the budget, none failed, some locally, the breaker
+/// cycled, and Redis deciding again at the end.
+fn local_mode_decides_every_call(
+    fault: for<'a> fn(&'a mut RedisServer) -> Fault<'a>,
+    backend: &'static str,
+) {
+    let _one_at_a_time = serial();
+    let Some((report, server)) = under_fault(true, fault, backend) else {
+        return;
+    };
     report.assert_bounded_latency();
     assert_eq!(
         report.errors, 0,
@@ -48,23 +70,26 @@ fn kill9_in_local_mode_every_call_is_decided_within_the_budget() {
         report.error_kinds
     );
     assert!(report.local > 0, "no decision was made locally");
-    report.assert_breaker_cycled("redis-kill-local");
+    report.assert_breaker_cycled(backend);
     report.assert_back_on_redis(&server);
+}
+
+#[test]
+fn kill9_in_local_mode_every_call_is_decided_within_the_budget() {
+    local_mode_decides_every_call(kill_for_3s, "redis-kill-local");
+}
+
+#[test]
+fn sigstop_in_local_mode_every_call_is_decided_within_the_budget() {
+    local_mode_decides_every_call(pause_for_3s, "redis-pause-local");
 }
 
 #[test]
 fn kill9_in_open_mode_errors_are_fast_and_redis_takes_over_again() {
     let _one_at_a_time = serial();
-    if !redis_available() {
+    let Some((report, server)) = under_fault(false, kill_for_3s, "redis-kill-open") else {
         return;
-    }
-    let mut server = RedisServer::start();
-    let report = run(async {
-        let store = open_mode(&server, "redis-kill-open").await;
-        let report = drive(Target::Open(&store), kill_for_3s(&mut server)).await;
-        report.print("kill -9, open mode");
-        report
-    });
+    };
     report.assert_bounded_latency();
     // The middleware would let these through (fail open); at store level they are errors, and
     // most of them are the breaker's immediate refusals.
@@ -83,42 +108,11 @@ fn kill9_in_open_mode_errors_are_fast_and_redis_takes_over_again() {
 }
 
 #[test]
-fn sigstop_in_local_mode_every_call_is_decided_within_the_budget() {
-    let _one_at_a_time = serial();
-    if !redis_available() {
-        return;
-    }
-    let mut server = RedisServer::start();
-    let report = run(async {
-        let store = local_mode(&server, "redis-pause-local").await;
-        let report = drive(Target::Local(&store), pause_for_3s(&mut server)).await;
-        report.print("SIGSTOP, local mode");
-        report
-    });
-    report.assert_bounded_latency();
-    assert_eq!(
-        report.errors, 0,
-        "failed decisions: {:?}",
-        report.error_kinds
-    );
-    assert!(report.local > 0, "no decision was made locally");
-    report.assert_breaker_cycled("redis-pause-local");
-    report.assert_back_on_redis(&server);
-}
-
-#[test]
 fn sigstop_in_open_mode_errors_are_fast_and_redis_takes_over_again() {
     let _one_at_a_time = serial();
-    if !redis_available() {
+    let Some((report, server)) = under_fault(false, pause_for_3s, "redis-pause-open") else {
         return;
-    }
-    let mut server = RedisServer::start();
-    let report = run(async {
-        let store = open_mode(&server, "redis-pause-open").await;
-        let report = drive(Target::Open(&store), pause_for_3s(&mut server)).await;
-        report.print("SIGSTOP, open mode");
-        report
-    });
+    };
     report.assert_bounded_latency();
     assert!(report.errors > 0);
     // A paused server does not refuse: what reaches it times out.
