@@ -38,7 +38,7 @@ use tower_ratelimit::key::Cidr;
 pub const LIMITED_ROUTES: [&str; 2] = ["/ratelimit", "/acquire"];
 
 /// Every scalar setting, by environment variable name. The file uses the lower-case names.
-const SETTINGS: [&str; 15] = [
+pub const SETTINGS: [&str; 15] = [
     "PORT",
     "REDIS_URL",
     "REDIS_ADDR",

@@ -14,23 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 /// Every variable the demo reads, removed from the environment a test starts it with.
-pub const DEMO_VARS: [&str; 15] = [
-    "PORT",
-    "REDIS_URL",
-    "REDIS_ADDR",
-    "REDIS_CLUSTER_NODES",
-    "RATE_LIMIT",
-    "RATE_LIMIT_WINDOW_SEC",
-    "RATE_LIMIT_BURST",
-    "RATE_LIMIT_ALGORITHM",
-    "RATE_LIMIT_MAX_KEYS",
-    "RATE_LIMIT_INSTANCES",
-    "FAILURE_MODE",
-    "REDIS_TIMEOUT_MS",
-    "KEY_HEADER",
-    "TRUSTED_PROXIES",
-    "RATELIMIT_CONFIG",
-];
+pub const DEMO_VARS: [&str; 15] = examples::demo::config::SETTINGS;
 
 /// Builds `example` of the `examples` package with the cargo running the tests, and returns
 /// the executable cargo reports (wherever the target directory is).
