@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# HTTP load benchmark of the rate limiter (GitHub issue 7): what each limiter costs an axum
+# server, as requests/s and p99 latency relative to the same server with no limiter.
+#
+#   bench/http.sh
+#
+# Modes (see examples/examples/bench_server.rs): bare (no limiter), memory (our layer on a
+# MemoryStore), governor (tower_governor, keyed, the same never-denying quota) and redis (our
+# layer on a RedisStore, against a redis-server this script starts on a free port).
+# Each mode is loaded with one hot key and with 10,000 random keys (bench/random_keys.lua), in
+# ROUNDS interleaved rounds (round 1 runs every mode, then round 2 ...); the table shows the
+# median of the rounds. Only 127.0.0.1 is loaded, and every run is bounded by DURATION.
+#
+# Settings (environment): DURATION (wrk -d, default 10s), WARMUP (default 2s, not measured),
+# CONNECTIONS (default 32), ROUNDS (default 2), MODES (default "bare memory governor redis").
+# Raw wrk output is kept in target/bench-http/.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNECTIONS=${CONNECTIONS:-32}
+ROUNDS=${ROUNDS:-2}
+MODES=${MODES:-bare memory governor redis}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+OUT="$TARGET_DIR/bench-http"
+SERVER="$TARGET_DIR/release/examples/bench_server"
+
+log() { printf '%s\n' "$*" >&2; }
+
+# --- processes this script starts, stopped on exit --------------------------------------------
+server_pid=""
+redis_port=""
+redis_pid=""
+
+stop_server() {
+  if [[ -n "$server_pid" ]]; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+  fi
+}
+
+cleanup() {
+  stop_server
+  if [[ -n "$redis_port" ]]; then
+    redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || kill -TERM "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+    redis_port=""
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- tools --------------------------------------------------------------------------------------
+if ! command -v wrk >/dev/null; then
+  log "wrk not found: installing it with apt-get"
+  sudo=""
+  [[ $EUID -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq wrk >/dev/null
+fi
+if [[ " $MODES " == *" redis "* ]] && ! command -v redis-server >/dev/null; then
+  log "redis mode needs redis-server (apt-get install redis-server)"
+  exit 1
+fi
+
+# One core for the server (and Redis), the other for wrk, when there are two to pin to.
+server_cpu=()
+wrk_cpu=()
+if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
+  server_cpu=(taskset -c 0)
+  wrk_cpu=(taskset -c 1)
+  pinning="taskset: server and redis-server on CPU 0, wrk on CPU 1"
+else
+  pinning="no taskset or a single CPU: processes are not pinned"
+fi
+
+cargo build --release -p examples --example bench_server
+mkdir -p "$OUT"
+
+# A port nothing listens on (a refused connection), from a random start.
+free_port() {
+  local port
+  for _ in $(seq 1 200); do
+    port=$((20000 + RANDOM % 30000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return 0
+    fi
+  done
+  log "no free port found"
+  return 1
+}
+
+# Waits up to 10 s for 127.0.0.1:$1 to accept connections.
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "nothing listens on 127.0.0.1:$1 after 10 s"
+  return 1
+}
+
+# --- redis --------------------------------------------------------------------------------------
+redis_url=""
+if [[ " $MODES " == *" redis "* ]]; then
+  port=$(free_port)
+  # In the foreground of a background job (not --daemonize), so that cleanup can wait for it.
+  "${server_cpu[@]}" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+    --daemonize no --logfile "$PWD/$OUT/redis.log" >/dev/null &
+  redis_pid=$!
+  redis_port=$port
+  wait_port "$port"
+  redis_url="redis://127.0.0.1:$port"
+fi
+
+# --- runs ---------------------------------------------------------------------------------------
+# wrk's own limit is -d; `timeout` is a backstop if it hangs.
+secs() { local d=$1; case $d in *m) echo $((${d%m} * 60)) ;; *s) echo "${d%s}" ;; *) echo "$d" ;; esac; }
+backstop=$(($(secs "$DURATION") + 15))
+
+# run MODE KEYS ROUND PORT: one measured wrk run, its output kept in $OUT.
+run() {
+  local mode=$1 keys=$2 round=$3 port=$4 args
+  if [[ $keys == hot ]]; then
+    args=(-H 'X-Client-ID: hot')
+  else
+    args=(-s bench/random_keys.lua)
+  fi
+  timeout "$backstop" "${wrk_cpu[@]}" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "${args[@]}" \
+    "http://127.0.0.1:$port/" >/dev/null
+  timeout "$backstop" "${wrk_cpu[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
+    "${args[@]}" "http://127.0.0.1:$port/" >"$OUT/$mode-$keys-$round.txt"
+}
+
+log "pinning: $pinning"
+log "load: $(uptime)"
+for round in $(seq 1 "$ROUNDS"); do
+  for mode in $MODES; do
+    port=$(free_port)
+    log "round $round: $mode on 127.0.0.1:$port"
+    BENCH_MODE=$mode PORT=$port REDIS_URL=$redis_url "${server_cpu[@]}" "$SERVER" >/dev/null &
+    server_pid=$!
+    wait_port "$port"
+    for keys in hot random; do
+      run "$mode" "$keys" "$round" "$port"
+    done
+    stop_server
+  done
+done
+
+# --- table --------------------------------------------------------------------------------------
+# Requests/s and p99 (in ms) of one wrk output file, and its non-2xx and socket errors.
+parse() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+      if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+      return v + 0
+    }
+    /Requests\/sec:/ { rps = $2 }
+    $1 == "99%" { p99 = ms($2) }
+    /Non-2xx or 3xx responses:/ { errors += $NF }
+    /Socket errors:/ { for (i = 4; i <= NF; i += 2) errors += $i }
+    END { printf "%s %s %d\n", rps, p99, errors }
+  ' "$1"
+}
+
+# The median of the numbers on stdin.
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+declare -A RPS P99 ERR
+for mode in $MODES; do
+  for keys in hot random; do
+    rps_list="" p99_list="" errors=0
+    for round in $(seq 1 "$ROUNDS"); do
+      read -r rps p99 err < <(parse "$OUT/$mode-$keys-$round.txt")
+      rps_list+="$rps"$'\n'
+      p99_list+="$p99"$'\n'
+      errors=$((errors + err))
+    done
+    RPS[$mode-$keys]=$(printf '%s' "$rps_list" | median)
+    P99[$mode-$keys]=$(printf '%s' "$p99_list" | median)
+    ERR[$mode-$keys]=$errors
+  done
+done
+
+echo
+echo "wrk -t1 -c$CONNECTIONS -d$DURATION --latency, median of $ROUNDS interleaved rounds; $pinning"
+echo
+echo "| mode | keys | requests/s | p99 latency | vs bare (req/s) | errors |"
+echo "|------|------|-----------:|------------:|----------------:|-------:|"
+for mode in $MODES; do
+  for keys in hot random; do
+    label=$([[ $keys == hot ]] && echo "1 hot" || echo "10k random")
+    bare=${RPS[bare-$keys]:-}
+    ratio=$(awk -v r="${RPS[$mode-$keys]}" -v b="$bare" \
+      'BEGIN { if (b > 0) printf "%.2f", r / b; else print "n/a" }')
+    printf '| %s | %s | %.0f | %.2f ms | %s | %d |\n' "$mode" "$label" "${RPS[$mode-$keys]}" \
+      "${P99[$mode-$keys]}" "$ratio" "${ERR[$mode-$keys]}"
+  done
+done
