@@ -4,7 +4,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use rate_limit_core::{Algorithm, Limit, ManualClock, MemoryStore, Quota, State, Store};
+use rate_limit_core::{Algorithm, Limit, ManualClock, MemoryStore, Quota, State};
 
 const T0: u64 = 1_800_000_000_000_000_000;
 
@@ -169,7 +169,7 @@ proptest! {
             let (p1, _) = alg1.transition(s1.clone(), at, &q1, nz(cost), false);
             let (p2, _) = alg2.transition(s2.clone(), at, &q2, nz(cost), false);
             let both = p1.allowed() && p2.allowed();
-            let got = futures_lite_block(store.check("k", &limits, nz(cost)));
+            let got = store.check_now("k", &limits, nz(cost)).unwrap();
             prop_assert_eq!(got.allowed(), both);
             if both {
                 s1 = alg1.transition(s1, at, &q1, nz(cost), true).1;
@@ -177,20 +177,8 @@ proptest! {
             }
             let (e1, _) = alg1.transition(s1.clone(), at, &q1, nz(cost), false);
             let (e2, _) = alg2.transition(s2.clone(), at, &q2, nz(cost), false);
-            let after = futures_lite_block(store.peek("k", &limits, nz(cost)));
+            let after = store.peek_now("k", &limits, nz(cost)).unwrap();
             prop_assert_eq!(after.snapshots(), &[e1, e2][..]);
         }
-    }
-}
-
-/// The memory store answers with a ready future: poll it once.
-fn futures_lite_block<T>(
-    f: rate_limit_core::BoxFuture<'_, Result<T, rate_limit_core::StoreError>>,
-) -> T {
-    let mut f = f;
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(r) => r.unwrap(),
-        std::task::Poll::Pending => panic!("memory store future was not ready"),
     }
 }
