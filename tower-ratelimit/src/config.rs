@@ -98,12 +98,8 @@ impl Shared {
             },
             None => NonZeroU32::MIN,
         };
-        let mut store_key = String::with_capacity(policy.name().len() + 1 + key.len());
-        store_key.push_str(policy.name());
-        store_key.push(':');
-        store_key.push_str(&key);
         Plan::Check {
-            key: store_key,
+            key: policy.store_key(&key),
             policy,
             cost,
         }

@@ -97,6 +97,27 @@ impl Policy {
         &self.inner.name
     }
 
+    /// The key the layer hands the store for the client key `key` (an extractor's key, compacted
+    /// as the [key module](crate::key) describes): `{name}:{key}`. Layers whose policies share a
+    /// name share one budget per key; a status page peeks the store with this key.
+    ///
+    /// ```
+    /// # use std::num::NonZeroU32;
+    /// # use rate_limit_core::{Algorithm, Limit, Quota};
+    /// # let limit = Limit::new(Quota::per_second(NonZeroU32::MIN), Algorithm::Gcra);
+    /// let api = tower_ratelimit::Policy::new("api", [limit])?;
+    /// assert_eq!(api.store_key("client-1"), "api:client-1");
+    /// # Ok::<(), rate_limit_core::ConfigError>(())
+    /// ```
+    pub fn store_key(&self, key: &str) -> String {
+        let name = self.name();
+        let mut out = String::with_capacity(name.len() + 1 + key.len());
+        out.push_str(name);
+        out.push(':');
+        out.push_str(key);
+        out
+    }
+
     /// The limits, in order.
     pub fn limits(&self) -> &[Limit] {
         &self.inner.limits

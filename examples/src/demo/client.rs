@@ -125,11 +125,6 @@ impl Policies {
             .or_else(|| self.routes.get(path))
             .unwrap_or(&self.default)
     }
-
-    /// The store key the layer uses for `key` under `policy`.
-    pub fn store_key(policy: &Policy, key: &str) -> String {
-        format!("{}:{key}", policy.name())
-    }
 }
 
 #[cfg(test)]
@@ -185,6 +180,6 @@ mod tests {
         assert_eq!(p.pick("/acquire", "id:alice").name(), "gold");
         assert_eq!(p.pick("/acquire", "id:bob").name(), "acquire");
         assert_eq!(p.pick("/ratelimit", "id:bob").name(), "default");
-        assert_eq!(Policies::store_key(p.pick("/x", "k"), "k"), "default:k");
+        assert_eq!(p.pick("/x", "k").store_key("k"), "default:k");
     }
 }

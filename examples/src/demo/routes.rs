@@ -245,7 +245,7 @@ async fn status(
         },
     };
     let policy = state.policies.pick("/ratelimit", &key);
-    let store_key = Policies::store_key(policy, &key);
+    let store_key = policy.store_key(&key);
     let store = state.store.store();
     match store
         .peek(&store_key, policy.limits(), NonZeroU32::MIN)
