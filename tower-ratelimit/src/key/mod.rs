@@ -110,11 +110,7 @@ impl KeyExtractor for Header {
 
 /// `bytes` as a key: kept as it is when short visible ASCII, otherwise hashed with [`hash_key`].
 pub fn compact_bytes(bytes: &[u8]) -> String {
-    let plain = !bytes.is_empty()
-        && bytes.len() <= MAX_KEY_LEN
-        && bytes[0] != b'#'
-        && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
-    if plain {
+    if is_plain(bytes) {
         bytes.iter().copied().map(char::from).collect()
     } else {
         hash_key(bytes)
@@ -152,14 +148,20 @@ pub(crate) fn compact(key: String) -> Option<String> {
     if key.is_empty() {
         return None;
     }
-    let plain = key.len() <= MAX_KEY_LEN
-        && !key.starts_with('#')
-        && key.bytes().all(|b| (0x21..=0x7e).contains(&b));
-    if plain || is_hashed(&key) {
+    if is_plain(key.as_bytes()) || is_hashed(&key) {
         Some(key)
     } else {
         Some(hash_key(key.as_bytes()))
     }
+}
+
+/// Kept as it is: 1 to [`MAX_KEY_LEN`] visible ASCII bytes, not starting with `#` (which marks
+/// hashed keys).
+fn is_plain(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes.len() <= MAX_KEY_LEN
+        && bytes[0] != b'#'
+        && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
 fn is_hashed(key: &str) -> bool {
