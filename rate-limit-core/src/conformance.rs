@@ -71,14 +71,21 @@ pub struct Case {
     pub steps: Vec<Step>,
 }
 
+/// A table entry with a zero is a mistake in the table: fail loudly, never substitute.
 fn nz(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => panic!("conformance table: a limit, burst or cost of 0"),
+    }
 }
 
 fn quota(limit: u32, period_ms: u64, burst: u32) -> Quota {
-    Quota::with_period(nz(limit), Duration::from_millis(period_ms))
+    match Quota::with_period(nz(limit), Duration::from_millis(period_ms))
         .and_then(|q| q.burst(nz(burst)))
-        .unwrap_or_else(|_| Quota::per_second(nz(limit)))
+    {
+        Ok(q) => q,
+        Err(e) => panic!("conformance table: {e}"),
+    }
 }
 
 /// `(at_ms, cost, allowed, remaining, reset_ms, retry_ms)` for single-limit cases.
