@@ -3,8 +3,10 @@
 //! `cargo run --release -p rate-limit-core --example memory_per_key -- [algorithm] [keys]`
 //!
 //! Inserts `keys` (default 1,000,000) distinct 15-byte keys, one check each, and prints the
-//! growth of VmRSS divided by the number of keys. The key's own heap allocation is inside that
-//! figure: on glibc a 15-byte `Box<str>` takes a 32-byte chunk.
+//! growth of VmRSS divided by the number of keys. Keys of up to 22 bytes are stored inside the
+//! store's 64-byte entry; a longer key's own heap allocation would count in that figure too (on
+//! glibc a 32-byte `Box<str>` takes a 48-byte chunk). So does the state's, for the algorithms
+//! that box it (the sliding window log).
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;

@@ -302,6 +302,26 @@ impl<S: Store, C: Clock> Store for CircuitBreaker<S, C> {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+
+    /// While the circuit is closed, a decision the inner store makes without waiting (a memory
+    /// store, a remote store's local cache). It says nothing of the backend's health, so it
+    /// counts neither as a success nor as a failure. Otherwise `None`: the async path runs the
+    /// breaker.
+    fn try_check_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Option<Result<Decision, StoreError>> {
+        let phase = self.phase.load(Ordering::Acquire);
+        if CircuitState::from_phase(phase) != CircuitState::Closed {
+            return None;
+        }
+        match self.inner.try_check_now(key, limits, cost) {
+            Some(Ok(decision)) => Some(Ok(decision)),
+            _ => None,
+        }
+    }
 }
 
 impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {

@@ -214,6 +214,20 @@ impl<P: Store, L: Store> Store for Fallback<P, L> {
     fn backend(&self) -> &'static str {
         self.primary.backend()
     }
+
+    /// A decision the primary makes without waiting (its local cache); never the local store's,
+    /// which speaks only when the primary cannot.
+    fn try_check_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Option<Result<Decision, StoreError>> {
+        match self.primary.try_check_now(key, limits, cost) {
+            Some(Ok(decision)) => Some(Ok(decision)),
+            _ => None,
+        }
+    }
 }
 
 impl<P: fmt::Debug, L: fmt::Debug> fmt::Debug for Fallback<P, L> {

@@ -132,6 +132,16 @@ impl<S: Store> Store for Timeout<S> {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+
+    /// The inner store's answer without waiting: it cannot run out of time.
+    fn try_check_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Option<Result<Decision, StoreError>> {
+        self.inner.try_check_now(key, limits, cost)
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for Timeout<S> {

@@ -51,9 +51,46 @@ pub trait Store: Send + Sync + 'static {
 
     /// A short name of the backend for metrics and status (`memory`, `redis`, ...).
     fn backend(&self) -> &'static str;
+
+    /// [`check`](Store::check) without a future, when the store can decide without waiting:
+    /// `Some` with what `check` would have returned (and charged), `None` when the answer needs
+    /// I/O, and the caller should call `check`.
+    ///
+    /// Callers on a hot path (the tower layer) try this first, so that an in-memory store, or a
+    /// remote store answering from a local cache, costs no boxed future. The default is `None`.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use rate_limit_core::{Algorithm, Limit, MemoryStore, Quota, Store};
+    ///
+    /// let store = MemoryStore::new();
+    /// let limits = [Limit::new(Quota::per_second(NonZeroU32::MIN), Algorithm::Gcra)];
+    /// let first = store.try_check_now("k", &limits, NonZeroU32::MIN);
+    /// assert!(first.unwrap().unwrap().allowed());
+    /// let second = store.try_check_now("k", &limits, NonZeroU32::MIN);
+    /// assert!(!second.unwrap().unwrap().allowed());
+    /// ```
+    fn try_check_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Option<Result<Decision, StoreError>> {
+        let _ = (key, limits, cost);
+        None
+    }
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
+    fn try_check_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Option<Result<Decision, StoreError>> {
+        (**self).try_check_now(key, limits, cost)
+    }
+
     fn check<'a>(
         &'a self,
         key: &'a str,
@@ -78,6 +115,15 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
+    fn try_check_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Option<Result<Decision, StoreError>> {
+        (**self).try_check_now(key, limits, cost)
+    }
+
     fn check<'a>(
         &'a self,
         key: &'a str,
