@@ -1,12 +1,17 @@
-//! [`RedisStoreBuilder`]: the key prefix and where time comes from.
+//! [`RedisStoreBuilder`]: the key prefix, where time comes from, batching and the deny cache.
 
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use super::RedisStore;
-use super::keys;
-use crate::clock::Clock;
+use super::batch::Dispatcher;
+use super::deny_cache::{self, DenyCache};
+use super::{RedisStore, keys};
+use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
+
+/// Checks per script call unless [`RedisStoreBuilder::max_batch`] says otherwise.
+const DEFAULT_MAX_BATCH: NonZeroUsize = NonZeroUsize::MIN.saturating_add(127);
 
 /// Builds a [`RedisStore`] over a connection `C`; see [`RedisStore::builder`].
 pub struct RedisStoreBuilder<C> {
@@ -14,15 +19,22 @@ pub struct RedisStoreBuilder<C> {
     prefix: String,
     clock: Option<Arc<dyn Clock>>,
     backend: &'static str,
+    max_batch: NonZeroUsize,
+    deny_cache: usize,
+    per_slot: bool,
 }
 
 impl<C> RedisStoreBuilder<C> {
-    pub(super) fn new(conn: C) -> Self {
+    /// `per_slot`: the connection is a Redis Cluster's, where one call may touch one slot only.
+    pub(super) fn new(conn: C, per_slot: bool) -> Self {
         Self {
             conn,
             prefix: keys::DEFAULT_PREFIX.to_owned(),
             clock: None,
             backend: "redis",
+            max_batch: DEFAULT_MAX_BATCH,
+            deny_cache: deny_cache::DEFAULT_CAPACITY,
+            per_slot,
         }
     }
 
@@ -48,6 +60,8 @@ impl<C> RedisStoreBuilder<C> {
     /// Key expiry (`PX`/`PEXPIRE`) still runs on the server's own clock: a client clock that
     /// runs slower than the server's lets a state expire before the client's time says it is
     /// full again, and that client is then treated as fresh (more lenient, never stricter).
+    ///
+    /// The [deny cache](RedisStore#deny-cache) counts its deadlines on this clock too.
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Some(Arc::new(clock));
@@ -63,6 +77,51 @@ impl<C> RedisStoreBuilder<C> {
         self
     }
 
+    /// The most checks one script call carries, 128 by default; see
+    /// [batching](RedisStore#batching-and-coalescing).
+    ///
+    /// Checks that arrive while a call is in flight wait for the next call, which carries up to
+    /// `max` of them. `1` turns batching off: each check is its own call, sent from the
+    /// caller's future, as with no dispatcher at all.
+    ///
+    /// ```no_run
+    /// use std::num::NonZeroUsize;
+    /// use rate_limit_core::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let conn = client.get_multiplexed_async_connection().await?;
+    /// let store = RedisStore::builder(conn)
+    ///     .max_batch(NonZeroUsize::new(32).unwrap())
+    ///     .deny_cache(0)
+    ///     .build()?;
+    /// assert_eq!(store.max_batch(), 32);
+    /// assert_eq!(store.deny_cache_capacity(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn max_batch(mut self, max: NonZeroUsize) -> Self {
+        self.max_batch = max;
+        self
+    }
+
+    /// The number of slots of the [deny cache](RedisStore#deny-cache), 4096 by default; `0`
+    /// turns it off.
+    ///
+    /// Each slot holds at most one recent denial (a client key, its limits, the cost and the
+    /// decision): memory stays bounded whatever the number of client keys, and a new denial
+    /// takes the place of whatever shared its slot.
+    ///
+    /// A state deleted out of band (an administrator resetting a client with `DEL`) is seen by
+    /// this instance only once the cached denial's wait is over.
+    #[must_use]
+    pub fn deny_cache(mut self, capacity: usize) -> Self {
+        self.deny_cache = capacity;
+        self
+    }
+
     /// Builds the store. No I/O happens here.
     ///
     /// # Errors
@@ -70,12 +129,30 @@ impl<C> RedisStoreBuilder<C> {
     /// The [`prefix`](Self::prefix) is empty or holds `{`, `}` or a control character.
     pub fn build(self) -> Result<RedisStore<C>, ConfigError> {
         keys::validate_prefix(&self.prefix)?;
-        Ok(RedisStore {
-            conn: self.conn,
+        Ok(self.assemble())
+    }
+
+    /// The store, with a prefix known to be valid.
+    pub(super) fn assemble(self) -> RedisStore<C> {
+        let deny_cache = NonZeroUsize::new(self.deny_cache).map(|capacity| {
+            let clock: Arc<dyn Clock> = match &self.clock {
+                Some(clock) => Arc::clone(clock),
+                None => Arc::new(SystemClock::new()),
+            };
+            DenyCache::new(capacity, clock)
+        });
+        RedisStore {
+            dispatcher: Arc::new(Dispatcher::new(
+                self.conn,
+                self.clock.clone(),
+                self.max_batch.get(),
+                self.per_slot,
+            )),
             prefix: self.prefix.into(),
             clock: self.clock,
             backend: self.backend,
-        })
+            deny_cache,
+        }
     }
 }
 
@@ -84,6 +161,8 @@ impl<C> fmt::Debug for RedisStoreBuilder<C> {
         f.debug_struct("RedisStoreBuilder")
             .field("prefix", &self.prefix)
             .field("client_clock", &self.clock.is_some())
+            .field("max_batch", &self.max_batch)
+            .field("deny_cache", &self.deny_cache)
             .finish_non_exhaustive()
     }
 }

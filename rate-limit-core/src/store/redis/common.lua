@@ -2,18 +2,54 @@
 -- microsecond. Every value stays below 2^53, where Lua numbers (doubles) are exact, and every
 -- division is floored, so the arithmetic is the integer arithmetic of the Rust transitions.
 
--- Reads a state stored as integers joined by ':'. Returns the integers and the stored text,
--- or nil when the key does not exist.
-local function load_fields(key)
-  local text = redis.call('GET', key)
+-- The states stored as text (every algorithm but the sliding window log), cached for one call:
+-- the first read of a key does the GET; later reads and writes in the same call work here;
+-- `flush_states` writes each key whose final text differs from what was read, once. So the
+-- checks of one call on one hot key cost one GET and at most one SET, and each check sees the
+-- state the checks before it left, exactly as separate calls would.
+--
+-- states[key] = { read = text or false, fields = integers or false, ttl = ticks, saved = bool }
+-- The integers are shared with the algorithms, which only read them. Only a state saved during
+-- the call is written back.
+local states = {}
+-- Keys in the order they were first read, so the writes at the end are in a fixed order.
+local state_order = {}
+-- While a check of several limits runs: for each key it wrote, the state before its first
+-- write, so that a check that fails leaves the states as they were (`rollback_states`). A check
+-- of one limit needs none: its algorithm writes only once it has read and computed everything.
+local journal = nil
+
+local function parse_fields(text)
   if not text then
-    return nil, nil
+    return false
   end
   local fields = {}
   for n in string.gmatch(text, '%d+') do
     fields[#fields + 1] = tonumber(n)
   end
-  return fields, text
+  return fields
+end
+
+local function state_of(key)
+  local s = states[key]
+  if not s then
+    -- GET answers false for a missing key.
+    local text = redis.call('GET', key)
+    s = { read = text, fields = parse_fields(text), ttl = 0, saved = false }
+    states[key] = s
+    state_order[#state_order + 1] = key
+  end
+  return s
+end
+
+-- Reads a state stored as integers joined by ':'. Returns the integers (not to be modified),
+-- or nil when there is no state.
+local function load_fields(key)
+  local fields = state_of(key).fields
+  if not fields then
+    return nil
+  end
+  return fields
 end
 
 -- Milliseconds for PEXPIRE from ticks: rounded up, at least 1, so a key outlives its state.
@@ -21,24 +57,64 @@ local function ttl_ms(ticks)
   return string.format('%d', math.max(1, math.ceil(ticks / 1000)))
 end
 
--- Writes back the state a transition left, as the Rust transitions assign `*state`: nil (the
--- state is full again) deletes the key; otherwise the integers, joined by ':', live for `ttl`
--- ticks, the time until the state is full again. A state equal to the stored text is not
--- rewritten: its expiry is already right. Numbers are formatted with %d, since Lua's default
--- formatting keeps only 14 significant digits.
-local function save_fields(key, old, fields, ttl)
-  if not fields then
-    if old then
-      redis.call('DEL', key)
+-- Records the state a transition left, as the Rust transitions assign `*state`: nil (the state
+-- is full again) deletes the key; otherwise the integers live for `ttl` ticks, the time until
+-- the state is full again.
+local function save_fields(key, fields, ttl)
+  local s = state_of(key)
+  if journal and journal[key] == nil then
+    journal[key] = { fields = s.fields, ttl = s.ttl, saved = s.saved }
+  end
+  s.fields = fields or false
+  s.ttl = ttl
+  s.saved = true
+end
+
+-- Undoes what the current check wrote.
+local function rollback_states()
+  if journal then
+    for key, before in pairs(journal) do
+      local s = states[key]
+      s.fields = before.fields
+      s.ttl = before.ttl
+      s.saved = before.saved
     end
-    return
+  end
+end
+
+-- The stored text of a state: its integers joined by ':', formatted with %d, since Lua's
+-- default formatting keeps only 14 significant digits.
+local formats = { '%d', '%d:%d', '%d:%d:%d' }
+local function state_text(fields)
+  local format = formats[#fields]
+  if format then
+    return string.format(format, unpack(fields))
   end
   local parts = {}
   for i, n in ipairs(fields) do
     parts[i] = string.format('%d', n)
   end
-  local text = table.concat(parts, ':')
-  if text ~= old then
-    redis.call('SET', key, text, 'PX', ttl_ms(ttl))
+  return table.concat(parts, ':')
+end
+
+-- Writes every state saved during the call whose text changed: `SET` with the last TTL computed
+-- for it, or `DEL` if it is full again. A state equal to the text read is not rewritten: its
+-- expiry is already right (a state is full again at an instant its text fixes).
+local function flush_states()
+  for _, key in ipairs(state_order) do
+    local s = states[key]
+    if s.saved then
+      local text = false
+      if s.fields then
+        text = state_text(s.fields)
+      end
+      if text ~= s.read then
+        if text then
+          redis.call('SET', key, text, 'PX', ttl_ms(s.ttl))
+        else
+          redis.call('DEL', key)
+        end
+      end
+    end
   end
 end

@@ -2,7 +2,7 @@
 local function fixed_window(key, now, p, cost, commit)
   local start = now - now % p.period
   local stop = start + p.period
-  local s, old = load_fields(key)
+  local s = load_fields(key)
   local count = 0
   if s then
     if s[1] == start then
@@ -31,6 +31,6 @@ local function fixed_window(key, now, p, cost, commit)
     reset = stop - now
     state = { start, count }
   end
-  save_fields(key, old, state, reset)
+  save_fields(key, state, reset)
   return { allowed, p.limit, p.limit - count, reset, retry }
 end

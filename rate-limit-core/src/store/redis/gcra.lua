@@ -1,13 +1,13 @@
 -- GCRA: the twin of algorithm/gcra.rs. State "tat".
 local function gcra(key, now, p, cost, commit)
-  local s, old = load_fields(key)
+  local s = load_fields(key)
   local tat = now
   if s then
     tat = math.max(s[1], now)
   end
   if tat <= now then
     -- Full again: the state is dropped, whatever follows.
-    save_fields(key, old, nil, 0)
+    save_fields(key, nil, 0)
   end
   local function remaining(at)
     return math.floor(math.max(now + p.tau - at, 0) / p.interval)
@@ -20,7 +20,7 @@ local function gcra(key, now, p, cost, commit)
   if allow_at <= now then
     if commit then
       tat = new_tat
-      save_fields(key, nil, { tat }, tat - now)
+      save_fields(key, { tat }, tat - now)
     end
     return { true, p.burst, remaining(tat), tat - now, -1 }
   end

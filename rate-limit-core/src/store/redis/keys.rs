@@ -53,6 +53,39 @@ pub(crate) fn state_key(prefix: &str, tag: &str, limit_id: u64) -> String {
     format!("{prefix}:{tag}:{limit_id:016x}")
 }
 
+/// The Redis Cluster slot of `key`, by Redis's rule: CRC16 (XMODEM), modulo 16384, of the text
+/// between the first `{` and the first `}` after it if that text is not empty, else of the whole
+/// key. Every state key of one client key shares the slot of its [`tag`].
+pub(crate) fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(bytes);
+    crc16(hashed) % 16_384
+}
+
+/// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as Redis Cluster hashes keys.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 == 0 {
+                crc << 1
+            } else {
+                (crc << 1) ^ 0x1021
+            };
+        }
+    }
+    crc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +127,21 @@ mod tests {
             assert!(close > open + 1, "empty tag for {key:?}");
             assert_eq!(full.matches('{').count(), 1);
         }
+    }
+
+    #[test]
+    fn slots_are_those_redis_cluster_computes() {
+        // CRC16/XMODEM check value, and `CLUSTER KEYSLOT` answers for these keys.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(slot("foo"), 12_182);
+        // From the `CLUSTER KEYSLOT` documentation.
+        assert_eq!(slot("somekey"), 11_058);
+        assert_eq!(slot("foo{hash_tag}"), 2_515);
+        // An empty tag hashes the whole key; only the first braces count.
+        assert_eq!(slot("a{}b"), crc16(b"a{}b") % 16_384);
+        assert_eq!(slot("x{hash_tag}{other}"), 2_515);
+        let state = state_key("rl", &tag("東京"), 7);
+        assert_eq!(slot(&state), slot(&tag("東京")));
     }
 
     #[test]

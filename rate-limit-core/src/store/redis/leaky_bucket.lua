@@ -1,6 +1,6 @@
 -- Leaky bucket as a meter: the twin of algorithm/leaky_bucket.rs. State "level:at".
 local function leaky_bucket(key, now, p, cost, commit)
-  local s, old = load_fields(key)
+  local s = load_fields(key)
   local level = 0
   if s then
     now = math.max(now, s[2])
@@ -20,7 +20,7 @@ local function leaky_bucket(key, now, p, cost, commit)
   if level > 0 then
     state = { level, now }
   end
-  save_fields(key, old, state, level)
+  save_fields(key, state, level)
   local room = math.floor((p.tau - math.min(level, p.tau)) / p.interval)
   return { allowed, p.burst, room, level, retry }
 end

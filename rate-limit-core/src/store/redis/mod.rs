@@ -1,6 +1,7 @@
 //! [`RedisStore`]: one budget per client shared by every instance, through Redis.
 //!
-//! See [`RedisStore`] for the details: how a check runs, time, exactness, keys, connections.
+//! See [`RedisStore`] for the details: how a check runs, batching, the deny cache, time,
+//! exactness, keys, connections.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -14,7 +15,9 @@ use crate::decision::Decision;
 use crate::error::{ConfigError, StoreError, StoreErrorKind};
 use crate::limit::Limit;
 
+mod batch;
 mod builder;
+mod deny_cache;
 mod error;
 mod keys;
 mod script;
@@ -25,12 +28,62 @@ pub use builder::RedisStoreBuilder;
 ///
 /// # How a check runs
 ///
-/// One `EVALSHA` per check, whatever the number of limits. The script (one Lua function per
-/// algorithm, each the twin of its Rust transition, plus a dispatcher) decides every limit
-/// without charging, then charges every limit only if all allow: several limits are
-/// all-or-nothing, and limits of one request may use different algorithms. When the server does
-/// not know the script (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`), it is loaded and the call
-/// is retried once.
+/// A check first looks in the [deny cache](#deny-cache): a recent denial that still holds
+/// answers at once, with no call to Redis. Otherwise it joins the store's queue, and one
+/// `EVALSHA` decides it, together with the other checks that queued meanwhile (see
+/// [batching](#batching-and-coalescing)). The script (one Lua function per algorithm, each the
+/// twin of its Rust transition, plus an entry point) runs the checks of a call one after the
+/// other, in arrival order, at one instant: exactly as separate calls at that instant would.
+/// For each check it decides every limit without charging, then charges every limit only if all
+/// allow: several limits are all-or-nothing, and limits of one request may use different
+/// algorithms. A check that fails in the script (a key holding another type, `WRONGTYPE`) gets
+/// its error; the others in the same call get their decisions. When the server does not know
+/// the script (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`), it is loaded and the call is
+/// retried once.
+///
+/// # Batching and coalescing
+///
+/// Each store has a dispatcher. A check that finds fewer than two calls in flight starts a
+/// flush task, which sends what is queued (up to [`max_batch`](RedisStoreBuilder::max_batch)
+/// checks, 128 by default) as one call, answers each caller, and goes on while checks keep
+/// arriving. A lone check is sent at once: batching adds no timer and no wait; under load, the
+/// checks that arrive during one round trip share the next. The flush runs in its own Tokio
+/// task, so a caller that gives up (a `resilience::Timeout` dropping its future) cancels only
+/// its own wait; a queued check whose caller has gone is not sent. A failed call (a lost
+/// connection, a timeout) fails every check it carried. On Redis Cluster, a flush sends one call
+/// per hash slot, concurrently: a script never touches two slots.
+///
+/// Inside one call, the script reads each text state once (`GET`), lets the checks read and
+/// update it in a table, and writes it once at the end (`SET ... PX`, or `DEL` when it is full
+/// again), only if it changed: 32 concurrent checks of one hot key cost one `GET` and one `SET`.
+/// The sliding window log, a list, is updated in place.
+///
+/// This changes no decision. A script runs alone on the server, so the checks of one call are
+/// decided serially, each on the state the one before left, as if each had been a call of its
+/// own arriving at that instant: never more is admitted than by one check per call.
+///
+/// # Deny cache
+///
+/// A check denied with a `retry_after` of `T` is remembered locally: the client key, the
+/// limits, the cost and the decision, until `T` after a local clock reading taken *before* the
+/// check was sent. Until then, a check of the same key and limits with the same cost or more
+/// is denied with no call to Redis, its `retry_after` and `reset_after` shortened by the time
+/// gone by (for a greater cost, the real wait may be longer). [`Store::try_check_now`] answers
+/// from this cache (and `None` otherwise), so the tower layer denies a client that keeps
+/// knocking without a future or a round trip.
+///
+/// Why this is exact: with no charges, what a state admits never shrinks as time passes, and
+/// other instances can only charge; Redis decided at or after the send, so until the deadline it
+/// would deny too (given clocks that run at the same rate and never go back). A smaller cost may
+/// pass, so it is not answered from the cache; an admission clears the key's entry. The clock is
+/// the store's [`clock`](RedisStoreBuilder::clock) if one is set, else a
+/// [`SystemClock`](crate::SystemClock); [`peek`](Store::peek) never uses the cache.
+///
+/// The cache has a fixed number of slots ([`deny_cache`](RedisStoreBuilder::deny_cache), 4096
+/// by default, `0` turns it off), each holding one denial: memory stays bounded whatever the
+/// number of client keys. The full client key is compared, so a hash collision never denies
+/// another key. A state deleted out of band (an administrator resetting a client) is seen by an
+/// instance holding a denial for it only once that denial's wait is over.
 ///
 /// # Time
 ///
@@ -44,8 +97,8 @@ pub use builder::RedisStoreBuilder;
 /// every value the script computes stays below that until about the year 2140, with one limit:
 /// a [`SlidingWindow`](crate::Algorithm::SlidingWindow) limit needs `limit × period in µs < 2^53`
 /// (about 9.0e15): up to 2.5 million per hour, 104,000 per day.
-/// Beyond that a check fails with [`StoreErrorKind::InvalidInput`]; test a limit at start-up with
-/// [`validate_limit`](RedisStore::validate_limit).
+/// Beyond that a check fails with [`StoreErrorKind::InvalidInput`](crate::StoreErrorKind); test
+/// a limit at start-up with [`validate_limit`](RedisStore::validate_limit).
 ///
 /// # Keys
 ///
@@ -69,8 +122,12 @@ pub use builder::RedisStoreBuilder;
 ///
 /// Any clonable `redis::aio::ConnectionLike` works: a reconnecting `ConnectionManager` (what
 /// [`RedisStore::connect`] builds), a `MultiplexedConnection`, or, with the `cluster` feature, a
-/// `ClusterConnection` ([`RedisStore::connect_cluster`]). Each check clones the handle, which is
-/// cheap: they multiplex one socket.
+/// `ClusterConnection` ([`RedisStore::connect_cluster`]). Each call clones the handle, which is
+/// cheap: they multiplex one socket. A cluster connection of another type is recognised by the
+/// first `CROSSSLOT` answer, and the batch is sent again one call per slot.
+///
+/// Batching needs a Tokio runtime to run its flush task on; outside one, each check is a call
+/// of its own.
 ///
 /// Credentials and TLS come from the URL: `redis://user:password@host:6379/0` sends `AUTH`
 /// (`redis://:password@host` for a password alone); `rediss://host:6380` connects with TLS (the
@@ -99,10 +156,11 @@ pub use builder::RedisStoreBuilder;
 /// # }
 /// ```
 pub struct RedisStore<C = ConnectionManager> {
-    conn: C,
+    dispatcher: Arc<batch::Dispatcher<C>>,
     prefix: Arc<str>,
     clock: Option<Arc<dyn Clock>>,
     backend: &'static str,
+    deny_cache: Option<deny_cache::DenyCache>,
 }
 
 impl<C> RedisStore<C>
@@ -126,7 +184,21 @@ where
     /// # }
     /// ```
     pub fn builder(conn: C) -> RedisStoreBuilder<C> {
-        RedisStoreBuilder::new(conn)
+        let per_slot = is_cluster(&conn);
+        RedisStoreBuilder::new(conn, per_slot)
+    }
+}
+
+/// Whether `conn` is a cluster connection, whose calls must each stay in one slot.
+fn is_cluster<C: 'static>(conn: &C) -> bool {
+    #[cfg(feature = "cluster")]
+    {
+        (conn as &dyn std::any::Any).is::<redis::cluster_async::ClusterConnection>()
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let _ = conn;
+        false
     }
 }
 
@@ -142,10 +214,47 @@ impl RedisStore<ConnectionManager> {
     ///
     /// The URL is invalid, or the first connection failed.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
-            .set_max_delay(std::time::Duration::from_millis(500));
-        Self::connect_with(url, config).await
+        Self::connect_with(url, manager_config()).await
+    }
+
+    /// As [`connect`](Self::connect), without waiting for Redis: the store is built at once
+    /// and connects on its first check, then reconnects after failures as `connect`'s does.
+    ///
+    /// Until Redis answers, checks fail with a [`Connection`](StoreErrorKind::Connection)
+    /// error, which a circuit breaker, a local fallback or the layer's failure mode handles: an
+    /// application can start, and serve, while Redis is down.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use rate_limit_core::{Algorithm, Limit, Quota, RedisStore, Store, StoreErrorKind};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Port 1: nothing listens there.
+    /// let store = RedisStore::connect_lazy("redis://127.0.0.1:1")?;
+    /// let limits = [Limit::new(Quota::per_second(NonZeroU32::MIN), Algorithm::Gcra)];
+    /// let err = store.check("k", &limits, NonZeroU32::MIN).await.unwrap_err();
+    /// assert_eq!(err.kind(), StoreErrorKind::Connection);
+    /// assert!(RedisStore::connect_lazy("not a url").is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The URL is invalid, or this is called outside a Tokio runtime (the connection's tasks
+    /// need one).
+    pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidInput,
+                "RedisStore::connect_lazy needs a Tokio runtime",
+            ));
+        }
+        let client = redis::Client::open(url).map_err(error::from_redis)?;
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config())
+            .map_err(error::from_redis)?;
+        Ok(Self::builder(conn).assemble())
     }
 
     /// As [`connect`](Self::connect), with the `ConnectionManager`'s reconnection settings
@@ -162,8 +271,16 @@ impl RedisStore<ConnectionManager> {
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(error::from_redis)?;
-        Ok(Self::with_defaults(conn))
+        Ok(Self::builder(conn).assemble())
     }
+}
+
+/// The reconnection settings of [`RedisStore::connect`]: at most 500 ms per attempt and between
+/// attempts.
+fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
+        .set_max_delay(std::time::Duration::from_millis(500))
 }
 
 #[cfg(feature = "cluster")]
@@ -181,23 +298,11 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
             .get_async_connection()
             .await
             .map_err(error::from_redis)?;
-        Ok(Self {
-            backend: "cluster",
-            ..Self::with_defaults(conn)
-        })
+        Ok(Self::builder(conn).backend("cluster").assemble())
     }
 }
 
 impl<C> RedisStore<C> {
-    fn with_defaults(conn: C) -> Self {
-        Self {
-            conn,
-            prefix: keys::DEFAULT_PREFIX.into(),
-            clock: None,
-            backend: "redis",
-        }
-    }
-
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -210,7 +315,29 @@ impl<C> RedisStore<C> {
 
     /// The connection, for other commands on the same server.
     pub fn connection(&self) -> &C {
-        &self.conn
+        &self.dispatcher.conn
+    }
+
+    /// The most checks one script call carries; see
+    /// [`max_batch`](RedisStoreBuilder::max_batch).
+    pub fn max_batch(&self) -> usize {
+        self.dispatcher.max_batch()
+    }
+
+    /// The number of slots of the [deny cache](RedisStore#deny-cache), `0` when it is off.
+    pub fn deny_cache_capacity(&self) -> usize {
+        self.deny_cache
+            .as_ref()
+            .map_or(0, deny_cache::DenyCache::capacity)
+    }
+
+    /// The number of denials the [deny cache](RedisStore#deny-cache) holds now, at most its
+    /// capacity (entries past their deadline count until looked up or overwritten). It visits
+    /// every slot: for tests and status pages, not for every request.
+    pub fn deny_cache_len(&self) -> usize {
+        self.deny_cache
+            .as_ref()
+            .map_or(0, deny_cache::DenyCache::len)
     }
 
     /// The Redis key holding `limit`'s state for `key`, as this store lays keys out.
@@ -269,33 +396,24 @@ where
         cost: NonZeroU32,
         commit: bool,
     ) -> Result<Decision, StoreError> {
-        if limits.is_empty() {
-            return Err(StoreError::new(
-                StoreErrorKind::InvalidInput,
-                "no limits to check",
-            ));
+        // Peeks neither read nor fill the deny cache.
+        let cache = self.deny_cache.as_ref().filter(|_| commit);
+        let sent_at = match cache {
+            Some(cache) => {
+                let now = cache.now();
+                if let Some(denied) = cache.get(key, limits, cost, now) {
+                    return Ok(denied);
+                }
+                Some(now)
+            }
+            None => None,
+        };
+        let check = script::Check::new(&self.prefix, key, limits, cost.get(), commit)?;
+        let decision = self.dispatcher.decide(check).await?;
+        if let (Some(cache), Some(sent_at)) = (cache, sent_at) {
+            cache.record(key, limits, cost, sent_at, &decision);
         }
-        let prepared = limits
-            .iter()
-            .map(|l| Ok((*l, script::params(l)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let tag = keys::tag(key);
-        let mut invocation = script::DECIDE.prepare_invoke();
-        for limit in limits {
-            invocation.key(keys::state_key(&self.prefix, &tag, limit.id()));
-        }
-        let now = self
-            .clock
-            .as_ref()
-            .map(|c| c.now_nanos() / script::TICK_NANOS);
-        script::push_args(&mut invocation, now, cost.get(), commit, &prepared);
-        let mut conn = self.conn.clone();
-        let reply: Vec<i64> = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(error::from_redis)?;
-        let snapshots = script::parse_reply(&reply, &prepared)?;
-        Ok(Decision::from_snapshots(snapshots))
+        Ok(decision)
     }
 }
 
@@ -324,6 +442,18 @@ where
     fn backend(&self) -> &'static str {
         self.backend
     }
+
+    /// A denial from the [deny cache](RedisStore#deny-cache) that still holds; `None` when
+    /// the check needs Redis.
+    fn try_check_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Option<Result<Decision, StoreError>> {
+        let cache = self.deny_cache.as_ref()?;
+        cache.get(key, limits, cost, cache.now()).map(Ok)
+    }
 }
 
 impl<C> fmt::Debug for RedisStore<C> {
@@ -331,6 +461,8 @@ impl<C> fmt::Debug for RedisStore<C> {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
             .field("client_clock", &self.clock.is_some())
+            .field("max_batch", &self.dispatcher.max_batch())
+            .field("deny_cache", &self.deny_cache_capacity())
             .finish_non_exhaustive()
     }
 }

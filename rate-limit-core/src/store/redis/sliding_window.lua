@@ -4,7 +4,7 @@
 -- `cur + cost <= limit and prev * (P - e) <= (limit - cur - cost) * P`, the same test whose
 -- products never exceed `limit * P`: the store checks that `limit * P < 2^53`.
 local function sliding_window(key, now, p, cost, commit)
-  local s, old = load_fields(key)
+  local s = load_fields(key)
   if s then
     -- A clock that goes back is treated as standing still at the newest window seen.
     now = math.max(now, s[1])
@@ -49,6 +49,6 @@ local function sliding_window(key, now, p, cost, commit)
   if cur > 0 or prev > 0 then
     state = { start, cur, prev }
   end
-  save_fields(key, old, state, reset)
+  save_fields(key, state, reset)
   return { allowed, p.limit, math.max(p.limit - (weighted_prev + cur), 0), reset, retry }
 end

@@ -1,6 +1,6 @@
 -- Token bucket: the twin of algorithm/token_bucket.rs. State "tokens:last".
 local function token_bucket(key, now, p, cost, commit)
-  local s, old = load_fields(key)
+  local s = load_fields(key)
   local tokens, last
   if not s then
     tokens, last = p.burst, now
@@ -26,6 +26,6 @@ local function token_bucket(key, now, p, cost, commit)
   if tokens < p.burst then
     state = { tokens, last }
   end
-  save_fields(key, old, state, reset)
+  save_fields(key, state, reset)
   return { allowed, p.burst, tokens, reset, retry }
 end

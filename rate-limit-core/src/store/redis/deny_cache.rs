@@ -1,0 +1,325 @@
+//! The deny cache: recent denials, answered locally until the wait they announced is over.
+//!
+//! A denial with `retry_after = T` for cost `c` means that, without new charges, no check of
+//! cost `c` or more passes before `T` has gone by. Other instances can only charge (capacity
+//! never grows but with time), so the denial holds until `T` after the instant Redis decided.
+//! The deadline is counted from a local clock read *before* the check was sent, which is at or
+//! before that instant: the cache never denies what Redis would admit, given clocks that run at
+//! the same rate. Only a state deleted out of band (an administrator resetting a client) is seen
+//! late, at the deadline.
+//!
+//! The table is direct-mapped: a fixed number of slots, each holding at most one denial; a new
+//! denial takes its slot whatever was there. Entries hold the whole client key, so a hash
+//! collision can only miss, never deny another key.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hashbrown::DefaultHashBuilder;
+
+use crate::clock::Clock;
+use crate::decision::{Decision, Snapshot};
+use crate::limit::Limit;
+
+/// Slots unless the builder says otherwise.
+pub(crate) const DEFAULT_CAPACITY: usize = 4096;
+
+/// One denial: who, what, for how long.
+struct Entry {
+    key: Box<str>,
+    limits: Box<[u64]>,
+    cost: u32,
+    /// Local time, in nanoseconds, read before the check was sent.
+    sent_at: u64,
+    /// `sent_at` plus the denial's retry-after: until then, the denial holds.
+    until: u64,
+    decision: Decision,
+}
+
+impl Entry {
+    fn is_for(&self, key: &str, limits: &[Limit]) -> bool {
+        *self.key == *key
+            && self.limits.len() == limits.len()
+            && self.limits.iter().zip(limits).all(|(&id, l)| id == l.id())
+    }
+}
+
+/// One slot: its entry, and the entry's deadline in an atomic (0 when empty), written under the
+/// lock. Most checks find their slot empty or expired: they read the atomic and never lock.
+struct Slot {
+    until: AtomicU64,
+    entry: Mutex<Option<Box<Entry>>>,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Option<Box<Entry>>> {
+        // An entry is replaced whole under the lock: a panic elsewhere cannot leave half of one.
+        self.entry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Empties the slot; the caller holds its lock.
+    fn clear(&self, entry: &mut Option<Box<Entry>>) {
+        *entry = None;
+        self.until.store(0, Ordering::Release);
+    }
+}
+
+pub(crate) struct DenyCache {
+    slots: Box<[Slot]>,
+    hasher: DefaultHashBuilder,
+    clock: Arc<dyn Clock>,
+}
+
+impl DenyCache {
+    pub(crate) fn new(capacity: NonZeroUsize, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            slots: (0..capacity.get())
+                .map(|_| Slot {
+                    until: AtomicU64::new(0),
+                    entry: Mutex::new(None),
+                })
+                .collect(),
+            hasher: DefaultHashBuilder::default(),
+            clock,
+        }
+    }
+
+    /// Local time in nanoseconds, from the clock deadlines are counted on.
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now_nanos()
+    }
+
+    /// The number of slots.
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The number of slots holding a denial (expired ones included until a lookup lands on
+    /// their slot or they are overwritten). Visits every slot.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.lock().is_some()).count()
+    }
+
+    fn slot(&self, key: &str, limits: &[Limit]) -> &Slot {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        for l in limits {
+            l.id().hash(&mut h);
+        }
+        // The high bits of `hash * len` spread hashes evenly over `len` slots.
+        let len = self.slots.len() as u128;
+        let index = (u128::from(h.finish()) * len) >> 64;
+        &self.slots[usize::try_from(index).unwrap_or(0)]
+    }
+
+    /// A denial of `key` against `limits` that still holds at `now` for `cost`: the decision
+    /// Redis gave, its waits shortened by the time gone by since it was sent.
+    pub(crate) fn get(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+        now: u64,
+    ) -> Option<Decision> {
+        let slot = self.slot(key, limits);
+        // An empty slot, the common case, costs one atomic load.
+        let until = slot.until.load(Ordering::Acquire);
+        if until == 0 {
+            return None;
+        }
+        let mut entry = slot.lock();
+        if now >= entry.as_ref().map_or(0, |e| e.until) {
+            // Expired, whoever it was for: the slot is free again.
+            slot.clear(&mut entry);
+            return None;
+        }
+        let found = entry.as_ref().filter(|e| e.is_for(key, limits))?;
+        if cost.get() < found.cost {
+            return None;
+        }
+        Some(aged(
+            &found.decision,
+            Duration::from_nanos(now.saturating_sub(found.sent_at)),
+        ))
+    }
+
+    /// Learns from Redis's answer to a check of `cost` sent at `sent_at`: a denial with a wait is
+    /// kept until the wait is over; an admission clears what was kept for the key and limits.
+    pub(crate) fn record(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+        sent_at: u64,
+        decision: &Decision,
+    ) {
+        let slot = self.slot(key, limits);
+        if decision.allowed() {
+            // Nothing kept here: nothing to clear, and no lock taken.
+            if slot.until.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            let mut entry = slot.lock();
+            if entry.as_ref().is_some_and(|e| e.is_for(key, limits)) {
+                slot.clear(&mut entry);
+            }
+            return;
+        }
+        let Some(wait) = decision.retry_after() else {
+            // Never: the cost exceeds a capacity, and no entry is needed to say so again.
+            return;
+        };
+        let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+        let entry = Entry {
+            key: key.into(),
+            limits: limits.iter().map(Limit::id).collect(),
+            cost: cost.get(),
+            sent_at,
+            // Never 0, which marks an empty slot.
+            until: sent_at.saturating_add(wait).max(1),
+            decision: decision.clone(),
+        };
+        let until = entry.until;
+        let mut kept = slot.lock();
+        *kept = Some(Box::new(entry));
+        slot.until.store(until, Ordering::Release);
+    }
+}
+
+/// `decision` as seen `elapsed` later: every wait shorter by `elapsed`, a retry-after never
+/// below one nanosecond while denied.
+fn aged(decision: &Decision, elapsed: Duration) -> Decision {
+    if elapsed.is_zero() {
+        return decision.clone();
+    }
+    let snapshots = decision
+        .snapshots()
+        .iter()
+        .map(|s| {
+            Snapshot::new(
+                s.allowed(),
+                s.limit(),
+                s.remaining(),
+                s.reset_after().saturating_sub(elapsed),
+                s.retry_after()
+                    .map(|r| r.saturating_sub(elapsed).max(Duration::from_nanos(1))),
+            )
+        })
+        .collect();
+    Decision::from_snapshots(snapshots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Algorithm, ManualClock, Quota};
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    fn limit() -> [Limit; 1] {
+        [Limit::new(Quota::per_second(nz(4)), Algorithm::Gcra)]
+    }
+
+    fn denial(retry_ms: u64) -> Decision {
+        let ms = Duration::from_millis;
+        Decision::single(Snapshot::new(false, 4, 0, ms(900), Some(ms(retry_ms))))
+    }
+
+    fn cache(slots: usize) -> DenyCache {
+        let clock = ManualClock::new(Duration::from_secs(100));
+        DenyCache::new(NonZeroUsize::new(slots).unwrap(), Arc::new(clock))
+    }
+
+    #[test]
+    fn a_denial_holds_until_its_deadline_with_waits_shortened() {
+        let c = cache(16);
+        let l = limit();
+        c.record("k", &l, nz(2), 10 * SEC, &denial(250));
+        let d = c.get("k", &l, nz(2), 10 * SEC + SEC / 10).unwrap();
+        assert!(!d.allowed());
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(150)));
+        assert_eq!(d.reset_after(), Duration::from_millis(800));
+        // A greater cost is denied too; a smaller one may pass, so it goes to Redis.
+        assert!(c.get("k", &l, nz(3), 10 * SEC).is_some());
+        assert!(c.get("k", &l, nz(1), 10 * SEC).is_none());
+        // One nanosecond before the deadline: still denied, with a wait above zero.
+        let d = c.get("k", &l, nz(2), 10 * SEC + SEC / 4 - 1).unwrap();
+        assert_eq!(d.retry_after(), Some(Duration::from_nanos(1)));
+        // At the deadline the entry is dropped.
+        assert!(c.get("k", &l, nz(2), 10 * SEC + SEC / 4).is_none());
+        assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn an_expired_denial_frees_its_slot_for_any_key() {
+        let c = cache(1);
+        let l = limit();
+        c.record("k", &l, nz(1), 0, &denial(1000));
+        // Another key's lookup before the deadline leaves it; after it, clears it.
+        assert!(c.get("x", &l, nz(1), SEC - 1).is_none());
+        assert_eq!(c.len(), 1);
+        assert!(c.get("x", &l, nz(1), SEC).is_none());
+        assert_eq!(c.len(), 0);
+        assert!(c.get("k", &l, nz(1), 0).is_none());
+    }
+
+    #[test]
+    fn other_keys_and_limits_never_hit() {
+        let c = cache(1);
+        let l = limit();
+        c.record("k", &l, nz(1), 0, &denial(1000));
+        // One slot: every lookup lands on it, and only the same key and limits match.
+        assert!(c.get("k", &l, nz(1), 0).is_some());
+        assert!(c.get("k2", &l, nz(1), 0).is_none());
+        let other = [Limit::new(Quota::per_second(nz(5)), Algorithm::Gcra)];
+        assert!(c.get("k", &other, nz(1), 0).is_none());
+        assert!(c.get("k", &[l[0], other[0]], nz(1), 0).is_none());
+    }
+
+    #[test]
+    fn an_admission_clears_and_a_new_denial_overwrites() {
+        let c = cache(1);
+        let l = limit();
+        let allowed = Decision::single(Snapshot::new(true, 4, 3, Duration::ZERO, None));
+        c.record("k", &l, nz(1), 0, &denial(1000));
+        // Another key's admission leaves it alone; its own clears it.
+        c.record("x", &l, nz(1), 0, &allowed);
+        assert_eq!(c.len(), 1);
+        c.record("k", &l, nz(1), 0, &allowed);
+        assert_eq!(c.len(), 0);
+        c.record("k", &l, nz(1), 0, &denial(1000));
+        c.record("x", &l, nz(1), 0, &denial(1000));
+        assert!(c.get("k", &l, nz(1), 0).is_none());
+        assert!(c.get("x", &l, nz(1), 0).is_some());
+        assert_eq!(c.len(), 1);
+        // A denial that no wait helps is not kept.
+        let never = Decision::single(Snapshot::new(false, 4, 4, Duration::ZERO, None));
+        c.record("n", &l, nz(9), 0, &never);
+        assert!(c.get("n", &l, nz(9), 0).is_none());
+    }
+
+    #[test]
+    fn several_limits_keep_their_binding_limit() {
+        let ms = Duration::from_millis;
+        let a = Snapshot::new(false, 4, 0, ms(900), Some(ms(100)));
+        let b = Snapshot::new(true, 100, 50, ms(500), None);
+        let c_ = Snapshot::new(false, 10, 0, ms(9000), Some(ms(3000)));
+        let d = Decision::from_snapshots(vec![a, b, c_]);
+        let old = aged(&d, ms(200));
+        assert!(!old.allowed());
+        assert_eq!(old.binding_index(), 2);
+        assert_eq!(old.retry_after(), Some(ms(2800)));
+        assert_eq!(
+            old.snapshots()[0].retry_after(),
+            Some(Duration::from_nanos(1))
+        );
+        assert_eq!(old.snapshots()[1].reset_after(), ms(300));
+    }
+}
