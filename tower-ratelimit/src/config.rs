@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) shadow: bool,
     pub(crate) failure: FailureMode,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The store latency histogram's metric key, made once.
+    pub(crate) duration_key: Arc<metrics::Key>,
 }
 
 /// What to do with a request, decided from its head before any I/O.
@@ -75,34 +77,100 @@ pub(crate) enum Plan {
 
 impl Shared {
     pub(crate) fn plan(&self, parts: &Parts) -> Plan {
-        let key = match self.key.extract(parts).and_then(key::compact) {
-            Some(key) => key,
-            None => match &self.missing {
-                MissingKey::Shared(shared) => match key::compact(shared.clone()) {
-                    Some(key) => key,
-                    None => return Plan::Pass,
-                },
-                MissingKey::Reject => return Plan::MissingKey,
-                MissingKey::Skip => return Plan::Pass,
-            },
+        let Some(pick) = &self.policy_fn else {
+            // The usual case: the store key `{policy}:{key}` is written in one allocation.
+            let policy = self.policy.clone();
+            let name = policy.name();
+            let mut store_key = String::with_capacity(name.len() + 1 + 40);
+            store_key.push_str(name);
+            store_key.push(':');
+            if !self.extract_into(parts, &mut store_key) {
+                return self.missing_plan();
+            }
+            let Some(cost) = self.cost(parts) else {
+                return Plan::Pass;
+            };
+            return Plan::Check {
+                key: store_key,
+                policy,
+                cost,
+            };
         };
-        let policy = self
-            .policy_fn
-            .as_ref()
-            .and_then(|pick| pick(parts, &key))
-            .unwrap_or_else(|| self.policy.clone());
-        let cost = match &self.cost {
-            Some(cost) => match NonZeroU32::new(cost(parts)) {
-                Some(cost) => cost,
-                None => return Plan::Pass,
-            },
-            None => NonZeroU32::MIN,
+        let mut key = String::new();
+        if !self.extract_into(parts, &mut key) {
+            return self.missing_plan();
+        }
+        let policy = pick(parts, &key).unwrap_or_else(|| self.policy.clone());
+        let Some(cost) = self.cost(parts) else {
+            return Plan::Pass;
         };
         Plan::Check {
             key: policy.store_key(&key),
             policy,
             cost,
         }
+    }
+
+    /// Appends the request's compacted key to `out`, or the shared key of
+    /// [`MissingKey::Shared`]; `false` when there is neither.
+    fn extract_into(&self, parts: &Parts, out: &mut String) -> bool {
+        let start = out.len();
+        if self.key.extract_into(parts, out) && key::compact_tail(out, start) {
+            return true;
+        }
+        out.truncate(start);
+        match &self.missing {
+            MissingKey::Shared(shared) => {
+                out.push_str(shared);
+                key::compact_tail(out, start)
+            }
+            MissingKey::Reject | MissingKey::Skip => false,
+        }
+    }
+
+    /// The request's cost; `None` (not limited) for a cost of 0.
+    fn cost(&self, parts: &Parts) -> Option<NonZeroU32> {
+        match &self.cost {
+            Some(cost) => NonZeroU32::new(cost(parts)),
+            None => Some(NonZeroU32::MIN),
+        }
+    }
+
+    /// The plan for a request with no key (and no usable shared key).
+    fn missing_plan(&self) -> Plan {
+        match &self.missing {
+            MissingKey::Reject => Plan::MissingKey,
+            MissingKey::Skip | MissingKey::Shared(_) => Plan::Pass,
+        }
+    }
+
+    /// The store's answer without a future, if it can give one ([`Store::try_check_now`]),
+    /// timed as [`check`](Self::check) times it. The key is never logged.
+    pub(crate) fn check_now(
+        &self,
+        key: &str,
+        policy: &Policy,
+        cost: NonZeroU32,
+    ) -> Option<Result<Decision, StoreError>> {
+        let start = self.clock.now();
+        let result = self.store.try_check_now(key, policy.limits(), cost)?;
+        observe::store_duration(&self.duration_key, self.clock.now().saturating_sub(start));
+        match &result {
+            Ok(d) => tracing::debug!(
+                policy = policy.name(),
+                backend = self.backend,
+                allowed = d.allowed(),
+                remaining = d.remaining(),
+                "rate limit decided in place"
+            ),
+            Err(err) => tracing::warn!(
+                policy = policy.name(),
+                backend = self.backend,
+                error = %err,
+                "rate limit store failed"
+            ),
+        }
+        Some(result)
     }
 
     /// The store call, owned, timed and traced. The key is never logged.
@@ -115,6 +183,7 @@ impl Shared {
         let store = Arc::clone(&self.store);
         let clock = Arc::clone(&self.clock);
         let backend = self.backend;
+        let duration_key = Arc::clone(&self.duration_key);
         let span = tracing::debug_span!(
             "ratelimit.check",
             policy = policy.name(),
@@ -125,7 +194,7 @@ impl Shared {
             async move {
                 let start = clock.now();
                 let result = store.check(&key, policy.limits(), cost).await;
-                observe::store_duration(backend, clock.now().saturating_sub(start));
+                observe::store_duration(&duration_key, clock.now().saturating_sub(start));
                 match &result {
                     Ok(d) => tracing::debug!(
                         allowed = d.allowed(),

@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use crate::config::{FailureMode, Shared};
 use crate::headers::{set_rate_limit_headers, set_retry_after};
-use crate::observe::{self, Outcome};
+use crate::observe::Outcome;
 use crate::policy::Policy;
 use crate::rejection::{RejectResponse, Rejection, StoreFailure};
 
@@ -139,9 +139,16 @@ where
                     let Some(pending) = pending.take() else {
                         panic!("ResponseFuture polled after completion");
                     };
-                    let next = match resolve(result, pending) {
-                        Next::Call(future, after) => State::Calling {
-                            future,
+                    let Pending {
+                        mut inner,
+                        req,
+                        policy,
+                        shared,
+                        rejection,
+                    } = pending;
+                    let next = match resolve(result, req, policy, shared, &*rejection) {
+                        Next::Call(req, after) => State::Calling {
+                            future: inner.call(req),
                             after: Some(after),
                         },
                         Next::Respond(response) => State::Done {
@@ -168,28 +175,29 @@ where
     }
 }
 
-enum Next<F, Res> {
-    Call(F, After),
-    Respond(Res),
+/// What the store's answer leads to.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned and matched at once; boxing the request would cost an allocation"
+)]
+pub(crate) enum Next<ReqBody, ResBody> {
+    /// Call the inner service with this request; `After` then writes the response's headers.
+    Call(Request<ReqBody>, After),
+    /// Answer with this response (429 or 503) without calling the inner service.
+    Respond(Response<ResBody>),
 }
 
 /// Turns the store's answer into a call of the inner service or a response of our own.
-fn resolve<S, ReqBody, ResBody, R>(
+pub(crate) fn resolve<ReqBody, ResBody, R>(
     result: Result<Decision, StoreError>,
-    pending: Pending<S, ReqBody, R>,
-) -> Next<S::Future, Response<ResBody>>
+    mut req: Request<ReqBody>,
+    policy: Policy,
+    shared: Arc<Shared>,
+    rejection: &R,
+) -> Next<ReqBody, ResBody>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     R: RejectResponse<ResBody>,
 {
-    let Pending {
-        mut inner,
-        mut req,
-        policy,
-        shared,
-        rejection,
-    } = pending;
-    let name = policy.shared_name();
     let backend = shared.backend;
     match result {
         Ok(decision) => {
@@ -198,7 +206,7 @@ where
                 (false, true) => Outcome::ShadowDenied,
                 (false, false) => Outcome::Denied,
             };
-            observe::decision(name, backend, outcome);
+            policy.count(backend, outcome);
             if outcome == Outcome::Denied {
                 let mut res = rejection.response(&Rejection::Limited(&decision));
                 if let Some(wait) = decision.retry_after() {
@@ -220,18 +228,18 @@ where
                 policy,
                 shared,
             };
-            Next::Call(inner.call(req), after)
+            Next::Call(req, after)
         }
         Err(err) => {
             let failure = StoreFailure::new(&err, backend);
             if shared.failure == FailureMode::Closed {
-                observe::decision(name, backend, Outcome::FailedClosed);
+                policy.count(backend, Outcome::FailedClosed);
                 let mut res = rejection.response(&Rejection::StoreUnavailable(&err));
                 set_retry_after(res.headers_mut(), UNAVAILABLE_RETRY);
                 res.extensions_mut().insert(failure);
                 return Next::Respond(res);
             }
-            observe::decision(name, backend, Outcome::FailedOpen);
+            policy.count(backend, Outcome::FailedOpen);
             req.extensions_mut().insert(failure.clone());
             let after = After {
                 decision: None,
@@ -239,7 +247,7 @@ where
                 policy,
                 shared,
             };
-            Next::Call(inner.call(req), after)
+            Next::Call(req, after)
         }
     }
 }

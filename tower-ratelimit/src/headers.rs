@@ -1,10 +1,10 @@
 //! Response headers: legacy `X-RateLimit-*`, the IETF `RateLimit` and `RateLimit-Policy` fields,
 //! and `Retry-After`.
 
-use std::fmt::Write as _;
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use http::header::RETRY_AFTER;
+use http::header::{Entry, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rate_limit_core::Decision;
 
@@ -70,7 +70,101 @@ pub(crate) fn retry_after_secs(d: Duration) -> u64 {
 
 /// Sets `Retry-After` to `wait`, rounded up to whole seconds and never 0.
 pub(crate) fn set_retry_after(headers: &mut HeaderMap, wait: Duration) {
-    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+    headers.insert(RETRY_AFTER, number(retry_after_secs(wait)));
+}
+
+/// Numbers below this are header values made once, so writing them allocates nothing.
+const SMALL_NUMBERS: u64 = 1024;
+
+/// `0`, `1`, ... `1023` written one after another: the text the small values point into.
+static SMALL_TEXT: LazyLock<String> = LazyLock::new(|| {
+    let mut text = Vec::new();
+    for n in 0..SMALL_NUMBERS {
+        push_decimal(&mut text, n);
+    }
+    String::from_utf8(text).unwrap_or_default()
+});
+
+/// The header value of every number below [`SMALL_NUMBERS`], each a slice of [`SMALL_TEXT`].
+static SMALL_VALUES: LazyLock<Box<[HeaderValue]>> = LazyLock::new(|| {
+    let text: &'static str = &SMALL_TEXT;
+    let mut start = 0;
+    (0..SMALL_NUMBERS)
+        .map(|n| {
+            let len = decimal_len(n);
+            let value = HeaderValue::from_static(&text[start..start + len]);
+            start += len;
+            value
+        })
+        .collect()
+});
+
+/// `n` as a header value: shared for small numbers, formatted otherwise.
+pub(crate) fn number(n: u64) -> HeaderValue {
+    match usize::try_from(n) {
+        Ok(i) if n < SMALL_NUMBERS => SMALL_VALUES[i].clone(),
+        _ => HeaderValue::from(n),
+    }
+}
+
+/// How many decimal digits `n` has.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// Appends `n` in decimal to `buf`, with no formatting machinery.
+pub(crate) fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        // `n % 10` is a digit: the cast cannot truncate.
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+/// Writes the rate-limit headers the layer writes for `decision` under `policy`, in `style`,
+/// with `X-RateLimit-Reset` in delta seconds: for endpoints that report a client's state
+/// without going through the layer, such as a status page answering from
+/// [`Store::peek`](rate_limit_core::Store::peek) with the layer's
+/// [store key](Policy::store_key).
+///
+/// Legacy fields already present are kept (as when layers nest); IETF fields are appended.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use std::time::Duration;
+/// use http::HeaderMap;
+/// use rate_limit_core::{Algorithm, Decision, Limit, Quota, Snapshot};
+/// use tower_ratelimit::{HeaderStyle, Policy, headers};
+///
+/// let limit = Limit::new(Quota::per_minute(NonZeroU32::new(100).unwrap()), Algorithm::Gcra);
+/// let policy = Policy::new("api", [limit])?;
+/// let decision = Decision::single(Snapshot::new(true, 100, 42, Duration::from_millis(16_500), None));
+/// let mut map = HeaderMap::new();
+/// headers::write_headers(&mut map, HeaderStyle::Both, &policy, &decision);
+/// assert_eq!(map["x-ratelimit-remaining"], "42");
+/// assert_eq!(map["x-ratelimit-reset"], "17");
+/// assert_eq!(map["ratelimit"], "\"api\";r=42;t=17");
+/// assert_eq!(map["ratelimit-policy"], "\"api\";q=100;w=60");
+/// # Ok::<(), rate_limit_core::ConfigError>(())
+/// ```
+pub fn write_headers(
+    headers: &mut HeaderMap,
+    style: HeaderStyle,
+    policy: &Policy,
+    decision: &Decision,
+) {
+    let settings = HeaderSettings {
+        style,
+        reset: ResetStyle::DeltaSeconds,
+    };
+    set_rate_limit_headers(headers, settings, policy, decision, || Duration::ZERO);
 }
 
 /// What the header writer needs besides the decision.
@@ -94,34 +188,43 @@ pub(crate) fn set_rate_limit_headers(
     decision: &Decision,
     now: impl FnOnce() -> Duration,
 ) {
-    if settings.style.legacy() && !headers.contains_key(X_RATELIMIT_LIMIT) {
-        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(decision.limit()));
+    let ietf = settings.style.ietf();
+    // One growth of the map for every field, rather than one per insert.
+    headers.reserve(if settings.style.legacy() { 3 } else { 0 } + if ietf { 2 } else { 0 });
+    if settings.style.legacy()
+        && let Entry::Vacant(slot) = headers.entry(X_RATELIMIT_LIMIT)
+    {
+        let limit = decision.limit();
+        slot.insert(match policy.limit_value(decision.binding_index()) {
+            Some((n, value)) if *n == limit => value.clone(),
+            _ => number(u64::from(limit)),
+        });
         headers.insert(
             X_RATELIMIT_REMAINING,
-            HeaderValue::from(decision.remaining()),
+            number(u64::from(decision.remaining())),
         );
         let reset = match settings.reset {
             ResetStyle::DeltaSeconds => ceil_secs(decision.reset_after()),
             ResetStyle::UnixSeconds => ceil_secs(now().saturating_add(decision.reset_after())),
         };
-        headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
+        headers.insert(X_RATELIMIT_RESET, number(reset));
     }
-    if settings.style.ietf() {
+    if ietf {
         if let Some(value) = policy.header() {
             headers.append(RATELIMIT_POLICY, value.clone());
         }
-        let mut field = String::with_capacity(32 * decision.snapshots().len());
-        for (member, snapshot) in policy.members().iter().zip(decision.snapshots()) {
+        let members = policy.members();
+        let len: usize = members.iter().map(|m| m.len() + 2 + 26).sum();
+        let mut field = Vec::with_capacity(len);
+        for (member, snapshot) in members.iter().zip(decision.snapshots()) {
             if !field.is_empty() {
-                field.push_str(", ");
+                field.extend_from_slice(b", ");
             }
-            // Writing to a String cannot fail.
-            let _ = write!(
-                field,
-                "{member};r={};t={}",
-                snapshot.remaining(),
-                ceil_secs(snapshot.reset_after())
-            );
+            field.extend_from_slice(member.as_bytes());
+            field.extend_from_slice(b";r=");
+            push_decimal(&mut field, u64::from(snapshot.remaining()));
+            field.extend_from_slice(b";t=");
+            push_decimal(&mut field, ceil_secs(snapshot.reset_after()));
         }
         if let Ok(value) = HeaderValue::try_from(field) {
             headers.append(RATELIMIT, value);
@@ -143,6 +246,18 @@ mod tests {
             retry_after_secs(Duration::from_secs(59) + Duration::from_nanos(1)),
             60
         );
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal_shared_or_not() {
+        for n in [0, 1, 9, 10, 99, 100, 1023, 1024, 4_294_967_295, u64::MAX] {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string(), "{n}");
+            let mut buf = b"x".to_vec();
+            push_decimal(&mut buf, n);
+            assert_eq!(buf, format!("x{n}").into_bytes());
+        }
+        assert_eq!(decimal_len(0), 1);
+        assert_eq!(decimal_len(1000), 4);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tower_layer::Layer;
 use crate::config::{FailureMode, MissingKey, Shared};
 use crate::headers::{HeaderSettings, HeaderStyle, ResetStyle};
 use crate::key::{Global, KeyExtractor};
+use crate::observe;
 use crate::policy::Policy;
 use crate::rejection::DefaultRejection;
 use crate::service::RateLimit;
@@ -119,6 +120,7 @@ impl RateLimitLayer {
                 shadow: false,
                 failure: FailureMode::default(),
                 clock: Arc::new(SystemClock::new()),
+                duration_key: Arc::new(observe::store_duration_key(backend)),
             }),
             rejection: Arc::new(DefaultRejection),
         }

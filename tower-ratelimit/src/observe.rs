@@ -1,12 +1,21 @@
 //! Metrics: decisions by outcome and store latency. Keys never become labels.
+//!
+//! Metric keys (name and labels) are built once, when a policy first reports to a backend, and
+//! reused: a request allocates nothing here. Handles are not cached, so a recorder installed
+//! later (or a thread-local one in a test) still sees every decision.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use metrics::{Key, Label, Level, Metadata};
 
 /// Counter of decisions, labelled `policy`, `outcome` and `backend`.
 pub const DECISIONS_TOTAL: &str = "ratelimit_decisions_total";
 /// Histogram of store call latency in seconds, labelled `backend`.
 pub const STORE_DURATION_SECONDS: &str = "ratelimit_store_duration_seconds";
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// What happened to a request, as the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +28,14 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Self; 5] = [
+        Self::Allowed,
+        Self::Denied,
+        Self::ShadowDenied,
+        Self::FailedOpen,
+        Self::FailedClosed,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Allowed => "allowed",
@@ -28,18 +45,66 @@ impl Outcome {
             Self::FailedClosed => "failed_closed",
         }
     }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
-pub(crate) fn decision(policy: &Arc<str>, backend: &'static str, outcome: Outcome) {
-    metrics::counter!(
+/// A policy's decision counters for one backend, one key per outcome.
+pub(crate) struct DecisionKeys {
+    backend: &'static str,
+    keys: [Key; 5],
+}
+
+impl DecisionKeys {
+    fn new(policy: &Arc<str>, backend: &'static str) -> Self {
+        Self {
+            backend,
+            keys: Outcome::ALL.map(|outcome| decision_key(policy, backend, outcome)),
+        }
+    }
+}
+
+fn decision_key(policy: &Arc<str>, backend: &'static str, outcome: Outcome) -> Key {
+    Key::from_parts(
         DECISIONS_TOTAL,
-        "policy" => Arc::clone(policy),
-        "outcome" => outcome.as_str(),
-        "backend" => backend,
+        vec![
+            Label::new("policy", Arc::clone(policy)),
+            Label::new("outcome", outcome.as_str()),
+            Label::new("backend", backend),
+        ],
     )
-    .increment(1);
 }
 
-pub(crate) fn store_duration(backend: &'static str, elapsed: Duration) {
-    metrics::histogram!(STORE_DURATION_SECONDS, "backend" => backend).record(elapsed.as_secs_f64());
+/// Counts one decision of `policy` (whose keys are cached in `cache`) on `backend`.
+pub(crate) fn decision(
+    cache: &OnceLock<DecisionKeys>,
+    policy: &Arc<str>,
+    backend: &'static str,
+    outcome: Outcome,
+) {
+    let keys = cache.get_or_init(|| DecisionKeys::new(policy, backend));
+    if keys.backend == backend {
+        increment(&keys.keys[outcome.index()]);
+    } else {
+        // A policy shared by layers on different backends: the first one's keys are cached.
+        increment(&decision_key(policy, backend, outcome));
+    }
+}
+
+fn increment(key: &Key) {
+    metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
+}
+
+/// The store latency histogram's key for `backend`.
+pub(crate) fn store_duration_key(backend: &'static str) -> Key {
+    Key::from_parts(STORE_DURATION_SECONDS, vec![Label::new("backend", backend)])
+}
+
+pub(crate) fn store_duration(key: &Key, elapsed: Duration) {
+    metrics::with_recorder(|r| {
+        r.register_histogram(key, &METADATA)
+            .record(elapsed.as_secs_f64());
+    });
 }

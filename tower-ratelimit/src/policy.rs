@@ -1,12 +1,13 @@
 //! [`Policy`]: a named set of limits, with its `RateLimit-Policy` field computed once.
 
 use std::fmt::{self, Write as _};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderValue;
 use rate_limit_core::{ConfigError, Limit};
 
-use crate::headers::ceil_secs;
+use crate::headers::{ceil_secs, number};
+use crate::observe::{self, DecisionKeys, Outcome};
 
 /// The longest policy name.
 const MAX_NAME_LEN: usize = 64;
@@ -42,6 +43,10 @@ struct Inner {
     members: Box<[String]>,
     /// The `RateLimit-Policy` field value.
     header: Option<HeaderValue>,
+    /// Each limit's capacity (`q`) and its `X-RateLimit-Limit` value, made once.
+    limit_values: Box<[(u32, HeaderValue)]>,
+    /// The decision counters' metric keys, made on the first decision.
+    metric_keys: OnceLock<DecisionKeys>,
 }
 
 impl Policy {
@@ -73,6 +78,13 @@ impl Policy {
             ));
         }
         let members = member_names(name, &limits);
+        let limit_values = limits
+            .iter()
+            .map(|l| {
+                let q = quota_and_window(l).0;
+                (q, number(u64::from(q)))
+            })
+            .collect();
         let mut field = String::new();
         for (member, limit) in members.iter().zip(&limits) {
             let (q, w) = quota_and_window(limit);
@@ -88,6 +100,8 @@ impl Policy {
                 limits,
                 members,
                 header: HeaderValue::try_from(field).ok(),
+                limit_values,
+                metric_keys: OnceLock::new(),
             }),
         })
     }
@@ -133,6 +147,16 @@ impl Policy {
 
     pub(crate) fn header(&self) -> Option<&HeaderValue> {
         self.inner.header.as_ref()
+    }
+
+    /// The capacity of limit `index` and its header value.
+    pub(crate) fn limit_value(&self, index: usize) -> Option<&(u32, HeaderValue)> {
+        self.inner.limit_values.get(index)
+    }
+
+    /// Counts one decision of this policy on `backend`.
+    pub(crate) fn count(&self, backend: &'static str, outcome: Outcome) {
+        observe::decision(&self.inner.metric_keys, &self.inner.name, backend, outcome);
     }
 }
 

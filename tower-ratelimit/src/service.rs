@@ -9,7 +9,7 @@ use rate_limit_core::{Quota, Store};
 use tower_service::Service;
 
 use crate::config::{Plan, Shared};
-use crate::future::{Pending, ResponseFuture};
+use crate::future::{Next, Pending, ResponseFuture, resolve};
 use crate::layer::RateLimitLayer;
 use crate::rejection::{DefaultRejection, RejectResponse, Rejection};
 
@@ -95,19 +95,31 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // The service that was polled ready goes with this request; a clone stays for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = req.into_parts();
         let plan = self.shared.plan(&parts);
         let req = Request::from_parts(parts, body);
         match plan {
-            Plan::Pass => ResponseFuture::calling(inner.call(req), None),
+            Plan::Pass => ResponseFuture::calling(self.inner.call(req), None),
             Plan::MissingKey => {
                 tracing::debug!("rate limit key missing: rejected");
                 ResponseFuture::respond(self.rejection.response(&Rejection::MissingKey))
             }
             Plan::Check { key, policy, cost } => {
+                // A store that can decide in place (memory, a remote store's deny cache) costs
+                // no future, and the inner service that was polled ready is called right away.
+                if let Some(result) = self.shared.check_now(&key, &policy, cost) {
+                    let shared = Arc::clone(&self.shared);
+                    return match resolve(result, req, policy, shared, &*self.rejection) {
+                        Next::Call(req, after) => {
+                            ResponseFuture::calling(self.inner.call(req), Some(after))
+                        }
+                        Next::Respond(res) => ResponseFuture::respond(res),
+                    };
+                }
+                // The service that was polled ready goes with this request; a clone stays for
+                // the next.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
                 let check = self.shared.check(key, policy.clone(), cost);
                 ResponseFuture::checking(
                     check,

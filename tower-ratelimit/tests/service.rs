@@ -496,3 +496,38 @@ async fn cost_above_capacity_is_denied_without_retry_after() {
     assert_eq!(header(&res, "retry-after"), None, "no wait would help");
     assert_eq!(header(&res, "x-ratelimit-remaining"), Some("3"));
 }
+
+/// The layer decides in place when the store can (`try_check_now`) and waits otherwise; both
+/// paths must answer alike: status, every header, the extensions, for allowed and denied
+/// requests alike.
+#[tokio::test]
+async fn deciding_in_place_and_waiting_answer_alike() {
+    let (clock_a, clock_b) = (clock(), clock());
+    let in_place = RateLimitLayer::new(store(&clock_a), fixed(3))
+        .algorithm(Algorithm::SlidingWindow)
+        .key(Header::new("x-client"))
+        .clock(clock_a.clone());
+    let waiting = RateLimitLayer::new(Waiting(store(&clock_b)), fixed(3))
+        .algorithm(Algorithm::SlidingWindow)
+        .key(Header::new("x-client"))
+        .clock(clock_b.clone());
+    let a = ServiceBuilder::new().layer(in_place).service_fn(ok);
+    let b = ServiceBuilder::new().layer(waiting).service_fn(ok);
+    let mut denied = 0;
+    for step in 0..12u64 {
+        let client: &[u8] = if step % 3 == 0 { b"other" } else { b"c1" };
+        let ra = send(&a, get_with("/", "x-client", client)).await;
+        let rb = send(&b, get_with("/", "x-client", client)).await;
+        assert_eq!(ra.status(), rb.status(), "step {step}");
+        assert_eq!(ra.headers(), rb.headers(), "step {step}");
+        assert_eq!(
+            ra.extensions().get::<Decision>(),
+            rb.extensions().get::<Decision>(),
+            "step {step}"
+        );
+        denied += usize::from(ra.status() == StatusCode::TOO_MANY_REQUESTS);
+        clock_a.advance(Duration::from_secs(7));
+        clock_b.advance(Duration::from_secs(7));
+    }
+    assert!(denied > 0, "the sequence must reach a denial");
+}

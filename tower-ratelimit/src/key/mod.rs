@@ -40,6 +40,31 @@ pub trait KeyExtractor: Send + Sync + 'static {
     ///
     /// The layer compacts the result (see the [module docs](self)); an empty key counts as none.
     fn extract(&self, parts: &Parts) -> Option<String>;
+
+    /// Appends this request's key to `out` and returns `true`, or returns `false` when it has
+    /// none (`out` may then hold anything after its original length; the caller truncates it).
+    ///
+    /// The layer calls this with the policy's prefix already in `out`, so that the store key
+    /// costs one allocation. The default calls [`extract`](Self::extract); extractors that can
+    /// write their key in place override it. The result is compacted as `extract`'s is.
+    ///
+    /// ```
+    /// use tower_ratelimit::key::{Header, KeyExtractor};
+    ///
+    /// let (parts, ()) = http::Request::get("/").header("x-id", "c1").body(()).unwrap().into_parts();
+    /// let mut out = String::from("api:");
+    /// assert!(Header::new("x-id").extract_into(&parts, &mut out));
+    /// assert_eq!(out, "api:c1");
+    /// ```
+    fn extract_into(&self, parts: &Parts, out: &mut String) -> bool {
+        match self.extract(parts) {
+            Some(key) => {
+                out.push_str(&key);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl<F> KeyExtractor for F
@@ -58,6 +83,11 @@ pub struct Global;
 impl KeyExtractor for Global {
     fn extract(&self, _parts: &Parts) -> Option<String> {
         Some(String::from("global"))
+    }
+
+    fn extract_into(&self, _parts: &Parts, out: &mut String) -> bool {
+        out.push_str("global");
+        true
     }
 }
 
@@ -106,14 +136,30 @@ impl KeyExtractor for Header {
         let value = parts.headers.get(&self.name)?.as_bytes();
         (!value.is_empty()).then(|| compact_bytes(value))
     }
+
+    fn extract_into(&self, parts: &Parts, out: &mut String) -> bool {
+        match parts.headers.get(&self.name) {
+            Some(value) if !value.is_empty() => {
+                push_compact(out, value.as_bytes());
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// `bytes` as a key: kept as it is when short visible ASCII, otherwise hashed with [`hash_key`].
 pub fn compact_bytes(bytes: &[u8]) -> String {
-    if is_plain(bytes) {
-        bytes.iter().copied().map(char::from).collect()
-    } else {
-        hash_key(bytes)
+    let mut out = String::new();
+    push_compact(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` as [`compact_bytes`] writes them.
+fn push_compact(out: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(plain) if is_plain(bytes) => out.push_str(plain),
+        _ => push_hash(out, bytes),
     }
 }
 
@@ -128,31 +174,42 @@ pub fn compact_bytes(bytes: &[u8]) -> String {
 /// assert!(k.starts_with("#2bb80d537b1da3e3"));
 /// ```
 pub fn hash_key(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
     let mut out = String::with_capacity(33);
+    push_hash(&mut out, bytes);
+    out
+}
+
+/// Appends [`hash_key`]`(bytes)` to `out`.
+fn push_hash(out: &mut String, bytes: &[u8]) {
+    let digest = Sha256::digest(bytes);
+    out.reserve(33);
     out.push('#');
     for b in &digest[..16] {
         out.push(hex_digit(b >> 4));
         out.push(hex_digit(b & 0xf));
     }
-    out
 }
 
 fn hex_digit(n: u8) -> char {
     char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 })
 }
 
-/// Compacts a key returned by any extractor. An empty key is no key; a key already in the
-/// hashed form (as [`hash_key`] makes it) is kept, so hashed keys stay comparable.
-pub(crate) fn compact(key: String) -> Option<String> {
+/// Compacts, in place, the key that an extractor appended to `out` after its first `start`
+/// bytes. An empty key is no key (`false`); a key already in the hashed form (as [`hash_key`]
+/// makes it) is kept, so hashed keys stay comparable; other keys that are not plain are hashed.
+pub(crate) fn compact_tail(out: &mut String, start: usize) -> bool {
+    let Some(key) = out.get(start..) else {
+        return false;
+    };
     if key.is_empty() {
-        return None;
+        return false;
     }
-    if is_plain(key.as_bytes()) || is_hashed(&key) {
-        Some(key)
-    } else {
-        Some(hash_key(key.as_bytes()))
+    if !is_plain(key.as_bytes()) && !is_hashed(key) {
+        let hashed = hash_key(key.as_bytes());
+        out.truncate(start);
+        out.push_str(&hashed);
     }
+    true
 }
 
 /// Kept as it is: 1 to [`MAX_KEY_LEN`] visible ASCII bytes, not starting with `#` (which marks
@@ -188,7 +245,9 @@ mod tests {
     #[test]
     fn short_ascii_keys_are_kept() {
         assert_eq!(compact_bytes(b"client-1"), "client-1");
-        assert_eq!(compact(String::from("abc")).as_deref(), Some("abc"));
+        let mut out = String::from("p:abc");
+        assert!(compact_tail(&mut out, 2));
+        assert_eq!(out, "p:abc");
     }
 
     #[test]
@@ -199,11 +258,20 @@ mod tests {
         assert!(is_hashed(&compact_bytes(b"has space")));
         // A key that looks hashed but came from a client is hashed again, so it cannot collide.
         assert_ne!(compact_bytes(b"#abc"), "#abc");
+        // An extractor's key with a space is hashed in place; a hashed key is kept.
+        let mut out = String::from("p:a b");
+        assert!(compact_tail(&mut out, 2));
+        assert_eq!(out, format!("p:{}", hash_key(b"a b")));
+        let hashed = hash_key(b"x");
+        let mut out = format!("p:{hashed}");
+        assert!(compact_tail(&mut out, 2));
+        assert_eq!(out, format!("p:{hashed}"));
     }
 
     #[test]
     fn empty_key_is_no_key() {
-        assert_eq!(compact(String::new()), None);
+        let mut out = String::from("p:");
+        assert!(!compact_tail(&mut out, 2));
         assert_eq!(Header::new("x-id").extract(&parts("x-id", b"")), None);
     }
 

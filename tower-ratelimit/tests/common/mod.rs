@@ -104,3 +104,35 @@ impl Store for FailingStore {
         "failing"
     }
 }
+
+/// A store that always waits: it forwards to `inner` through `check` and never answers in place
+/// (the default `try_check_now`), so the layer takes its boxed, waiting path.
+#[derive(Debug)]
+pub struct Waiting<S>(pub S);
+
+impl<S: Store> Store for Waiting<S> {
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            self.0.check(key, limits, cost).await
+        })
+    }
+
+    fn peek<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        self.0.peek(key, limits, cost)
+    }
+
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+}
