@@ -30,7 +30,7 @@ use rate_limit_core::Decision;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower_ratelimit::key::KeyExtractor;
-use tower_ratelimit::{RateLimitLayer, Rejection, StoreFailure};
+use tower_ratelimit::{HeaderStyle, RateLimitLayer, Rejection, StoreFailure, headers};
 
 use super::client::{ClientKey, Policies};
 use super::store::DemoStore;
@@ -251,14 +251,19 @@ async fn status(
         .peek(&store_key, policy.limits(), NonZeroU32::MIN)
         .await
     {
-        Ok(decision) => json_response(
-            StatusCode::OK,
-            &StatusBody {
-                decision: DecisionBody::from(&decision),
-                backend: state.store.backend(),
-                circuit: state.store.circuit(),
-            },
-        ),
+        Ok(decision) => {
+            let mut res = json_response(
+                StatusCode::OK,
+                &StatusBody {
+                    decision: DecisionBody::from(&decision),
+                    backend: state.store.backend(),
+                    circuit: state.store.circuit(),
+                },
+            );
+            // The headers `/ratelimit` would carry, without spending anything.
+            headers::write_headers(res.headers_mut(), HeaderStyle::Both, policy, &decision);
+            res
+        }
         Err(err) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({

@@ -39,14 +39,32 @@ impl DemoStore {
 
     /// Builds the store `config.backend` names, connecting to Redis if it is one.
     ///
+    /// With `FAILURE_MODE` `open` or `local`, a single Redis that cannot be reached at start-up
+    /// is not fatal: the demo says so on stderr and starts anyway, with a store that connects
+    /// once Redis is up (`RedisStore::connect_lazy`); until then the failure mode decides.
+    ///
     /// # Errors
     ///
-    /// Redis could not be reached within 5 s.
+    /// Redis could not be reached within 5 s, in `closed` mode or on a cluster; or the URL is
+    /// invalid.
     pub async fn connect(config: &Config) -> Result<Self, StoreStartError> {
         match &config.backend {
             Backend::Memory => Ok(Self::memory(config)),
             Backend::Redis(url) => {
-                let store = connect(url, RedisStore::connect(url)).await?;
+                let store = match connect(url, RedisStore::connect(url)).await {
+                    Ok(store) => store,
+                    Err(err) if config.failure_mode != FailureSetting::Closed => {
+                        eprintln!(
+                            "demo: {err}; starting anyway (FAILURE_MODE={}), Redis is used \
+                             once it answers",
+                            format!("{:?}", config.failure_mode).to_ascii_lowercase()
+                        );
+                        RedisStore::connect_lazy(url).map_err(|e| {
+                            StoreStartError(format!("cannot use Redis at {url}: {e}"))
+                        })?
+                    }
+                    Err(err) => return Err(err),
+                };
                 Ok(Self::remote(config, store, "redis"))
             }
             Backend::Cluster(nodes) => {
