@@ -10,6 +10,7 @@
 
 mod redis_cluster;
 mod redis_server;
+pub mod replay;
 
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisServer, redis_available};

@@ -69,7 +69,19 @@ fn check_answer(
 fn status(demo: &Demo, client: &str) -> serde_json::Value {
     let res = demo.get(&format!("/status?key={client}"), &[]);
     assert_eq!(res.status, 200, "{res:?}");
-    res.json()
+    let json = res.json();
+    // The headers `/ratelimit` would carry, agreeing with the JSON.
+    assert_eq!(
+        Some(res.header_u64("x-ratelimit-remaining")),
+        json["remaining"].as_u64(),
+        "{res:?}"
+    );
+    assert_eq!(
+        Some(res.header_u64("x-ratelimit-limit")),
+        json["limit"].as_u64(),
+        "{res:?}"
+    );
+    json
 }
 
 fn contract(algorithm: &str, demo: &Demo) {
@@ -383,6 +395,47 @@ algorithm = "gcra"
         (s["limit"].clone(), s["remaining"].clone()),
         (7.into(), 5.into())
     );
+}
+
+#[test]
+fn with_redis_down_at_start_up_local_mode_serves_and_then_shares_redis() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    redis.kill9();
+    let demo = Demo::start(&[
+        ("REDIS_URL", redis.url().as_str()),
+        ("FAILURE_MODE", "local"),
+        ("RATE_LIMIT", "6"),
+        ("RATE_LIMIT_INSTANCES", "3"),
+        ("RATE_LIMIT_WINDOW_SEC", DAY),
+        ("REDIS_TIMEOUT_MS", "100"),
+    ]);
+    // Decided in memory on a third of the quota while Redis is away.
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| demo.get("/ratelimit", &id("boot")).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 429], "{}", demo.stderr());
+    assert!(
+        demo.stderr().contains("starting anyway"),
+        "{}",
+        demo.stderr()
+    );
+    // Redis comes up: once the breaker lets a probe through, Redis decides, on the full quota.
+    redis.restart();
+    let mut limit = 0;
+    for _ in 0..100 {
+        let res = demo.get("/ratelimit", &id("after-boot"));
+        if res.status == 200 && res.header_u64("x-ratelimit-limit") == 6 {
+            limit = 6;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(limit, 6, "Redis never took over: {}", demo.stderr());
+    let keys = redis.cli(&["DBSIZE"]);
+    assert_ne!(keys, "0", "no state in Redis");
 }
 
 #[test]

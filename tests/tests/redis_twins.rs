@@ -5,30 +5,18 @@
 //! arrivals fall on whole microseconds: then nanosecond ticks (memory) and microsecond ticks
 //! (Redis) describe the same arithmetic, and any difference is a bug in a Lua twin. The clock
 //! moves by small steps, long pauses and, now and then, a step back.
+//!
+//! The same arrivals run a second time through `RedisStore`'s deny cache, which must allow and
+//! deny exactly as the transitions do.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use integration_tests::replay::{Rng, SnapshotMicros, snapshot_micros};
 use integration_tests::{RedisServer, redis_available};
 use rate_limit_core::{
     Algorithm, Clock, Decision, Limit, ManualClock, MemoryStore, Quota, RedisStore, Store,
 };
-
-/// xorshift64*: a fixed, seeded sequence so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn quota(limit: u32, period_ms: u64, burst: u32) -> Quota {
     Quota::with_period(
@@ -67,28 +55,9 @@ fn limit_sets() -> Vec<Vec<Limit>> {
     sets
 }
 
-/// allowed, limit, remaining, reset after (µs), retry after (µs).
-type SnapshotMicros = (bool, u32, u32, u128, Option<u128>);
-
-/// A decision with its durations in whole microseconds, rounded up: the sliding window counter
-/// finds the exact instant a weighted count fits, which in nanosecond ticks may fall inside a
-/// microsecond; Redis, counting in microseconds, answers the end of that microsecond.
+/// A decision with its durations in whole microseconds (see [`snapshot_micros`]).
 fn micros(d: &Decision) -> (bool, usize, Vec<SnapshotMicros>) {
-    let us = |d: Duration| d.as_nanos().div_ceil(1000);
-    let snaps = d
-        .snapshots()
-        .iter()
-        .map(|s| {
-            (
-                s.allowed(),
-                s.limit(),
-                s.remaining(),
-                us(s.reset_after()),
-                s.retry_after().map(us),
-            )
-        })
-        .collect();
-    (d.allowed(), d.binding_index(), snaps)
+    (d.allowed(), d.binding_index(), snapshot_micros(d))
 }
 
 #[tokio::test]
@@ -97,13 +66,51 @@ async fn lua_twins_decide_exactly_as_the_rust_transitions() {
         return;
     }
     let server = RedisServer::start();
+    // Every step compared whole, so every step must reach the script: no deny cache, whose
+    // answers keep the waits of the denial they remember (see the next test).
+    let (steps, cached) = twins(&server, 0, Compare::Whole).await;
+    assert!(steps > 4000);
+    assert_eq!(cached, 0);
+}
+
+#[tokio::test]
+async fn the_deny_cache_denies_exactly_what_the_transitions_deny() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    // The same arrivals (but for the clock's steps back) through the deny cache, asked first
+    // as the tower layer asks it: each step must be allowed or denied exactly as the in-memory
+    // transitions decide.
+    let (steps, cached) = twins(&server, 4096, Compare::Allowed).await;
+    assert!(steps > 4000);
+    assert!(
+        cached > 200,
+        "only {cached} answers came from the deny cache"
+    );
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    /// Every field of every snapshot, in microseconds.
+    Whole,
+    /// Whether the check is allowed.
+    Allowed,
+}
+
+/// Runs the random arrivals against `MemoryStore` and `RedisStore` (with a deny cache of
+/// `deny_cache` slots) and compares each pair of decisions. Returns the steps run and how many
+/// answers the deny cache gave.
+async fn twins(server: &RedisServer, deny_cache: usize, compare: Compare) -> (usize, usize) {
     let client = redis::Client::open(server.url()).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
     let start = Duration::from_secs(1_800_000_000);
     let clock = ManualClock::new(start);
     let mut persist_conn = conn.clone();
     let redis = RedisStore::builder(conn)
+        .prefix(format!("twins{deny_cache}"))
         .clock(clock.clone())
+        .deny_cache(deny_cache)
         .build()
         .unwrap();
     let memory = MemoryStore::builder().clock(clock.clone()).build();
@@ -114,6 +121,7 @@ async fn lua_twins_decide_exactly_as_the_rust_transitions() {
         .unwrap_or(0x9e37_79b9_7f4a_7c15_u64);
     let mut rng = Rng(seed | 1);
     let mut steps = 0;
+    let mut cached = 0;
     for (n, limits) in limit_sets().into_iter().enumerate() {
         let key = format!("twin-{n}");
         let max_cost = limits
@@ -133,11 +141,13 @@ async fn lua_twins_decide_exactly_as_the_rust_transitions() {
             };
             clock.advance(Duration::from_micros(advance));
             if rng.below(40) == 0 {
-                clock.set(
-                    clock
-                        .now()
-                        .saturating_sub(Duration::from_micros(rng.below(period_us / 2))),
-                );
+                let back = Duration::from_micros(rng.below(period_us / 2));
+                // The deny cache's promise holds for clocks that never go back: a transition
+                // that tidies a state on a denial moves the state's clock forward, which a
+                // check from the past then finds more lenient than a state left untouched.
+                if compare == Compare::Whole {
+                    clock.set(clock.now().saturating_sub(back));
+                }
             }
             let cost =
                 NonZeroU32::new(1 + u32::try_from(rng.below(u64::from(max_cost) + 1)).unwrap())
@@ -149,18 +159,28 @@ async fn lua_twins_decide_exactly_as_the_rust_transitions() {
                     redis.peek(&key, &limits, cost).await,
                 )
             } else {
-                (
-                    memory.check(&key, &limits, cost).await,
-                    redis.check(&key, &limits, cost).await,
-                )
+                let r = match redis.try_check_now(&key, &limits, cost) {
+                    Some(r) => {
+                        cached += 1;
+                        r
+                    }
+                    None => redis.check(&key, &limits, cost).await,
+                };
+                (memory.check(&key, &limits, cost).await, r)
             };
             let (m, r) = (m.unwrap(), r.unwrap());
-            assert_eq!(
-                micros(&m),
-                micros(&r),
-                "{limits:?} at {:?} cost {cost} peek {peek}: memory vs redis",
-                clock.now() - start
-            );
+            let context = || {
+                format!(
+                    "{limits:?} at {:?} cost {cost} peek {peek}: memory vs redis",
+                    clock.now() - start
+                )
+            };
+            match compare {
+                Compare::Whole => assert_eq!(micros(&m), micros(&r), "{}", context()),
+                Compare::Allowed => {
+                    assert_eq!(m.allowed(), r.allowed(), "{}: {m:?} vs {r:?}", context());
+                }
+            }
             // Expiry runs on the server's real time, not on this manual clock: keep every key
             // so that only the transitions are compared (expiry has tests of its own).
             let mut pipe = redis::pipe();
@@ -171,5 +191,5 @@ async fn lua_twins_decide_exactly_as_the_rust_transitions() {
             steps += 1;
         }
     }
-    assert!(steps > 4000);
+    (steps, cached)
 }

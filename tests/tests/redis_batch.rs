@@ -1,0 +1,652 @@
+//! `RedisStore`'s batching, coalescing and deny cache against a real Redis started by the test:
+//! still exact under concurrency, far fewer calls than checks, one failing check fails alone,
+//! and denials answered locally only while they hold.
+
+use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::replay::{Rng, SnapshotMicros, snapshot_micros};
+use integration_tests::{RedisCluster, RedisServer, redis_available};
+use rate_limit_core::{
+    Algorithm, Decision, Limit, ManualClock, MemoryStore, Quota, RedisStore, Store, StoreErrorKind,
+    conformance,
+};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+async fn mux(server: &RedisServer) -> MultiplexedConnection {
+    let client = redis::Client::open(server.url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// How many times the server has run `command` (`evalsha`, `get`, `set`), scripts included.
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Admissions, and answers from the deny cache, out of `tasks` tasks per store, each doing
+/// `each` checks of `key` at cost 1, asking the deny cache first as the tower layer does.
+async fn hammer<S: Store>(
+    stores: &[Arc<S>],
+    key: &str,
+    limits: &[Limit],
+    tasks: usize,
+    each: usize,
+) -> (u32, u32) {
+    let mut handles = Vec::new();
+    for s in stores {
+        for _ in 0..tasks {
+            let s = Arc::clone(s);
+            let key = key.to_owned();
+            let limits = limits.to_vec();
+            handles.push(tokio::spawn(async move {
+                let (mut admitted, mut cached) = (0, 0);
+                for _ in 0..each {
+                    let d = match s.try_check_now(&key, &limits, nz(1)) {
+                        Some(d) => {
+                            cached += 1;
+                            d
+                        }
+                        None => s.check(&key, &limits, nz(1)).await,
+                    };
+                    admitted += u32::from(d.unwrap().allowed());
+                }
+                (admitted, cached)
+            }));
+        }
+    }
+    let (mut admitted, mut cached) = (0, 0);
+    for h in handles {
+        let (a, c) = h.await.unwrap();
+        admitted += a;
+        cached += c;
+    }
+    (admitted, cached)
+}
+
+/// Loads the script, so that later counts hold no `NOSCRIPT` retry.
+async fn warm_up<C>(store: &RedisStore<C>)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let limit = [Limit::new(Quota::per_second(nz(1)), Algorithm::Gcra)];
+    store.peek("warm-up", &limit, nz(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_checks_of_one_hot_key_admit_exactly_the_quota() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    // Three stores, each its own connection, no deny cache: every check reaches the script.
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let store = RedisStore::builder(mux(&server).await)
+            .deny_cache(0)
+            .build()
+            .unwrap();
+        warm_up(&store).await;
+        stores.push(Arc::new(store));
+    }
+    // 100 per hour: nothing refills during the test.
+    let quota = Quota::per_hour(nz(100));
+    for alg in Algorithm::ALL {
+        let limit = [Limit::new(quota, alg)];
+        let (evalsha, gets) = (calls(&server, "evalsha"), calls(&server, "get"));
+        let (admitted, cached) = hammer(&stores, &format!("hot-{alg}"), &limit, 64, 3).await;
+        assert_eq!(cached, 0);
+        let (evalsha, gets) = (
+            calls(&server, "evalsha") - evalsha,
+            calls(&server, "get") - gets,
+        );
+        match alg {
+            // Its documented bound: never above the limit in one window.
+            Algorithm::SlidingWindow => assert!(admitted <= 100, "{alg}: {admitted}"),
+            // A fixed window may cross an hour's edge during the test.
+            Algorithm::FixedWindow if admitted > 100 => {
+                eprintln!("fixed window crossed an hour edge: {admitted} admitted");
+            }
+            _ => assert_eq!(admitted, 100, "{alg} admitted {admitted} of 576"),
+        }
+        // 576 checks in fewer calls, and one GET per call at most, however many checks of
+        // the key it carried (the log is a list: no GET).
+        assert!(evalsha <= 576 / 4, "{alg}: {evalsha} calls for 576 checks");
+        assert!(gets <= evalsha, "{alg}: {gets} GETs in {evalsha} calls");
+        eprintln!("{alg}: 576 checks, {evalsha} calls, {gets} GETs");
+    }
+}
+
+/// allowed, limit, remaining, reset after (µs), retry after (µs), per limit.
+type Micros = Vec<SnapshotMicros>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_checks_decide_as_the_transitions_in_turn() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let clock = ManualClock::new(conformance::BASE);
+    let redis = Arc::new(
+        RedisStore::builder(mux(&server).await)
+            .clock(clock.clone())
+            .deny_cache(0)
+            .build()
+            .unwrap(),
+    );
+    warm_up(&redis).await;
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let q = |limit: u32, period_ms: u64, burst: u32| {
+        Quota::with_period(nz(limit), Duration::from_millis(period_ms))
+            .unwrap()
+            .burst(nz(burst))
+            .unwrap()
+    };
+    let mut sets: Vec<Vec<Limit>> = Vec::new();
+    // Periods of seconds: a state's expiry, in the server's real time, is far longer than a
+    // round takes, so it can be read right after the round.
+    for alg in Algorithm::ALL {
+        sets.push(vec![Limit::new(q(20, 10_000, 20), alg)]);
+        sets.push(vec![Limit::new(q(8, 4_000, 3), alg)]);
+    }
+    sets.push(vec![
+        Limit::new(q(20, 10_000, 20), Algorithm::TokenBucket),
+        Limit::new(q(30, 20_000, 30), Algorithm::SlidingWindow),
+        Limit::new(q(25, 10_000, 25), Algorithm::SlidingWindowLog),
+    ]);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut rounds, mut batched) = (0, 0);
+    for (n, limits) in sets.iter().enumerate() {
+        let key = format!("twin-{n}");
+        let capacity = limits[0].quota().burst_size().get();
+        for _ in 0..40 {
+            clock.advance(Duration::from_micros(rng.below(3_000_000)));
+            // `k` checks of one cost at one instant: whatever order the calls decide them in,
+            // the transitions run one after the other give the same decisions.
+            let k = 1 + rng.below(24);
+            let cost = nz(1 + u32::try_from(rng.below(u64::from(capacity / 2 + 1))).unwrap());
+            let before = calls(&server, "evalsha");
+            let handles: Vec<_> = (0..k)
+                .map(|_| {
+                    let (redis, key, limits) = (Arc::clone(&redis), key.clone(), limits.clone());
+                    tokio::spawn(async move { redis.check(&key, &limits, cost).await.unwrap() })
+                })
+                .collect();
+            let mut got = Vec::new();
+            for h in handles {
+                got.push(h.await.unwrap());
+            }
+            batched += usize::from(calls(&server, "evalsha") - before < k);
+            let mut want = Vec::new();
+            for _ in 0..k {
+                want.push(memory.check(&key, limits, cost).await.unwrap());
+            }
+            let mut got_us: Vec<Micros> = got.iter().map(snapshot_micros).collect();
+            let mut want_us: Vec<Micros> = want.iter().map(snapshot_micros).collect();
+            got_us.sort();
+            want_us.sort();
+            assert_eq!(got_us, want_us, "{limits:?}: {k} checks of cost {cost}");
+            // A round that charged rewrote the state once, with the expiry of the last state:
+            // the time until it is full again, which the most charged decision reports.
+            if limits.len() == 1 && got.iter().any(Decision::allowed) {
+                let reset = got.iter().map(Decision::reset_after).max().unwrap();
+                let want_ms = i64::try_from(reset.as_micros().div_ceil(1000)).unwrap();
+                let pttl: i64 = server
+                    .cli(&["PTTL", &redis.state_key(&key, &limits[0])])
+                    .parse()
+                    .unwrap();
+                assert!(
+                    pttl <= want_ms && pttl > want_ms - 500,
+                    "{limits:?}: pttl {pttl}, state full again in {want_ms} ms"
+                );
+            }
+            // Expiry runs on the server's real time, not on the manual clock: keep the states,
+            // so that only the transitions are compared from round to round.
+            for l in limits {
+                server.cli(&["PERSIST", &redis.state_key(&key, l)]);
+            }
+            rounds += 1;
+        }
+    }
+    assert_eq!(rounds, 13 * 40);
+    eprintln!("{batched} of {rounds} rounds shared calls");
+    // Most rounds of several checks shared calls.
+    assert!(
+        batched > rounds / 3,
+        "only {batched} of {rounds} rounds batched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keys_at_once_each_admit_exactly_their_quota() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let a = Arc::new(RedisStore::builder(mux(&server).await).build().unwrap());
+    let b = Arc::new(RedisStore::builder(mux(&server).await).build().unwrap());
+    // Two limits per check, two algorithms: the tighter one (4 per hour) binds.
+    let limits = [
+        Limit::new(Quota::per_hour(nz(4)), Algorithm::Gcra),
+        Limit::new(Quota::per_hour(nz(6)), Algorithm::SlidingWindowLog),
+    ];
+    let mut handles = Vec::new();
+    for k in 0..200 {
+        for t in 0..10 {
+            let store = Arc::clone(if t % 2 == 0 { &a } else { &b });
+            handles.push(tokio::spawn(async move {
+                let key = format!("many-{k}");
+                let d = store.check(&key, &limits, nz(1)).await.unwrap();
+                (k, u32::from(d.allowed()))
+            }));
+        }
+    }
+    let mut per_key: HashMap<usize, u32> = HashMap::new();
+    for h in handles {
+        let (k, n) = h.await.unwrap();
+        *per_key.entry(k).or_default() += n;
+    }
+    assert_eq!(per_key.len(), 200);
+    for (k, n) in per_key {
+        assert_eq!(n, 4, "many-{k} admitted {n} of 10");
+    }
+}
+
+/// `n` checks at once, one per task, over 64 keys; returns the script calls they took.
+async fn concurrent_checks<C>(server: &RedisServer, store: RedisStore<C>, n: usize) -> u64
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    warm_up(&store).await;
+    let store = Arc::new(store);
+    let limit = [Limit::new(
+        Quota::per_second(nz(1_000_000)),
+        Algorithm::TokenBucket,
+    )];
+    let before = calls(server, "evalsha");
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let key = format!("c-{}", i % 64);
+                store.check(&key, &limit, nz(1)).await.unwrap().allowed()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert!(h.await.unwrap());
+    }
+    calls(server, "evalsha") - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_share_calls_unless_max_batch_is_one() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let batched = RedisStore::builder(mux(&server).await).build().unwrap();
+    assert_eq!(batched.max_batch(), 128);
+    let evalsha = concurrent_checks(&server, batched, 640).await;
+    eprintln!("640 concurrent checks: {evalsha} calls");
+    assert!(evalsha <= 640 / 4, "{evalsha} calls for 640 checks");
+
+    let single = RedisStore::builder(mux(&server).await)
+        .max_batch(NonZeroUsize::MIN)
+        .build()
+        .unwrap();
+    assert_eq!(concurrent_checks(&server, single, 640).await, 640);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_that_fails_in_the_script_fails_alone_in_its_call() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = Arc::new(RedisStore::builder(mux(&server).await).build().unwrap());
+    warm_up(&store).await;
+    let bucket = Limit::new(Quota::per_hour(nz(5)), Algorithm::TokenBucket);
+    let log = Limit::new(Quota::per_hour(nz(5)), Algorithm::SlidingWindowLog);
+    let gcra = Limit::new(Quota::per_hour(nz(5)), Algorithm::Gcra);
+    // Keys someone else wrote: a list where a text state belongs, text where the log's list
+    // belongs, and text that is no state.
+    server.cli(&["LPUSH", &store.state_key("bad-bucket", &bucket), "x"]);
+    server.cli(&["SET", &store.state_key("bad-log", &log), "x"]);
+    server.cli(&["SET", &store.state_key("bad-gcra", &gcra), "not a state"]);
+    server.cli(&["LPUSH", &store.state_key("bad-pair", &gcra), "x"]);
+
+    // Two calls in flight on a stopped server hold the dispatcher's two slots, so that every
+    // check spawned next waits in the queue, and goes in one call when the server resumes.
+    let before = calls(&server, "evalsha");
+    server.pause();
+    let mut blockers = Vec::new();
+    for i in 0..2 {
+        let store = Arc::clone(&store);
+        blockers.push(tokio::spawn(async move {
+            store.check(&format!("blocker-{i}"), &[gcra], nz(1)).await
+        }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let cases: Vec<(&str, Vec<Limit>)> = vec![
+        ("good", vec![gcra]),
+        ("bad-bucket", vec![bucket]),
+        ("good", vec![gcra]),
+        ("bad-log", vec![log]),
+        ("good", vec![gcra]),
+        ("bad-gcra", vec![gcra]),
+        ("good", vec![gcra]),
+        ("bad-pair", vec![bucket, gcra]),
+        ("good", vec![gcra]),
+        ("good", vec![gcra]),
+        ("good", vec![gcra]),
+        ("other", vec![bucket, log]),
+    ];
+    let mut handles = Vec::new();
+    for (key, limits) in cases.clone() {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            store.check(key, &limits, nz(1)).await
+        }));
+        // Keep the arrival order (the call keeps it too).
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    server.resume();
+    for b in blockers {
+        assert!(b.await.unwrap().unwrap().allowed());
+    }
+    let mut good = Vec::new();
+    for ((key, _), h) in cases.iter().zip(handles) {
+        let got = h.await.unwrap();
+        match *key {
+            "good" => good.push(got.unwrap().allowed()),
+            "other" => assert!(got.unwrap().allowed()),
+            bad => {
+                let err = got.unwrap_err();
+                assert_eq!(err.kind(), StoreErrorKind::Backend, "{bad}: {err}");
+                if bad != "bad-gcra" {
+                    assert!(err.to_string().contains("WRONGTYPE"), "{bad}: {err}");
+                }
+            }
+        }
+    }
+    // Seven checks of a quota of five, decided in order around the failures.
+    assert_eq!(good, [true, true, true, true, true, false, false]);
+    // The blockers took one or two calls, so the twelve checks went in one or two calls of
+    // consecutive arrivals: at least one call carried failing and succeeding checks together.
+    let evalsha = calls(&server, "evalsha") - before;
+    assert!((2..=3).contains(&evalsha), "{evalsha} calls");
+    // The pair failed on its second limit: its first was not charged.
+    let d = store.peek("bad-pair", &[bucket], nz(5)).await.unwrap();
+    assert!(d.allowed() && d.remaining() == 5, "{d:?}");
+}
+
+#[tokio::test]
+async fn denials_are_answered_locally_until_their_deadline() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let clock = ManualClock::new(conformance::BASE);
+    let store = RedisStore::builder(mux(&server).await)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    assert_eq!(store.deny_cache_capacity(), 4096);
+    // 6 per minute: one every 10 s, a burst of 6.
+    let limit = [Limit::new(Quota::per_minute(nz(6)), Algorithm::Gcra)];
+    for _ in 0..6 {
+        assert!(store.check("k", &limit, nz(1)).await.unwrap().allowed());
+    }
+    assert!(store.try_check_now("k", &limit, nz(1)).is_none());
+    let denied = store.check("k", &limit, nz(1)).await.unwrap();
+    assert_eq!(denied.retry_after(), Some(Duration::from_secs(10)));
+
+    let before = calls(&server, "evalsha");
+    for _ in 0..100 {
+        let d = store.try_check_now("k", &limit, nz(1)).unwrap().unwrap();
+        assert_eq!(d, denied);
+        assert_eq!(store.check("k", &limit, nz(1)).await.unwrap(), denied);
+        // A greater cost is denied too.
+        assert!(!store.check("k", &limit, nz(2)).await.unwrap().allowed());
+    }
+    assert_eq!(calls(&server, "evalsha"), before, "the cache called Redis");
+
+    // Time goes by: the waits shrink with it.
+    clock.advance(Duration::from_secs(4));
+    let d = store.try_check_now("k", &limit, nz(1)).unwrap().unwrap();
+    assert_eq!(d.retry_after(), Some(Duration::from_secs(6)));
+    assert_eq!(
+        d.reset_after(),
+        denied.reset_after() - Duration::from_secs(4)
+    );
+    // A peek asks Redis.
+    let peeked = store.peek("k", &limit, nz(1)).await.unwrap();
+    assert_eq!(peeked.retry_after(), Some(Duration::from_secs(6)));
+    assert_eq!(calls(&server, "evalsha"), before + 1);
+
+    // At the deadline, the check goes to Redis, which admits it.
+    clock.advance(Duration::from_secs(6));
+    assert!(store.try_check_now("k", &limit, nz(1)).is_none());
+    assert!(store.check("k", &limit, nz(1)).await.unwrap().allowed());
+    assert_eq!(calls(&server, "evalsha"), before + 2);
+
+    // Another key, and the same key with other limits, are not denied by it.
+    assert!(store.check("k2", &limit, nz(1)).await.unwrap().allowed());
+    let other = [Limit::new(Quota::per_minute(nz(7)), Algorithm::Gcra)];
+    assert!(store.check("k", &other, nz(1)).await.unwrap().allowed());
+
+    // Off: nothing is answered locally.
+    let off = RedisStore::builder(mux(&server).await)
+        .clock(clock.clone())
+        .deny_cache(0)
+        .build()
+        .unwrap();
+    assert_eq!(off.deny_cache_capacity(), 0);
+    assert!(!off.check("k", &limit, nz(1)).await.unwrap().allowed());
+    assert!(off.try_check_now("k", &limit, nz(1)).is_none());
+}
+
+#[tokio::test]
+async fn a_smaller_cost_than_the_denied_one_asks_redis() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let clock = ManualClock::new(conformance::BASE);
+    let store = RedisStore::builder(mux(&server).await)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let limit = [Limit::new(Quota::per_hour(nz(5)), Algorithm::TokenBucket)];
+    assert!(store.check("k", &limit, nz(4)).await.unwrap().allowed());
+    let before = calls(&server, "evalsha");
+    assert!(!store.check("k", &limit, nz(3)).await.unwrap().allowed());
+    assert!(!store.check("k", &limit, nz(3)).await.unwrap().allowed());
+    assert_eq!(calls(&server, "evalsha"), before + 1);
+    // One unit is left: a cost of 1 is not answered by the denial of 3, and passes.
+    assert!(store.try_check_now("k", &limit, nz(1)).is_none());
+    let d = store.check("k", &limit, nz(1)).await.unwrap();
+    assert!(d.allowed() && d.remaining() == 0, "{d:?}");
+    assert_eq!(calls(&server, "evalsha"), before + 2);
+    // The admission cleared the key's entry: the next denial comes from Redis again.
+    assert!(!store.check("k", &limit, nz(3)).await.unwrap().allowed());
+    assert_eq!(calls(&server, "evalsha"), before + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_with_deny_caches_admit_exactly_the_quota_together() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let a = Arc::new(RedisStore::builder(mux(&server).await).build().unwrap());
+    let b = Arc::new(RedisStore::builder(mux(&server).await).build().unwrap());
+    warm_up(&a).await;
+    let quota = Quota::per_hour(nz(50));
+    for alg in Algorithm::ALL {
+        let limit = [Limit::new(quota, alg)];
+        // 2 stores x 32 tasks x 8 checks = 512 checks of one key.
+        let key = format!("pair-{alg}");
+        let (admitted, cached) =
+            hammer(&[Arc::clone(&a), Arc::clone(&b)], &key, &limit, 32, 8).await;
+        match alg {
+            Algorithm::SlidingWindow => assert!(admitted <= 50, "{alg}: {admitted}"),
+            Algorithm::FixedWindow if admitted > 50 => {
+                eprintln!("fixed window crossed an hour edge: {admitted} admitted");
+            }
+            _ => assert_eq!(admitted, 50, "{alg} admitted {admitted} of 512"),
+        }
+        // Once each store has seen a denial, it stops asking Redis.
+        assert!(cached > 512 / 2, "{alg}: {cached} of 512 answered locally");
+        eprintln!("{alg}: {admitted} admitted, {cached} of 512 answered locally");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_denied_keys_keeps_the_deny_cache_at_its_size() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let clock = ManualClock::new(conformance::BASE);
+    let store = Arc::new(
+        RedisStore::builder(mux(&server).await)
+            .clock(clock.clone())
+            .deny_cache(1024)
+            .build()
+            .unwrap(),
+    );
+    let limit = [Limit::new(Quota::per_hour(nz(1)), Algorithm::Gcra)];
+    // 100,000 keys, each admitted once and then denied: 100,000 denials for 1,024 slots.
+    let keys = 100_000;
+    let tasks = 500;
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut denied = 0;
+                for k in (t..keys).step_by(tasks) {
+                    let key = format!("flood-{k}");
+                    assert!(store.check(&key, &limit, nz(1)).await.unwrap().allowed());
+                    denied += u32::from(!store.check(&key, &limit, nz(1)).await.unwrap().allowed());
+                }
+                denied
+            })
+        })
+        .collect();
+    let mut denied = 0;
+    for h in handles {
+        denied += h.await.unwrap();
+    }
+    assert_eq!(denied, 100_000);
+    assert_eq!(store.deny_cache_capacity(), 1024);
+    let len = store.deny_cache_len();
+    // Every slot taken (the odds that one of 1,024 slots got none of 100,000 denials are
+    // below 1e-39), and no more.
+    assert_eq!(len, 1024);
+    // Whatever the cache kept, it answers only for its own key.
+    let mut hits = 0;
+    for k in 0..keys {
+        if let Some(d) = store.try_check_now(&format!("flood-{k}"), &limit, nz(1)) {
+            assert!(!d.unwrap().allowed());
+            hits += 1;
+        }
+    }
+    assert_eq!(hits, 1024);
+    assert!(store.try_check_now("never-seen", &limit, nz(1)).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_on_a_cluster_never_cross_slots() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = Arc::new(RedisStore::connect_cluster(&urls).await.unwrap());
+    cluster_keys_are_exact(&store).await;
+
+    // A cluster connection of a type the store does not know: the first batch over several
+    // slots answers CROSSSLOT, and is sent again one call per slot.
+    let client = redis::cluster::ClusterClient::new(urls.clone()).unwrap();
+    let conn = Wrapped(client.get_async_connection().await.unwrap());
+    let store = Arc::new(RedisStore::builder(conn).prefix("w").build().unwrap());
+    cluster_keys_are_exact(&store).await;
+}
+
+/// 300 keys, 4 tasks each doing 2 checks of two limits: no error, and 3 admitted per key.
+async fn cluster_keys_are_exact<C>(store: &Arc<RedisStore<C>>)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let limits = [
+        Limit::new(Quota::per_hour(nz(3)), Algorithm::Gcra),
+        Limit::new(Quota::per_hour(nz(5)), Algorithm::SlidingWindowLog),
+    ];
+    let mut handles = Vec::new();
+    for k in 0..300 {
+        for _ in 0..4 {
+            let store = Arc::clone(store);
+            handles.push(tokio::spawn(async move {
+                let key = format!("cluster-{k}");
+                let mut admitted = 0;
+                for _ in 0..2 {
+                    let d = store.check(&key, &limits, nz(1)).await;
+                    admitted += u32::from(d.unwrap_or_else(|e| panic!("{key}: {e}")).allowed());
+                }
+                (k, admitted)
+            }));
+        }
+    }
+    let mut per_key: HashMap<usize, u32> = HashMap::new();
+    for h in handles {
+        let (k, n) = h.await.unwrap();
+        *per_key.entry(k).or_default() += n;
+    }
+    assert_eq!(per_key.len(), 300);
+    for (k, n) in per_key {
+        assert_eq!(n, 3, "cluster-{k} admitted {n} of 8");
+    }
+}
+
+/// A cluster connection behind a type of its own.
+#[derive(Clone)]
+struct Wrapped(ClusterConnection);
+
+impl ConnectionLike for Wrapped {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
