@@ -12,7 +12,9 @@
 # median of the rounds. Only 127.0.0.1 is loaded, and every run is bounded by DURATION.
 #
 # Settings (environment): DURATION (wrk -d, default 10s), WARMUP (default 2s, not measured),
-# CONNECTIONS (default 32), ROUNDS (default 2), MODES (default "bare memory governor redis").
+# CONNECTIONS (default 32), ROUNDS (default 2), MODES (default "bare memory governor redis"),
+# REDIS_CPU (default "server": redis-server shares the server's CPU; "wrk": it shares wrk's, so
+# that the server's CPU carries only what the limiter costs the application).
 # Raw wrk output is kept in target/bench-http/.
 set -euo pipefail
 
@@ -67,52 +69,45 @@ if [[ " $MODES " == *" redis "* ]] && ! command -v redis-server >/dev/null; then
 fi
 
 # One core for the server (and Redis), the other for wrk, when there are two to pin to.
+REDIS_CPU=${REDIS_CPU:-server}
 server_cpu=()
 wrk_cpu=()
+redis_cpu=()
 if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
   server_cpu=(taskset -c 0)
   wrk_cpu=(taskset -c 1)
-  pinning="taskset: server and redis-server on CPU 0, wrk on CPU 1"
+  case $REDIS_CPU in
+    server)
+      redis_cpu=(taskset -c 0)
+      pinning="taskset: server and redis-server on CPU 0, wrk on CPU 1"
+      ;;
+    wrk)
+      redis_cpu=(taskset -c 1)
+      pinning="taskset: server on CPU 0, redis-server and wrk on CPU 1"
+      ;;
+    *)
+      log "REDIS_CPU=$REDIS_CPU: expected server or wrk"
+      exit 2
+      ;;
+  esac
 else
   pinning="no taskset or a single CPU: processes are not pinned"
 fi
 
 cargo build --release -p examples --example bench_server
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 
-# A port nothing listens on (a refused connection), from a random start.
-free_port() {
-  local port
-  for _ in $(seq 1 200); do
-    port=$((20000 + RANDOM % 30000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return 0
-    fi
-  done
-  log "no free port found"
-  return 1
-}
-
-# Waits up to 10 s for 127.0.0.1:$1 to accept connections.
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  log "nothing listens on 127.0.0.1:$1 after 10 s"
-  return 1
-}
+# shellcheck source=bench/ports.sh
+source bench/ports.sh
 
 # --- redis --------------------------------------------------------------------------------------
 redis_url=""
 if [[ " $MODES " == *" redis "* ]]; then
   port=$(free_port)
   # In the foreground of a background job (not --daemonize), so that cleanup can wait for it.
-  "${server_cpu[@]}" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-    --daemonize no --logfile "$PWD/$OUT/redis.log" >/dev/null &
+  "${redis_cpu[@]}" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+    --daemonize no --logfile "$OUT/redis.log" >/dev/null &
   redis_pid=$!
   redis_port=$port
   wait_port "$port"

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# CPU time per request of the bench server (user and kernel) and, in redis mode, of
+# redis-server, read from /proc while wrk loads the server (GitHub issue 7: where the cost is).
+#
+#   bench/cpu_per_request.sh [MODE ...]      # default: bare memory governor redis
+#
+# In redis mode it also prints how many checks each script call carried (requests over EVALSHA
+# calls, from INFO commandstats).
+# Each mode: the server (and redis-server) on CPU 0, wrk on CPU 1, a 2 s warm-up, then an 8 s
+# run whose CPU ticks are divided by the requests wrk completed. Settings (environment):
+# KEYS=hot (one key, default) or random (bench/random_keys.lua), CONNECTIONS (default 32),
+# DURATION (default 8s).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+KEYS=${KEYS:-hot}
+CONNECTIONS=${CONNECTIONS:-32}
+DURATION=${DURATION:-8s}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+SERVER="$TARGET_DIR/release/examples/bench_server"
+MODES=("$@")
+[[ ${#MODES[@]} -eq 0 ]] && MODES=(bare memory governor redis)
+
+for tool in wrk taskset; do
+  command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
+done
+cargo build --release -p examples --example bench_server >&2
+
+if [[ $KEYS == hot ]]; then
+  load=(-H 'X-Client-ID: hot')
+else
+  load=(-s bench/random_keys.lua)
+fi
+
+# shellcheck source=bench/ports.sh
+source bench/ports.sh
+
+# The user and kernel CPU time of a process, in clock ticks.
+ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
+
+# EVALSHA calls served so far by the redis-server on port $1 (from INFO commandstats).
+calls() {
+  redis-cli -p "$1" info commandstats | tr -d '\r' |
+    awk -F'[=,]' '/^cmdstat_evalsha:/ { print $2; found = 1 } END { if (!found) print 0 }'
+}
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+hz=$(getconf CLK_TCK)
+echo "| mode | keys | requests/s | server user µs/req | server kernel µs/req | redis-server µs/req | checks per script call |"
+echo "|---|---|---:|---:|---:|---:|---:|"
+for mode in "${MODES[@]}"; do
+  redis_pid="" redis_url=""
+  if [[ $mode == redis ]]; then
+    rport=$(free_port)
+    taskset -c 0 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
+      --daemonize no --logfile /dev/null >/dev/null &
+    redis_pid=$!
+    pids+=("$redis_pid")
+    wait_port "$rport"
+    redis_url="redis://127.0.0.1:$rport"
+  fi
+  port=$(free_port)
+  BENCH_MODE=$mode PORT=$port REDIS_URL=$redis_url taskset -c 0 "$SERVER" >/dev/null &
+  server_pid=$!
+  pids+=("$server_pid")
+  wait_port "$port"
+  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "${load[@]}" "http://127.0.0.1:$port/" >/dev/null
+  read -r su1 ss1 < <(ticks "$server_pid")
+  r1=0 c1=0
+  [[ -n $redis_pid ]] && r1=$(ticks "$redis_pid" | awk '{ print $1 + $2 }') && c1=$(calls "$rport")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${load[@]}" "http://127.0.0.1:$port/")
+  read -r su2 ss2 < <(ticks "$server_pid")
+  r2=0 c2=0
+  [[ -n $redis_pid ]] && r2=$(ticks "$redis_pid" | awk '{ print $1 + $2 }') && c2=$(calls "$rport")
+  requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+  rps=$(awk '/Requests\/sec:/ { print $2 }' <<<"$out")
+  awk -v m="$mode" -v k="$KEYS" -v n="$requests" -v rps="$rps" -v hz="$hz" \
+    -v u=$((su2 - su1)) -v s=$((ss2 - ss1)) -v r=$((r2 - r1)) -v c=$((c2 - c1)) \
+    -v redis="$redis_pid" 'BEGIN {
+      us = 1e6 / hz / n
+      printf "| %s | %s | %.0f | %.1f | %.1f | %s | %s |\n", m, k, rps, u * us, s * us,
+        (redis == "" ? "n/a" : sprintf("%.1f", r * us)),
+        (redis == "" || c == 0 ? "n/a" : sprintf("%.1f", n / c))
+    }'
+  kill "$server_pid" 2>/dev/null || true
+  [[ -n $redis_pid ]] && kill "$redis_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  pids=()
+done
