@@ -348,7 +348,9 @@ async fn a_check_that_fails_in_the_script_fails_alone_in_its_call() {
         ("bad-log", vec![log]),
         ("good", vec![gcra]),
         ("bad-gcra", vec![gcra]),
+        ("bad-gcra", vec![gcra]),
         ("good", vec![gcra]),
+        ("bad-pair", vec![bucket, gcra]),
         ("bad-pair", vec![bucket, gcra]),
         ("good", vec![gcra]),
         ("good", vec![gcra]),
@@ -386,8 +388,9 @@ async fn a_check_that_fails_in_the_script_fails_alone_in_its_call() {
     }
     // Seven checks of a quota of five, decided in order around the failures.
     assert_eq!(good, [true, true, true, true, true, false, false]);
-    // The blockers took one or two calls, so the twelve checks went in one or two calls of
-    // consecutive arrivals: at least one call carried failing and succeeding checks together.
+    // The blockers took one or two calls, so the fourteen checks went in one or two calls of
+    // consecutive arrivals: at least one call carried failing and succeeding checks together,
+    // and identical checks in a row (sent once, with a count) that each failed or succeeded.
     let evalsha = calls(&server, "evalsha") - before;
     assert!((2..=3).contains(&evalsha), "{evalsha} calls");
     // The pair failed on its second limit: its first was not charged.

@@ -204,9 +204,20 @@ where
             .clock
             .as_ref()
             .map(|c| c.now_nanos() / script::TICK_NANOS);
-        let invocation = script::invocation(now, checks);
+        let cmd = script::command(now, checks);
         let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await?;
+        let reply: Vec<redis::Value> = match cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                // After a restart or `SCRIPT FLUSH`: load the script, then send the call again
+                // (nothing ran: the server found no script).
+                script::DECIDE
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await?;
+                cmd.query_async(&mut conn).await?
+            }
+            reply => reply?,
+        };
         Ok(script::parse_batch(reply, checks))
     }
 }

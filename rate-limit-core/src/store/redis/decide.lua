@@ -4,15 +4,20 @@
 -- KEYS: the state keys of every check, in order: one per limit. The keys of one check share a
 -- hash tag; a key may appear in several checks.
 -- ARGV: now in ticks ('' to read the server's TIME, once for the whole call), then for each
--- check: its number of limits n, cost, commit ('1' or '0'), then six integers per limit:
--- algorithm code, limit, burst, period, interval, tau.
--- Returns one element per check: five integers per limit (allowed 1/0, capacity, remaining,
--- reset after, retry after or -1), or, if that check failed, its error message as a string.
+-- entry: its number of limits n, cost, commit ('1' or '0'), repeat count r, then six integers
+-- per limit: algorithm code, limit, burst, period, interval, tau. An entry stands for r
+-- identical checks in a row, decided one after the other; its keys are sent once.
+-- Returns one flat array: per check, five integers per limit (allowed 1/0, capacity, remaining,
+-- reset after, retry after or -1), or, if that check failed, its error message as one string.
+-- Flat, because Redis converts each nested table of a reply at a cost of its own.
 -- A check that fails (a key of the wrong type, ...) leaves the text states as they were before
 -- it, and the other checks of the call are decided as if it had not been sent.
 local algorithms = {
   token_bucket, leaky_bucket, fixed_window, sliding_window_log, sliding_window, gcra,
 }
+
+-- The answers, flat: per check in order, its 5n integers, or its error message (one string).
+local replies = {}
 
 local now
 if ARGV[1] == '' then
@@ -22,7 +27,8 @@ else
   now = tonumber(ARGV[1])
 end
 
--- The limit whose six integers start after ARGV[b], as its algorithm and parameters. Checks of
+-- The limit whose six integers start after ARGV[b], as its algorithm and parameters, or nil and
+-- a message for an unknown algorithm. Checks of
 -- one call mostly repeat the same limits: the last limit read at each position in a check is
 -- kept, and reused when its six arguments are the same strings (Lua strings are interned, so
 -- comparing them costs no more than comparing numbers).
@@ -37,7 +43,7 @@ local function limit_at(i, b)
   end
   local algorithm = algorithms[tonumber(code)]
   if not algorithm then
-    error('rate-limit: unknown algorithm code ' .. tostring(code), 0)
+    return nil, 'rate-limit: unknown algorithm code ' .. tostring(code)
   end
   local p = {
     limit = tonumber(limit),
@@ -53,68 +59,106 @@ local function limit_at(i, b)
   return algorithm, p
 end
 
--- One check: its keys are KEYS[k + 1 .. k + n], its limits' integers start after ARGV[a].
--- All or nothing: decide every limit without charging, then charge only if all allow.
-local function check(k, a, n, cost, commit)
-  if n == 1 then
-    local algorithm, p = limit_at(1, a)
-    local r = algorithm(KEYS[k + 1], now, p, cost, commit)
-    if r[1] then
-      r[1] = 1
-    else
-      r[1] = 0
+-- The algorithms and parameters of the n limits whose integers start after ARGV[a], read once
+-- for every check of an entry; or nil and a message.
+local function entry_limits(a, n)
+  local fns, ps = {}, {}
+  for i = 1, n do
+    local fn, p = limit_at(i, a + (i - 1) * 6)
+    if not fn then
+      return nil, p
     end
-    return r
+    fns[i], ps[i] = fn, p
   end
+  return fns, ps
+end
+
+-- Appends the five integers of one limit's answer.
+local function push(m, r)
+  replies[m + 1] = r[1] and 1 or 0
+  replies[m + 2] = r[2]
+  replies[m + 3] = r[3]
+  replies[m + 4] = r[4]
+  replies[m + 5] = r[5]
+end
+
+-- One check of several limits, whose keys are KEYS[k + 1 .. k + n]: appends its 5n integers.
+-- All or nothing: decide every limit without charging, then charge only if all allow. The
+-- states it writes are journaled, so that a failure can undo them.
+local function check_all(k, n, fns, ps, cost, commit)
   journal = {}
   local raws = {}
   local all = true
   for i = 1, n do
-    local algorithm, p = limit_at(i, a + (i - 1) * 6)
-    raws[i] = algorithm(KEYS[k + i], now, p, cost, false)
+    raws[i] = fns[i](KEYS[k + i], now, ps[i], cost, false)
     all = all and raws[i][1]
   end
   if all and commit then
     for i = 1, n do
-      local algorithm, p = limit_at(i, a + (i - 1) * 6)
-      raws[i] = algorithm(KEYS[k + i], now, p, cost, true)
+      raws[i] = fns[i](KEYS[k + i], now, ps[i], cost, true)
     end
   end
-  local out = {}
+  local m = #replies
   for i = 1, n do
-    local r = raws[i]
-    if r[1] then
-      out[#out + 1] = 1
-    else
-      out[#out + 1] = 0
-    end
-    for j = 2, 5 do
-      out[#out + 1] = r[j]
-    end
+    push(m, raws[i])
+    m = m + 5
   end
-  return out
 end
 
-local replies = {}
+-- The message of an error raised by redis.call (a table { err = message } in some versions, the
+-- message in others) or by error() (the message).
+local function message(err)
+  if type(err) == 'table' and err.err then
+    err = err.err
+  end
+  return tostring(err)
+end
+
 local k, a = 0, 1
 while a < #ARGV do
   local n = tonumber(ARGV[a + 1])
   local cost = tonumber(ARGV[a + 2])
   local commit = ARGV[a + 3] == '1'
-  local ok, out = pcall(check, k, a + 3, n, cost, commit)
-  if not ok then
-    rollback_states()
-    -- redis.call raises a table { err = message } in some versions, the message in others;
-    -- error() raises the message.
-    if type(out) == 'table' and out.err then
-      out = out.err
+  local repeats = tonumber(ARGV[a + 4])
+  if n == 1 then
+    -- One limit: its algorithm writes its state only once it has read and computed all, so a
+    -- failure leaves nothing to undo.
+    local fn, p = limit_at(1, a + 4)
+    local key = KEYS[k + 1]
+    for _ = 1, repeats do
+      if not fn then
+        replies[#replies + 1] = p
+      else
+        local done, r = pcall(fn, key, now, p, cost, commit)
+        if done then
+          push(#replies, r)
+        else
+          replies[#replies + 1] = message(r)
+        end
+      end
     end
-    out = tostring(out)
+  else
+    local fns, ps = entry_limits(a + 4, n)
+    for _ = 1, repeats do
+      local m = #replies
+      if not fns then
+        replies[m + 1] = ps
+      else
+        local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
+        if not done then
+          -- Undo its states and drop its partial answer; its answer is the message.
+          rollback_states()
+          for i = #replies, m + 1, -1 do
+            replies[i] = nil
+          end
+          replies[m + 1] = message(err)
+        end
+      end
+      journal = nil
+    end
   end
-  journal = nil
-  replies[#replies + 1] = out
   k = k + n
-  a = a + 3 + n * 6
+  a = a + 4 + n * 6
 end
 flush_states()
 return replies

@@ -53,6 +53,15 @@ pub use builder::RedisStoreBuilder;
 /// connection, a timeout) fails every check it carried. On Redis Cluster, a flush sends one call
 /// per hash slot, concurrently: a script never touches two slots.
 ///
+/// Identical checks in a row in a batch (the same key, limits, cost and commit, as a hot
+/// key's are) are sent once with a count, and the script decides each of them in turn: the
+/// call's size and the script's work per check no longer grow with the arguments every check
+/// repeated. The reply is one flat array of integers, five per limit per check (or a check's
+/// error message), since Redis converts each nested table of a reply at a cost of its own.
+/// Counted by `bench/redis_instructions.sh` (callgrind, instructions in redis-server): 32
+/// checks of one key in one call cost about 19,000 instructions per check, against 38,700
+/// when each was sent on its own in the same call.
+///
 /// Inside one call, the script reads each text state once (`GET`), lets the checks read and
 /// update it in a table, and writes it once at the end (`SET ... PX`, or `DEL` when it is full
 /// again), only if it changed: 32 concurrent checks of one hot key cost one `GET` and one `SET`.

@@ -7,7 +7,7 @@
 
 use std::sync::LazyLock;
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::{Script, Value};
 
 use super::keys;
 use crate::algorithm::{Algorithm, Raw};
@@ -38,7 +38,7 @@ pub(crate) const SOURCE: &str = concat!(
     include_str!("decide.lua"),
 );
 
-/// The script, hashed once; invoked by `EVALSHA`, loaded on `NOSCRIPT`.
+/// The script, hashed once; invoked by `EVALSHA` ([`command`]), loaded on `NOSCRIPT`.
 pub(crate) static DECIDE: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCE));
 
 /// The entry point's code for an algorithm (its index in `algorithms`, from 1).
@@ -117,32 +117,49 @@ impl Check {
         })
     }
 
+    /// Whether `other` asks the same: same keys, limits, cost and commit.
+    fn same_as(&self, other: &Self) -> bool {
+        self.cost == other.cost
+            && self.commit == other.commit
+            && self.limits == other.limits
+            && self.keys == other.keys
+    }
+
     /// The Redis Cluster slot of its keys (they share one).
     pub(crate) fn slot(&self) -> u16 {
         self.keys.first().map_or(0, |k| keys::slot(k))
     }
 }
 
-/// The call that decides `checks` in order: every check's keys, then now (empty for the
-/// server's `TIME`) and, per check, its number of limits, cost, commit and six integers per
-/// limit.
-pub(crate) fn invocation(now_ticks: Option<u64>, checks: &[&Check]) -> ScriptInvocation<'static> {
-    let mut inv = DECIDE.prepare_invoke();
-    for check in checks {
+/// The command that decides `checks` in order: `EVALSHA` of [`DECIDE`] with every entry's keys,
+/// then now (empty for the server's `TIME`) and, per entry, its number of limits, cost, commit,
+/// repeat count and six integers per limit.
+///
+/// An entry is a run of identical checks in a row (the same keys, limits, cost and commit): a hot
+/// key's checks in one batch are sent once, with a count, and the script decides each of them in
+/// turn, so the reply still holds one answer per check. Written straight into one [`redis::Cmd`],
+/// whose arguments share one buffer.
+pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
+    let runs = runs(checks);
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(DECIDE.get_hash())
+        .arg(runs.iter().map(|(c, _)| c.keys.len()).sum::<usize>());
+    for (check, _) in &runs {
         for key in &check.keys {
-            inv.key(key.as_str());
+            cmd.arg(key.as_str());
         }
     }
     match now_ticks {
-        Some(now) => inv.arg(now),
-        None => inv.arg(""),
+        Some(now) => cmd.arg(now),
+        None => cmd.arg(""),
     };
-    for check in checks {
-        inv.arg(check.limits.len())
+    for (check, repeat) in &runs {
+        cmd.arg(check.limits.len())
             .arg(check.cost)
-            .arg(u8::from(check.commit));
+            .arg(u8::from(check.commit))
+            .arg(*repeat);
         for (algorithm, p) in &check.limits {
-            inv.arg(code(*algorithm))
+            cmd.arg(code(*algorithm))
                 .arg(p.limit)
                 .arg(p.burst)
                 .arg(p.period)
@@ -150,46 +167,76 @@ pub(crate) fn invocation(now_ticks: Option<u64>, checks: &[&Check]) -> ScriptInv
                 .arg(p.tau);
         }
     }
-    inv
+    cmd
 }
 
-/// Reads the script's reply: one decision or error per check, in order. A reply that does not
-/// fit `checks` is an error for each of them.
+/// `checks` as runs of identical checks in a row, each with its length.
+fn runs<'a>(checks: &[&'a Check]) -> Vec<(&'a Check, usize)> {
+    let mut runs: Vec<(&Check, usize)> = Vec::new();
+    for &check in checks {
+        match runs.last_mut() {
+            Some((last, n)) if last.same_as(check) => *n += 1,
+            _ => runs.push((check, 1)),
+        }
+    }
+    runs
+}
+
+/// Reads the script's flat reply: per check in order, five integers per limit, or the error
+/// that check met, as one string. A reply that does not line up with `checks` (too short, too
+/// long, a value of another kind) is an error for every check: no answer in it can be trusted.
 pub(crate) fn parse_batch(
     reply: Vec<Value>,
     checks: &[&Check],
 ) -> Vec<Result<Decision, StoreError>> {
-    if reply.len() != checks.len() {
-        let what = format!("{} answers for {} checks", reply.len(), checks.len());
-        return checks
+    match read_flat(reply, checks) {
+        Ok(answers) => answers,
+        Err(what) => checks
             .iter()
             .map(|_| Err(malformed(format_args!("{what}"))))
-            .collect();
+            .collect(),
     }
-    reply
-        .into_iter()
-        .zip(checks)
-        .map(|(answer, check)| parse_answer(answer, check))
-        .collect()
 }
 
-/// One check's answer: five integers per limit, or the error that check met, as text.
-fn parse_answer(answer: Value, check: &Check) -> Result<Decision, StoreError> {
-    match answer {
-        Value::Array(values) => {
-            let ints = values
-                .into_iter()
-                .map(|v| match v {
-                    Value::Int(n) => Ok(n),
-                    other => Err(malformed(format_args!("{other:?}"))),
-                })
-                .collect::<Result<Vec<i64>, StoreError>>()?;
-            Ok(Decision::from_snapshots(parse_reply(&ints, &check.limits)?))
-        }
-        Value::BulkString(text) => Err(script_failed(&String::from_utf8_lossy(&text))),
-        Value::SimpleString(text) => Err(script_failed(&text)),
-        other => Err(malformed(format_args!("{other:?}"))),
+/// The answers of a flat reply, or what did not line up.
+fn read_flat(
+    reply: Vec<Value>,
+    checks: &[&Check],
+) -> Result<Vec<Result<Decision, StoreError>>, String> {
+    let total = reply.len();
+    let mut values = reply.into_iter();
+    let mut answers = Vec::with_capacity(checks.len());
+    let mut ints = Vec::new();
+    for (i, check) in checks.iter().enumerate() {
+        let want = check.limits.len() * REPLY_WIDTH;
+        let answer = match values.next() {
+            Some(Value::Int(first)) => {
+                ints.clear();
+                ints.push(first);
+                while ints.len() < want {
+                    match values.next() {
+                        Some(Value::Int(n)) => ints.push(n),
+                        other => {
+                            return Err(format!(
+                                "check {i}: {other:?} after {} of {want} integers",
+                                ints.len()
+                            ));
+                        }
+                    }
+                }
+                parse_reply(&ints, &check.limits).map(Decision::from_snapshots)
+            }
+            Some(Value::BulkString(text)) => Err(script_failed(&String::from_utf8_lossy(&text))),
+            Some(Value::SimpleString(text)) => Err(script_failed(&text)),
+            Some(other) => return Err(format!("check {i}: {other:?}")),
+            None => return Err(format!("{total} values for {} checks", checks.len())),
+        };
+        answers.push(answer);
     }
+    if values.next().is_some() {
+        return Err(format!("{total} values for {} checks", checks.len()));
+    }
+    Ok(answers)
 }
 
 /// A check the script could not decide: a key holding another type (`WRONGTYPE`), a state it
@@ -282,35 +329,102 @@ mod tests {
         assert_eq!(err.kind(), StoreErrorKind::Backend);
     }
 
-    fn ints(v: &[i64]) -> Value {
-        Value::Array(v.iter().map(|&n| Value::Int(n)).collect())
+    fn ints(v: &[i64]) -> Vec<Value> {
+        v.iter().map(|&n| Value::Int(n)).collect()
     }
 
     #[test]
-    fn a_batch_reply_answers_each_check_on_its_own() {
+    fn a_flat_batch_reply_answers_each_check_on_its_own() {
         let l = Limit::new(Quota::per_second(nz(4)), Algorithm::Gcra);
         let a = Check::new("rl", "a", &[l], 1, true).unwrap();
         let b = Check::new("rl", "b", &[l, l], 1, true).unwrap();
-        let checks = [&a, &b, &a];
-        let reply = vec![
-            ints(&[1, 4, 3, 250_000, -1]),
-            Value::BulkString(b"WRONGTYPE Operation against a key".to_vec()),
-            ints(&[0, 4, 0, 1_000_000, 250_000]),
-        ];
-        let answers = parse_batch(reply, &checks);
-        assert_eq!(answers.len(), 3);
+        let checks = [&a, &b, &a, &b];
+        let mut reply = ints(&[1, 4, 3, 250_000, -1]);
+        reply.push(Value::BulkString(
+            b"WRONGTYPE Operation against a key".to_vec(),
+        ));
+        reply.extend(ints(&[0, 4, 0, 1_000_000, 250_000]));
+        reply.extend(ints(&[1, 4, 2, 500_000, -1, 1, 4, 1, 750_000, -1]));
+        let answers = parse_batch(reply.clone(), &checks);
+        assert_eq!(answers.len(), 4);
         assert_eq!(answers[0].as_ref().unwrap().remaining(), 3);
         let err = answers[1].as_ref().unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::Backend);
         assert!(err.to_string().contains("WRONGTYPE"), "{err}");
         assert!(!answers[2].as_ref().unwrap().allowed());
-        // Too few answers: every check gets an error, none a decision.
-        let answers = parse_batch(vec![ints(&[1, 4, 3, 0, -1])], &checks);
-        assert_eq!(answers.len(), 3);
-        assert!(answers.iter().all(Result::is_err));
-        // Five integers per limit, or the check's answer is malformed.
-        let answers = parse_batch(vec![ints(&[1, 4, 3, 0, -1])], &[&b]);
-        assert!(answers[0].is_err());
+        // Two limits: ten integers, the binding one the tighter.
+        let d = answers[3].as_ref().unwrap();
+        assert_eq!(d.snapshots().len(), 2);
+        assert_eq!(d.remaining(), 1);
+
+        // Too few values, too many, or a string inside a check's integers: nothing is trusted.
+        let short = reply[..reply.len() - 1].to_vec();
+        let mut long = reply.clone();
+        long.push(Value::Int(1));
+        let mut torn = reply.clone();
+        torn[2] = Value::BulkString(b"x".to_vec());
+        for bad in [short, long, torn, Vec::new()] {
+            let answers = parse_batch(bad, &checks);
+            assert_eq!(answers.len(), 4);
+            for answer in &answers {
+                let err = answer.as_ref().unwrap_err();
+                assert!(err.to_string().contains("malformed reply"), "{err}");
+            }
+        }
+    }
+
+    /// The command's arguments as text.
+    fn args(cmd: &redis::Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => "<not a plain argument>".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn identical_checks_in_a_row_are_sent_once_with_a_count() {
+        let l = Limit::new(Quota::per_second(nz(4)), Algorithm::Gcra);
+        let hot = Check::new("rl", "hot", &[l], 1, true).unwrap();
+        let hot_again = Check::new("rl", "hot", &[l], 1, true).unwrap();
+        let peek = Check::new("rl", "hot", &[l], 1, false).unwrap();
+        let two = Check::new("rl", "hot", &[l], 2, true).unwrap();
+        let other = Check::new("rl", "other", &[l], 1, true).unwrap();
+        let checks = [&hot, &hot_again, &hot, &peek, &two, &other, &hot];
+        let runs: Vec<usize> = runs(&checks).iter().map(|(_, n)| *n).collect();
+        // Only neighbours merge: order is kept, and the last `hot` is a run of its own.
+        assert_eq!(runs, [3, 1, 1, 1, 1]);
+
+        let p = params(&l).unwrap();
+        let limit_args = |cost: &str, commit: &str, repeat: &str| {
+            let mut v = ["1", cost, commit, repeat, "6"].join(" ");
+            for n in [p.limit, p.burst, p.period, p.interval, p.tau] {
+                v.push_str(&format!(" {n}"));
+            }
+            v
+        };
+        let a = args(&command(Some(42), &checks));
+        assert_eq!(a[0], "EVALSHA");
+        assert_eq!(a[1], DECIDE.get_hash());
+        // One key per entry, then now, then each entry's header and limit.
+        assert_eq!(a[2], "5");
+        let hot_key = hot.keys[0].as_str();
+        let other_key = other.keys[0].as_str();
+        assert_eq!(&a[3..8], [hot_key, hot_key, hot_key, other_key, hot_key]);
+        assert_eq!(a[8], "42");
+        let entries = a[9..].join(" ");
+        let want = [
+            limit_args("1", "1", "3"),
+            limit_args("1", "0", "1"),
+            limit_args("2", "1", "1"),
+            limit_args("1", "1", "1"),
+            limit_args("1", "1", "1"),
+        ]
+        .join(" ");
+        assert_eq!(entries, want);
+        // Server time: now is sent empty.
+        assert_eq!(args(&command(None, &[&hot]))[4], "");
     }
 
     #[test]
