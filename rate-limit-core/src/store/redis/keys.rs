@@ -29,28 +29,84 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Whether `c` is escaped in a tag.
+fn escaped(c: char) -> bool {
+    matches!(c, '%' | '{' | '}') || c.is_ascii_control()
+}
+
 /// The hash-tagged part of every key of `key`, braces included: `{<escaped key>}`.
 pub(crate) fn tag(key: &str) -> String {
     let mut out = String::with_capacity(key.len() + 2);
+    push_tag(&mut out, key);
+    out
+}
+
+/// Appends the [`tag`] of `key` to `out`.
+fn push_tag(out: &mut String, key: &str) {
     out.push('{');
     if key.is_empty() {
         out.push('%');
     }
-    for c in key.chars() {
-        if matches!(c, '%' | '{' | '}') || c.is_ascii_control() {
-            // `c` is ASCII here, so its code is its one UTF-8 byte.
-            let _ = write!(out, "%{:02X}", u32::from(c));
-        } else {
-            out.push(c);
+    if key.contains(escaped) {
+        for c in key.chars() {
+            if escaped(c) {
+                // `c` is ASCII here, so its code is its one UTF-8 byte.
+                let _ = write!(out, "%{:02X}", u32::from(c));
+            } else {
+                out.push(c);
+            }
         }
+    } else {
+        out.push_str(key);
     }
     out.push('}');
-    out
 }
 
 /// The state key of one limit: `{prefix}:{tag}:{id:016x}`.
 pub(crate) fn state_key(prefix: &str, tag: &str, limit_id: u64) -> String {
-    format!("{prefix}:{tag}:{limit_id:016x}")
+    let mut out = String::with_capacity(prefix.len() + tag.len() + 18);
+    out.push_str(prefix);
+    out.push(':');
+    out.push_str(tag);
+    out.push(':');
+    push_hex16(&mut out, limit_id);
+    out
+}
+
+/// The state keys of the client key `key`, one per limit id, as [`state_key`] writes them; the
+/// tag is escaped once, and one limit costs one string.
+pub(crate) fn state_keys(
+    prefix: &str,
+    key: &str,
+    ids: impl ExactSizeIterator<Item = u64>,
+) -> Vec<String> {
+    let n = ids.len();
+    let mut base = String::with_capacity(prefix.len() + key.len() + 4 + 16);
+    base.push_str(prefix);
+    base.push(':');
+    push_tag(&mut base, key);
+    base.push(':');
+    let mut keys = Vec::with_capacity(n);
+    for (i, id) in ids.enumerate() {
+        let mut k = if i + 1 == n {
+            std::mem::take(&mut base)
+        } else {
+            let mut k = String::with_capacity(base.len() + 16);
+            k.push_str(&base);
+            k
+        };
+        push_hex16(&mut k, id);
+        keys.push(k);
+    }
+    keys
+}
+
+/// Appends `n` as 16 lowercase hex digits.
+fn push_hex16(out: &mut String, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(char::from(DIGITS[((n >> (shift * 4)) & 0xf) as usize]));
+    }
 }
 
 /// The Redis Cluster slot of `key`, by Redis's rule: CRC16 (XMODEM), modulo 16384, of the text
@@ -98,6 +154,23 @@ mod tests {
             "rl:{a:b}:00000000000000ab"
         );
         assert_eq!(tag("zoë 東京"), "{zoë 東京}");
+    }
+
+    #[test]
+    fn state_keys_are_the_state_key_of_each_limit() {
+        for key in ["client-1", "", "}x{", "50%", "a\nb", "東京"] {
+            let ids = [0, 0xab, u64::MAX, 0x0123_4567_89ab_cdef];
+            let keys = state_keys("rl", key, ids.into_iter());
+            let want: Vec<String> = ids
+                .iter()
+                .map(|&id| state_key("rl", &tag(key), id))
+                .collect();
+            assert_eq!(keys, want);
+            let one = state_keys("app:rl", key, [7].into_iter());
+            assert_eq!(one, [state_key("app:rl", &tag(key), 7)]);
+        }
+        assert_eq!(state_key("rl", "{k}", u64::MAX), "rl:{k}:ffffffffffffffff");
+        assert!(state_keys("rl", "k", std::iter::empty()).is_empty());
     }
 
     #[test]

@@ -102,12 +102,8 @@ impl Check {
                 "no limits to check",
             ));
         }
-        let tag = keys::tag(key);
         Ok(Self {
-            keys: limits
-                .iter()
-                .map(|l| keys::state_key(prefix, &tag, l.id()))
-                .collect(),
+            keys: keys::state_keys(prefix, key, limits.iter().map(Limit::id)),
             limits: limits
                 .iter()
                 .map(|l| Ok((l.algorithm(), params(l)?)))
@@ -224,7 +220,7 @@ fn read_flat(
                         }
                     }
                 }
-                parse_reply(&ints, &check.limits).map(Decision::from_snapshots)
+                decision(&ints, &check.limits)
             }
             Some(Value::BulkString(text)) => Err(script_failed(&String::from_utf8_lossy(&text))),
             Some(Value::SimpleString(text)) => Err(script_failed(&text)),
@@ -248,6 +244,27 @@ fn script_failed(message: &str) -> StoreError {
     )
 }
 
+/// One check's decision from its five integers per limit; one limit needs no `Vec`.
+fn decision(reply: &[i64], limits: &[(Algorithm, Params)]) -> Result<Decision, StoreError> {
+    match (limits, reply) {
+        ([(_, p)], [_, _, _, _, _]) => Ok(Decision::single(snapshot(reply, p)?)),
+        _ => parse_reply(reply, limits).map(Decision::from_snapshots),
+    }
+}
+
+/// One limit's snapshot from its five integers.
+fn snapshot(r: &[i64], p: &Params) -> Result<Snapshot, StoreError> {
+    let ticks = |v: i64| u64::try_from(v).map_err(|_| malformed(format_args!("{v}")));
+    let raw = Raw {
+        allowed: r[0] == 1,
+        capacity: ticks(r[1])?,
+        remaining: ticks(r[2])?,
+        reset_after: ticks(r[3])?,
+        retry_after: if r[4] < 0 { None } else { Some(ticks(r[4])?) },
+    };
+    Ok(raw.snapshot(p))
+}
+
 /// Reads one check's part of the reply: five integers per limit.
 fn parse_reply(reply: &[i64], limits: &[(Algorithm, Params)]) -> Result<Vec<Snapshot>, StoreError> {
     if reply.len() != limits.len() * REPLY_WIDTH {
@@ -260,17 +277,7 @@ fn parse_reply(reply: &[i64], limits: &[(Algorithm, Params)]) -> Result<Vec<Snap
     reply
         .chunks_exact(REPLY_WIDTH)
         .zip(limits)
-        .map(|(r, (_, p))| {
-            let ticks = |v: i64| u64::try_from(v).map_err(|_| malformed(format_args!("{v}")));
-            let raw = Raw {
-                allowed: r[0] == 1,
-                capacity: ticks(r[1])?,
-                remaining: ticks(r[2])?,
-                reset_after: ticks(r[3])?,
-                retry_after: if r[4] < 0 { None } else { Some(ticks(r[4])?) },
-            };
-            Ok(raw.snapshot(p))
-        })
+        .map(|(r, (_, p))| snapshot(r, p))
         .collect()
 }
 
