@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Instructions the client side of a RedisStore check costs, counted by callgrind (GitHub
+# issue 7: what the application pays per check, apart from the kernel and Redis).
+#
+#   bench/redis_client_instructions.sh
+#
+# Starts its own redis-server on a free port, then runs the example `redis_client_cost`
+# (rate-limit-core/examples/redis_client_cost.rs) under `valgrind --tool=callgrind`, once with
+# N and once with 2N checks, and prints the difference divided by N: the instructions one check
+# costs in the client process (building the command, the dispatcher, parsing the reply, the
+# runtime's wake-ups), with start-up cancelled out. Kernel work is not counted.
+#
+# Shapes: `lone` (each check a call of its own: the same work every run) and `hot-32` (32 tasks
+# on one key sharing calls: how many share one depends on timing, so this figure moves more).
+#
+# Settings (environment): CHECKS (N, default 5000), SHAPES (default "lone hot-32").
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+CHECKS=${CHECKS:-5000}
+SHAPES=${SHAPES:-lone hot-32}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN="$TARGET_DIR/release/examples/redis_client_cost"
+for tool in valgrind redis-server redis-cli; do
+  command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
+done
+cargo build --release -p rate-limit-core --features redis --example redis_client_cost >&2
+
+# shellcheck source=bench/ports.sh
+source bench/ports.sh
+PORT=$(free_port)
+OUT=$(mktemp -d)
+redis-server --port "$PORT" --save "" --appendonly no --dir "$OUT" >"$OUT/redis.log" 2>&1 &
+RPID=$!
+trap 'kill $RPID 2>/dev/null || true; wait $RPID 2>/dev/null || true; rm -rf "$OUT"' EXIT
+wait_port "$PORT"
+URL="redis://127.0.0.1:$PORT"
+
+# Instructions of one run of SHAPE with COUNT checks.
+count() {
+  local shape=$1 count=$2
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/cg-$shape-$count.out" \
+    "$BIN" "$URL" "$count" "$shape" 2>&1 | awk '/Collected :/ { print $NF }'
+}
+
+echo
+echo "callgrind, client instructions per check ((count at $((2 * CHECKS)) - count at $CHECKS) / $CHECKS)"
+echo
+echo "| shape | instructions per check | checks per script call |"
+echo "|---|---:|---:|"
+for shape in $SHAPES; do
+  redis-cli -p "$PORT" CONFIG RESETSTAT >/dev/null
+  small=$(count "$shape" "$CHECKS")
+  large=$(count "$shape" $((2 * CHECKS)))
+  calls=$(redis-cli -p "$PORT" INFO commandstats |
+    sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p')
+  per_call=$(awk -v c="$((3 * CHECKS))" -v n="${calls:-0}" 'BEGIN { if (n > 0) printf "%.1f", c / n; else print "n/a" }')
+  echo "| $shape | $(((large - small) / CHECKS)) | $per_call |"
+done
