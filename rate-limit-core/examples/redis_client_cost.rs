@@ -26,7 +26,10 @@ fn main() -> ExitCode {
     };
     let count: usize = count;
     let shape = args.get(3).map_or("lone", String::as_str);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("no runtime: {e}");
