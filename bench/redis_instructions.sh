@@ -63,27 +63,20 @@ GCRA="6 1000000000 1000000000 1000000 1 1000000000"
 entry() {
   if ((repeat)); then echo "1 1 1 $1 $GCRA"; else echo "1 1 1 $GCRA"; fi
 }
-# The arguments of a call of COUNT identical checks of one key.
-hot() {
-  local count=$1 keys=() entries=()
-  if ((repeat)); then
-    keys=("rl:{hot}:1")
-    read -ra entries <<<"$(entry "$count")"
-  else
-    for _ in $(seq "$count"); do
-      keys+=("rl:{hot}:1")
-      read -ra e <<<"$(entry 1)"
-      entries+=("${e[@]}")
-    done
-  fi
-  echo "${#keys[@]} ${keys[*]} '' ${entries[*]}"
-}
-# The arguments of a call of one check for each of COUNT keys.
-spread() {
-  local count=$1 keys=() entries=()
-  for i in $(seq "$count"); do
-    keys+=("rl:{k$i}:1")
-    read -ra e <<<"$(entry 1)"
+# The arguments of a call with one check of each KEY given, in order, as the client sends it:
+# with repeat counts, identical checks in a row are one entry.
+call_args() {
+  local keys=() entries=() runs=() key
+  for key in "$@"; do
+    if ((repeat)) && ((${#keys[@]})) && [[ ${keys[-1]} == "$key" ]]; then
+      runs[-1]=$((runs[-1] + 1))
+    else
+      keys+=("$key")
+      runs+=(1)
+    fi
+  done
+  for n in "${runs[@]}"; do
+    read -ra e <<<"$(entry "$n")"
     entries+=("${e[@]}")
   done
   echo "${#keys[@]} ${keys[*]} '' ${entries[*]}"
@@ -108,7 +101,11 @@ echo "| shape | checks per call | instructions per call | per check |"
 echo "|---|---:|---:|---:|"
 for shape in hot-1 hot-32 keys-8; do
   count=${shape#*-}
-  if [[ $shape == hot-* ]]; then args=$(hot "$count"); else args=$(spread "$count"); fi
+  keys=()
+  for i in $(seq "$count"); do
+    if [[ $shape == hot-* ]]; then keys+=("rl:{hot}:1"); else keys+=("rl:{k$i}:1"); fi
+  done
+  args=$(call_args "${keys[@]}")
   # The empty "now" argument ('') asks the script for the server's TIME.
   eval "set -- $args"
   per_call=$(measure "$@")
