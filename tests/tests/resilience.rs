@@ -70,6 +70,7 @@ fn local_mode_decides_every_call(
         report.error_kinds
     );
     assert!(report.local > 0, "no decision was made locally");
+    report.assert_local_decisions_counted(backend);
     report.assert_breaker_cycled(backend);
     report.assert_back_on_redis(&server);
 }

@@ -14,7 +14,8 @@ use metrics::{
     Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
 use rate_limit_core::resilience::{
-    CircuitBreaker, CircuitState, DecidedBy, Fallback, METRIC_CIRCUIT_TRANSITIONS, Timeout,
+    CircuitBreaker, CircuitState, DecidedBy, Fallback, METRIC_CIRCUIT_TRANSITIONS,
+    METRIC_FALLBACK_DECISIONS, Timeout,
 };
 use rate_limit_core::{
     Algorithm, BoxFuture, Decision, Limit, MemoryStore, Quota, RedisStore, Store, StoreError,
@@ -210,6 +211,8 @@ pub struct Report {
     pub recovery: Duration,
     /// The breaker's transitions, in order, from `ratelimit_circuit_transitions_total`.
     pub transitions: Vec<&'static str>,
+    /// `ratelimit_fallback_decisions_total`: `(allowed, denied)` increments.
+    pub fallback_counted: (u64, u64),
 }
 
 /// Steady load: warm 1 s, fault 3 s, then until Redis decides again (at most 20 s), then 1 s.
@@ -272,7 +275,7 @@ pub async fn drive(target: Target<'_>, fault: Fault<'_>) -> Report {
     for t in tasks {
         t.await.unwrap();
     }
-    tally.report(recovery, transitions(name))
+    tally.report(recovery, transitions(name), fallback_decisions(name))
 }
 
 impl Tally {
@@ -298,7 +301,12 @@ impl Tally {
         self.by_phase[usize::from(phase)][column].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn report(&self, recovery: Duration, transitions: Vec<&'static str>) -> Report {
+    fn report(
+        &self,
+        recovery: Duration,
+        transitions: Vec<&'static str>,
+        fallback_counted: (u64, u64),
+    ) -> Report {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Report {
             calls: load(&self.calls),
@@ -310,6 +318,7 @@ impl Tally {
             by_phase: self.by_phase.each_ref().map(|p| p.each_ref().map(load)),
             recovery,
             transitions,
+            fallback_counted,
         }
     }
 }
@@ -344,6 +353,19 @@ impl Report {
             BUDGET + MARGIN,
             self.slowest
         );
+    }
+
+    /// Every local decision the load saw was counted once in
+    /// `ratelimit_fallback_decisions_total`, under its outcome.
+    pub fn assert_local_decisions_counted(&self, name: &str) {
+        let (allowed, denied) = self.fallback_counted;
+        assert_eq!(
+            allowed + denied,
+            self.local,
+            "{name}: {allowed} allowed + {denied} denied counted, {} local decisions seen",
+            self.local
+        );
+        assert!(allowed > 0, "{name}: no local admission counted");
     }
 
     /// The breaker went closed → open → half-open → ... → closed.
@@ -398,12 +420,32 @@ pub fn transitions(backend: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// Increments of the fallback counter of the store named `backend`: `(allowed, denied)`.
+pub fn fallback_decisions(backend: &str) -> (u64, u64) {
+    let counts = fallbacks().lock().unwrap();
+    let get = |outcome| {
+        counts
+            .get(&(backend.to_owned(), outcome))
+            .copied()
+            .unwrap_or(0)
+    };
+    (get("allowed"), get("denied"))
+}
+
 fn events() -> &'static Mutex<Vec<(String, &'static str)>> {
     static EVENTS: OnceLock<Mutex<Vec<(String, &'static str)>>> = OnceLock::new();
     EVENTS.get_or_init(Mutex::default)
 }
 
-/// Records each increment of the transitions counter as `(backend, to)`.
+type FallbackCounts = HashMap<(String, &'static str), u64>;
+
+fn fallbacks() -> &'static Mutex<FallbackCounts> {
+    static COUNTS: OnceLock<Mutex<FallbackCounts>> = OnceLock::new();
+    COUNTS.get_or_init(Mutex::default)
+}
+
+/// Records each increment of the transitions counter as `(backend, to)`, and sums the fallback
+/// counter per `(backend, outcome)`.
 struct Transitions;
 
 struct Transition(String, &'static str);
@@ -416,20 +458,45 @@ impl CounterFn for Transition {
     fn absolute(&self, _: u64) {}
 }
 
+struct FallbackDecision(String, &'static str);
+
+impl CounterFn for FallbackDecision {
+    fn increment(&self, n: u64) {
+        *fallbacks()
+            .lock()
+            .unwrap()
+            .entry((self.0.clone(), self.1))
+            .or_default() += n;
+    }
+
+    fn absolute(&self, _: u64) {}
+}
+
 impl Recorder for Transitions {
     fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
 
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        if key.name() != METRIC_CIRCUIT_TRANSITIONS {
-            return Counter::noop();
-        }
         let label = |name: &str| {
             key.labels()
                 .find(|l| l.key() == name)
                 .map(|l| l.value().to_owned())
         };
+        if key.name() == METRIC_FALLBACK_DECISIONS {
+            let outcome = match label("outcome").as_deref() {
+                Some("allowed") => "allowed",
+                Some("denied") => "denied",
+                _ => "unknown",
+            };
+            return Counter::from_arc(Arc::new(FallbackDecision(
+                label("backend").unwrap_or_default(),
+                outcome,
+            )));
+        }
+        if key.name() != METRIC_CIRCUIT_TRANSITIONS {
+            return Counter::noop();
+        }
         let to = match label("to").as_deref() {
             Some("open") => "open",
             Some("half_open") => "half_open",
