@@ -317,10 +317,9 @@ impl<S: Store, C: Clock> Store for CircuitBreaker<S, C> {
         if CircuitState::from_phase(phase) != CircuitState::Closed {
             return None;
         }
-        match self.inner.try_check_now(key, limits, cost) {
-            Some(Ok(decision)) => Some(Ok(decision)),
-            _ => None,
-        }
+        self.inner
+            .try_check_now(key, limits, cost)
+            .filter(Result::is_ok)
     }
 }
 

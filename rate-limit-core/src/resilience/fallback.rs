@@ -223,10 +223,9 @@ impl<P: Store, L: Store> Store for Fallback<P, L> {
         limits: &[Limit],
         cost: NonZeroU32,
     ) -> Option<Result<Decision, StoreError>> {
-        match self.primary.try_check_now(key, limits, cost) {
-            Some(Ok(decision)) => Some(Ok(decision)),
-            _ => None,
-        }
+        self.primary
+            .try_check_now(key, limits, cost)
+            .filter(Result::is_ok)
     }
 }
 

@@ -28,10 +28,9 @@ use crate::error::{StoreError, StoreErrorKind};
 
 /// Script calls of one store in flight at once, at most. With one, every check that arrives
 /// during a round trip rides the next call; a second call overlaps one batch's script run on the
-/// server with the client's work on the next. Measured with
-/// `cargo test --release -p integration-tests --test redis_throughput -- --ignored --nocapture`
-/// (64 tasks, one multiplexed connection, 2 cores shared with the server), medians of 8 runs:
-/// one call in flight, 70k checks/s on one key and 52k on 10k keys; two, 100k and 70k.
+/// server with the client's work on the next, at the price of smaller batches. The throughput
+/// this gives is measured by
+/// `cargo test --release -p integration-tests --test redis_throughput -- --ignored --nocapture`.
 const MAX_IN_FLIGHT: usize = 2;
 
 /// Queued checks whose callers have gone are dropped when the queue reaches this length, and
@@ -85,6 +84,11 @@ impl<C> Dispatcher<C> {
 
     pub(crate) fn max_batch(&self) -> usize {
         self.max_batch
+    }
+
+    /// Whether calls send a client clock's time rather than ask for the server's `TIME`.
+    pub(crate) fn uses_client_clock(&self) -> bool {
+        self.clock.is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {

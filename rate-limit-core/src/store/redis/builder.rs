@@ -144,12 +144,11 @@ impl<C> RedisStoreBuilder<C> {
         RedisStore {
             dispatcher: Arc::new(Dispatcher::new(
                 self.conn,
-                self.clock.clone(),
+                self.clock,
                 self.max_batch.get(),
                 self.per_slot,
             )),
             prefix: self.prefix.into(),
-            clock: self.clock,
             backend: self.backend,
             deny_cache,
         }

@@ -49,7 +49,7 @@ impl Entry {
 
 /// One slot: its entry, and the entry's deadline in an atomic (0 when empty), written under the
 /// lock. Most checks find their slot empty or expired: they read the atomic and never lock.
-struct Slot {
+pub(crate) struct Slot {
     until: AtomicU64,
     entry: Mutex<Option<Box<Entry>>>,
 }
@@ -103,7 +103,9 @@ impl DenyCache {
         self.slots.iter().filter(|s| s.lock().is_some()).count()
     }
 
-    fn slot(&self, key: &str, limits: &[Limit]) -> &Slot {
+    /// The slot of `key` and `limits`: found once per check, for both [`get`](Self::get) and
+    /// [`record`](Self::record).
+    pub(crate) fn slot(&self, key: &str, limits: &[Limit]) -> &Slot {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
         for l in limits {
@@ -115,16 +117,16 @@ impl DenyCache {
         &self.slots[usize::try_from(index).unwrap_or(0)]
     }
 
-    /// A denial of `key` against `limits` that still holds at `now` for `cost`: the decision
-    /// Redis gave, its waits shortened by the time gone by since it was sent.
+    /// A denial of `key` against `limits`, kept in `slot` (their [`slot`](Self::slot)), that
+    /// still holds at `now` for `cost`: the decision Redis gave, its waits shortened by the time
+    /// gone by since it was sent.
     pub(crate) fn get(
-        &self,
+        slot: &Slot,
         key: &str,
         limits: &[Limit],
         cost: NonZeroU32,
         now: u64,
     ) -> Option<Decision> {
-        let slot = self.slot(key, limits);
         // An empty slot, the common case, costs one atomic load.
         let until = slot.until.load(Ordering::Acquire);
         if until == 0 {
@@ -146,17 +148,17 @@ impl DenyCache {
         ))
     }
 
-    /// Learns from Redis's answer to a check of `cost` sent at `sent_at`: a denial with a wait is
-    /// kept until the wait is over; an admission clears what was kept for the key and limits.
+    /// Learns from Redis's answer to a check of `cost` sent at `sent_at`, in `slot` (the
+    /// [`slot`](Self::slot) of `key` and `limits`): a denial with a wait is kept until the wait
+    /// is over; an admission clears what was kept for the key and limits.
     pub(crate) fn record(
-        &self,
+        slot: &Slot,
         key: &str,
         limits: &[Limit],
         cost: NonZeroU32,
         sent_at: u64,
         decision: &Decision,
     ) {
-        let slot = self.slot(key, limits);
         if decision.allowed() {
             // Nothing kept here: nothing to clear, and no lock taken.
             if slot.until.load(Ordering::Acquire) == 0 {
@@ -232,6 +234,17 @@ mod tests {
         Decision::single(Snapshot::new(false, 4, 0, ms(900), Some(ms(retry_ms))))
     }
 
+    /// `get` and `record` through the slot of the key and limits.
+    impl DenyCache {
+        fn get_key(&self, key: &str, l: &[Limit], cost: NonZeroU32, now: u64) -> Option<Decision> {
+            Self::get(self.slot(key, l), key, l, cost, now)
+        }
+
+        fn record_key(&self, key: &str, l: &[Limit], cost: NonZeroU32, at: u64, d: &Decision) {
+            Self::record(self.slot(key, l), key, l, cost, at, d);
+        }
+    }
+
     fn cache(slots: usize) -> DenyCache {
         let clock = ManualClock::new(Duration::from_secs(100));
         DenyCache::new(NonZeroUsize::new(slots).unwrap(), Arc::new(clock))
@@ -241,19 +254,19 @@ mod tests {
     fn a_denial_holds_until_its_deadline_with_waits_shortened() {
         let c = cache(16);
         let l = limit();
-        c.record("k", &l, nz(2), 10 * SEC, &denial(250));
-        let d = c.get("k", &l, nz(2), 10 * SEC + SEC / 10).unwrap();
+        c.record_key("k", &l, nz(2), 10 * SEC, &denial(250));
+        let d = c.get_key("k", &l, nz(2), 10 * SEC + SEC / 10).unwrap();
         assert!(!d.allowed());
         assert_eq!(d.retry_after(), Some(Duration::from_millis(150)));
         assert_eq!(d.reset_after(), Duration::from_millis(800));
         // A greater cost is denied too; a smaller one may pass, so it goes to Redis.
-        assert!(c.get("k", &l, nz(3), 10 * SEC).is_some());
-        assert!(c.get("k", &l, nz(1), 10 * SEC).is_none());
+        assert!(c.get_key("k", &l, nz(3), 10 * SEC).is_some());
+        assert!(c.get_key("k", &l, nz(1), 10 * SEC).is_none());
         // One nanosecond before the deadline: still denied, with a wait above zero.
-        let d = c.get("k", &l, nz(2), 10 * SEC + SEC / 4 - 1).unwrap();
+        let d = c.get_key("k", &l, nz(2), 10 * SEC + SEC / 4 - 1).unwrap();
         assert_eq!(d.retry_after(), Some(Duration::from_nanos(1)));
         // At the deadline the entry is dropped.
-        assert!(c.get("k", &l, nz(2), 10 * SEC + SEC / 4).is_none());
+        assert!(c.get_key("k", &l, nz(2), 10 * SEC + SEC / 4).is_none());
         assert_eq!(c.len(), 0);
     }
 
@@ -261,26 +274,26 @@ mod tests {
     fn an_expired_denial_frees_its_slot_for_any_key() {
         let c = cache(1);
         let l = limit();
-        c.record("k", &l, nz(1), 0, &denial(1000));
+        c.record_key("k", &l, nz(1), 0, &denial(1000));
         // Another key's lookup before the deadline leaves it; after it, clears it.
-        assert!(c.get("x", &l, nz(1), SEC - 1).is_none());
+        assert!(c.get_key("x", &l, nz(1), SEC - 1).is_none());
         assert_eq!(c.len(), 1);
-        assert!(c.get("x", &l, nz(1), SEC).is_none());
+        assert!(c.get_key("x", &l, nz(1), SEC).is_none());
         assert_eq!(c.len(), 0);
-        assert!(c.get("k", &l, nz(1), 0).is_none());
+        assert!(c.get_key("k", &l, nz(1), 0).is_none());
     }
 
     #[test]
     fn other_keys_and_limits_never_hit() {
         let c = cache(1);
         let l = limit();
-        c.record("k", &l, nz(1), 0, &denial(1000));
+        c.record_key("k", &l, nz(1), 0, &denial(1000));
         // One slot: every lookup lands on it, and only the same key and limits match.
-        assert!(c.get("k", &l, nz(1), 0).is_some());
-        assert!(c.get("k2", &l, nz(1), 0).is_none());
+        assert!(c.get_key("k", &l, nz(1), 0).is_some());
+        assert!(c.get_key("k2", &l, nz(1), 0).is_none());
         let other = [Limit::new(Quota::per_second(nz(5)), Algorithm::Gcra)];
-        assert!(c.get("k", &other, nz(1), 0).is_none());
-        assert!(c.get("k", &[l[0], other[0]], nz(1), 0).is_none());
+        assert!(c.get_key("k", &other, nz(1), 0).is_none());
+        assert!(c.get_key("k", &[l[0], other[0]], nz(1), 0).is_none());
     }
 
     #[test]
@@ -288,21 +301,21 @@ mod tests {
         let c = cache(1);
         let l = limit();
         let allowed = Decision::single(Snapshot::new(true, 4, 3, Duration::ZERO, None));
-        c.record("k", &l, nz(1), 0, &denial(1000));
+        c.record_key("k", &l, nz(1), 0, &denial(1000));
         // Another key's admission leaves it alone; its own clears it.
-        c.record("x", &l, nz(1), 0, &allowed);
+        c.record_key("x", &l, nz(1), 0, &allowed);
         assert_eq!(c.len(), 1);
-        c.record("k", &l, nz(1), 0, &allowed);
+        c.record_key("k", &l, nz(1), 0, &allowed);
         assert_eq!(c.len(), 0);
-        c.record("k", &l, nz(1), 0, &denial(1000));
-        c.record("x", &l, nz(1), 0, &denial(1000));
-        assert!(c.get("k", &l, nz(1), 0).is_none());
-        assert!(c.get("x", &l, nz(1), 0).is_some());
+        c.record_key("k", &l, nz(1), 0, &denial(1000));
+        c.record_key("x", &l, nz(1), 0, &denial(1000));
+        assert!(c.get_key("k", &l, nz(1), 0).is_none());
+        assert!(c.get_key("x", &l, nz(1), 0).is_some());
         assert_eq!(c.len(), 1);
         // A denial that no wait helps is not kept.
         let never = Decision::single(Snapshot::new(false, 4, 4, Duration::ZERO, None));
-        c.record("n", &l, nz(9), 0, &never);
-        assert!(c.get("n", &l, nz(9), 0).is_none());
+        c.record_key("n", &l, nz(9), 0, &never);
+        assert!(c.get_key("n", &l, nz(9), 0).is_none());
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use redis::aio::{ConnectionLike, ConnectionManager};
 
 use super::{BoxFuture, Store};
-use crate::clock::Clock;
 use crate::decision::Decision;
 use crate::error::{ConfigError, StoreError, StoreErrorKind};
 use crate::limit::Limit;
@@ -18,6 +17,7 @@ use crate::limit::Limit;
 mod batch;
 mod builder;
 mod deny_cache;
+use deny_cache::DenyCache;
 mod error;
 mod keys;
 mod script;
@@ -97,8 +97,9 @@ pub use builder::RedisStoreBuilder;
 /// # Time
 ///
 /// By default the script reads the server's `TIME`: one clock for every instance, whatever
-/// their own clocks say. [`RedisStoreBuilder::clock`] sends time from a [`Clock`] instead, for
-/// servers that refuse `TIME` in scripts and for deterministic tests.
+/// their own clocks say. [`RedisStoreBuilder::clock`] sends time from a
+/// [`Clock`](crate::Clock) instead, for servers that refuse `TIME` in scripts and for
+/// deterministic tests.
 ///
 /// # Exactness
 ///
@@ -167,9 +168,8 @@ pub use builder::RedisStoreBuilder;
 pub struct RedisStore<C = ConnectionManager> {
     dispatcher: Arc<batch::Dispatcher<C>>,
     prefix: Arc<str>,
-    clock: Option<Arc<dyn Clock>>,
     backend: &'static str,
-    deny_cache: Option<deny_cache::DenyCache>,
+    deny_cache: Option<DenyCache>,
 }
 
 impl<C> RedisStore<C>
@@ -317,9 +317,9 @@ impl<C> RedisStore<C> {
         &self.prefix
     }
 
-    /// Whether time comes from a client [`Clock`] rather than the server's `TIME`.
+    /// Whether time comes from a client [`Clock`](crate::Clock) rather than the server's `TIME`.
     pub fn uses_client_clock(&self) -> bool {
-        self.clock.is_some()
+        self.dispatcher.uses_client_clock()
     }
 
     /// The connection, for other commands on the same server.
@@ -335,18 +335,14 @@ impl<C> RedisStore<C> {
 
     /// The number of slots of the [deny cache](RedisStore#deny-cache), `0` when it is off.
     pub fn deny_cache_capacity(&self) -> usize {
-        self.deny_cache
-            .as_ref()
-            .map_or(0, deny_cache::DenyCache::capacity)
+        self.deny_cache.as_ref().map_or(0, DenyCache::capacity)
     }
 
     /// The number of denials the [deny cache](RedisStore#deny-cache) holds now, at most its
     /// capacity (entries past their deadline count until looked up or overwritten). It visits
     /// every slot: for tests and status pages, not for every request.
     pub fn deny_cache_len(&self) -> usize {
-        self.deny_cache
-            .as_ref()
-            .map_or(0, deny_cache::DenyCache::len)
+        self.deny_cache.as_ref().map_or(0, DenyCache::len)
     }
 
     /// The Redis key holding `limit`'s state for `key`, as this store lays keys out.
@@ -405,22 +401,22 @@ where
         cost: NonZeroU32,
         commit: bool,
     ) -> Result<Decision, StoreError> {
-        // Peeks neither read nor fill the deny cache.
-        let cache = self.deny_cache.as_ref().filter(|_| commit);
-        let sent_at = match cache {
+        // Peeks neither read nor fill the deny cache. The key's slot is found once, for the
+        // lookup and for what Redis answers.
+        let cached = match self.deny_cache.as_ref().filter(|_| commit) {
             Some(cache) => {
-                let now = cache.now();
-                if let Some(denied) = cache.get(key, limits, cost, now) {
+                let (slot, now) = (cache.slot(key, limits), cache.now());
+                if let Some(denied) = DenyCache::get(slot, key, limits, cost, now) {
                     return Ok(denied);
                 }
-                Some(now)
+                Some((slot, now))
             }
             None => None,
         };
         let check = script::Check::new(&self.prefix, key, limits, cost.get(), commit)?;
         let decision = self.dispatcher.decide(check).await?;
-        if let (Some(cache), Some(sent_at)) = (cache, sent_at) {
-            cache.record(key, limits, cost, sent_at, &decision);
+        if let Some((slot, sent_at)) = cached {
+            DenyCache::record(slot, key, limits, cost, sent_at, &decision);
         }
         Ok(decision)
     }
@@ -461,7 +457,7 @@ where
         cost: NonZeroU32,
     ) -> Option<Result<Decision, StoreError>> {
         let cache = self.deny_cache.as_ref()?;
-        cache.get(key, limits, cost, cache.now()).map(Ok)
+        DenyCache::get(cache.slot(key, limits), key, limits, cost, cache.now()).map(Ok)
     }
 }
 
@@ -469,7 +465,7 @@ impl<C> fmt::Debug for RedisStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
-            .field("client_clock", &self.clock.is_some())
+            .field("client_clock", &self.uses_client_clock())
             .field("max_batch", &self.dispatcher.max_batch())
             .field("deny_cache", &self.deny_cache_capacity())
             .finish_non_exhaustive()
