@@ -78,12 +78,10 @@ pub(crate) enum Plan {
 impl Shared {
     pub(crate) fn plan(&self, parts: &Parts) -> Plan {
         let Some(pick) = &self.policy_fn else {
-            // The usual case: the store key `{policy}:{key}` is written in one allocation.
+            // The usual case: the key is written straight after the policy's prefix, so the
+            // store key costs one allocation (room for a hashed key, 33 bytes, and more).
             let policy = self.policy.clone();
-            let name = policy.name();
-            let mut store_key = String::with_capacity(name.len() + 1 + 40);
-            store_key.push_str(name);
-            store_key.push(':');
+            let mut store_key = policy.store_key_prefix(40);
             if !self.extract_into(parts, &mut store_key) {
                 return self.missing_plan();
             }

@@ -124,11 +124,18 @@ impl Policy {
     /// # Ok::<(), rate_limit_core::ConfigError>(())
     /// ```
     pub fn store_key(&self, key: &str) -> String {
+        let mut out = self.store_key_prefix(key.len());
+        out.push_str(key);
+        out
+    }
+
+    /// The start of every [`store_key`](Self::store_key) of this policy, `{name}:`, with room
+    /// for `key_len` more bytes: the client key is appended to it.
+    pub(crate) fn store_key_prefix(&self, key_len: usize) -> String {
         let name = self.name();
-        let mut out = String::with_capacity(name.len() + 1 + key.len());
+        let mut out = String::with_capacity(name.len() + 1 + key_len);
         out.push_str(name);
         out.push(':');
-        out.push_str(key);
         out
     }
 

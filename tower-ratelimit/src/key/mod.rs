@@ -133,8 +133,8 @@ impl Header {
 
 impl KeyExtractor for Header {
     fn extract(&self, parts: &Parts) -> Option<String> {
-        let value = parts.headers.get(&self.name)?.as_bytes();
-        (!value.is_empty()).then(|| compact_bytes(value))
+        let mut key = String::new();
+        self.extract_into(parts, &mut key).then_some(key)
     }
 
     fn extract_into(&self, parts: &Parts, out: &mut String) -> bool {
