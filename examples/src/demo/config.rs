@@ -92,20 +92,28 @@ pub enum FailureSetting {
     Local,
 }
 
+impl FailureSetting {
+    /// `open`, `closed` or `local`, as `FAILURE_MODE` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+            Self::Local => "local",
+        }
+    }
+}
+
 impl FromStr for FailureSetting {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "open" => Ok(Self::Open),
-            "closed" => Ok(Self::Closed),
-            "local" => Ok(Self::Local),
-            _ => Err(ConfigError::new(
-                "FAILURE_MODE",
-                s,
-                "expected one of open, closed, local",
-            )),
-        }
+        let wanted = s.trim().to_ascii_lowercase();
+        [Self::Open, Self::Closed, Self::Local]
+            .into_iter()
+            .find(|mode| mode.name() == wanted)
+            .ok_or_else(|| {
+                ConfigError::new("FAILURE_MODE", s, "expected one of open, closed, local")
+            })
     }
 }
 

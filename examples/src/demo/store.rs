@@ -57,7 +57,7 @@ impl DemoStore {
                         eprintln!(
                             "demo: {err}; starting anyway (FAILURE_MODE={}), Redis is used \
                              once it answers",
-                            format!("{:?}", config.failure_mode).to_ascii_lowercase()
+                            config.failure_mode.name()
                         );
                         RedisStore::connect_lazy(url).map_err(|e| {
                             StoreStartError(format!("cannot use Redis at {url}: {e}"))
