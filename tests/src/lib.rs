@@ -8,6 +8,7 @@
 //! `PATH` they print `SKIPPED: redis-server not found` and return, unless `CI=true`, where a
 //! missing server fails the test.
 
+pub mod load;
 mod redis_cluster;
 mod redis_server;
 pub mod replay;

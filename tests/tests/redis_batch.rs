@@ -2,11 +2,11 @@
 //! still exact under concurrency, far fewer calls than checks, one failing check fails alone,
 //! and denials answered locally only while they hold.
 
-use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
+use integration_tests::load::admitted_per_key;
 use integration_tests::replay::{Rng, SnapshotMicros, snapshot_micros};
 use integration_tests::{RedisCluster, RedisServer, redis_available};
 use rate_limit_core::{
@@ -243,25 +243,12 @@ async fn many_keys_at_once_each_admit_exactly_their_quota() {
         Limit::new(Quota::per_hour(nz(4)), Algorithm::Gcra),
         Limit::new(Quota::per_hour(nz(6)), Algorithm::SlidingWindowLog),
     ];
-    let mut handles = Vec::new();
-    for k in 0..200 {
-        for t in 0..10 {
-            let store = Arc::clone(if t % 2 == 0 { &a } else { &b });
-            handles.push(tokio::spawn(async move {
-                let key = format!("many-{k}");
-                let d = store.check(&key, &limits, nz(1)).await.unwrap();
-                (k, u32::from(d.allowed()))
-            }));
-        }
-    }
-    let mut per_key: HashMap<usize, u32> = HashMap::new();
-    for h in handles {
-        let (k, n) = h.await.unwrap();
-        *per_key.entry(k).or_default() += n;
-    }
+    let keys: Vec<String> = (0..200).map(|k| format!("many-{k}")).collect();
+    // Ten tasks per key, one check each, on the two stores in turn.
+    let per_key = admitted_per_key(&[a, b], &keys, &limits, 10, 1).await;
     assert_eq!(per_key.len(), 200);
-    for (k, n) in per_key {
-        assert_eq!(n, 4, "many-{k} admitted {n} of 10");
+    for (key, n) in per_key {
+        assert_eq!(n, 4, "{key} admitted {n} of 10");
     }
 }
 
@@ -602,29 +589,11 @@ where
         Limit::new(Quota::per_hour(nz(3)), Algorithm::Gcra),
         Limit::new(Quota::per_hour(nz(5)), Algorithm::SlidingWindowLog),
     ];
-    let mut handles = Vec::new();
-    for k in 0..300 {
-        for _ in 0..4 {
-            let store = Arc::clone(store);
-            handles.push(tokio::spawn(async move {
-                let key = format!("cluster-{k}");
-                let mut admitted = 0;
-                for _ in 0..2 {
-                    let d = store.check(&key, &limits, nz(1)).await;
-                    admitted += u32::from(d.unwrap_or_else(|e| panic!("{key}: {e}")).allowed());
-                }
-                (k, admitted)
-            }));
-        }
-    }
-    let mut per_key: HashMap<usize, u32> = HashMap::new();
-    for h in handles {
-        let (k, n) = h.await.unwrap();
-        *per_key.entry(k).or_default() += n;
-    }
+    let keys: Vec<String> = (0..300).map(|k| format!("cluster-{k}")).collect();
+    let per_key = admitted_per_key(std::slice::from_ref(store), &keys, &limits, 4, 2).await;
     assert_eq!(per_key.len(), 300);
-    for (k, n) in per_key {
-        assert_eq!(n, 3, "cluster-{k} admitted {n} of 8");
+    for (key, n) in per_key {
+        assert_eq!(n, 3, "{key} admitted {n} of 8");
     }
 }
 

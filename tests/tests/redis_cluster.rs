@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use integration_tests::load::admitted_per_key;
 use integration_tests::{RedisCluster, redis_available};
 use rate_limit_core::{Algorithm, Limit, Quota, RedisStore, Store};
 
@@ -31,26 +32,8 @@ async fn keys_spread_over_masters_and_each_is_exact() {
         .map(|i| format!("client-{i}"))
         .chain(["{", "}x{", "", "a\nb", "東京"].map(str::to_owned))
         .collect();
-    let mut handles = Vec::new();
-    for key in &keys {
-        for _ in 0..4 {
-            let store = Arc::clone(&store);
-            let key = key.clone();
-            handles.push(tokio::spawn(async move {
-                let mut admitted = 0u32;
-                for _ in 0..2 {
-                    let d = store.check(&key, &limits, nz(1)).await.unwrap();
-                    admitted += u32::from(d.allowed());
-                }
-                (key, admitted)
-            }));
-        }
-    }
-    let mut per_key = std::collections::HashMap::new();
-    for h in handles {
-        let (key, n) = h.await.unwrap();
-        *per_key.entry(key).or_insert(0) += n;
-    }
+    // Four tasks per key, two checks each.
+    let per_key = admitted_per_key(std::slice::from_ref(&store), &keys, &limits, 4, 2).await;
     for key in &keys {
         // 8 attempts against the tightest limit, 5 per hour: exactly 5.
         assert_eq!(per_key[key], 5, "{key:?}");
