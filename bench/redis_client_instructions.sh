@@ -2,7 +2,8 @@
 # Instructions the client side of a RedisStore check costs, counted by callgrind (GitHub
 # issue 7: what the application pays per check, apart from the kernel and Redis).
 #
-#   bench/redis_client_instructions.sh
+#   bench/redis_client_instructions.sh              # the work tree
+#   REV=adfbe26 bench/redis_client_instructions.sh  # an earlier commit, to compare
 #
 # Starts its own redis-server on a free port, then runs the example `redis_client_cost`
 # (rate-limit-core/examples/redis_client_cost.rs) under `valgrind --tool=callgrind`, once with
@@ -13,27 +14,54 @@
 # Shapes: `lone` (each check a call of its own: the same work every run) and `hot-32` (32 tasks
 # on one key sharing calls: how many share one depends on timing, so this figure moves more).
 #
-# Settings (environment): CHECKS (N, default 5000), SHAPES (default "lone hot-32").
+# With REV, the commit is checked out in a temporary worktree, this tree's example is copied
+# into it (it uses only `RedisStore`'s public API), and it is built there.
+#
+# Settings (environment): CHECKS (N, default 5000), SHAPES (default "lone hot-32"), REV (a git
+# revision; default the work tree).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 CHECKS=${CHECKS:-5000}
 SHAPES=${SHAPES:-lone hot-32}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN="$TARGET_DIR/release/examples/redis_client_cost"
+REV=${REV:-}
+TARGET_DIR=$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)
 for tool in valgrind redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
 done
-cargo build --release -p rate-limit-core --features redis --example redis_client_cost >&2
+
+OUT=$(mktemp -d)
+RPID=""
+WORKTREE=""
+cleanup() {
+  [[ -n $RPID ]] && { kill "$RPID" 2>/dev/null || true; wait "$RPID" 2>/dev/null || true; }
+  [[ -n $WORKTREE ]] && git worktree remove --force "$WORKTREE" 2>/dev/null
+  rm -rf "$OUT"
+}
+trap cleanup EXIT
+
+SRC=.
+if [[ -n $REV ]]; then
+  WORKTREE="$OUT/tree"
+  git worktree add --detach "$WORKTREE" "$REV" >&2
+  cp rate-limit-core/examples/redis_client_cost.rs "$WORKTREE/rate-limit-core/examples/"
+  if ! grep -q 'name = "redis_client_cost"' "$WORKTREE/rate-limit-core/Cargo.toml"; then
+    printf '\n[[example]]\nname = "redis_client_cost"\nrequired-features = ["redis"]\n' \
+      >>"$WORKTREE/rate-limit-core/Cargo.toml"
+  fi
+  SRC=$WORKTREE
+  TARGET_DIR="$TARGET_DIR/rev-$REV"
+fi
+(cd "$SRC" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p rate-limit-core \
+  --features redis --example redis_client_cost >&2)
+BIN="$TARGET_DIR/release/examples/redis_client_cost"
 
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
 PORT=$(free_port)
-OUT=$(mktemp -d)
 redis-server --port "$PORT" --save "" --appendonly no --dir "$OUT" >"$OUT/redis.log" 2>&1 &
 RPID=$!
-trap 'kill $RPID 2>/dev/null || true; wait $RPID 2>/dev/null || true; rm -rf "$OUT"' EXIT
 wait_port "$PORT"
 URL="redis://127.0.0.1:$PORT"
 
@@ -45,7 +73,7 @@ count() {
 }
 
 echo
-echo "callgrind, client instructions per check ((count at $((2 * CHECKS)) - count at $CHECKS) / $CHECKS)"
+echo "callgrind, client instructions per check ((count at $((2 * CHECKS)) - count at $CHECKS) / $CHECKS)${REV:+, at $REV}"
 echo
 echo "| shape | instructions per check | checks per script call |"
 echo "|---|---:|---:|"
