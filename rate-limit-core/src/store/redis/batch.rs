@@ -210,7 +210,7 @@ where
             .map(|c| c.now_nanos() / script::TICK_NANOS);
         let cmd = script::command(now, checks);
         let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> = match cmd.query_async(&mut conn).await {
+        let reply: redis::Value = match cmd.query_async(&mut conn).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 // After a restart or `SCRIPT FLUSH`: load the script, then send the call again
                 // (nothing ran: the server found no script).

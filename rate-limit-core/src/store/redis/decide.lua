@@ -7,17 +7,21 @@
 -- entry: its number of limits n, cost, commit ('1' or '0'), repeat count r, then six integers
 -- per limit: algorithm code, limit, burst, period, interval, tau. An entry stands for r
 -- identical checks in a row, decided one after the other; its keys are sent once.
--- Returns one flat array: per check, five integers per limit (allowed 1/0, capacity, remaining,
--- reset after, retry after or -1), or, if that check failed, its error message as one string.
--- Flat, because Redis converts each nested table of a reply at a cost of its own.
+-- Returns one binary string, the records of every check in order: per limit, 'D' and five
+-- little-endian doubles (allowed 1/0, capacity, remaining, reset after, retry after or -1); or,
+-- if that check failed, 'E', the length of its error message as a double, and the message.
+-- One string, because Redis converts each element of a reply table at a cost of its own and the
+-- client parses one string far faster than as many integers. Every value is an integer below
+-- 2^53, so its double is exact.
 -- A check that fails (a key of the wrong type, ...) leaves the text states as they were before
 -- it, and the other checks of the call are decided as if it had not been sent.
 local algorithms = {
   token_bucket, leaky_bucket, fixed_window, sliding_window_log, sliding_window, gcra,
 }
 
--- The answers, flat: per check in order, its 5n integers, or its error message (one string).
+-- The answers: per check in order, one record per limit, or one error record.
 local replies = {}
+local pack = struct.pack
 
 local now
 if ARGV[1] == '' then
@@ -73,16 +77,17 @@ local function entry_limits(a, n)
   return fns, ps
 end
 
--- Appends the five integers of one limit's answer.
+-- Sets record m + 1 to one limit's answer (68 is 'D').
 local function push(m, r)
-  replies[m + 1] = r[1] and 1 or 0
-  replies[m + 2] = r[2]
-  replies[m + 3] = r[3]
-  replies[m + 4] = r[4]
-  replies[m + 5] = r[5]
+  replies[m + 1] = pack('<Bddddd', 68, r[1] and 1 or 0, r[2], r[3], r[4], r[5])
 end
 
--- One check of several limits, whose keys are KEYS[k + 1 .. k + n]: appends its 5n integers.
+-- Sets record m + 1 to a check's error message (69 is 'E').
+local function fail(m, message)
+  replies[m + 1] = pack('<Bd', 69, #message) .. message
+end
+
+-- One check of several limits, whose keys are KEYS[k + 1 .. k + n]: appends its n records.
 -- All or nothing: decide every limit without charging, then charge only if all allow. The
 -- states it writes are journaled, so that a failure can undo them.
 local function check_all(k, n, fns, ps, cost, commit)
@@ -101,7 +106,7 @@ local function check_all(k, n, fns, ps, cost, commit)
   local m = #replies
   for i = 1, n do
     push(m, raws[i])
-    m = m + 5
+    m = m + 1
   end
 end
 
@@ -127,13 +132,13 @@ while a < #ARGV do
     local key = KEYS[k + 1]
     for _ = 1, repeats do
       if not fn then
-        replies[#replies + 1] = p
+        fail(#replies, p)
       else
         local done, r = pcall(fn, key, now, p, cost, commit)
         if done then
           push(#replies, r)
         else
-          replies[#replies + 1] = message(r)
+          fail(#replies, message(r))
         end
       end
     end
@@ -142,7 +147,7 @@ while a < #ARGV do
     for _ = 1, repeats do
       local m = #replies
       if not fns then
-        replies[m + 1] = ps
+        fail(m, ps)
       else
         local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
         if not done then
@@ -151,7 +156,7 @@ while a < #ARGV do
           for i = #replies, m + 1, -1 do
             replies[i] = nil
           end
-          replies[m + 1] = message(err)
+          fail(m, message(err))
         end
       end
       journal = nil
@@ -161,4 +166,4 @@ while a < #ARGV do
   a = a + 4 + n * 6
 end
 flush_states()
-return replies
+return table.concat(replies)

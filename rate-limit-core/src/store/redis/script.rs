@@ -25,6 +25,15 @@ pub(crate) const MAX_EXACT: u64 = 1 << 53;
 /// Values per limit in the script's reply.
 const REPLY_WIDTH: usize = 5;
 
+/// The tag of a limit's record in the script's reply: then five little-endian doubles.
+const DECIDED: u8 = b'D';
+
+/// The tag of a failed check's record: then its message's length as a double, and the message.
+const FAILED: u8 = b'E';
+
+/// Bytes of a limit's record: the tag and five doubles.
+const RECORD: usize = 1 + 8 * REPLY_WIDTH;
+
 /// The source: shared helpers (the call's state cache), one function per algorithm, then the
 /// entry point.
 pub(crate) const SOURCE: &str = concat!(
@@ -178,14 +187,18 @@ fn runs<'a>(checks: &[&'a Check]) -> Vec<(&'a Check, usize)> {
     runs
 }
 
-/// Reads the script's flat reply: per check in order, five integers per limit, or the error
-/// that check met, as one string. A reply that does not line up with `checks` (too short, too
-/// long, a value of another kind) is an error for every check: no answer in it can be trusted.
-pub(crate) fn parse_batch(
-    reply: Vec<Value>,
-    checks: &[&Check],
-) -> Vec<Result<Decision, StoreError>> {
-    match read_flat(reply, checks) {
+/// Reads the script's reply, one binary string: per check in order, one record per limit (`D`
+/// and five little-endian doubles), or one record of the error that check met (`E`, the
+/// message's length as a double, the message). The string is read in place: no value per
+/// integer is built. A reply that does not line up with `checks` (too short, too long, a record
+/// of the wrong kind, a value that is not an exact integer) is an error for every check: no
+/// answer in it can be trusted.
+pub(crate) fn parse_batch(reply: Value, checks: &[&Check]) -> Vec<Result<Decision, StoreError>> {
+    let read = match &reply {
+        Value::BulkString(bytes) => read_records(bytes, checks),
+        other => Err(format!("{other:?}, where one binary string was expected")),
+    };
+    match read {
         Ok(answers) => answers,
         Err(what) => checks
             .iter()
@@ -194,45 +207,66 @@ pub(crate) fn parse_batch(
     }
 }
 
-/// The answers of a flat reply, or what did not line up.
-fn read_flat(
-    reply: Vec<Value>,
+/// The answers in a reply's records, or what did not line up.
+fn read_records(
+    mut rest: &[u8],
     checks: &[&Check],
 ) -> Result<Vec<Result<Decision, StoreError>>, String> {
-    let total = reply.len();
-    let mut values = reply.into_iter();
     let mut answers = Vec::with_capacity(checks.len());
     let mut ints = Vec::new();
     for (i, check) in checks.iter().enumerate() {
-        let want = check.limits.len() * REPLY_WIDTH;
-        let answer = match values.next() {
-            Some(Value::Int(first)) => {
+        let answer = match rest.first() {
+            Some(&DECIDED) => {
+                let n = check.limits.len();
+                let Some((records, tail)) = rest.split_at_checked(n * RECORD) else {
+                    return Err(format!("check {i}: {} bytes for {n} limits", rest.len()));
+                };
                 ints.clear();
-                ints.push(first);
-                while ints.len() < want {
-                    match values.next() {
-                        Some(Value::Int(n)) => ints.push(n),
-                        other => {
-                            return Err(format!(
-                                "check {i}: {other:?} after {} of {want} integers",
-                                ints.len()
-                            ));
-                        }
+                for record in records.chunks_exact(RECORD) {
+                    if record[0] != DECIDED {
+                        return Err(format!("check {i}: a record tagged {}", record[0]));
+                    }
+                    for value in record[1..].chunks_exact(8) {
+                        ints.push(exact_integer(value).ok_or_else(|| {
+                            format!("check {i}: {value:?} is not an integer of the script")
+                        })?);
                     }
                 }
+                rest = tail;
                 decision(&ints, &check.limits)
             }
-            Some(Value::BulkString(text)) => Err(script_failed(&String::from_utf8_lossy(&text))),
-            Some(Value::SimpleString(text)) => Err(script_failed(&text)),
-            Some(other) => return Err(format!("check {i}: {other:?}")),
-            None => return Err(format!("{total} values for {} checks", checks.len())),
+            Some(&FAILED) => {
+                let length = rest
+                    .get(1..9)
+                    .and_then(exact_integer)
+                    .and_then(|n| usize::try_from(n).ok());
+                let message = length.and_then(|n| rest.get(9..9 + n));
+                let (Some(length), Some(message)) = (length, message) else {
+                    return Err(format!("check {i}: a torn error record"));
+                };
+                rest = &rest[9 + length..];
+                Err(script_failed(&String::from_utf8_lossy(message)))
+            }
+            Some(tag) => return Err(format!("check {i}: a record tagged {tag}")),
+            None => return Err(format!("{i} checks answered of {}", checks.len())),
         };
         answers.push(answer);
     }
-    if values.next().is_some() {
-        return Err(format!("{total} values for {} checks", checks.len()));
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the last check", rest.len()));
     }
     Ok(answers)
+}
+
+/// The integer that eight bytes hold as a little-endian double, if it is one the script can
+/// send: a whole number from -1 (no retry) up to 2^53, where doubles are exact.
+fn exact_integer(bytes: &[u8]) -> Option<i64> {
+    let v = f64::from_le_bytes(bytes.try_into().ok()?);
+    // 2^53 is exact as a double, and every whole number from -1 to it is exact as an i64.
+    if v.fract() != 0.0 || !(-1.0..=MAX_EXACT as f64).contains(&v) {
+        return None;
+    }
+    Some(v as i64)
 }
 
 /// A check the script could not decide: a key holding another type (`WRONGTYPE`), a state it
@@ -244,7 +278,7 @@ fn script_failed(message: &str) -> StoreError {
     )
 }
 
-/// One check's decision from its five integers per limit; one limit needs no `Vec`.
+/// One check's decision from its five values per limit; one limit needs no `Vec`.
 fn decision(reply: &[i64], limits: &[(Algorithm, Params)]) -> Result<Decision, StoreError> {
     match (limits, reply) {
         ([(_, p)], [_, _, _, _, _]) => Ok(Decision::single(snapshot(reply, p)?)),
@@ -252,7 +286,7 @@ fn decision(reply: &[i64], limits: &[(Algorithm, Params)]) -> Result<Decision, S
     }
 }
 
-/// One limit's snapshot from its five integers.
+/// One limit's snapshot from its five values.
 fn snapshot(r: &[i64], p: &Params) -> Result<Snapshot, StoreError> {
     let ticks = |v: i64| u64::try_from(v).map_err(|_| malformed(format_args!("{v}")));
     let raw = Raw {
@@ -265,7 +299,7 @@ fn snapshot(r: &[i64], p: &Params) -> Result<Snapshot, StoreError> {
     Ok(raw.snapshot(p))
 }
 
-/// Reads one check's part of the reply: five integers per limit.
+/// One check's snapshots from its five values per limit.
 fn parse_reply(reply: &[i64], limits: &[(Algorithm, Params)]) -> Result<Vec<Snapshot>, StoreError> {
     if reply.len() != limits.len() * REPLY_WIDTH {
         return Err(malformed(format_args!(
@@ -336,48 +370,104 @@ mod tests {
         assert_eq!(err.kind(), StoreErrorKind::Backend);
     }
 
-    fn ints(v: &[i64]) -> Vec<Value> {
-        v.iter().map(|&n| Value::Int(n)).collect()
+    /// A limit's record, as the script packs it.
+    fn record(values: [f64; 5]) -> Vec<u8> {
+        let mut r = vec![DECIDED];
+        for v in values {
+            r.extend_from_slice(&v.to_le_bytes());
+        }
+        r
+    }
+
+    /// A failed check's record, as the script packs it.
+    fn failure(message: &str) -> Vec<u8> {
+        let mut r = vec![FAILED];
+        r.extend_from_slice(&f64::from(u32::try_from(message.len()).unwrap()).to_le_bytes());
+        r.extend_from_slice(message.as_bytes());
+        r
     }
 
     #[test]
-    fn a_flat_batch_reply_answers_each_check_on_its_own() {
+    fn a_batch_reply_answers_each_check_on_its_own() {
         let l = Limit::new(Quota::per_second(nz(4)), Algorithm::Gcra);
         let a = Check::new("rl", "a", &[l], 1, true).unwrap();
         let b = Check::new("rl", "b", &[l, l], 1, true).unwrap();
         let checks = [&a, &b, &a, &b];
-        let mut reply = ints(&[1, 4, 3, 250_000, -1]);
-        reply.push(Value::BulkString(
-            b"WRONGTYPE Operation against a key".to_vec(),
-        ));
-        reply.extend(ints(&[0, 4, 0, 1_000_000, 250_000]));
-        reply.extend(ints(&[1, 4, 2, 500_000, -1, 1, 4, 1, 750_000, -1]));
-        let answers = parse_batch(reply.clone(), &checks);
+        let parts = [
+            record([1.0, 4.0, 3.0, 250_000.0, -1.0]),
+            failure("WRONGTYPE Operation against a key"),
+            record([0.0, 4.0, 0.0, 1_000_000.0, 250_000.0]),
+            record([1.0, 4.0, 2.0, 500_000.0, -1.0]),
+            record([1.0, 4.0, 1.0, 750_000.0, -1.0]),
+        ];
+        let reply = parts.concat();
+        let answers = parse_batch(Value::BulkString(reply.clone()), &checks);
         assert_eq!(answers.len(), 4);
-        assert_eq!(answers[0].as_ref().unwrap().remaining(), 3);
+        let first = answers[0].as_ref().unwrap();
+        assert_eq!(first.remaining(), 3);
+        assert_eq!(first.reset_after(), Duration::from_millis(250));
         let err = answers[1].as_ref().unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::Backend);
         assert!(err.to_string().contains("WRONGTYPE"), "{err}");
-        assert!(!answers[2].as_ref().unwrap().allowed());
-        // Two limits: ten integers, the binding one the tighter.
+        let third = answers[2].as_ref().unwrap();
+        assert!(!third.allowed());
+        assert_eq!(third.retry_after(), Some(Duration::from_millis(250)));
+        // Two limits: two records, the binding one the tighter.
         let d = answers[3].as_ref().unwrap();
         assert_eq!(d.snapshots().len(), 2);
         assert_eq!(d.remaining(), 1);
 
-        // Too few values, too many, or a string inside a check's integers: nothing is trusted.
-        let short = reply[..reply.len() - 1].to_vec();
+        // Anything that does not line up: nothing is trusted.
         let mut long = reply.clone();
-        long.push(Value::Int(1));
-        let mut torn = reply.clone();
-        torn[2] = Value::BulkString(b"x".to_vec());
-        for bad in [short, long, torn, Vec::new()] {
-            let answers = parse_batch(bad, &checks);
+        long.push(b'D');
+        let mut retagged = reply.clone();
+        retagged[RECORD] = b'X';
+        // The second limit of the last check tagged as a failure.
+        let mut mixed = reply.clone();
+        let second = reply.len() - RECORD;
+        mixed[second] = FAILED;
+        let not_whole = [&parts[..4], &[record([1.0, 4.0, 0.5, 0.0, -1.0])]].concat();
+        let too_big = [&parts[..4], &[record([1.0, 4.0, 2f64.powi(54), 0.0, -1.0])]].concat();
+        let below = [&parts[..4], &[record([1.0, 4.0, 1.0, 0.0, -2.0])]].concat();
+        let mut torn_failure = parts.concat();
+        torn_failure.truncate(RECORD + 12);
+        let bad = [
+            Value::BulkString(reply[..reply.len() - 1].to_vec()),
+            Value::BulkString(long),
+            Value::BulkString(retagged),
+            Value::BulkString(mixed),
+            Value::BulkString(not_whole.concat()),
+            Value::BulkString(too_big.concat()),
+            Value::BulkString(below.concat()),
+            Value::BulkString(torn_failure),
+            Value::BulkString(Vec::new()),
+            Value::Int(1),
+            Value::Array(vec![Value::Int(1), Value::Int(4)]),
+        ];
+        for bad in bad {
+            let answers = parse_batch(bad.clone(), &checks);
             assert_eq!(answers.len(), 4);
             for answer in &answers {
                 let err = answer.as_ref().unwrap_err();
-                assert!(err.to_string().contains("malformed reply"), "{err}");
+                assert!(
+                    err.to_string().contains("malformed reply"),
+                    "{bad:?}: {err}"
+                );
             }
         }
+    }
+
+    #[test]
+    fn exact_integers_are_whole_numbers_from_minus_one_to_two_to_the_53() {
+        let read = |v: f64| exact_integer(&v.to_le_bytes());
+        assert_eq!(read(-1.0), Some(-1));
+        assert_eq!(read(0.0), Some(0));
+        assert_eq!(read(4_294_967_295.0), Some(4_294_967_295));
+        assert_eq!(read(2f64.powi(53)), Some(1 << 53));
+        for v in [-2.0, 0.25, 2f64.powi(53) + 2.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(read(v), None, "{v}");
+        }
+        assert_eq!(exact_integer(&[0; 7]), None);
     }
 
     /// The command's arguments as text.
