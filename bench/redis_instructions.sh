@@ -56,6 +56,10 @@ for _ in $(seq 100); do
   sleep 0.3
 done
 SHA=$(redis-cli -p "$PORT" SCRIPT LOAD "$source_text")
+if [[ ! $SHA =~ ^[0-9a-f]{40}$ ]]; then
+  echo "SCRIPT LOAD failed: $SHA" >&2
+  exit 1
+fi
 
 # A GCRA limit that never denies: code, limit, burst, period, interval, tau (microseconds).
 GCRA="6 1000000000 1000000000 1000000 1 1000000000"
@@ -84,6 +88,14 @@ call_args() {
 
 # Instructions per call of the EVALSHA whose arguments are "$@".
 measure() {
+  # A script that fails costs little: a count of its failure would be no figure at all. A
+  # reply starting with E is an error, or (binary replies) a check's error record.
+  local reply
+  reply=$(redis-cli -p "$PORT" EVALSHA "$SHA" "$@" 2>&1 | tr -d '\0')
+  if [[ $reply =~ ^(E|NOSCRIPT|WRONGTYPE|\(error\)) ]]; then
+    echo "the script failed: $reply" >&2
+    exit 1
+  fi
   redis-benchmark -p "$PORT" -n 50 -c 1 -q EVALSHA "$SHA" "$@" >/dev/null 2>&1
   callgrind_control -z "$VPID" >/dev/null 2>&1
   redis-benchmark -p "$PORT" -n "$N" -c 1 -q EVALSHA "$SHA" "$@" >/dev/null 2>&1

@@ -15,6 +15,9 @@
 -- 2^53, so its double is exact.
 -- A check that fails (a key of the wrong type, ...) leaves the text states as they were before
 -- it, and the other checks of the call are decided as if it had not been sent.
+-- Each is called as algorithm(key, now, p, cost, commit) and returns five values (not a table,
+-- which would cost an allocation per check): allowed, capacity, remaining, reset after, and
+-- retry after or -1.
 local algorithms = {
   token_bucket, leaky_bucket, fixed_window, sliding_window_log, sliding_window, gcra,
 }
@@ -95,12 +98,12 @@ local function check_all(k, n, fns, ps, cost, commit)
   local raws = {}
   local all = true
   for i = 1, n do
-    raws[i] = fns[i](KEYS[k + i], now, ps[i], cost, false)
+    raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, false) }
     all = all and raws[i][1]
   end
   if all and commit then
     for i = 1, n do
-      raws[i] = fns[i](KEYS[k + i], now, ps[i], cost, true)
+      raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, true) }
     end
   end
   local m = #replies
@@ -134,11 +137,13 @@ while a < #ARGV do
       if not fn then
         fail(#replies, p)
       else
-        local done, r = pcall(fn, key, now, p, cost, commit)
+        -- The five values of the answer, or false and the error.
+        local done, allowed, capacity, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
         if done then
-          push(#replies, r)
+          replies[#replies + 1] =
+            pack('<Bddddd', 68, allowed and 1 or 0, capacity, remaining, reset, retry)
         else
-          fail(#replies, message(r))
+          fail(#replies, message(allowed))
         end
       end
     end

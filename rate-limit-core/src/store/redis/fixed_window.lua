@@ -14,7 +14,7 @@ local function fixed_window(key, now, p, cost, commit)
       if cost <= p.limit then
         retry = wait
       end
-      return { false, p.limit, p.limit - math.min(s[2], p.limit), wait, retry }
+      return false, p.limit, p.limit - math.min(s[2], p.limit), wait, retry
     end
   end
   local allowed = count + cost <= p.limit
@@ -32,5 +32,5 @@ local function fixed_window(key, now, p, cost, commit)
     state = { start, count }
   end
   save_fields(key, state, reset)
-  return { allowed, p.limit, p.limit - count, reset, retry }
+  return allowed, p.limit, p.limit - count, reset, retry
 end

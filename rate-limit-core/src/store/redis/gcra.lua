@@ -16,7 +16,7 @@ local function gcra(key, now, p, cost, commit)
     save_fields(key, nil, 0)
   end
   if cost > p.burst then
-    return { false, p.burst, gcra_remaining(now, p, tat), tat - now, -1 }
+    return false, p.burst, gcra_remaining(now, p, tat), tat - now, -1
   end
   local new_tat = tat + cost * p.interval
   local allow_at = math.max(new_tat - p.tau, 0)
@@ -25,7 +25,7 @@ local function gcra(key, now, p, cost, commit)
       tat = new_tat
       save_fields(key, { tat }, tat - now)
     end
-    return { true, p.burst, gcra_remaining(now, p, tat), tat - now, -1 }
+    return true, p.burst, gcra_remaining(now, p, tat), tat - now, -1
   end
-  return { false, p.burst, gcra_remaining(now, p, tat), tat - now, allow_at - now }
+  return false, p.burst, gcra_remaining(now, p, tat), tat - now, allow_at - now
 end

@@ -22,5 +22,5 @@ local function leaky_bucket(key, now, p, cost, commit)
   end
   save_fields(key, state, level)
   local room = math.floor((p.tau - math.min(level, p.tau)) / p.interval)
-  return { allowed, p.burst, room, level, retry }
+  return allowed, p.burst, room, level, retry
 end

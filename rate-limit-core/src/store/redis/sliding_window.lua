@@ -50,5 +50,5 @@ local function sliding_window(key, now, p, cost, commit)
     state = { start, cur, prev }
   end
   save_fields(key, state, reset)
-  return { allowed, p.limit, math.max(p.limit - (weighted_prev + cur), 0), reset, retry }
+  return allowed, p.limit, math.max(p.limit - (weighted_prev + cur), 0), reset, retry
 end

@@ -74,5 +74,5 @@ local function sliding_window_log(key, now, p, cost, commit)
   if newest then
     reset = newest + p.period - now
   end
-  return { allowed, p.limit, p.limit - math.min(used, p.limit), reset, retry }
+  return allowed, p.limit, p.limit - math.min(used, p.limit), reset, retry
 end

@@ -27,5 +27,5 @@ local function token_bucket(key, now, p, cost, commit)
     state = { tokens, last }
   end
   save_fields(key, state, reset)
-  return { allowed, p.burst, tokens, reset, retry }
+  return allowed, p.burst, tokens, reset, retry
 end
