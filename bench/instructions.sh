@@ -11,7 +11,8 @@
 # They leave out what the kernel and hyper spend on a request (see bench/http.sh for that).
 #
 # Settings (environment): REQUESTS (N, default 20000), MODES (default "bare memory-hot
-# memory-10k").
+# memory-10k"; also "headers": no limiter, only the five rate-limit fields the layer writes, as
+# fixed values).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

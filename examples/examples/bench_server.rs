@@ -9,7 +9,9 @@
 //! Environment:
 //!
 //! - `BENCH_MODE` (required): `bare` (no limiter), `memory` (our layer on a `MemoryStore`),
-//!   `redis` (our layer on a `RedisStore`) or `governor` (tower_governor's keyed limiter).
+//!   `redis` (our layer on a `RedisStore`), `governor` (tower_governor's keyed limiter) or
+//!   `headers` (no limiter: only the five rate-limit fields our layer writes here, as fixed
+//!   values, the least any layer that writes them can cost).
 //! - `PORT` (default 3000): the port to listen on, on 127.0.0.1.
 //! - `REDIS_URL` (required in `redis` mode), e.g. `redis://127.0.0.1:6390`.
 //!
@@ -24,13 +26,15 @@ use std::num::NonZeroU32;
 use std::process::ExitCode;
 
 use axum::Router;
+use axum::response::Response;
 use axum::routing::get;
-use http::Request;
+use http::{HeaderName, HeaderValue, Request};
 use rate_limit_core::{MemoryStore, Quota, RedisStore};
+use tower::util::MapResponseLayer;
 use tower_governor::GovernorError;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor as GovernorKey;
-use tower_ratelimit::{HeaderStyle, RateLimitLayer, key};
+use tower_ratelimit::{HeaderStyle, RateLimitLayer, headers, key};
 
 /// The header every limiter keys by.
 const CLIENT_HEADER: &str = "x-client-id";
@@ -45,10 +49,17 @@ enum Mode {
     Memory,
     Redis,
     Governor,
+    Headers,
 }
 
 impl Mode {
-    const ALL: [Self; 4] = [Self::Bare, Self::Memory, Self::Redis, Self::Governor];
+    const ALL: [Self; 5] = [
+        Self::Bare,
+        Self::Memory,
+        Self::Redis,
+        Self::Governor,
+        Self::Headers,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -56,6 +67,7 @@ impl Mode {
             Self::Memory => "memory",
             Self::Redis => "redis",
             Self::Governor => "governor",
+            Self::Headers => "headers",
         }
     }
 }
@@ -148,6 +160,30 @@ impl GovernorKey for ClientId {
     }
 }
 
+/// The five fields our layer writes on an admitted request here (both header styles, the
+/// never-denying quota, policy `default`), as fixed values: what `headers` mode writes.
+fn five_fields() -> [(HeaderName, HeaderValue); 5] {
+    [
+        (
+            headers::X_RATELIMIT_LIMIT,
+            HeaderValue::from_static("1000000000"),
+        ),
+        (
+            headers::X_RATELIMIT_REMAINING,
+            HeaderValue::from_static("999999999"),
+        ),
+        (headers::X_RATELIMIT_RESET, HeaderValue::from_static("1")),
+        (
+            headers::RATELIMIT_POLICY,
+            HeaderValue::from_static("\"default\";q=1000000000;w=1"),
+        ),
+        (
+            headers::RATELIMIT,
+            HeaderValue::from_static("\"default\";r=999999999;t=1"),
+        ),
+    ]
+}
+
 /// Our layer's quota: [`NEVER_DENY`] per second, burst the same.
 fn never_deny() -> Quota {
     Quota::per_second(NonZeroU32::new(NEVER_DENY).unwrap_or(NonZeroU32::MAX))
@@ -167,6 +203,14 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
     };
     Ok(match config.mode {
         Mode::Bare => router,
+        Mode::Headers => router.layer(MapResponseLayer::new(|mut res: Response| {
+            let headers = res.headers_mut();
+            headers.reserve(5);
+            for (name, value) in five_fields() {
+                headers.insert(name, value);
+            }
+            res
+        })),
         Mode::Memory => router.layer(ours(RateLimitLayer::new(MemoryStore::new(), never_deny()))),
         Mode::Redis => {
             let url = config.redis_url.as_deref().unwrap_or_default();
@@ -296,6 +340,34 @@ mod tests {
         }
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
+    }
+
+    /// The response of `mode`'s app to one keyed `GET /`.
+    async fn response(mode: Mode) -> Response {
+        let app = app(&Config {
+            mode,
+            port: 0,
+            redis_url: None,
+        })
+        .await
+        .unwrap();
+        let req = Request::get("/")
+            .header(CLIENT_HEADER, "bench-test")
+            .body(Body::empty())
+            .unwrap();
+        app.oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn headers_mode_writes_the_fields_the_layer_writes() {
+        let ours = response(Mode::Memory).await;
+        let fixed = response(Mode::Headers).await;
+        assert_eq!(fixed.status(), StatusCode::OK);
+        for (name, value) in five_fields() {
+            assert_eq!(ours.headers().get(&name), Some(&value), "{name}");
+            assert_eq!(fixed.headers().get(&name), Some(&value), "{name}");
+        }
+        assert_eq!(ours.headers().len(), fixed.headers().len());
     }
 
     #[tokio::test]

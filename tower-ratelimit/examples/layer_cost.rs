@@ -8,8 +8,10 @@
 //! ```
 //!
 //! Modes: `bare` (no layer), `memory-hot` (our layer on a `MemoryStore`, one key),
-//! `memory-10k` (10,000 keys in turn). The quota never denies; both header styles are on,
-//! as in `examples/bench_server.rs`.
+//! `memory-10k` (10,000 keys in turn), `headers` (no limiter: a response map that writes the
+//! five rate-limit fields of a `memory-hot` response as fixed values, the least any layer
+//! writing them can cost). The quota never denies; both header styles are on, as in
+//! `examples/bench_server.rs`.
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -19,11 +21,13 @@ use std::task::{Context, Poll, Waker};
 
 use axum::Router;
 use axum::body::Body;
+use axum::response::Response;
 use axum::routing::get;
-use http::{HeaderValue, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use rate_limit_core::{MemoryStore, Quota};
 use tower::Service as _;
-use tower_ratelimit::{HeaderStyle, RateLimitLayer, key};
+use tower::util::MapResponseLayer;
+use tower_ratelimit::{HeaderStyle, RateLimitLayer, headers, key};
 
 /// Polls `fut` to completion with a waker that does nothing: every future here is ready at
 /// once (the memory store never waits), so no runtime is needed.
@@ -37,10 +41,29 @@ fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
+/// The rate-limit fields of `sample`, with values that live for the whole run, so that writing
+/// them copies and allocates nothing.
+fn fixed_fields(sample: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    [
+        headers::X_RATELIMIT_LIMIT,
+        headers::X_RATELIMIT_REMAINING,
+        headers::X_RATELIMIT_RESET,
+        headers::RATELIMIT_POLICY,
+        headers::RATELIMIT,
+    ]
+    .into_iter()
+    .filter_map(|name| {
+        let text = sample.get(&name)?.to_str().ok()?;
+        let text: &'static str = Box::leak(text.to_owned().into_boxed_str());
+        Some((name, HeaderValue::from_static(text)))
+    })
+    .collect()
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(count)) = (args.get(1), args.get(2).and_then(|n| n.parse().ok())) else {
-        eprintln!("usage: layer_cost <bare|memory-hot|memory-10k> <requests>");
+        eprintln!("usage: layer_cost <bare|memory-hot|memory-10k|headers> <requests>");
         return ExitCode::from(2);
     };
     let count: usize = count;
@@ -50,7 +73,7 @@ fn main() -> ExitCode {
         .key(key::Header::new("x-client-id"))
         .headers(HeaderStyle::Both);
     let keys: Vec<HeaderValue> = match mode.as_str() {
-        "bare" | "memory-hot" => vec![HeaderValue::from_static("hot")],
+        "bare" | "memory-hot" | "headers" => vec![HeaderValue::from_static("hot")],
         "memory-10k" => (0..10_000)
             .map(|i| HeaderValue::from(i + 1_000_000))
             .collect(),
@@ -59,10 +82,32 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let app = if mode == "bare" {
-        router
-    } else {
-        router.layer(layer)
+    let app = match mode.as_str() {
+        "bare" => router,
+        "headers" => {
+            let mut sample = router.clone().layer(layer).with_state::<()>(());
+            let req = Request::get("/")
+                .header("x-client-id", "sample")
+                .body(Body::empty())
+                .unwrap_or_default();
+            let fields = match block_on(sample.call(req)) {
+                Ok(res) => fixed_fields(res.headers()),
+                Err(never) => match never {},
+            };
+            if fields.len() != 5 {
+                eprintln!("the layer wrote {} of the five fields", fields.len());
+                return ExitCode::FAILURE;
+            }
+            router.layer(MapResponseLayer::new(move |mut res: Response| {
+                let map = res.headers_mut();
+                map.reserve(fields.len());
+                for (name, value) in &fields {
+                    map.insert(name.clone(), value.clone());
+                }
+                res
+            }))
+        }
+        _ => router.layer(layer),
     };
     // As `axum::serve` does: handlers become routes once, not on every request.
     let mut app = app.with_state::<()>(());
