@@ -5,8 +5,9 @@
 #   bench/http.sh
 #
 # Modes (see examples/examples/bench_server.rs): bare (no limiter), memory (our layer on a
-# MemoryStore), governor (tower_governor, keyed, the same never-denying quota) and redis (our
-# layer on a RedisStore, against a redis-server this script starts on a free port).
+# MemoryStore), governor (tower_governor, keyed, the same never-denying quota), redis (our
+# layer on a RedisStore, against a redis-server this script starts on a free port) and headers
+# (no limiter: only the five rate-limit fields our layer writes, as fixed values).
 # Each mode is loaded with one hot key and with 10,000 random keys (bench/random_keys.lua), in
 # ROUNDS interleaved rounds (round 1 runs every mode, then round 2 ...); the table shows the
 # median of the rounds. Only 127.0.0.1 is loaded, and every run is bounded by DURATION.
@@ -15,6 +16,8 @@
 # CONNECTIONS (default 32), ROUNDS (default 2), MODES (default "bare memory governor redis"),
 # REDIS_CPU (default "server": redis-server shares the server's CPU; "wrk": it shares wrk's, so
 # that the server's CPU carries only what the limiter costs the application).
+# A mode written NAME@REV (for example redis@36afa10) runs the bench server of git revision REV,
+# built in a worktree, in mode NAME: a before and an after loaded in the same interleaved rounds.
 # Raw wrk output is kept in target/bench-http/.
 set -euo pipefail
 
@@ -44,8 +47,12 @@ stop_server() {
   fi
 }
 
+worktrees=()
 cleanup() {
   stop_server
+  for tree in "${worktrees[@]}"; do
+    git worktree remove --force "$tree" 2>/dev/null || true
+  done
   if [[ -n "$redis_port" ]]; then
     redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || kill -TERM "$redis_pid" 2>/dev/null || true
     wait "$redis_pid" 2>/dev/null || true
@@ -63,7 +70,11 @@ if ! command -v wrk >/dev/null; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq wrk >/dev/null
 fi
-if [[ " $MODES " == *" redis "* ]] && ! command -v redis-server >/dev/null; then
+wants_redis=0
+for mode in $MODES; do
+  [[ ${mode%@*} == redis ]] && wants_redis=1
+done
+if ((wants_redis)) && ! command -v redis-server >/dev/null; then
   log "redis mode needs redis-server (apt-get install redis-server)"
   exit 1
 fi
@@ -98,12 +109,27 @@ cargo build --release -p examples --example bench_server
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
+# The bench server of each revision named in MODES, built once in a worktree of its own.
+declare -A BINARY
+for mode in $MODES; do
+  [[ $mode == *@* ]] || continue
+  rev=${mode#*@}
+  [[ -z ${BINARY[$rev]:-} ]] || continue
+  tree=$(mktemp -d)/tree
+  git worktree add --detach "$tree" "$rev" >&2
+  worktrees+=("$tree")
+  CARGO_TARGET_DIR="$OUT/rev-target" cargo build --release --manifest-path "$tree/Cargo.toml" \
+    -p examples --example bench_server
+  cp "$OUT/rev-target/release/examples/bench_server" "$OUT/bench_server-$rev"
+  BINARY[$rev]="$OUT/bench_server-$rev"
+done
+
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
 
 # --- redis --------------------------------------------------------------------------------------
 redis_url=""
-if [[ " $MODES " == *" redis "* ]]; then
+if ((wants_redis)); then
   port=$(free_port)
   # In the foreground of a background job (not --daemonize), so that cleanup can wait for it.
   "${redis_cpu[@]}" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
@@ -139,7 +165,9 @@ for round in $(seq 1 "$ROUNDS"); do
   for mode in $MODES; do
     port=$(free_port)
     log "round $round: $mode on 127.0.0.1:$port"
-    BENCH_MODE=$mode PORT=$port REDIS_URL=$redis_url "${server_cpu[@]}" "$SERVER" >/dev/null &
+    server=$SERVER
+    [[ $mode == *@* ]] && server=${BINARY[${mode#*@}]}
+    BENCH_MODE=${mode%@*} PORT=$port REDIS_URL=$redis_url "${server_cpu[@]}" "$server" >/dev/null &
     server_pid=$!
     wait_port "$port"
     for keys in hot random; do
