@@ -209,8 +209,8 @@ fn runs<'a>(checks: &[&'a Check]) -> Vec<(&'a Check, usize)> {
 /// and five little-endian doubles), or one record of the error that check met (`E`, the
 /// message's length as a double, the message). The string is read in place: no value per
 /// integer is built. A reply that does not line up with `checks` (too short, too long, a record
-/// of the wrong kind, a value that is not an exact integer) is an error for every check: no
-/// answer in it can be trusted.
+/// of the wrong kind) is an error for every check: no answer in it can be trusted. A value that
+/// is not an exact integer fails only its own check.
 pub(crate) fn parse_batch(reply: Value, checks: &[&Check]) -> Vec<Result<Decision, StoreError>> {
     let read = match &reply {
         Value::BulkString(bytes) => read_records(bytes, checks),
@@ -239,18 +239,33 @@ fn read_records(
                 let Some((records, tail)) = rest.split_at_checked(n * RECORD) else {
                     return Err(format!("check {i}: {} bytes for {n} limits", rest.len()));
                 };
-                let read = |record| {
-                    record_values(record).ok_or_else(|| format!("check {i}: a torn record"))
-                };
+                if let Some(record) = records.chunks_exact(RECORD).find(|r| r[0] != DECIDED) {
+                    return Err(format!("check {i}: a record tagged {}", record[0]));
+                }
                 rest = tail;
+                // The records are whole, so the checks after this one still line up: a value
+                // that is not an integer (a state corrupted out of band, read as infinity)
+                // fails this check alone, as its own error would.
+                let not_integer =
+                    || malformed(format_args!("check {i}: a value is not an integer"));
                 if n == 1 {
-                    decision(&read(records)?, &check.limits)
+                    record_values(records).map_or_else(
+                        || Err(not_integer()),
+                        |values| decision(&values, &check.limits),
+                    )
                 } else {
                     ints.clear();
-                    for record in records.chunks_exact(RECORD) {
-                        ints.extend_from_slice(&read(record)?);
+                    let whole = records.chunks_exact(RECORD).all(|record| {
+                        record_values(record).is_some_and(|values| {
+                            ints.extend_from_slice(&values);
+                            true
+                        })
+                    });
+                    if whole {
+                        decision(&ints, &check.limits)
+                    } else {
+                        Err(not_integer())
                     }
-                    decision(&ints, &check.limits)
                 }
             }
             Some(&FAILED) => {
@@ -456,9 +471,6 @@ mod tests {
         let mut mixed = reply.clone();
         let second = reply.len() - RECORD;
         mixed[second] = FAILED;
-        let not_whole = [&parts[..4], &[record([1.0, 4.0, 0.5, 0.0, -1.0])]].concat();
-        let too_big = [&parts[..4], &[record([1.0, 4.0, 2f64.powi(54), 0.0, -1.0])]].concat();
-        let below = [&parts[..4], &[record([1.0, 4.0, 1.0, 0.0, -2.0])]].concat();
         let mut torn_failure = parts.concat();
         torn_failure.truncate(RECORD + 12);
         let bad = [
@@ -466,9 +478,6 @@ mod tests {
             Value::BulkString(long),
             Value::BulkString(retagged),
             Value::BulkString(mixed),
-            Value::BulkString(not_whole.concat()),
-            Value::BulkString(too_big.concat()),
-            Value::BulkString(below.concat()),
             Value::BulkString(torn_failure),
             Value::BulkString(Vec::new()),
             Value::Int(1),
@@ -483,6 +492,27 @@ mod tests {
                     err.to_string().contains("malformed reply"),
                     "{bad:?}: {err}"
                 );
+            }
+        }
+
+        // A whole record holding a value that is not an integer (a corrupted state): only its
+        // check fails, whether it is a check's only limit or the second of two.
+        for v in [0.5, 2f64.powi(54), -2.0, f64::NAN, f64::INFINITY] {
+            let first = [&[record([1.0, 4.0, v, 0.0, -1.0])], &parts[1..]].concat();
+            let last = [&parts[..4], &[record([1.0, 4.0, 1.0, v, -1.0])]].concat();
+            for (reply, bad) in [(first, 0), (last, 3)] {
+                let answers = parse_batch(Value::BulkString(reply.concat()), &checks);
+                assert_eq!(answers.len(), 4);
+                for (i, answer) in answers.iter().enumerate() {
+                    match (i, answer) {
+                        (i, Err(err)) if i == bad => {
+                            assert!(err.to_string().contains("not an integer"), "{v}: {err}");
+                        }
+                        (1, Err(err)) => assert!(err.to_string().contains("WRONGTYPE")),
+                        (_, Ok(_)) => {}
+                        (i, other) => panic!("{v}: check {i}: {other:?}"),
+                    }
+                }
             }
         }
     }
