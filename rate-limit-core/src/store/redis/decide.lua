@@ -11,12 +11,13 @@
 -- little-endian doubles (allowed 1/0, capacity, remaining, reset after, retry after or -1); or,
 -- if that check failed, 'E', the length of its error message as a double, and the message.
 -- One string, because Redis converts each element of a reply table at a cost of its own and the
--- client parses one string far faster than as many integers. Every value is an integer below
--- 2^53, so its double is exact.
+-- client parses one string far faster than as many integers. Every value is an integer of at
+-- most 2^53, so its double is exact.
 -- A check that fails (a key of the wrong type, ...) leaves the text states as they were before
 -- it, and the other checks of the call are decided as if it had not been sent.
 -- Each is called as algorithm(key, now, p, cost, commit) and returns five values (not a table,
--- which would cost an allocation per check): allowed, capacity, remaining, reset after, and
+-- which would cost an allocation per check; only a check of several limits keeps each limit's
+-- answer in a table until all are decided): allowed, capacity, remaining, reset after, and
 -- retry after or -1.
 local algorithms = {
   token_bucket, leaky_bucket, fixed_window, sliding_window_log, sliding_window, gcra,
