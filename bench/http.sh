@@ -51,7 +51,8 @@ worktrees=()
 cleanup() {
   stop_server
   for tree in "${worktrees[@]}"; do
-    git worktree remove --force "$tree" 2>/dev/null || true
+    git worktree remove --force "$tree/tree" 2>/dev/null || true
+    rm -rf "$tree"
   done
   if [[ -n "$redis_port" ]]; then
     redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || kill -TERM "$redis_pid" 2>/dev/null || true
@@ -72,7 +73,7 @@ if ! command -v wrk >/dev/null; then
 fi
 wants_redis=0
 for mode in $MODES; do
-  [[ ${mode%@*} == redis ]] && wants_redis=1
+  [[ ${mode%%@*} == redis* ]] && wants_redis=1
 done
 if ((wants_redis)) && ! command -v redis-server >/dev/null; then
   log "redis mode needs redis-server (apt-get install redis-server)"
@@ -109,20 +110,32 @@ cargo build --release -p examples --example bench_server
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-# The bench server of each revision named in MODES, built once in a worktree of its own.
+# The bench server of each revision named in MODES, built once in a worktree of its own. A
+# revision is named in files by its commit hash, so `main~2` or `origin/main` are fine too.
 declare -A BINARY
 for mode in $MODES; do
   [[ $mode == *@* ]] || continue
   rev=${mode#*@}
   [[ -z ${BINARY[$rev]:-} ]] || continue
-  tree=$(mktemp -d)/tree
-  git worktree add --detach "$tree" "$rev" >&2
+  commit=$(git rev-parse --short "$rev^{commit}")
+  tree=$(mktemp -d)
   worktrees+=("$tree")
-  CARGO_TARGET_DIR="$OUT/rev-target" cargo build --release --manifest-path "$tree/Cargo.toml" \
-    -p examples --example bench_server
-  cp "$OUT/rev-target/release/examples/bench_server" "$OUT/bench_server-$rev"
-  BINARY[$rev]="$OUT/bench_server-$rev"
+  git worktree add --detach "$tree/tree" "$commit" >&2
+  CARGO_TARGET_DIR="$OUT/rev-target" cargo build --release \
+    --manifest-path "$tree/tree/Cargo.toml" -p examples --example bench_server
+  cp "$OUT/rev-target/release/examples/bench_server" "$OUT/bench_server-$commit"
+  BINARY[$rev]="$OUT/bench_server-$commit"
 done
+
+# A mode's name in file names: the revision part as its commit hash.
+file_name() {
+  local mode=$1
+  if [[ $mode == *@* ]]; then
+    echo "${mode%%@*}@$(git rev-parse --short "${mode#*@}^{commit}")"
+  else
+    echo "$mode"
+  fi
+}
 
 # shellcheck source=bench/ports.sh
 source bench/ports.sh
@@ -156,7 +169,7 @@ run() {
   timeout "$backstop" "${wrk_cpu[@]}" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "${args[@]}" \
     "http://127.0.0.1:$port/" >/dev/null
   timeout "$backstop" "${wrk_cpu[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
-    "${args[@]}" "http://127.0.0.1:$port/" >"$OUT/$mode-$keys-$round.txt"
+    "${args[@]}" "http://127.0.0.1:$port/" >"$OUT/$(file_name "$mode")-$keys-$round.txt"
 }
 
 log "pinning: $pinning"
@@ -167,7 +180,7 @@ for round in $(seq 1 "$ROUNDS"); do
     log "round $round: $mode on 127.0.0.1:$port"
     server=$SERVER
     [[ $mode == *@* ]] && server=${BINARY[${mode#*@}]}
-    BENCH_MODE=${mode%@*} PORT=$port REDIS_URL=$redis_url "${server_cpu[@]}" "$server" >/dev/null &
+    BENCH_MODE=${mode%%@*} PORT=$port REDIS_URL=$redis_url "${server_cpu[@]}" "$server" >/dev/null &
     server_pid=$!
     wait_port "$port"
     for keys in hot random; do
@@ -203,7 +216,7 @@ for mode in $MODES; do
   for keys in hot random; do
     rps_list="" p99_list="" errors=0
     for round in $(seq 1 "$ROUNDS"); do
-      read -r rps p99 err < <(parse "$OUT/$mode-$keys-$round.txt")
+      read -r rps p99 err < <(parse "$OUT/$(file_name "$mode")-$keys-$round.txt")
       rps_list+="$rps"$'\n'
       p99_list+="$p99"$'\n'
       errors=$((errors + err))

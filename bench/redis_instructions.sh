@@ -40,6 +40,8 @@ files=$(read_file script.rs | sed -n 's/.*include_str!("\(.*\.lua\)").*/\1/p')
 source_text=$(for f in $files; do read_file "$f"; done)
 # Commits before runs of identical checks had no repeat count in an entry's header.
 if grep -q "repeat count" <<<"$source_text"; then repeat=1; else repeat=0; fi
+# Since c8968b4 the reply is one binary string, 41 bytes per check.
+if grep -q "struct.pack" <<<"$source_text"; then binary=1; else binary=0; fi
 
 OUT=$(mktemp -d)
 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" \
@@ -86,7 +88,7 @@ call_args() {
   echo "${#keys[@]} ${keys[*]} '' ${entries[*]}"
 }
 
-# Instructions per call of the EVALSHA whose arguments are "$@".
+# Instructions per call of the EVALSHA whose arguments are "$@", a call of CHECKS checks.
 measure() {
   # A script that fails costs little: a count of its failure would be no figure at all. A
   # reply starting with E is an error, or (binary replies) a check's error record.
@@ -95,6 +97,15 @@ measure() {
   if [[ $reply =~ ^(E|NOSCRIPT|WRONGTYPE|\(error\)) ]]; then
     echo "the script failed: $reply" >&2
     exit 1
+  fi
+  if ((binary)); then
+    # Every check answered with a decision record, not only the first.
+    local bytes
+    bytes=$(redis-cli -p "$PORT" EVALSHA "$SHA" "$@" | head -c -1 | wc -c)
+    if ((bytes != 41 * CHECKS)); then
+      echo "the script answered $bytes bytes for $CHECKS checks" >&2
+      exit 1
+    fi
   fi
   redis-benchmark -p "$PORT" -n 50 -c 1 -q EVALSHA "$SHA" "$@" >/dev/null 2>&1
   callgrind_control -z "$VPID" >/dev/null 2>&1
@@ -120,6 +131,6 @@ for shape in hot-1 hot-32 keys-8; do
   args=$(call_args "${keys[@]}")
   # The empty "now" argument ('') asks the script for the server's TIME.
   eval "set -- $args"
-  per_call=$(measure "$@")
+  per_call=$(CHECKS=$count measure "$@")
   echo "| $shape | $count | $per_call | $((per_call / count)) |"
 done
