@@ -9,9 +9,11 @@
 //! Environment:
 //!
 //! - `BENCH_MODE` (required): `bare` (no limiter), `memory` (our layer on a `MemoryStore`),
-//!   `redis` (our layer on a `RedisStore`), `governor` (tower_governor's keyed limiter) or
-//!   `headers` (no limiter: only the five rate-limit fields our layer writes here, as fixed
-//!   values, the least any layer that writes them can cost).
+//!   `redis` (our layer on a `RedisStore`), `redis-unbatched` (the same with batching and the
+//!   deny cache off: one `EVALSHA` per request, the naive layer issue 7 compares against),
+//!   `governor` (tower_governor's keyed limiter) or `headers` (no limiter: only the five
+//!   rate-limit fields our layer writes here, as fixed values, the least any layer that writes
+//!   them can cost).
 //! - `PORT` (default 3000): the port to listen on, on 127.0.0.1.
 //! - `REDIS_URL` (required in `redis` mode), e.g. `redis://127.0.0.1:6390`.
 //!
@@ -22,7 +24,7 @@
 //! exits with status 2 and a message naming the variable.
 
 use std::fmt;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::process::ExitCode;
 
 use axum::Router;
@@ -48,15 +50,17 @@ enum Mode {
     Bare,
     Memory,
     Redis,
+    RedisUnbatched,
     Governor,
     Headers,
 }
 
 impl Mode {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Bare,
         Self::Memory,
         Self::Redis,
+        Self::RedisUnbatched,
         Self::Governor,
         Self::Headers,
     ];
@@ -66,6 +70,7 @@ impl Mode {
             Self::Bare => "bare",
             Self::Memory => "memory",
             Self::Redis => "redis",
+            Self::RedisUnbatched => "redis-unbatched",
             Self::Governor => "governor",
             Self::Headers => "headers",
         }
@@ -129,7 +134,7 @@ impl Config {
             None => 3000,
         };
         let redis_url = var("REDIS_URL").filter(|url| !url.is_empty());
-        if mode == Mode::Redis && redis_url.is_none() {
+        if matches!(mode, Mode::Redis | Mode::RedisUnbatched) && redis_url.is_none() {
             return Err(EnvError {
                 var: "REDIS_URL",
                 value: None,
@@ -215,6 +220,15 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
         Mode::Redis => {
             let url = config.redis_url.as_deref().unwrap_or_default();
             let store = RedisStore::connect(url).await?;
+            router.layer(ours(RateLimitLayer::new(store, never_deny())))
+        }
+        Mode::RedisUnbatched => {
+            let url = config.redis_url.as_deref().unwrap_or_default();
+            let conn = redis::Client::open(url)?.get_connection_manager().await?;
+            let store = RedisStore::builder(conn)
+                .max_batch(NonZeroUsize::MIN)
+                .deny_cache(0)
+                .build()?;
             router.layer(ours(RateLimitLayer::new(store, never_deny())))
         }
         Mode::Governor => {
@@ -335,7 +349,7 @@ mod tests {
             "{}",
             mode.name()
         );
-        if matches!(mode, Mode::Memory | Mode::Redis) {
+        if matches!(mode, Mode::Memory | Mode::Redis | Mode::RedisUnbatched) {
             assert!(res.headers().contains_key("ratelimit"), "{}", mode.name());
         }
         let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -393,6 +407,7 @@ mod tests {
         }
         let server = integration_tests::RedisServer::start();
         answers_ok(Mode::Redis, Some(server.url())).await;
+        answers_ok(Mode::RedisUnbatched, Some(server.url())).await;
     }
 
     #[test]
