@@ -1,8 +1,9 @@
 //! End-to-end tests across the crates; see `tests/tests/`.
 //!
 //! Test support lives here: [`RedisServer`] starts a throwaway `redis-server` on a free loopback
-//! port (which a test may kill, pause, resume and restart), [`RedisCluster`] a three-master
-//! Redis Cluster. Neither touches a server it did not start.
+//! port (which a test may kill, pause, resume and restart), also over TLS with [`TestCerts`],
+//! and [`RedisCluster`] a three-master Redis Cluster. Neither touches a server it did not
+//! start.
 //!
 //! Tests that need Redis call [`redis_available`] first: when `redis-server` is not on the
 //! `PATH` they print `SKIPPED: redis-server not found` and return, unless `CI=true`, where a
@@ -12,6 +13,8 @@ pub mod load;
 mod redis_cluster;
 mod redis_server;
 pub mod replay;
+mod tls;
 
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisServer, redis_available};
+pub use tls::TestCerts;

@@ -58,12 +58,45 @@ impl RedisServer {
     ///
     /// If no server could be started after a few ports were tried.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_ports(|_| extra.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    /// As [`start`](Self::start), also serving TLS with `certs` on [`tls_port`](Self::tls_port)
+    /// (`port + 10000`). Clients need not present a certificate.
+    ///
+    /// # Panics
+    ///
+    /// If no server could be started after a few ports were tried.
+    pub fn start_tls(certs: &crate::TestCerts) -> Self {
+        let file = |name: &str| certs.path(name).to_string_lossy().into_owned();
+        Self::start_with_ports(|port| {
+            vec![
+                "--tls-port".to_owned(),
+                (port + 10_000).to_string(),
+                "--tls-cert-file".to_owned(),
+                file("server.crt"),
+                "--tls-key-file".to_owned(),
+                file("server.key"),
+                "--tls-ca-cert-file".to_owned(),
+                file("ca.crt"),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ]
+        })
+    }
+
+    /// The TLS port of a server started by [`start_tls`](Self::start_tls).
+    pub fn tls_port(&self) -> u16 {
+        self.port + 10_000
+    }
+
+    fn start_with_ports(extra: impl Fn(u16) -> Vec<String>) -> Self {
         for _ in 0..8 {
             let port = free_port();
             let mut server = Self {
                 port,
                 dir: temp_dir(port),
-                extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+                extra: extra(port),
                 child: None,
             };
             if server.spawn() {

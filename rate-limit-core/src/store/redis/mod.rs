@@ -150,7 +150,12 @@ pub use builder::RedisStoreBuilder;
 ///
 /// Credentials and TLS come from the URL: `redis://user:password@host:6379/0` sends `AUTH`
 /// (`redis://:password@host` for a password alone); `rediss://host:6380` connects with TLS (the
-/// `tls` feature, rustls with the webpki roots).
+/// `tls` feature, rustls with the webpki roots). A server whose certificate comes from a private
+/// CA is refused by [`connect`](RedisStore::connect) (the cause, the error's source, says
+/// `invalid peer certificate: UnknownIssuer`); connect through
+/// `redis::Client::build_with_tls` with that CA as the root and pass the connection to
+/// [`builder`](RedisStore::builder). Both are tested against a live TLS `redis-server` in
+/// `tests/tests/redis_tls.rs`.
 ///
 /// # Errors
 ///
