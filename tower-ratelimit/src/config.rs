@@ -10,7 +10,7 @@ use tracing::Instrument as _;
 
 use crate::headers::HeaderSettings;
 use crate::key::{self, KeyExtractor};
-use crate::observe;
+use crate::observe::{self, Causes};
 use crate::policy::Policy;
 
 /// What to do with a request from which no key can be extracted.
@@ -165,6 +165,7 @@ impl Shared {
                 policy = policy.name(),
                 backend = self.backend,
                 error = %err,
+                cause = %Causes(err),
                 "rate limit store failed"
             ),
         }
@@ -199,7 +200,11 @@ impl Shared {
                         remaining = d.remaining(),
                         "rate limit decided"
                     ),
-                    Err(err) => tracing::warn!(error = %err, "rate limit store failed"),
+                    Err(err) => tracing::warn!(
+                        error = %err,
+                        cause = %Causes(err),
+                        "rate limit store failed"
+                    ),
                 }
                 result
             }

@@ -4,6 +4,8 @@
 //! reused: a request allocates nothing here. Handles are not cached, so a recorder installed
 //! later (or a thread-local one in a test) still sees every decision.
 
+use std::error::Error;
+use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -107,4 +109,49 @@ pub(crate) fn store_duration(key: &Key, elapsed: Duration) {
         r.register_histogram(key, &METADATA)
             .record(elapsed.as_secs_f64());
     });
+}
+
+/// An error's sources, outermost first, joined by `: ` (empty when it has none): logged beside
+/// the error, whose own text names only the kind of failure. A refused TLS certificate, for
+/// one, is `invalid peer certificate: UnknownIssuer` here and only `connection failed: redis`
+/// in the error.
+pub(crate) struct Causes<'a>(pub(crate) &'a (dyn Error + 'static));
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut next = self.0.source();
+        let mut separator = "";
+        while let Some(cause) = next {
+            write!(f, "{separator}{cause}")?;
+            separator = ": ";
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rate_limit_core::{StoreError, StoreErrorKind};
+    use std::io;
+
+    #[test]
+    fn causes_list_the_sources_outermost_first() {
+        let none = StoreError::new(StoreErrorKind::Connection, "redis");
+        assert_eq!(Causes(&none).to_string(), "");
+
+        let tls = io::Error::other("invalid peer certificate: UnknownIssuer");
+        let one = StoreError::new(StoreErrorKind::Connection, "redis").with_source(tls);
+        assert_eq!(one.to_string(), "connection failed: redis");
+        assert_eq!(
+            Causes(&one).to_string(),
+            "invalid peer certificate: UnknownIssuer"
+        );
+
+        let inner =
+            StoreError::new(StoreErrorKind::Timeout, "inner").with_source(io::Error::other("deep"));
+        let two = StoreError::new(StoreErrorKind::Backend, "outer").with_source(inner);
+        assert_eq!(Causes(&two).to_string(), "timed out: inner: deep");
+    }
 }
