@@ -81,68 +81,42 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-impl<S: Store + ?Sized> Store for Arc<S> {
-    fn try_check_now(
-        &self,
-        key: &str,
-        limits: &[Limit],
-        cost: NonZeroU32,
-    ) -> Option<Result<Decision, StoreError>> {
-        (**self).try_check_now(key, limits, cost)
-    }
+/// `Store` for a smart pointer to a store: every method forwards to the store it points to.
+macro_rules! forward_store {
+    ($($pointer:ident),+) => {$(
+        impl<S: Store + ?Sized> Store for $pointer<S> {
+            fn try_check_now(
+                &self,
+                key: &str,
+                limits: &[Limit],
+                cost: NonZeroU32,
+            ) -> Option<Result<Decision, StoreError>> {
+                (**self).try_check_now(key, limits, cost)
+            }
 
-    fn check<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        (**self).check(key, limits, cost)
-    }
+            fn check<'a>(
+                &'a self,
+                key: &'a str,
+                limits: &'a [Limit],
+                cost: NonZeroU32,
+            ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+                (**self).check(key, limits, cost)
+            }
 
-    fn peek<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        (**self).peek(key, limits, cost)
-    }
+            fn peek<'a>(
+                &'a self,
+                key: &'a str,
+                limits: &'a [Limit],
+                cost: NonZeroU32,
+            ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+                (**self).peek(key, limits, cost)
+            }
 
-    fn backend(&self) -> &'static str {
-        (**self).backend()
-    }
+            fn backend(&self) -> &'static str {
+                (**self).backend()
+            }
+        }
+    )+};
 }
 
-impl<S: Store + ?Sized> Store for Box<S> {
-    fn try_check_now(
-        &self,
-        key: &str,
-        limits: &[Limit],
-        cost: NonZeroU32,
-    ) -> Option<Result<Decision, StoreError>> {
-        (**self).try_check_now(key, limits, cost)
-    }
-
-    fn check<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        (**self).check(key, limits, cost)
-    }
-
-    fn peek<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        (**self).peek(key, limits, cost)
-    }
-
-    fn backend(&self) -> &'static str {
-        (**self).backend()
-    }
-}
+forward_store!(Arc, Box);
