@@ -246,27 +246,21 @@ fn read_records(
                 // The records are whole, so the checks after this one still line up: a value
                 // that is not an integer (a state corrupted out of band, read as infinity)
                 // fails this check alone, as its own error would.
-                let not_integer =
-                    || malformed(format_args!("check {i}: a value is not an integer"));
-                if n == 1 {
-                    record_values(records).map_or_else(
-                        || Err(not_integer()),
-                        |values| decision(&values, &check.limits),
-                    )
+                let mut values = records.chunks_exact(RECORD).map(record_values);
+                let decided = if n == 1 {
+                    // No `Vec` for the common case of one limit.
+                    values.next().flatten().map(|v| decision(&v, &check.limits))
                 } else {
                     ints.clear();
-                    let whole = records.chunks_exact(RECORD).all(|record| {
-                        record_values(record).is_some_and(|values| {
-                            ints.extend_from_slice(&values);
-                            true
-                        })
-                    });
-                    if whole {
-                        decision(&ints, &check.limits)
-                    } else {
-                        Err(not_integer())
-                    }
-                }
+                    values
+                        .try_for_each(|v| v.map(|v| ints.extend_from_slice(&v)))
+                        .map(|()| decision(&ints, &check.limits))
+                };
+                decided.unwrap_or_else(|| {
+                    Err(malformed(format_args!(
+                        "check {i}: a value is not an integer"
+                    )))
+                })
             }
             Some(&FAILED) => {
                 let length = rest
@@ -291,13 +285,10 @@ fn read_records(
     Ok(answers)
 }
 
-/// The five values of a limit's record, if it is one: tagged `D`, each an integer.
+/// The five values of a limit's record (its tag already read), if each is an integer.
 fn record_values(record: &[u8]) -> Option<[i64; REPLY_WIDTH]> {
-    let (&DECIDED, doubles) = record.split_first()? else {
-        return None;
-    };
     let mut values = [0; REPLY_WIDTH];
-    for (value, bytes) in values.iter_mut().zip(doubles.chunks_exact(8)) {
+    for (value, bytes) in values.iter_mut().zip(record[1..].chunks_exact(8)) {
         *value = exact_integer(bytes)?;
     }
     Some(values)
