@@ -3,6 +3,9 @@
 use std::thread;
 use std::time::Duration;
 
+use rate_limit_core::RedisStore;
+use redis::cluster_async::ClusterConnection;
+
 use crate::redis_server::{RedisServer, cli};
 
 /// A Redis Cluster of three masters, each a [`RedisServer`] started with
@@ -61,5 +64,19 @@ impl RedisCluster {
     /// `redis://127.0.0.1:<port>` of every node.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// A `RedisStore` on this cluster, connected through every node
+    /// ([`RedisStore::connect_cluster`]).
+    ///
+    /// # Panics
+    ///
+    /// If no node can be reached.
+    pub async fn connect_store(&self) -> RedisStore<ClusterConnection> {
+        let urls = self.urls();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        RedisStore::connect_cluster(&urls)
+            .await
+            .expect("a store on the cluster")
     }
 }

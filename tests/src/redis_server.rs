@@ -17,17 +17,27 @@ use std::time::Duration;
 ///
 /// When `redis-server` is missing and the environment has `CI=true`: CI must run these tests.
 pub fn redis_available() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
+    tool_available("redis-server", "--version")
+}
+
+/// Whether `program arg` runs and succeeds here. When it does not, prints
+/// `SKIPPED: <program> not found` so the skip is visible, and returns `false`.
+///
+/// # Panics
+///
+/// When the program is missing and the environment has `CI=true`: CI must run every test.
+pub(crate) fn tool_available(program: &str, arg: &str) -> bool {
+    let found = Command::new(program)
+        .arg(arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !found {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("redis-server not found on the PATH, and CI=true: install redis-server");
+            panic!("{program} not found on the PATH, and CI=true: install {program}");
         }
-        eprintln!("SKIPPED: redis-server not found");
+        eprintln!("SKIPPED: {program} not found");
     }
     found
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::redis_server::tool_available;
+
 /// A CA and a server certificate signed by it, for the IP address `127.0.0.1`, in a temporary
 /// directory removed on drop. Both are EC P-256 and valid for two days.
 #[derive(Debug)]
@@ -22,17 +24,7 @@ impl TestCerts {
     ///
     /// When `openssl` is missing and `CI=true`, or when one of its commands fails.
     pub fn generate() -> Option<Self> {
-        let found = Command::new("openssl")
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("openssl not found on the PATH, and CI=true: install openssl");
-            }
-            eprintln!("SKIPPED: openssl not found");
+        if !tool_available("openssl", "version") {
             return None;
         }
         static N: AtomicU32 = AtomicU32::new(0);

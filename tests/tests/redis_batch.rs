@@ -567,14 +567,12 @@ async fn batches_on_a_cluster_never_cross_slots() {
         return;
     }
     let cluster = RedisCluster::start();
-    let urls = cluster.urls();
-    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let store = Arc::new(RedisStore::connect_cluster(&urls).await.unwrap());
+    let store = Arc::new(cluster.connect_store().await);
     cluster_keys_are_exact(&store).await;
 
     // A cluster connection of a type the store does not know: the first batch over several
     // slots answers CROSSSLOT, and is sent again one call per slot.
-    let client = redis::cluster::ClusterClient::new(urls.clone()).unwrap();
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
     let conn = Wrapped(client.get_async_connection().await.unwrap());
     let store = Arc::new(RedisStore::builder(conn).prefix("w").build().unwrap());
     cluster_keys_are_exact(&store).await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use integration_tests::load::admitted_per_key;
 use integration_tests::{RedisCluster, redis_available};
-use rate_limit_core::{Algorithm, Limit, Quota, RedisStore, Store};
+use rate_limit_core::{Algorithm, Limit, Quota, Store};
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap()
@@ -18,9 +18,7 @@ async fn keys_spread_over_masters_and_each_is_exact() {
         return;
     }
     let cluster = RedisCluster::start();
-    let urls = cluster.urls();
-    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let store = Arc::new(RedisStore::connect_cluster(&urls).await.unwrap());
+    let store = Arc::new(cluster.connect_store().await);
     assert_eq!(store.backend(), "cluster");
     // Three limits, three algorithms, one script per check: no CROSSSLOT.
     let limits = [
