@@ -327,8 +327,8 @@ mod tests {
         Config::from_vars(|name| vars.get(name).cloned())
     }
 
-    /// Sends one keyed `GET /` through the app for `mode` and checks it is admitted.
-    async fn answers_ok(mode: Mode, redis_url: Option<String>) {
+    /// The response of `mode`'s app to one keyed `GET /`.
+    async fn response(mode: Mode, redis_url: Option<String>) -> Response {
         let app = app(&Config {
             mode,
             port: 0,
@@ -340,7 +340,12 @@ mod tests {
             .header(CLIENT_HEADER, "bench-test")
             .body(Body::empty())
             .unwrap();
-        let res = app.oneshot(req).await.unwrap();
+        app.oneshot(req).await.unwrap()
+    }
+
+    /// Sends one keyed `GET /` through the app for `mode` and checks it is admitted.
+    async fn answers_ok(mode: Mode, redis_url: Option<String>) {
+        let res = response(mode, redis_url).await;
         assert_eq!(res.status(), StatusCode::OK, "{}", mode.name());
         // Every limiter reports the remaining budget; the bare server has none to report.
         assert_eq!(
@@ -356,26 +361,10 @@ mod tests {
         assert_eq!(&body[..], b"ok");
     }
 
-    /// The response of `mode`'s app to one keyed `GET /`.
-    async fn response(mode: Mode) -> Response {
-        let app = app(&Config {
-            mode,
-            port: 0,
-            redis_url: None,
-        })
-        .await
-        .unwrap();
-        let req = Request::get("/")
-            .header(CLIENT_HEADER, "bench-test")
-            .body(Body::empty())
-            .unwrap();
-        app.oneshot(req).await.unwrap()
-    }
-
     #[tokio::test]
     async fn headers_mode_writes_the_fields_the_layer_writes() {
-        let ours = response(Mode::Memory).await;
-        let fixed = response(Mode::Headers).await;
+        let ours = response(Mode::Memory, None).await;
+        let fixed = response(Mode::Headers, None).await;
         assert_eq!(fixed.status(), StatusCode::OK);
         for (name, value) in five_fields() {
             assert_eq!(ours.headers().get(&name), Some(&value), "{name}");
@@ -397,6 +386,17 @@ mod tests {
     #[tokio::test]
     async fn governor_answers_ok_with_headers() {
         answers_ok(Mode::Governor, None).await;
+        // The README compares header costs: on an admitted request, tower_governor writes two
+        // rate-limit fields to our five.
+        let res = response(Mode::Governor, None).await;
+        let mut fields: Vec<&str> = res
+            .headers()
+            .keys()
+            .map(HeaderName::as_str)
+            .filter(|name| name.contains("ratelimit"))
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["x-ratelimit-limit", "x-ratelimit-remaining"]);
     }
 
     #[tokio::test]
