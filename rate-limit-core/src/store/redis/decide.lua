@@ -26,6 +26,8 @@ local algorithms = {
 -- The answers: per check in order, one record per limit, or one error record.
 local replies = {}
 local pack = struct.pack
+-- A limit's record: 'D' (68), then its five values as little-endian doubles.
+local RECORD = '<Bddddd'
 
 local now
 if ARGV[1] == '' then
@@ -83,7 +85,7 @@ end
 
 -- Sets record m + 1 to one limit's answer (68 is 'D').
 local function push(m, r)
-  replies[m + 1] = pack('<Bddddd', 68, r[1] and 1 or 0, r[2], r[3], r[4], r[5])
+  replies[m + 1] = pack(RECORD, 68, r[1] and 1 or 0, r[2], r[3], r[4], r[5])
 end
 
 -- Sets record m + 1 to a check's error message (69 is 'E').
@@ -138,11 +140,12 @@ while a < #ARGV do
       if not fn then
         fail(#replies, p)
       else
-        -- The five values of the answer, or false and the error.
+        -- The five values of the answer, or false and the error; packed here rather than
+        -- through push, which would cost this, the hot path, a table or a call per check.
         local done, allowed, capacity, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
         if done then
           replies[#replies + 1] =
-            pack('<Bddddd', 68, allowed and 1 or 0, capacity, remaining, reset, retry)
+            pack(RECORD, 68, allowed and 1 or 0, capacity, remaining, reset, retry)
         else
           fail(#replies, message(allowed))
         end
