@@ -112,11 +112,12 @@ OUT=$(cd "$OUT" && pwd)
 
 # The bench server of each revision named in MODES, built once in a worktree of its own. A
 # revision is named in files by its commit hash, so `main~2` or `origin/main` are fine too.
-declare -A BINARY
+# COMMIT maps each revision to its short hash; its server is $OUT/bench_server-<hash>.
+declare -A COMMIT
 for mode in $MODES; do
   [[ $mode == *@* ]] || continue
   rev=${mode#*@}
-  [[ -z ${BINARY[$rev]:-} ]] || continue
+  [[ -z ${COMMIT[$rev]:-} ]] || continue
   commit=$(git rev-parse --short "$rev^{commit}")
   tree=$(mktemp -d)
   worktrees+=("$tree")
@@ -124,14 +125,14 @@ for mode in $MODES; do
   CARGO_TARGET_DIR="$OUT/rev-target" cargo build --release \
     --manifest-path "$tree/tree/Cargo.toml" -p examples --example bench_server
   cp "$OUT/rev-target/release/examples/bench_server" "$OUT/bench_server-$commit"
-  BINARY[$rev]="$OUT/bench_server-$commit"
+  COMMIT[$rev]=$commit
 done
 
 # A mode's name in file names: the revision part as its commit hash.
 file_name() {
   local mode=$1
   if [[ $mode == *@* ]]; then
-    echo "${mode%%@*}@$(git rev-parse --short "${mode#*@}^{commit}")"
+    echo "${mode%%@*}@${COMMIT[${mode#*@}]}"
   else
     echo "$mode"
   fi
@@ -179,7 +180,7 @@ for round in $(seq 1 "$ROUNDS"); do
     port=$(free_port)
     log "round $round: $mode on 127.0.0.1:$port"
     server=$SERVER
-    [[ $mode == *@* ]] && server=${BINARY[${mode#*@}]}
+    [[ $mode == *@* ]] && server=$OUT/bench_server-${COMMIT[${mode#*@}]}
     BENCH_MODE=${mode%%@*} PORT=$port REDIS_URL=$redis_url "${server_cpu[@]}" "$server" >/dev/null &
     server_pid=$!
     wait_port "$port"

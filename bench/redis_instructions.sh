@@ -91,21 +91,13 @@ call_args() {
 # Instructions per call of the EVALSHA whose arguments are "$@", a call of CHECKS checks.
 measure() {
   # A script that fails costs little: a count of its failure would be no figure at all. A
-  # reply starting with E is an error, or (binary replies) a check's error record.
-  local reply
-  reply=$(redis-cli -p "$PORT" EVALSHA "$SHA" "$@" 2>&1 | tr -d '\0')
-  if [[ $reply =~ ^(E|NOSCRIPT|WRONGTYPE|\(error\)) ]]; then
-    echo "the script failed: $reply" >&2
+  # reply starting with E is an error, or (binary replies) a check's error record; a binary
+  # reply must also hold a 41-byte record for every check, not only the first.
+  redis-cli -p "$PORT" EVALSHA "$SHA" "$@" >"$OUT/reply" 2>&1
+  if head -c 16 "$OUT/reply" | tr -d '\0' | grep -qE '^(E|NOSCRIPT|WRONGTYPE|\(error\))' ||
+    { ((binary)) && (($(stat -c %s "$OUT/reply") != 41 * CHECKS + 1)); }; then
+    echo "the script failed: $(head -c 200 "$OUT/reply" | tr -d '\0')" >&2
     exit 1
-  fi
-  if ((binary)); then
-    # Every check answered with a decision record, not only the first.
-    local bytes
-    bytes=$(redis-cli -p "$PORT" EVALSHA "$SHA" "$@" | head -c -1 | wc -c)
-    if ((bytes != 41 * CHECKS)); then
-      echo "the script answered $bytes bytes for $CHECKS checks" >&2
-      exit 1
-    fi
   fi
   redis-benchmark -p "$PORT" -n 50 -c 1 -q EVALSHA "$SHA" "$@" >/dev/null 2>&1
   callgrind_control -z "$VPID" >/dev/null 2>&1
