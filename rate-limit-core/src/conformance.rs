@@ -290,7 +290,43 @@ pub fn cases() -> Vec<Case> {
     peeked.steps[0].peek = true;
     peeked.steps[2].peek = true;
     cases.push(peeked);
+    cases.extend(repeated());
     cases
+}
+
+/// The same limit listed twice (two merged policies naming one quota): it counts once per
+/// check, and a denial charges nothing. 3/min, cost 2: allowed (1 left), then denied with
+/// nothing charged, then cost 1 still fits.
+fn repeated() -> Vec<Case> {
+    // (algorithm, reset after the first check, retry of the second, reset when spent).
+    // Buckets: T = 20 s; windows: the one-minute window from BASE, whose weighted previous
+    // window (sliding counter) lets 2 more in once 30 s of the next window have passed.
+    let table = [
+        (Algorithm::TokenBucket, 40_000, 20_000, 60_000),
+        (Algorithm::LeakyBucket, 40_000, 20_000, 60_000),
+        (Algorithm::Gcra, 40_000, 20_000, 60_000),
+        (Algorithm::FixedWindow, 60_000, 60_000, 60_000),
+        (Algorithm::SlidingWindowLog, 60_000, 60_000, 60_000),
+        (Algorithm::SlidingWindow, 120_000, 90_000, 120_000),
+    ];
+    table
+        .into_iter()
+        .map(|(alg, first_reset, retry, spent_reset)| {
+            let limit = Limit::new(quota(3, 60_000, 3), alg);
+            let rows: [Row; 3] = [
+                (0, 2, true, 1, first_reset, None),
+                (0, 2, false, 1, first_reset, Some(retry)),
+                (0, 1, true, 0, spent_reset, None),
+            ];
+            let mut case = single(&format!("{alg}-repeated"), limit, &rows);
+            case.limits.push(limit);
+            for step in &mut case.steps {
+                let e = step.expect[0];
+                step.expect.push(e);
+            }
+            case
+        })
+        .collect()
 }
 
 /// Runs every case against `store`, moving `clock` (which the store must read) to each

@@ -385,19 +385,28 @@ impl<C: Clock> MemoryStore<C> {
             drop(inner);
             return Ok(Decision::single(raw.snapshot(limit.nanos())));
         }
-        // All-or-nothing: decide every limit without charging, then charge only if all allow.
-        let mut all = true;
-        let mut raws: Vec<Raw> = limits
+        // A limit listed twice (same id, so one state) is decided and charged once: each
+        // position gets the answer of its first occurrence.
+        let first: Vec<usize> = limits
             .iter()
-            .map(|l| {
-                let r = self.apply(&mut inner, key, h, l, now, cost, false);
-                all &= r.allowed;
-                r
-            })
+            .enumerate()
+            .map(|(i, l)| limits[..i].iter().position(|m| m.id() == l.id()).unwrap_or(i))
             .collect();
-        if all && commit {
-            for (r, l) in raws.iter_mut().zip(limits) {
-                *r = self.apply(&mut inner, key, h, l, now, cost, true);
+        // All-or-nothing: decide every limit without charging, then charge only if all allow.
+        let mut raws: Vec<Raw> = Vec::with_capacity(limits.len());
+        for (i, l) in limits.iter().enumerate() {
+            let r = match first[i] {
+                j if j < i => raws[j],
+                _ => self.apply(&mut inner, key, h, l, now, cost, false),
+            };
+            raws.push(r);
+        }
+        if commit && raws.iter().all(|r| r.allowed) {
+            for (i, l) in limits.iter().enumerate() {
+                raws[i] = match first[i] {
+                    j if j < i => raws[j],
+                    _ => self.apply(&mut inner, key, h, l, now, cost, true),
+                };
             }
         }
         Ok(Decision::from_snapshots(

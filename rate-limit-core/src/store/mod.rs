@@ -20,6 +20,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Keeps rate-limit state and decides on it.
 ///
 /// Implementations must make several limits all-or-nothing: if one denies, none is charged.
+/// A limit listed more than once (the same [`id`](Limit::id): the same quota and algorithm, as
+/// when two merged policies name one quota) is one limit with one state: it is decided and
+/// charged once per check, and each of its places in the decision gets that answer. Listing it
+/// twice never charges it twice.
 /// A denial is an `Ok` [`Decision`]; `Err` is for a store that could not decide.
 ///
 /// The `conformance` feature of this crate ships a table of cases that any implementation must

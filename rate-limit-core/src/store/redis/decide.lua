@@ -95,18 +95,38 @@ end
 
 -- One check of several limits, whose keys are KEYS[k + 1 .. k + n]: appends its n records.
 -- All or nothing: decide every limit without charging, then charge only if all allow. The
--- states it writes are journaled, so that a failure can undo them.
+-- states it writes are journaled, so that a failure can undo them. A limit listed twice has
+-- one key (the key names the limit): it is decided and charged once, and each of its places
+-- gets that answer.
 local function check_all(k, n, fns, ps, cost, commit)
   journal = {}
+  local first = {}
+  for i = 1, n do
+    first[i] = i
+    for j = 1, i - 1 do
+      if KEYS[k + j] == KEYS[k + i] then
+        first[i] = j
+        break
+      end
+    end
+  end
   local raws = {}
   local all = true
   for i = 1, n do
-    raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, false) }
+    if first[i] < i then
+      raws[i] = raws[first[i]]
+    else
+      raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, false) }
+    end
     all = all and raws[i][1]
   end
   if all and commit then
     for i = 1, n do
-      raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, true) }
+      if first[i] < i then
+        raws[i] = raws[first[i]]
+      else
+        raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, true) }
+      end
     end
   end
   local m = #replies
