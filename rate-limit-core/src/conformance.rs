@@ -291,7 +291,71 @@ pub fn cases() -> Vec<Case> {
     peeked.steps[2].peek = true;
     cases.push(peeked);
     cases.extend(repeated());
+    cases.extend(back_steps());
     cases
+}
+
+/// Time that steps back: a state written at t=1000 (by an instance whose clock is ahead, or
+/// before a clock was stepped back) is checked at 900 or 950. No algorithm locks a client with
+/// budget left out, and every wait is counted on the caller's clock.
+fn back_steps() -> Vec<Case> {
+    let q = quota(4, 1000, 4);
+    // Token and leaky buckets count no refill before the state's time and admit from what the
+    // state holds: 2 left at 1000 are still there at 900.
+    let buckets: [Row; 4] = [
+        (1000, 2, true, 2, 500, None),
+        (900, 1, true, 1, 850, None),
+        (900, 2, false, 1, 850, Some(350)),
+        (1250, 2, true, 0, 1000, None),
+    ];
+    // GCRA measures its theoretical arrival time on the caller's clock: 100 ms behind, it
+    // admits the same requests with the same waits, and reports the fraction of a unit those
+    // 100 ms hold back as spent.
+    let gcra: [Row; 4] = [
+        (1000, 2, true, 2, 500, None),
+        (900, 1, true, 0, 850, None),
+        (900, 2, false, 0, 850, Some(350)),
+        (1250, 2, true, 0, 1000, None),
+    ];
+    vec![
+        single(
+            "token_bucket-back",
+            Limit::new(q, Algorithm::TokenBucket),
+            &buckets,
+        ),
+        single(
+            "leaky_bucket-back",
+            Limit::new(q, Algorithm::LeakyBucket),
+            &buckets,
+        ),
+        single("gcra-back", Limit::new(q, Algorithm::Gcra), &gcra),
+        // The window [1000, 2000) is stored; at 950 the caller counts into it, not into the
+        // window it thinks it is in, and waits until it ends.
+        single(
+            "fixed_window-back",
+            Limit::new(q, Algorithm::FixedWindow),
+            &[
+                (1000, 1, true, 3, 1000, None),
+                (950, 2, true, 1, 1050, None),
+                (960, 2, false, 1, 1040, Some(1040)),
+                (970, 1, true, 0, 1030, None),
+                (2000, 4, true, 0, 1000, None),
+            ],
+        ),
+        // The counter counts into the stored window as at its start (the previous window
+        // weighs fully). At 960, 1 more fits once the weighted 4 drop to 3: 250 ms into the
+        // next window, at 2250.
+        single(
+            "sliding_window-back",
+            Limit::new(q, Algorithm::SlidingWindow),
+            &[
+                (1000, 2, true, 2, 2000, None),
+                (950, 2, true, 0, 2050, None),
+                (960, 1, false, 0, 2040, Some(1290)),
+                (2250, 1, true, 0, 1750, None),
+            ],
+        ),
+    ]
 }
 
 /// The same limit listed twice (two merged policies naming one quota): it counts once per

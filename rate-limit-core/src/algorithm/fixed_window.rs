@@ -1,5 +1,10 @@
 //! Fixed window: a counter per window, windows aligned to multiples of the period since the Unix
 //! epoch so that every instance agrees where a window starts.
+//!
+//! When time steps back (a clock stepped back, or instances sharing a state whose clocks
+//! disagree), the stored window may be newer than the one `now` falls in. The check then counts
+//! into that newer window: a client with budget left in it is admitted, and every wait runs to
+//! its end on the caller's clock. Counts never exceed the limit in any stored window.
 
 use super::Raw;
 use crate::quota::Params;
@@ -18,22 +23,14 @@ pub(crate) fn apply(
     cost: u64,
     commit: bool,
 ) -> Raw {
-    let start = now - now % p.period;
-    let end = start.saturating_add(p.period);
-    let mut count = match *state {
-        Some(s) if s.start == start => u64::from(s.count),
-        // A clock that went back into an older window keeps the newer window's count.
-        Some(s) if s.start > start => {
-            return Raw {
-                allowed: false,
-                capacity: p.limit,
-                remaining: p.limit - u64::from(s.count).min(p.limit),
-                reset_after: s.start + p.period - now,
-                retry_after: (cost <= p.limit).then(|| s.start + p.period - now),
-            };
-        }
-        _ => 0,
+    let current = now - now % p.period;
+    // A stored window newer than `now`'s (a clock behind the one that wrote it) is the window
+    // counted into: the caller spends what is left of it, and waits until it ends.
+    let (start, mut count) = match *state {
+        Some(s) if s.start >= current => (s.start, u64::from(s.count)),
+        _ => (current, 0),
     };
+    let end = start.saturating_add(p.period);
     let allowed = count.saturating_add(cost) <= p.limit;
     let retry_after = (!allowed && cost <= p.limit).then(|| end - now);
     if allowed && commit {
@@ -89,10 +86,16 @@ mod tests {
     }
 
     #[test]
-    fn clock_going_back_keeps_the_newer_window() {
-        let p = params(1);
+    fn clock_going_back_counts_into_the_newer_window() {
+        // Two instances 50 ms apart: the one ahead opened the window [2000, 3000).
+        let p = params(3);
         let mut s = None;
-        assert!(apply(&mut s, 2_100, &p, 1, true).allowed);
-        assert!(!apply(&mut s, 1_900, &p, 1, true).allowed);
+        assert!(apply(&mut s, 2_010, &p, 1, true).allowed);
+        let r = apply(&mut s, 1_960, &p, 1, true);
+        assert_eq!((r.allowed, r.remaining, r.reset_after), (true, 1, 1_040));
+        assert!(apply(&mut s, 1_970, &p, 1, true).allowed);
+        let r = apply(&mut s, 1_980, &p, 1, true);
+        assert_eq!((r.allowed, r.retry_after), (false, Some(1_020)));
+        assert_eq!(s.map(|s| (s.start, s.count)), Some((2_000, 3)));
     }
 }

@@ -2,6 +2,11 @@
 //!
 //! Each unit of cost pushes the TAT one emission interval `T` later. A request of cost `c` at
 //! `now` passes when `max(TAT, now) + c*T <= now + tau`, with `tau = burst * T`.
+//!
+//! The TAT is a point in time, read on the caller's clock. A caller whose clock is `d` behind
+//! the one that set it (a clock stepped back, or instances sharing a state whose clocks
+//! disagree) admits what the state admits `d` later: at most `d` stricter, never locked out,
+//! and its waits are exact on its own clock.
 
 use super::Raw;
 use crate::quota::Params;
@@ -108,6 +113,20 @@ mod tests {
         let r = apply(&mut s, 0, &p, 4, true);
         assert_eq!((r.allowed, r.retry_after, r.remaining), (false, None, 3));
         assert_eq!(s, None);
+    }
+
+    #[test]
+    fn clock_going_back_is_at_most_the_lag_stricter() {
+        let p = params(10, 3);
+        let mut s = None;
+        assert!(apply(&mut s, 1000, &p, 1, true).allowed);
+        // 30 behind: one more fits (TAT 1100 + 100 - 300 <= 970).
+        let r = apply(&mut s, 970, &p, 1, true);
+        assert_eq!((r.allowed, r.reset_after), (true, 230));
+        // The third fits at 1000 on any clock: 30 from the caller's 970, the lag.
+        let r = apply(&mut s, 970, &p, 1, true);
+        assert_eq!((r.allowed, r.retry_after), (false, Some(30)));
+        assert!(apply(&mut s, 1000, &p, 1, true).allowed);
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Leaky bucket as a meter: each unit of cost pours one emission interval of water in, the
 //! bucket drains one tick of water per tick, and a request that would overflow `tau` is denied.
+//!
+//! When time steps back (a clock stepped back, or instances sharing a state whose clocks
+//! disagree), nothing drains before the state's time: the caller is admitted while the level
+//! leaves room, and every wait is counted on its own clock, so it includes how far that clock is
+//! behind the state's.
 
 use super::Raw;
 use crate::quota::Params;
@@ -18,25 +23,28 @@ pub(crate) fn apply(
     cost: u64,
     commit: bool,
 ) -> Raw {
-    let now = state.map_or(now, |s| now.max(s.at));
-    let mut level = state.map_or(0, |s| s.level.saturating_sub(now - s.at));
+    // The state's time, if it is ahead of the caller's: no draining is counted before it.
+    let at = state.map_or(now, |s| now.max(s.at));
+    // How far the caller's clock is behind it: every wait is longer by that on its clock.
+    let lag = at - now;
+    let mut level = state.map_or(0, |s| s.level.saturating_sub(at - s.at));
     let room = |level: u64| (p.tau - level.min(p.tau)) / p.interval;
     let poured = level.saturating_add(cost.saturating_mul(p.interval));
     let allowed = cost <= p.burst && poured <= p.tau;
     let retry_after = if allowed || cost > p.burst {
         None
     } else {
-        Some(poured - p.tau)
+        Some(poured - p.tau + lag)
     };
     if allowed && commit {
         level = poured;
     }
-    *state = (level > 0).then_some(LeakyBucketState { level, at: now });
+    *state = (level > 0).then_some(LeakyBucketState { level, at });
     Raw {
         allowed,
         capacity: p.burst,
         remaining: room(level),
-        reset_after: level,
+        reset_after: if level > 0 { level + lag } else { 0 },
         retry_after,
     }
 }
@@ -79,10 +87,17 @@ mod tests {
     }
 
     #[test]
-    fn clock_going_back_does_not_refill() {
-        let p = params(10, 1);
+    fn clock_going_back_does_not_drain_and_waits_on_the_callers_clock() {
+        let p = params(10, 2);
         let mut s = None;
         assert!(apply(&mut s, 1000, &p, 1, true).allowed);
-        assert!(!apply(&mut s, 900, &p, 1, true).allowed);
+        // 100 ticks behind: the level is still 100, so one more fits, full again at 1200.
+        let r = apply(&mut s, 900, &p, 1, true);
+        assert_eq!((r.allowed, r.reset_after), (true, 300));
+        let r = apply(&mut s, 900, &p, 1, true);
+        // Room again at 1100 on the state's time, 200 ticks from the caller's 900.
+        assert_eq!((r.allowed, r.retry_after), (false, Some(200)));
+        assert!(!apply(&mut s, 1099, &p, 1, true).allowed);
+        assert!(apply(&mut s, 1100, &p, 1, true).allowed);
     }
 }

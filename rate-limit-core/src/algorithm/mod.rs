@@ -3,7 +3,8 @@
 //! Every transition has the shape
 //! `(state, now, quota, cost, commit) -> (decision, state)`: no I/O, no real time, no floats.
 //! `commit = false` computes the same decision without charging (a *peek*); it may still tidy the
-//! state (drop expired log entries, roll a window), which never changes a later decision.
+//! state (drop expired log entries, roll a window), which never changes a later decision on a
+//! clock that does not go back.
 //!
 //! A state that is back to full is `None`: a store holds nothing for it.
 //!
@@ -16,8 +17,30 @@
 //! | [`SlidingWindowLog`](Algorithm::SlidingWindowLog) | one entry per admission time | `limit` in *any* window of `period` |
 //! | [`SlidingWindow`](Algorithm::SlidingWindow) | two counters | `limit` per aligned window; < `2 * limit` in any window (see its docs) |
 //!
-//! The three bucket algorithms make identical decisions (the conformance table checks that);
-//! they differ in the state they keep and in how their state reads.
+//! The three bucket algorithms make identical decisions on a clock that does not go back (the
+//! conformance table checks that); they differ in the state they keep and in how their state
+//! reads.
+//!
+//! # When time steps back
+//!
+//! A check may find a state written at a later time than its `now`: a clock stepped back, or
+//! instances whose clocks disagree sharing one Redis state (with
+//! [`RedisStoreBuilder::clock`](crate::RedisStoreBuilder::clock); with the server's `TIME`, one
+//! clock decides for all). No algorithm locks a client with budget left out for it, and every
+//! wait (`retry_after`, `reset_after`) is counted on the caller's clock, so it includes how far
+//! that clock is behind the state's:
+//!
+//! | algorithm | behind the state's time |
+//! |---|---|
+//! | token bucket | counts no refill before the state's refill time; admits from the tokens it holds |
+//! | leaky bucket | drains nothing before the state's time; admits while the level leaves room |
+//! | GCRA | reads its theoretical arrival time on the caller's clock: a caller `d` behind admits what the state admits `d` later, so it is at most `d` stricter, never locked out |
+//! | fixed window | counts into the stored window, which is newer than the caller's, and waits to its end |
+//! | sliding window log | treats the clock as standing at its newest entry |
+//! | sliding window counter | counts into the stored window as at its start, the previous window weighing fully |
+//!
+//! So two instances whose clocks are 50 ms apart, sharing a fixed window, count into one window
+//! between them: the one behind spends what is left of the window the one ahead opened.
 
 use std::fmt;
 use std::num::NonZeroU32;

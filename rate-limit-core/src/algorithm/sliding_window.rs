@@ -4,6 +4,12 @@
 //! A request of cost `c` passes when `prev * (P - e) + (cur + c) * P <= limit * P`, where `e` is
 //! the time since the current window began: exact integer arithmetic, no floats. See
 //! [`Algorithm::SlidingWindow`](crate::Algorithm::SlidingWindow) for the error bound.
+//!
+//! When time steps back behind the stored window's start (a clock stepped back, or instances
+//! sharing a state whose clocks disagree), the check counts into that window as at its start,
+//! where the previous window still weighs fully: a client with budget left is admitted, and
+//! every wait is counted on the caller's clock. Behind by less (inside the stored window), the
+//! previous window simply weighs more, as it did earlier in the window.
 
 use super::Raw;
 use crate::quota::Params;
@@ -23,8 +29,12 @@ pub(crate) fn apply(
     cost: u64,
     commit: bool,
 ) -> Raw {
-    // A clock that goes back is treated as standing still at the newest window seen.
+    // A stored window newer than `now` (a clock behind the one that wrote it) is counted into
+    // as at its start; `lag` is how far the caller's clock is behind that start, which every
+    // wait adds on the caller's clock.
+    let caller = now;
     let now = state.map_or(now, |s| now.max(s.start));
+    let lag = now - caller;
     let start = now - now % p.period;
     let (mut cur, prev) = match *state {
         Some(s) if s.start == start => (u64::from(s.cur), u64::from(s.prev)),
@@ -43,11 +53,11 @@ pub(crate) fn apply(
     } else if cur + cost <= p.limit {
         // Later in this window, once prev's weight has dropped far enough.
         let k = u128::from(p.limit - cur - cost) * period / u128::from(prev);
-        Some(to_u64(period - k - elapsed))
+        Some(to_u64(period - k - elapsed) + lag)
     } else {
         // In the next window, where `cur` becomes the weighted previous count.
         let k = u128::from(p.limit - cost) * period / u128::from(cur);
-        Some(to_u64(2 * period - k - elapsed))
+        Some(to_u64(2 * period - k - elapsed) + lag)
     };
     if allowed && commit {
         cur += cost;
@@ -64,9 +74,9 @@ pub(crate) fn apply(
         capacity: p.limit,
         remaining: p.limit.saturating_sub(weighted_prev + cur),
         reset_after: if cur > 0 {
-            end + p.period - now
+            end + p.period - caller
         } else if prev > 0 {
-            end - now
+            end - caller
         } else {
             0
         },
@@ -119,6 +129,22 @@ mod tests {
         assert_eq!(r.retry_after, Some(1000));
         assert!(!apply(&mut s, 1_499, &p, 2, true).allowed);
         assert!(apply(&mut s, 1_500, &p, 2, true).allowed);
+    }
+
+    #[test]
+    fn clock_going_back_counts_into_the_stored_window_and_waits_on_the_callers_clock() {
+        let p = params(4);
+        let mut s = None;
+        assert!(apply(&mut s, 1_000, &p, 3, true).allowed);
+        // 40 behind the stored window's start: 1 more fits, and the state outlives both
+        // windows counted from the caller's clock.
+        let r = apply(&mut s, 960, &p, 1, true);
+        assert_eq!((r.allowed, r.reset_after), (true, 2_040));
+        // Full: 1 more fits once the weighted 4 drop to 3, at 2250, 1290 from 960.
+        let r = apply(&mut s, 960, &p, 1, true);
+        assert_eq!((r.allowed, r.retry_after), (false, Some(1_290)));
+        assert!(!apply(&mut s, 2_249, &p, 1, true).allowed);
+        assert!(apply(&mut s, 2_250, &p, 1, true).allowed);
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //!
 //! The refill keeps its remainder (`last` advances by whole intervals only), so refills never
 //! drift however often the bucket is checked.
+//!
+//! When time steps back behind `last` (a clock stepped back, or instances sharing a state whose
+//! clocks disagree), no refill is counted: the caller is admitted from the tokens the state
+//! holds, and its waits are counted from `last` on its own clock.
 
 use super::Raw;
 use crate::quota::Params;
@@ -91,6 +95,18 @@ mod tests {
         assert_eq!((r.remaining, r.reset_after), (2, 300));
         let r = apply(&mut s, 1050, &p, 1, false);
         assert_eq!((r.remaining, r.reset_after), (2, 250));
+    }
+
+    #[test]
+    fn clock_going_back_admits_from_the_tokens_held() {
+        let p = params(10, 3);
+        let mut s = None;
+        assert!(apply(&mut s, 1000, &p, 1, true).allowed);
+        let r = apply(&mut s, 900, &p, 1, true);
+        assert_eq!((r.allowed, r.remaining, r.reset_after), (true, 1, 300));
+        let r = apply(&mut s, 900, &p, 2, true);
+        assert_eq!((r.allowed, r.retry_after), (false, Some(200)));
+        assert!(apply(&mut s, 1100, &p, 2, true).allowed);
     }
 
     #[test]

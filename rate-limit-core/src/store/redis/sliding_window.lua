@@ -5,9 +5,12 @@
 -- products never exceed `limit * P`: the store checks that `limit * P < 2^53`.
 local function sliding_window(key, now, p, cost, commit)
   local s = load_fields(key)
-  if s then
-    -- A clock that goes back is treated as standing still at the newest window seen.
-    now = math.max(now, s[1])
+  -- A stored window newer than now (a clock behind the one that wrote it) is counted into as
+  -- at its start; every wait adds the lag on the caller's clock.
+  local lag = 0
+  if s and s[1] > now then
+    lag = s[1] - now
+    now = s[1]
   end
   local start = now - now % p.period
   local cur, prev = 0, 0
@@ -27,11 +30,11 @@ local function sliding_window(key, now, p, cost, commit)
     if cur + cost <= p.limit then
       -- Later in this window, once prev's weight has dropped far enough.
       local k = math.floor((p.limit - cur - cost) * p.period / prev)
-      retry = p.period - k - elapsed
+      retry = p.period - k - elapsed + lag
     else
       -- In the next window, where cur becomes the weighted previous count.
       local k = math.floor((p.limit - cost) * p.period / cur)
-      retry = 2 * p.period - k - elapsed
+      retry = 2 * p.period - k - elapsed + lag
     end
   end
   local stop = start + p.period
@@ -41,9 +44,9 @@ local function sliding_window(key, now, p, cost, commit)
   local weighted_prev = math.ceil(carried / p.period)
   local reset = 0
   if cur > 0 then
-    reset = stop + p.period - now
+    reset = stop + p.period - now + lag
   elseif prev > 0 then
-    reset = stop - now
+    reset = stop - now + lag
   end
   local state = nil
   if cur > 0 or prev > 0 then
