@@ -390,7 +390,12 @@ impl<C: Clock> MemoryStore<C> {
         let first: Vec<usize> = limits
             .iter()
             .enumerate()
-            .map(|(i, l)| limits[..i].iter().position(|m| m.id() == l.id()).unwrap_or(i))
+            .map(|(i, l)| {
+                limits[..i]
+                    .iter()
+                    .position(|m| m.id() == l.id())
+                    .unwrap_or(i)
+            })
             .collect();
         // All-or-nothing: decide every limit without charging, then charge only if all allow.
         let mut raws: Vec<Raw> = Vec::with_capacity(limits.len());
