@@ -8,6 +8,9 @@
 //! the same rate. Only a state deleted out of band (an administrator resetting a client) is seen
 //! late, at the deadline.
 //!
+//! A cost above a capacity is never answered from the cache: no wait helps it, and Redis says so
+//! with a denial that has no `retry_after`, as it would with no cache.
+//!
 //! The table is direct-mapped: a fixed number of slots, each holding at most one denial; a new
 //! denial takes its slot whatever was there. Entries hold the whole client key, so a hash
 //! collision can only miss, never deny another key.
@@ -142,6 +145,16 @@ impl DenyCache {
         if cost.get() < found.cost {
             return None;
         }
+        // A cost above a limit's capacity is denied for good (no `retry_after`), which the
+        // kept denial, made for a cost that a wait would let through, cannot say: Redis answers.
+        if found
+            .decision
+            .snapshots()
+            .iter()
+            .any(|s| cost.get() > s.limit())
+        {
+            return None;
+        }
         Some(aged(
             &found.decision,
             Duration::from_nanos(now.saturating_sub(found.sent_at)),
@@ -268,6 +281,17 @@ mod tests {
         // At the deadline the entry is dropped.
         assert!(c.get_key("k", &l, nz(2), 10 * SEC + SEC / 4).is_none());
         assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn a_cost_above_a_capacity_is_left_to_redis() {
+        let c = cache(16);
+        let l = limit();
+        c.record_key("k", &l, nz(2), 0, &denial(250));
+        assert!(c.get_key("k", &l, nz(4), 0).is_some());
+        // No wait helps a cost of 5 against a capacity of 4: Redis answers never, and so must
+        // the cache, which has no wait to give it.
+        assert!(c.get_key("k", &l, nz(5), 0).is_none());
     }
 
     #[test]

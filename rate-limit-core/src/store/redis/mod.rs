@@ -86,8 +86,10 @@ pub use builder::RedisStoreBuilder;
 /// Why this is exact: with no charges, what a state admits never shrinks as time passes, and
 /// other instances can only charge; Redis decided at or after the send, so until the deadline it
 /// would deny too (given clocks that run at the same rate and never go back). A smaller cost may
-/// pass, so it is not answered from the cache; an admission clears the key's entry. The clock is
-/// the store's [`clock`](RedisStoreBuilder::clock) if one is set, else a
+/// pass, so it is not answered from the cache; nor is a cost above a limit's capacity, which
+/// Redis denies with no `retry_after` (no wait helps it), as it would with no cache. An
+/// admission clears the key's entry. The clock is the store's
+/// [`clock`](RedisStoreBuilder::clock) if one is set, else a
 /// [`SystemClock`](crate::SystemClock); [`peek`](Store::peek) never uses the cache.
 ///
 /// The cache has a fixed number of slots ([`deny_cache`](RedisStoreBuilder::deny_cache), 4096
