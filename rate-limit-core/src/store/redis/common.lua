@@ -1,6 +1,78 @@
--- Shared helpers of the rate-limit script. Time and spans are in integer ticks of one
--- microsecond. Every value stays below 2^53, where Lua numbers (doubles) are exact, and every
--- division is floored, so the arithmetic is the integer arithmetic of the Rust transitions.
+-- Shared helpers of the rate-limit script. Time is in integer ticks of one microsecond (the
+-- server's TIME, or the client's clock). The bucket algorithms count their spans in nanoseconds,
+-- as memory does, so that an emission interval that is not a whole microsecond (3/s, 10^7/s) is
+-- not rounded: a span of nanoseconds is held as two integers, h microseconds and l nanoseconds
+-- (0 <= l < 1000), since a count of nanoseconds since the epoch is beyond 2^53. Every value
+-- stays below 2^53, where Lua numbers (doubles) are exact, and every division is floored, so
+-- the arithmetic is the integer arithmetic of the Rust transitions. Answers are in ticks: a span
+-- in nanoseconds is rounded up to the microsecond.
+
+-- a + b.
+local function ns_add(ah, al, bh, bl)
+  local l = al + bl
+  if l >= 1000 then
+    return ah + bh + 1, l - 1000
+  end
+  return ah + bh, l
+end
+
+-- a - b, for a >= b.
+local function ns_sub(ah, al, bh, bl)
+  local l = al - bl
+  if l < 0 then
+    return ah - bh - 1, l + 1000
+  end
+  return ah - bh, l
+end
+
+-- a < b.
+local function ns_lt(ah, al, bh, bl)
+  return ah < bh or (ah == bh and al < bl)
+end
+
+-- a <= b.
+local function ns_le(ah, al, bh, bl)
+  return ah < bh or (ah == bh and al <= bl)
+end
+
+-- a - b, or 0 when b > a.
+local function ns_sub_sat(ah, al, bh, bl)
+  if ns_lt(ah, al, bh, bl) then
+    return 0, 0
+  end
+  return ns_sub(ah, al, bh, bl)
+end
+
+-- n * b, for a whole n: n * l < 2^32 * 1000 is exact, and so is n * h for every product the
+-- algorithms form (at most a full bucket, which a Quota bounds).
+local function ns_mul(n, bh, bl)
+  local nl = n * bl
+  local carry = math.floor(nl / 1000)
+  return n * bh + carry, nl - carry * 1000
+end
+
+-- floor(a / b), for b > 0 and a quotient of at most a bucket's burst (a u32). The quotient of
+-- the doubles is within one of it; the products that check it are exact.
+local function ns_div(ah, al, bh, bl)
+  local q = math.floor((ah * 1000 + al) / (bh * 1000 + bl))
+  local ph, pl = ns_mul(q, bh, bl)
+  if ns_lt(ah, al, ph, pl) then
+    return q - 1
+  end
+  ph, pl = ns_add(ph, pl, bh, bl)
+  if ns_le(ph, pl, ah, al) then
+    return q + 1
+  end
+  return q
+end
+
+-- A span in ticks, rounded up to the microsecond.
+local function ns_ceil(h, l)
+  if l > 0 then
+    return h + 1
+  end
+  return h
+end
 
 -- The states stored as text (every algorithm but the sliding window log), cached for one call:
 -- the first read of a key does the GET; later reads and writes in the same call work here;

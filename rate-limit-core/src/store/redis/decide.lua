@@ -5,8 +5,9 @@
 -- hash tag; a key may appear in several checks.
 -- ARGV: now in ticks ('' to read the server's TIME, once for the whole call), then for each
 -- entry: its number of limits n, cost, commit ('1' or '0'), repeat count r, then six integers
--- per limit: algorithm code, limit, burst, period, interval, tau. An entry stands for r
--- identical checks in a row, decided one after the other; its keys are sent once.
+-- per limit: algorithm code, limit, burst, period in ticks, and the emission interval in
+-- nanoseconds as whole microseconds and the nanoseconds left. An entry stands for r identical
+-- checks in a row, decided one after the other; its keys are sent once.
 -- Returns one binary string, the records of every check in order: per limit, 'D' and five
 -- little-endian doubles (allowed 1/0, capacity, remaining, reset after, retry after or -1); or,
 -- if that check failed, 'E', the length of its error message as a double, and the message.
@@ -44,27 +45,30 @@ end
 -- comparing them costs no more than comparing numbers).
 local last_limits = {}
 local function limit_at(i, b)
-  local code, limit, burst, period, interval, tau =
+  local code, limit, burst, period, interval_us, interval_ns =
     ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
   local last = last_limits[i]
   if last and last.code == code and last.limit == limit and last.burst == burst
-    and last.period == period and last.interval == interval and last.tau == tau then
+    and last.period == period and last.interval_us == interval_us
+    and last.interval_ns == interval_ns then
     return last.algorithm, last.p
   end
   local algorithm = algorithms[tonumber(code)]
   if not algorithm then
     return nil, 'rate-limit: unknown algorithm code ' .. tostring(code)
   end
+  -- The interval (ih, il) and a full bucket, tau = burst * interval (th, tl), in nanoseconds.
   local p = {
     limit = tonumber(limit),
     burst = tonumber(burst),
     period = tonumber(period),
-    interval = tonumber(interval),
-    tau = tonumber(tau),
+    ih = tonumber(interval_us),
+    il = tonumber(interval_ns),
   }
+  p.th, p.tl = ns_mul(p.burst, p.ih, p.il)
   last_limits[i] = {
-    code = code, limit = limit, burst = burst, period = period, interval = interval, tau = tau,
-    algorithm = algorithm, p = p,
+    code = code, limit = limit, burst = burst, period = period, interval_us = interval_us,
+    interval_ns = interval_ns, algorithm = algorithm, p = p,
   }
   return algorithm, p
 end

@@ -1,31 +1,42 @@
--- GCRA: the twin of algorithm/gcra.rs. State "tat".
+-- GCRA: the twin of algorithm/gcra.rs. State "tat", with its nanoseconds after it when there are
+-- any ("tat:ns").
 
--- Whole units of cost free at `now` when the theoretical arrival time is `at`.
-local function gcra_remaining(now, p, at)
-  return math.floor(math.max(now + p.tau - at, 0) / p.interval)
+-- Whole units of cost free at `now` when the theoretical arrival time is (th, tl) >= now.
+local function gcra_remaining(now, p, th, tl)
+  local xh, xl = ns_add(now, 0, p.th, p.tl)
+  if not ns_lt(th, tl, xh, xl) then
+    return 0
+  end
+  local dh, dl = ns_sub(xh, xl, th, tl)
+  return ns_div(dh, dl, p.ih, p.il)
 end
 
 local function gcra(key, now, p, cost, commit)
   local s = load_fields(key)
-  local tat = now
-  if s then
-    tat = math.max(s[1], now)
-  end
-  if tat <= now then
-    -- Full again: the state is dropped, whatever follows.
+  local th, tl = now, 0
+  if s and ns_lt(now, 0, s[1], s[2] or 0) then
+    th, tl = s[1], s[2] or 0
+  else
+    -- Full again (or never charged): the state is dropped, whatever follows.
     save_fields(key, nil, 0)
   end
+  local reset = ns_ceil(ns_sub(th, tl, now, 0))
   if cost > p.burst then
-    return false, p.burst, gcra_remaining(now, p, tat), tat - now, -1
+    return false, p.burst, gcra_remaining(now, p, th, tl), reset, -1
   end
-  local new_tat = tat + cost * p.interval
-  local allow_at = math.max(new_tat - p.tau, 0)
-  if allow_at <= now then
+  local nh, nl = ns_add(th, tl, ns_mul(cost, p.ih, p.il))
+  local ah, al = ns_sub_sat(nh, nl, p.th, p.tl)
+  if ns_le(ah, al, now, 0) then
     if commit then
-      tat = new_tat
-      save_fields(key, { tat }, tat - now)
+      th, tl = nh, nl
+      reset = ns_ceil(ns_sub(th, tl, now, 0))
+      if tl > 0 then
+        save_fields(key, { th, tl }, reset)
+      else
+        save_fields(key, { th }, reset)
+      end
     end
-    return true, p.burst, gcra_remaining(now, p, tat), tat - now, -1
+    return true, p.burst, gcra_remaining(now, p, th, tl), reset, -1
   end
-  return false, p.burst, gcra_remaining(now, p, tat), tat - now, allow_at - now
+  return false, p.burst, gcra_remaining(now, p, th, tl), reset, ns_ceil(ns_sub(ah, al, now, 0))
 end

@@ -1,30 +1,40 @@
--- Leaky bucket as a meter: the twin of algorithm/leaky_bucket.rs. State "level:at".
+-- Leaky bucket as a meter: the twin of algorithm/leaky_bucket.rs. State "level:at", with the
+-- level's nanoseconds after them when there are any ("level:at:ns"); `at` is a tick.
 local function leaky_bucket(key, now, p, cost, commit)
   local s = load_fields(key)
-  local level, at = 0, now
+  local lh, ll, at = 0, 0, now
   if s then
     -- Nothing drains before the state's time; every wait adds the caller's lag behind it.
     at = math.max(now, s[2])
-    level = math.max(s[1] - (at - s[2]), 0)
+    lh, ll = ns_sub_sat(s[1], s[3] or 0, at - s[2], 0)
   end
   local lag = at - now
-  -- Only read when cost <= burst, where cost * interval <= tau is exact.
-  local poured = level + cost * p.interval
-  local allowed = cost <= p.burst and poured <= p.tau
-  local retry = -1
-  if not allowed and cost <= p.burst then
-    retry = poured - p.tau + lag
-  end
-  if allowed and commit then
-    level = poured
+  local allowed, retry = false, -1
+  if cost <= p.burst then
+    -- cost * interval <= tau: exact.
+    local ph, pl = ns_add(lh, ll, ns_mul(cost, p.ih, p.il))
+    allowed = ns_le(ph, pl, p.th, p.tl)
+    if not allowed then
+      retry = ns_ceil(ns_sub(ph, pl, p.th, p.tl)) + lag
+    elseif commit then
+      lh, ll = ph, pl
+    end
   end
   local state = nil
   local reset = 0
-  if level > 0 then
-    state = { level, at }
-    reset = level + lag
+  if lh > 0 or ll > 0 then
+    if ll > 0 then
+      state = { lh, at, ll }
+    else
+      state = { lh, at }
+    end
+    reset = ns_ceil(lh, ll) + lag
   end
   save_fields(key, state, reset)
-  local room = math.floor((p.tau - math.min(level, p.tau)) / p.interval)
+  local room = 0
+  if ns_lt(lh, ll, p.th, p.tl) then
+    local rh, rl = ns_sub(p.th, p.tl, lh, ll)
+    room = ns_div(rh, rl, p.ih, p.il)
+  end
   return allowed, p.burst, room, reset, retry
 end

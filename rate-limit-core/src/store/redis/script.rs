@@ -3,7 +3,12 @@
 //!
 //! Ticks are microseconds: now since the epoch (about 1.8e15 µs) plus any span a [`Quota`] can
 //! hold (at most [`MAX_SPAN`](crate::MAX_SPAN), about 3.2e15 µs) stays below 2^53, where Lua's
-//! doubles are exact, until about the year 2140.
+//! doubles are exact, until about the year 2140. The bucket algorithms count their spans in
+//! nanoseconds, as memory does (the script holds a span as microseconds and nanoseconds), so an
+//! emission interval that is not a whole microsecond is used as it is, never rounded: the script
+//! decides exactly as the in-memory transitions on the same microsecond arrivals, and its waits
+//! are theirs rounded up to the microsecond. Windows are counted in ticks: their period must be a
+//! whole number of microseconds.
 
 use std::sync::LazyLock;
 
@@ -64,22 +69,50 @@ fn code(algorithm: Algorithm) -> u8 {
 
 /// The quota in microsecond ticks, if the script computes it exactly.
 ///
-/// The sliding window counter multiplies counts (up to the limit) by ticks (up to the period):
-/// `limit * period` must stay below 2^53.
+/// Windows (fixed, sliding log, sliding counter) are counted in ticks, so their period must be a
+/// whole number of microseconds, or windows would not end where memory ends them. The sliding
+/// window counter multiplies counts (up to the limit) by ticks (up to the period):
+/// `limit * period` must stay below 2^53. Bucket algorithms count in nanoseconds (see
+/// [`ScriptLimit`]) and are exact for every quota.
 pub(crate) fn params(limit: &Limit) -> Result<Params, StoreError> {
     let p = limit.quota().params(TICK_NANOS);
+    let refuse = |why: String| Err(StoreError::new(StoreErrorKind::InvalidInput, why));
+    if !limit.algorithm().is_bucket() && limit.quota().period().subsec_nanos() % 1_000 != 0 {
+        return refuse(format!(
+            "{limit} needs a period of whole microseconds in Redis, which counts windows in \
+             microseconds; use a period of whole microseconds or a bucket algorithm"
+        ));
+    }
     if limit.algorithm() == Algorithm::SlidingWindow
         && u128::from(p.limit) * u128::from(p.period) >= u128::from(MAX_EXACT)
     {
-        return Err(StoreError::new(
-            StoreErrorKind::InvalidInput,
-            format!(
-                "{limit} needs limit x period in microseconds below 2^53 to be exact in Redis; \
-                 use a shorter period, a smaller limit or another algorithm"
-            ),
+        return refuse(format!(
+            "{limit} needs limit x period in microseconds below 2^53 to be exact in Redis; \
+             use a shorter period, a smaller limit or another algorithm"
         ));
     }
     Ok(p)
+}
+
+/// A limit as the script reads it: its algorithm, its quota in microsecond ticks, and its
+/// emission interval in nanoseconds, the interval memory uses, which the script counts with as
+/// whole microseconds and the nanoseconds left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ScriptLimit {
+    algorithm: Algorithm,
+    p: Params,
+    interval_nanos: u64,
+}
+
+impl ScriptLimit {
+    /// `limit` for the script, if it computes it exactly (see [`params`]).
+    pub(crate) fn new(limit: &Limit) -> Result<Self, StoreError> {
+        Ok(Self {
+            algorithm: limit.algorithm(),
+            p: params(limit)?,
+            interval_nanos: limit.nanos().interval,
+        })
+    }
 }
 
 /// One check as the script reads it: its state keys (one per limit, all with the hash tag of
@@ -87,7 +120,7 @@ pub(crate) fn params(limit: &Limit) -> Result<Params, StoreError> {
 /// itself only copies bytes.
 pub(crate) struct Check {
     keys: Vec<String>,
-    limits: Vec<(Algorithm, Params)>,
+    limits: Vec<ScriptLimit>,
     cost: u32,
     commit: bool,
 }
@@ -115,7 +148,7 @@ impl Check {
             keys: keys::state_keys(prefix, key, limits.iter().map(Limit::id)),
             limits: limits
                 .iter()
-                .map(|l| Ok((l.algorithm(), params(l)?)))
+                .map(ScriptLimit::new)
                 .collect::<Result<_, StoreError>>()?,
             cost,
             commit,
@@ -167,13 +200,13 @@ pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
             .arg(check.cost)
             .arg(u8::from(check.commit))
             .arg(*repeat);
-        for (algorithm, p) in &check.limits {
-            cmd.arg(code(*algorithm))
-                .arg(p.limit)
-                .arg(p.burst)
-                .arg(p.period)
-                .arg(p.interval)
-                .arg(p.tau);
+        for l in &check.limits {
+            cmd.arg(code(l.algorithm))
+                .arg(l.p.limit)
+                .arg(l.p.burst)
+                .arg(l.p.period)
+                .arg(l.interval_nanos / 1_000)
+                .arg(l.interval_nanos % 1_000);
         }
     }
     cmd
@@ -315,9 +348,9 @@ fn script_failed(message: &str) -> StoreError {
 }
 
 /// One check's decision from its five values per limit; one limit needs no `Vec`.
-fn decision(reply: &[i64], limits: &[(Algorithm, Params)]) -> Result<Decision, StoreError> {
+fn decision(reply: &[i64], limits: &[ScriptLimit]) -> Result<Decision, StoreError> {
     match (limits, reply) {
-        ([(_, p)], [_, _, _, _, _]) => Ok(Decision::single(snapshot(reply, p)?)),
+        ([l], [_, _, _, _, _]) => Ok(Decision::single(snapshot(reply, &l.p)?)),
         _ => parse_reply(reply, limits).map(Decision::from_snapshots),
     }
 }
@@ -336,7 +369,7 @@ fn snapshot(r: &[i64], p: &Params) -> Result<Snapshot, StoreError> {
 }
 
 /// One check's snapshots from its five values per limit.
-fn parse_reply(reply: &[i64], limits: &[(Algorithm, Params)]) -> Result<Vec<Snapshot>, StoreError> {
+fn parse_reply(reply: &[i64], limits: &[ScriptLimit]) -> Result<Vec<Snapshot>, StoreError> {
     if reply.len() != limits.len() * REPLY_WIDTH {
         return Err(malformed(format_args!(
             "{} values for {} limits",
@@ -347,7 +380,7 @@ fn parse_reply(reply: &[i64], limits: &[(Algorithm, Params)]) -> Result<Vec<Snap
     reply
         .chunks_exact(REPLY_WIDTH)
         .zip(limits)
-        .map(|(r, (_, p))| snapshot(r, p))
+        .map(|(r, l)| snapshot(r, &l.p))
         .collect()
 }
 
@@ -394,9 +427,29 @@ mod tests {
     }
 
     #[test]
+    fn intervals_go_in_nanoseconds_and_window_periods_in_whole_microseconds() {
+        // 3/s: 333,333,334 ns, sent as 333,333 µs and 334 ns.
+        let l = Limit::new(Quota::per_second(nz(3)), Algorithm::TokenBucket);
+        let c = Check::new("rl", "k", &[l], 1, true).unwrap();
+        let a = args(&command(None, &[&c]));
+        assert_eq!(a[a.len() - 2..], ["333333", "334"]);
+        // 10^9/s: 1 ns.
+        let l = Limit::new(Quota::per_second(nz(1_000_000_000)), Algorithm::Gcra);
+        let c = Check::new("rl", "k", &[l], 1, true).unwrap();
+        let a = args(&command(None, &[&c]));
+        assert_eq!(a[a.len() - 2..], ["0", "1"]);
+        // A window of 1.0000005 s cannot be counted in microseconds; a bucket on it can.
+        let odd = Quota::with_period(nz(3), Duration::from_nanos(1_000_000_500)).unwrap();
+        for a in Algorithm::ALL {
+            let r = params(&Limit::new(odd, a));
+            assert_eq!(r.is_ok(), a.is_bucket(), "{a}");
+        }
+    }
+
+    #[test]
     fn replies_convert_ticks_to_durations() {
         let l = Limit::new(Quota::per_second(nz(4)), Algorithm::Gcra);
-        let limits = [(l.algorithm(), params(&l).unwrap())];
+        let limits = [ScriptLimit::new(&l).unwrap()];
         let s = parse_reply(&[0, 4, 0, 1_000_000, 250_000], &limits).unwrap();
         assert_eq!(s[0].retry_after(), Some(Duration::from_millis(250)));
         assert_eq!(s[0].reset_after(), Duration::from_secs(1));
@@ -544,13 +597,12 @@ mod tests {
         // Only neighbours merge: order is kept, and the last `hot` is a run of its own.
         assert_eq!(runs, [3, 1, 1, 1, 1]);
 
-        let p = params(&l).unwrap();
         let limit_args = |cost: &str, commit: &str, repeat: &str| {
-            let mut v = ["1", cost, commit, repeat, "6"].join(" ");
-            for n in [p.limit, p.burst, p.period, p.interval, p.tau] {
-                v.push_str(&format!(" {n}"));
-            }
-            v
+            // 4/s: 1 s in microseconds, an interval of 250,000 µs and 0 ns.
+            let v = [
+                "1", cost, commit, repeat, "6", "4", "4", "1000000", "250000", "0",
+            ];
+            v.join(" ")
         };
         let a = args(&command(Some(42), &checks));
         assert_eq!(a[0], "EVALSHA");

@@ -1,30 +1,44 @@
--- Token bucket: the twin of algorithm/token_bucket.rs. State "tokens:last".
+-- Token bucket: the twin of algorithm/token_bucket.rs. State "tokens:last", with last's
+-- nanoseconds after it when there are any ("tokens:last:ns"): `last` advances by whole emission
+-- intervals, which need not be whole microseconds.
 local function token_bucket(key, now, p, cost, commit)
   local s = load_fields(key)
-  local tokens, last
-  if not s then
-    tokens, last = p.burst, now
-  else
-    local add = math.floor(math.max(now - s[2], 0) / p.interval)
+  local tokens, lh, ll = p.burst, now, 0
+  if s then
+    local sh, sl = s[2], s[3] or 0
+    local add = 0
+    if ns_lt(sh, sl, now, 0) then
+      local dh, dl = ns_sub(now, 0, sh, sl)
+      if ns_lt(dh, dl, p.th, p.tl) then
+        add = ns_div(dh, dl, p.ih, p.il)
+      else
+        -- A full bucket's refill or more.
+        add = p.burst
+      end
+    end
     tokens = math.min(s[1] + add, p.burst)
-    if tokens == p.burst then
-      last = now
-    else
-      last = s[2] + add * p.interval
+    if tokens < p.burst then
+      lh, ll = ns_add(sh, sl, ns_mul(add, p.ih, p.il))
     end
   end
   local allowed = cost <= tokens
   local retry = -1
   if not allowed and cost <= p.burst then
-    retry = last + (cost - tokens) * p.interval - now
+    local wh, wl = ns_add(lh, ll, ns_mul(cost - tokens, p.ih, p.il))
+    retry = ns_ceil(ns_sub(wh, wl, now, 0))
   end
   if allowed and commit then
     tokens = tokens - cost
   end
-  local reset = math.max(last + (p.burst - tokens) * p.interval - now, 0)
+  local fh, fl = ns_add(lh, ll, ns_mul(p.burst - tokens, p.ih, p.il))
+  local reset = ns_ceil(ns_sub_sat(fh, fl, now, 0))
   local state = nil
   if tokens < p.burst then
-    state = { tokens, last }
+    if ll > 0 then
+      state = { tokens, lh, ll }
+    else
+      state = { tokens, lh }
+    end
   end
   save_fields(key, state, reset)
   return allowed, p.burst, tokens, reset, retry
