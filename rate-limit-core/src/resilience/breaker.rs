@@ -303,6 +303,10 @@ impl<S: Store, C: Clock> Store for CircuitBreaker<S, C> {
         self.inner.backend()
     }
 
+    fn validate(&self, limit: &Limit) -> Result<(), crate::error::ConfigError> {
+        self.inner.validate(limit)
+    }
+
     /// While the circuit is closed, a decision the inner store makes without waiting (a memory
     /// store, a remote store's local cache). It says nothing of the backend's health, so it
     /// counts neither as a success nor as a failure. Otherwise `None`: the async path runs the

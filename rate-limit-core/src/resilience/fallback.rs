@@ -215,6 +215,12 @@ impl<P: Store, L: Store> Store for Fallback<P, L> {
         self.primary.backend()
     }
 
+    /// Asks the primary and the local store: either may have to decide `limit`.
+    fn validate(&self, limit: &Limit) -> Result<(), crate::error::ConfigError> {
+        self.primary.validate(limit)?;
+        self.local.validate(limit)
+    }
+
     /// A decision the primary makes without waiting (its local cache); never the local store's,
     /// which speaks only when the primary cannot.
     fn try_check_now(

@@ -133,6 +133,10 @@ impl<S: Store> Store for Timeout<S> {
         self.inner.backend()
     }
 
+    fn validate(&self, limit: &Limit) -> Result<(), crate::error::ConfigError> {
+        self.inner.validate(limit)
+    }
+
     /// The inner store's answer without waiting: it cannot run out of time.
     fn try_check_now(
         &self,

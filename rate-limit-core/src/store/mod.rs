@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::decision::Decision;
-use crate::error::StoreError;
+use crate::error::{ConfigError, StoreError};
 use crate::limit::Limit;
 
 pub(crate) mod memory;
@@ -55,6 +55,33 @@ pub trait Store: Send + Sync + 'static {
 
     /// A short name of the backend for metrics and status (`memory`, `redis`, ...).
     fn backend(&self) -> &'static str;
+
+    /// Whether this store decides `limit` exactly, to be asked once at start-up for every limit
+    /// an application uses (the tower layer's `validate` does), so that a limit the store cannot
+    /// honour stops the application with a clear error rather than failing each request (which
+    /// a check of such a limit still does, with an
+    /// [`InvalidInput`](crate::StoreErrorKind::InvalidInput) error, as a last line).
+    ///
+    /// The default accepts every limit: [`MemoryStore`](crate::MemoryStore) does. A
+    /// [`RedisStore`](crate::RedisStore) refuses what its script cannot count exactly (see its
+    /// [exactness](crate::RedisStore#exactness) section); the resilience wrappers ask the store
+    /// they wrap.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use rate_limit_core::{Algorithm, Limit, MemoryStore, Quota, Store};
+    ///
+    /// let limit = Limit::new(Quota::per_second(NonZeroU32::new(10).unwrap()), Algorithm::Gcra);
+    /// assert!(MemoryStore::new().validate(&limit).is_ok());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting `limit` and the limit, with the reason.
+    fn validate(&self, limit: &Limit) -> Result<(), ConfigError> {
+        let _ = limit;
+        Ok(())
+    }
 
     /// [`check`](Store::check) without a future, when the store can decide without waiting:
     /// `Some` with what `check` would have returned (and charged), `None` when the answer needs
@@ -118,6 +145,10 @@ macro_rules! forward_store {
 
             fn backend(&self) -> &'static str {
                 (**self).backend()
+            }
+
+            fn validate(&self, limit: &Limit) -> Result<(), ConfigError> {
+                (**self).validate(limit)
             }
         }
     )+};

@@ -107,12 +107,23 @@ pub use builder::RedisStoreBuilder;
 ///
 /// # Exactness
 ///
-/// The script counts in integer microseconds. Lua numbers are doubles, exact up to 2^53, and
-/// every value the script computes stays below that until about the year 2140, with one limit:
-/// a [`SlidingWindow`](crate::Algorithm::SlidingWindow) limit needs `limit × period in µs < 2^53`
-/// (about 9.0e15): up to 2.5 million per hour, 104,000 per day.
-/// Beyond that a check fails with [`StoreErrorKind::InvalidInput`](crate::StoreErrorKind); test
-/// a limit at start-up with [`validate_limit`](RedisStore::validate_limit).
+/// The script decides exactly as the in-memory transitions on the same arrivals, for every
+/// quota: time is in integer microseconds (the server's `TIME` has no finer grain), and the
+/// bucket algorithms (token bucket, leaky bucket, GCRA) count their spans in nanoseconds, as
+/// memory does, so an emission interval that is not a whole microsecond (3/s is 333,333.334 µs,
+/// 10^7/s is 100 ns) is never rounded to one. Waits are memory's rounded up to the microsecond:
+/// the two never disagree by a tick. Lua numbers are doubles, exact up to 2^53: the script holds
+/// a span of nanoseconds as microseconds and nanoseconds, and every value it computes stays
+/// below 2^53 until about the year 2140.
+///
+/// Two kinds of limit cannot be counted exactly, and are refused: a window algorithm (fixed
+/// window, sliding window log, sliding window counter) whose period is not a whole number of
+/// microseconds, and a [`SlidingWindow`](crate::Algorithm::SlidingWindow) limit whose
+/// `limit × period in µs` reaches 2^53 (about 9.0e15: up to 2.5 million per hour, 104,000 per
+/// day). [`Store::validate`] (and [`validate_limit`](RedisStore::validate_limit)) says so with a
+/// [`ConfigError`] naming the limit: call it at start-up (the tower layer's `validate` does it
+/// for every limit of a layer). A check of such a limit fails with
+/// [`StoreErrorKind::InvalidInput`](crate::StoreErrorKind), as a last line.
 ///
 /// # Keys
 ///
@@ -129,8 +140,10 @@ pub use builder::RedisStoreBuilder;
 /// `PEXPIRE` rounds up to). A state back to full is deleted.
 ///
 /// State: the buckets, the fixed window, the sliding window counter and GCRA keep a short string
-/// of integers (`tokens:last`, `level:at`, `start:count`, `start:cur:prev`, `tat`); the sliding
-/// window log keeps a list of `tick:cost:running total` entries, at most `limit` long.
+/// of integers (`tokens:last`, `level:at`, `start:count`, `start:cur:prev`, `tat`, in
+/// microseconds; a bucket whose time or level is not a whole microsecond adds its nanoseconds
+/// after them: `tokens:last:ns`, `level:at:ns`, `tat:ns`); the sliding window log keeps a list
+/// of `tick:cost:running total` entries, at most `limit` long.
 ///
 /// # Servers
 ///
@@ -393,16 +406,24 @@ impl<C> RedisStore<C> {
     /// let per_day = Quota::with_period(NonZeroU32::new(1_000_000).unwrap(), day)?;
     /// let err = RedisStore::<()>::validate_limit(&Limit::new(per_day, Algorithm::SlidingWindow));
     /// assert_eq!(err.unwrap_err().setting(), "limit");
+    /// // Buckets count in nanoseconds: a billion per second is exact.
+    /// let fast = Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap());
+    /// assert!(RedisStore::<()>::validate_limit(&Limit::new(fast, Algorithm::Gcra)).is_ok());
+    /// // Windows count in microseconds.
+    /// let odd = Quota::with_period(NonZeroU32::new(3).unwrap(), Duration::from_nanos(1_500))?;
+    /// assert!(RedisStore::<()>::validate_limit(&Limit::new(odd, Algorithm::FixedWindow)).is_err());
     /// # Ok::<(), rate_limit_core::ConfigError>(())
     /// ```
     ///
     /// # Errors
     ///
-    /// A sliding window counter whose `limit × period in µs` reaches 2^53.
+    /// A window algorithm whose period is not a whole number of microseconds, or a sliding
+    /// window counter whose `limit × period in µs` reaches 2^53.
     pub fn validate_limit(limit: &Limit) -> Result<(), ConfigError> {
-        script::params(limit)
-            .map(drop)
-            .map_err(|e| ConfigError::new("limit", limit, e.to_string()))
+        match script::refusal(limit) {
+            Some(why) => Err(ConfigError::new("limit", limit, why)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -462,6 +483,12 @@ where
 
     fn backend(&self) -> &'static str {
         self.backend
+    }
+
+    /// Refuses what the script cannot count exactly: see
+    /// [`validate_limit`](RedisStore::validate_limit).
+    fn validate(&self, limit: &Limit) -> Result<(), ConfigError> {
+        Self::validate_limit(limit)
     }
 
     /// A denial from the [deny cache](RedisStore#deny-cache) that still holds; `None` when

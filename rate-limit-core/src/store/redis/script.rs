@@ -75,10 +75,19 @@ fn code(algorithm: Algorithm) -> u8 {
 /// `limit * period` must stay below 2^53. Bucket algorithms count in nanoseconds (see
 /// [`ScriptLimit`]) and are exact for every quota.
 pub(crate) fn params(limit: &Limit) -> Result<Params, StoreError> {
+    match refusal(limit) {
+        Some(why) => Err(StoreError::new(StoreErrorKind::InvalidInput, why)),
+        None => Ok(limit.quota().params(TICK_NANOS)),
+    }
+}
+
+/// Why the script cannot decide `limit` exactly (see [`params`]), or `None` when it can.
+pub(crate) fn refusal(limit: &Limit) -> Option<String> {
     let p = limit.quota().params(TICK_NANOS);
-    let refuse = |why: String| Err(StoreError::new(StoreErrorKind::InvalidInput, why));
-    if !limit.algorithm().is_bucket() && limit.quota().period().subsec_nanos() % 1_000 != 0 {
-        return refuse(format!(
+    if !limit.algorithm().is_bucket()
+        && !limit.quota().period().subsec_nanos().is_multiple_of(1_000)
+    {
+        return Some(format!(
             "{limit} needs a period of whole microseconds in Redis, which counts windows in \
              microseconds; use a period of whole microseconds or a bucket algorithm"
         ));
@@ -86,12 +95,12 @@ pub(crate) fn params(limit: &Limit) -> Result<Params, StoreError> {
     if limit.algorithm() == Algorithm::SlidingWindow
         && u128::from(p.limit) * u128::from(p.period) >= u128::from(MAX_EXACT)
     {
-        return refuse(format!(
+        return Some(format!(
             "{limit} needs limit x period in microseconds below 2^53 to be exact in Redis; \
              use a shorter period, a smaller limit or another algorithm"
         ));
     }
-    Ok(p)
+    None
 }
 
 /// A limit as the script reads it: its algorithm, its quota in microsecond ticks, and its
