@@ -146,6 +146,42 @@ impl<R> RateLimitLayer<R> {
         &self.shared.policy
     }
 
+    /// Asks the store whether it can decide every limit of the [default
+    /// policy](Self::default_policy) exactly ([`Store::validate`]): call it at start-up, so that
+    /// a limit the store cannot honour (on Redis, for example, a sliding window counter whose
+    /// `limit × period` is too wide for its script) stops the application with an error naming
+    /// it, rather than failing every request.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use rate_limit_core::{MemoryStore, Quota};
+    /// use tower_ratelimit::RateLimitLayer;
+    ///
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(NonZeroU32::MIN));
+    /// layer.validate()?;
+    /// # Ok::<(), rate_limit_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The store's [`ConfigError`] for the first limit it refuses.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_policy(&self.shared.policy)
+    }
+
+    /// As [`validate`](Self::validate), for a policy a [policy hook](Self::policy) may pick:
+    /// call it for each of them at start-up.
+    ///
+    /// # Errors
+    ///
+    /// The store's [`ConfigError`] for the first limit of `policy` it refuses.
+    pub fn validate_policy(&self, policy: &Policy) -> Result<(), ConfigError> {
+        policy
+            .limits()
+            .iter()
+            .try_for_each(|limit| self.shared.store.validate(limit))
+    }
+
     /// Enforces every limit with `algorithm`, including limits added later with
     /// [`limit`](Self::limit).
     #[must_use]
