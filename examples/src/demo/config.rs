@@ -22,7 +22,10 @@
 //! window_sec = 60
 //! ```
 //!
-//! A bad value is a [`ConfigError`] naming the variable (or the file key) and the value.
+//! A bad value is a [`ConfigError`] naming the variable (or the file key) and the value. With a
+//! Redis backend, so is a limit Redis cannot decide exactly (a `sliding_window` limit whose
+//! `RATE_LIMIT × RATE_LIMIT_WINDOW_SEC` in microseconds reaches 2^53): the demo stops at start-up
+//! rather than failing every request.
 
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -30,7 +33,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use http::HeaderName;
-use rate_limit_core::{Algorithm, ConfigError, Limit, Quota};
+use rate_limit_core::{Algorithm, ConfigError, Limit, Quota, RedisStore};
 use serde::Deserialize;
 use tower_ratelimit::key::Cidr;
 
@@ -330,10 +333,15 @@ impl Sources {
             ),
             None => (Vec::new(), Vec::new()),
         };
+        let backend = self.backend()?;
+        let limit = Limit::new(quota, algorithm);
+        if backend != Backend::Memory {
+            self.check_on_redis(&limit, &routes, &tiers)?;
+        }
         Ok(Config {
             port,
-            backend: self.backend()?,
-            limit: Limit::new(quota, algorithm),
+            backend,
+            limit,
             max_keys,
             failure_mode,
             instances,
@@ -343,6 +351,43 @@ impl Sources {
             routes,
             tiers,
         })
+    }
+
+    /// Redis decides a limit exactly or refuses it (`Store::validate`): every limit is asked
+    /// here, at start-up, and a refusal names the setting to change.
+    fn check_on_redis(
+        &self,
+        limit: &Limit,
+        routes: &[RouteLimit],
+        tiers: &[Tier],
+    ) -> Result<(), ConfigError> {
+        if let Err(e) = RedisStore::<()>::validate_limit(limit) {
+            // The limit, then the window, then the algorithm: the first one set is blamed.
+            let setting = [
+                "RATE_LIMIT",
+                "RATE_LIMIT_WINDOW_SEC",
+                "RATE_LIMIT_ALGORITHM",
+            ]
+            .into_iter()
+            .find_map(|name| self.get(name));
+            return Err(match setting {
+                Some(s) => s.error(e.reason()),
+                None => e,
+            });
+        }
+        let file = self.file.as_ref().map_or("", |f| f.path.as_str());
+        let named = routes.iter().map(|r| ("routes", &r.limit));
+        let file_limits = named.chain(tiers.iter().map(|t| ("tiers", &t.limit)));
+        let mut counts = BTreeMap::new();
+        for (what, limit) in file_limits {
+            let i = counts.entry(what).or_insert(0);
+            if let Err(e) = RedisStore::<()>::validate_limit(limit) {
+                let setting = format!("{what}[{i}].limit in {file}");
+                return Err(ConfigError::new(setting, limit.quota().limit(), e.reason()));
+            }
+            *i += 1;
+        }
+        Ok(())
     }
 
     fn backend(&self) -> Result<Backend, ConfigError> {
@@ -759,6 +804,43 @@ limit = 1000
         assert_eq!(c.tiers[0].keys, ["alice"]);
         assert_eq!(c.tiers[0].limit.quota().period(), Duration::from_secs(30));
         assert_eq!(c.tiers[0].limit.algorithm(), Algorithm::FixedWindow);
+    }
+
+    #[test]
+    fn limits_redis_cannot_decide_exactly_stop_the_start_on_redis_only() {
+        let wide = [
+            ("RATE_LIMIT", "200000"),
+            ("RATE_LIMIT_WINDOW_SEC", "86400"),
+            ("RATE_LIMIT_ALGORITHM", "sliding_window"),
+        ];
+        // In memory, 200,000 per day is exact.
+        assert!(Config::from_vars(&wide).is_ok());
+        for backend in [
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000"),
+        ] {
+            let e = err(&[wide[0], wide[1], wide[2], backend]);
+            assert_eq!((e.setting(), e.value()), ("RATE_LIMIT", "200000"), "{e}");
+            assert!(e.reason().contains("2^53"), "{e}");
+        }
+        // Buckets are exact on Redis at any rate.
+        let fast = [
+            ("RATE_LIMIT", "4000000000"),
+            ("RATE_LIMIT_WINDOW_SEC", "1"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ];
+        assert!(Config::from_vars(&fast).is_ok());
+        // A tier from the file is named by its place in the file.
+        let (_g, path) = file(
+            "[[tiers]]\nname = \"x\"\nkeys = [\"a\"]\nlimit = 200000\nwindow_sec = 86400\n\
+             algorithm = \"sliding_window\"\n",
+        );
+        let e = err(&[
+            ("RATELIMIT_CONFIG", &path),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ]);
+        assert_eq!(e.setting(), format!("tiers[0].limit in {path}"), "{e}");
+        assert_eq!(e.value(), "200000");
     }
 
     #[test]
