@@ -141,8 +141,9 @@ impl Quota {
         self.period_nanos().div_ceil(u64::from(self.limit.get()))
     }
 
-    /// The quota in whole ticks of `tick_nanos` nanoseconds (1 for in-process stores, 1000 for
-    /// Redis, whose Lua numbers are exact only up to 2^53).
+    /// The quota in whole ticks of `tick_nanos` nanoseconds (1 for in-process stores; 1000 for
+    /// Redis's windows, whose Lua numbers are exact only up to 2^53: its buckets use the
+    /// nanosecond interval).
     ///
     /// The period is rounded up to whole ticks and the emission interval is
     /// `ceil(period / limit)`, at least one tick.
