@@ -63,8 +63,14 @@ if [[ ! $SHA =~ ^[0-9a-f]{40}$ ]]; then
   exit 1
 fi
 
-# A GCRA limit that never denies: code, limit, burst, period, interval, tau (microseconds).
-GCRA="6 1000000000 1000000000 1000000 1 1000000000"
+# A GCRA limit that never denies: code, limit, burst, period (µs), then the emission interval
+# of 1 µs as whole µs and ns left (since the buckets count in nanoseconds), or, in earlier
+# scripts, the interval and tau in µs.
+if grep -q "interval_ns" <<<"$source_text"; then
+  GCRA="6 1000000000 1000000000 1000000 1 0"
+else
+  GCRA="6 1000000000 1000000000 1000000 1 1000000000"
+fi
 # One entry: number of limits, cost, commit, [repeat count,] the limit.
 entry() {
   if ((repeat)); then echo "1 1 1 $1 $GCRA"; else echo "1 1 1 $GCRA"; fi

@@ -11,8 +11,42 @@ local function gcra_remaining(now, p, th, tl)
   return ns_div(dh, dl, p.ih, p.il)
 end
 
+-- Whole units of cost free at `now` when the theoretical arrival time is the tick `at`.
+local function gcra_remaining_us(now, p, at)
+  return math.floor(math.max(now + p.th - at, 0) / p.ih)
+end
+
+-- An interval of whole microseconds (most quotas) keeps the TAT whole: the same arithmetic in
+-- plain integers. `s` is the state read.
+local function gcra_us(key, now, p, s, cost, commit)
+  local tat = now
+  if s then
+    tat = math.max(s[1], now)
+  end
+  if tat <= now then
+    save_fields(key, nil, 0)
+  end
+  local remaining = gcra_remaining_us
+  if cost > p.burst then
+    return false, p.burst, remaining(now, p, tat), tat - now, -1
+  end
+  local new_tat = tat + cost * p.ih
+  local allow_at = math.max(new_tat - p.th, 0)
+  if allow_at <= now then
+    if commit then
+      tat = new_tat
+      save_fields(key, { tat }, tat - now)
+    end
+    return true, p.burst, remaining(now, p, tat), tat - now, -1
+  end
+  return false, p.burst, remaining(now, p, tat), tat - now, allow_at - now
+end
+
 local function gcra(key, now, p, cost, commit)
   local s = load_fields(key)
+  if p.il == 0 and not (s and s[2]) then
+    return gcra_us(key, now, p, s, cost, commit)
+  end
   local th, tl = now, 0
   if s and ns_lt(now, 0, s[1], s[2] or 0) then
     th, tl = s[1], s[2] or 0

@@ -1,7 +1,40 @@
 -- Leaky bucket as a meter: the twin of algorithm/leaky_bucket.rs. State "level:at", with the
 -- level's nanoseconds after them when there are any ("level:at:ns"); `at` is a tick.
+
+-- An interval of whole microseconds (most quotas) keeps the level whole: the same arithmetic in
+-- plain integers. `s` is the state read.
+local function leaky_bucket_us(key, now, p, s, cost, commit)
+  local level, at = 0, now
+  if s then
+    at = math.max(now, s[2])
+    level = math.max(s[1] - (at - s[2]), 0)
+  end
+  local lag = at - now
+  -- Only read when cost <= burst, where cost * interval <= tau is exact.
+  local poured = level + cost * p.ih
+  local allowed = cost <= p.burst and poured <= p.th
+  local retry = -1
+  if not allowed and cost <= p.burst then
+    retry = poured - p.th + lag
+  end
+  if allowed and commit then
+    level = poured
+  end
+  local state = nil
+  local reset = 0
+  if level > 0 then
+    state = { level, at }
+    reset = level + lag
+  end
+  save_fields(key, state, reset)
+  return allowed, p.burst, math.floor((p.th - math.min(level, p.th)) / p.ih), reset, retry
+end
+
 local function leaky_bucket(key, now, p, cost, commit)
   local s = load_fields(key)
+  if p.il == 0 and not (s and s[3]) then
+    return leaky_bucket_us(key, now, p, s, cost, commit)
+  end
   local lh, ll, at = 0, 0, now
   if s then
     -- Nothing drains before the state's time; every wait adds the caller's lag behind it.

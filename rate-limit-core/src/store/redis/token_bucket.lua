@@ -1,8 +1,41 @@
 -- Token bucket: the twin of algorithm/token_bucket.rs. State "tokens:last", with last's
 -- nanoseconds after it when there are any ("tokens:last:ns"): `last` advances by whole emission
 -- intervals, which need not be whole microseconds.
+
+-- An interval of whole microseconds (most quotas) keeps every time whole: the same arithmetic
+-- in plain integers, with no pairs to carry. `s` is the state read.
+local function token_bucket_us(key, now, p, s, cost, commit)
+  local interval = p.ih
+  local tokens, last = p.burst, now
+  if s then
+    local add = math.floor(math.max(now - s[2], 0) / interval)
+    tokens = math.min(s[1] + add, p.burst)
+    if tokens < p.burst then
+      last = s[2] + add * interval
+    end
+  end
+  local allowed = cost <= tokens
+  local retry = -1
+  if not allowed and cost <= p.burst then
+    retry = last + (cost - tokens) * interval - now
+  end
+  if allowed and commit then
+    tokens = tokens - cost
+  end
+  local reset = math.max(last + (p.burst - tokens) * interval - now, 0)
+  local state = nil
+  if tokens < p.burst then
+    state = { tokens, last }
+  end
+  save_fields(key, state, reset)
+  return allowed, p.burst, tokens, reset, retry
+end
+
 local function token_bucket(key, now, p, cost, commit)
   local s = load_fields(key)
+  if p.il == 0 and not (s and s[3]) then
+    return token_bucket_us(key, now, p, s, cost, commit)
+  end
   local tokens, lh, ll = p.burst, now, 0
   if s then
     local sh, sl = s[2], s[3] or 0
