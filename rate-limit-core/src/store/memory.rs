@@ -59,24 +59,29 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 ///
 /// # When a shard is full
 ///
-/// A new key's entry takes the place of one whose state is full again, found at once, without
-/// waiting for the sweep: dropping such state admits nothing extra. State that still counts is
-/// never dropped to make room, since its client would get a fresh budget: a flood of fresh keys
-/// cannot wipe out what a heavy user has spent, whatever the algorithm (with fixed windows and
-/// logs, the flood's own state is full again no sooner than the heavy user's).
+/// A new key's entry takes the place of one whose state is full again, without waiting for the
+/// sweep: dropping such state admits nothing extra. State that still counts is never dropped to
+/// make room, since its client would get a fresh budget: a flood of fresh keys cannot wipe out
+/// what a heavy user has spent, whatever the algorithm (with fixed windows and logs, the
+/// flood's own state is full again no sooner than the heavy user's).
 ///
-/// When no state in the shard is full again, [`when_full`](MemoryStoreBuilder::when_full)
-/// decides what the new key gets: by default ([`WhenFull::AdmitUntracked`]) its check is
-/// answered as for a fresh client and nothing is kept, so it is not counted while the shard stays
-/// full (fail open, for new keys only; tracked clients keep their budgets);
-/// [`WhenFull::Deny`] denies it until an entry is full again; [`WhenFull::Evict`] evicts the
-/// eighth of the shard that is full again soonest, resetting those clients' budgets. Each new
-/// entry left out, each denial and each eviction is counted in the `metrics` counter
+/// A full shard looks for state that is full again once any can be there; when it finds less
+/// than a sixty-fourth of itself, it looks again only once a sixty-fourth can be (or at the next
+/// sweep), so that a flood of new keys costs each a small share of a scan, never a whole one.
+/// This happens only when a new key meets a full shard: a check of a key already held does
+/// none of it.
+///
+/// When it finds no room, [`when_full`](MemoryStoreBuilder::when_full) decides what the new key
+/// gets: by default ([`WhenFull::AdmitUntracked`]) its check is answered as for a fresh client
+/// and nothing is kept, so it is not counted while the shard stays full (fail open, for new
+/// keys only; tracked clients keep their budgets); [`WhenFull::Deny`] denies it, with a
+/// `retry_after` of when the shard will look again; [`WhenFull::Evict`] evicts the eighth of
+/// the shard that is full again soonest, resetting those clients' budgets. Each new entry left
+/// out, each denial and each eviction is counted in the `metrics` counter
 /// [`ratelimit_memory_store_full_total`](METRIC_MEMORY_STORE_FULL), labelled `action`
-/// (`untracked`, `denied` or `evicted`), never with a key. This search and this choice happen
-/// only when a new key meets a full shard; a check of a key already held does none of it. The
-/// entries of one check of several limits are stored together or not at all, which may take a
-/// shard a few entries (that check's limits, less one) past its share of the bound.
+/// (`untracked`, `denied` or `evicted`), never with a key. The entries of one check of several
+/// limits are stored together or not at all, which may take a shard a few entries (that
+/// check's limits, less one) past its share of the bound.
 ///
 /// The local store of `resilience::Fallback` (feature `resilience`) is a `MemoryStore` and
 /// behaves the same during an outage.
@@ -115,11 +120,14 @@ struct Inner {
     entries: Vec<Entry>,
     index: HashTable<u32>,
     next_sweep: u64,
-    /// No entry is full again before this instant: a lower bound on the soonest `expires`
-    /// (`u64::MAX` when empty), exact after a sweep. Inserts lower it; a check only moves its
-    /// entry's expiry later (unless the clock steps back, which the periodic sweep mends), so a
-    /// full shard looks for room only once something can have become full again.
-    soonest: u64,
+    /// A full shard looks for state that is full again only from this instant on. A sweep sets
+    /// it to the soonest `expires` (`u64::MAX` when empty), and inserts lower it; a check only
+    /// moves its entry's expiry later (unless the clock steps back, which the periodic sweep
+    /// mends). When a full shard looked and found less than a share of itself
+    /// ([`RECLAIM_SHARE`]), it is the instant when a share will be, and inserts leave it
+    /// (`rationed`) until the next sweep.
+    reclaim_at: u64,
+    rationed: bool,
     /// The key hash and instant of the last insert: the other entries of that check (a check
     /// of several limits) may follow it past the bound, so that a check's entries are stored
     /// all together (see `MemoryStore::make_room`).
@@ -138,6 +146,11 @@ struct Entry {
     expires: u64,
     state: Option<State>,
 }
+
+/// A full shard that found too little full again looks again only once this share of it (one
+/// sixty-fourth) will be: a flood of new keys then costs each at most about 64 entries of a scan
+/// on average, not a scan of the shard.
+const RECLAIM_SHARE: usize = 64;
 
 /// The fewest entries a shard's vector grows by.
 const MIN_GROWTH: usize = 16;
@@ -255,7 +268,8 @@ impl<C: Clock> MemoryStoreBuilder<C> {
                         entries: Vec::new(),
                         index: HashTable::new(),
                         next_sweep: 0,
-                        soonest: u64::MAX,
+                        reclaim_at: u64::MAX,
+                        rationed: false,
                         last_insert: None,
                     }))
                 })
@@ -352,7 +366,8 @@ impl<C: Clock> MemoryStore<C> {
             }
             keep
         });
-        inner.soonest = soonest;
+        inner.reclaim_at = soonest;
+        inner.rationed = false;
         let Inner { entries, index, .. } = inner;
         if entries.capacity() > 64 && entries.len() * 4 < entries.capacity() {
             entries.shrink_to_fit();
@@ -512,7 +527,7 @@ impl<C: Clock> MemoryStore<C> {
             && inner.entries.len() >= self.per_shard
             && !self.make_room(inner, key_hash, now, commit)
         {
-            let wait = inner.soonest.saturating_sub(now);
+            let wait = inner.reclaim_at.saturating_sub(now);
             return self.when_full.refuse(raw, wait, commit);
         }
         if let Some(state) = state {
@@ -533,7 +548,9 @@ impl<C: Clock> MemoryStore<C> {
                 state: Some(state),
             });
             index.insert_unique(hash, pos(len), |&i| self.rehash(&entries[i as usize]));
-            inner.soonest = inner.soonest.min(expires);
+            if !inner.rationed {
+                inner.reclaim_at = inner.reclaim_at.min(expires);
+            }
             inner.last_insert = Some((key_hash, now));
         }
         raw
@@ -544,7 +561,8 @@ impl<C: Clock> MemoryStore<C> {
     /// already held.
     ///
     /// Only state that is full again is dropped (it admits nothing extra once gone), and the
-    /// shard is searched for it only once something can be (`Inner::soonest`). Under
+    /// shard is searched for it only once something can be (`Inner::reclaim_at`); if that
+    /// frees less than a [share](RECLAIM_SHARE) of it, only once a share can be. Under
     /// [`WhenFull::Evict`] (and only when committing), the eighth of the shard that would be
     /// full again soonest is evicted if that is not enough.
     ///
@@ -556,8 +574,16 @@ impl<C: Clock> MemoryStore<C> {
         if commit && inner.last_insert == Some((key_hash, now)) {
             return true;
         }
-        if now >= inner.soonest {
-            self.sweep_shard(inner, now);
+        if now >= inner.reclaim_at {
+            let freed = self.sweep_shard(inner, now);
+            let share = (self.per_shard / RECLAIM_SHARE).max(1);
+            if freed < share && !inner.entries.is_empty() {
+                let mut expiries: Vec<u64> = inner.entries.iter().map(|e| e.expires).collect();
+                let nth = share.min(expiries.len()) - 1;
+                let (_, &mut at, _) = expiries.select_nth_unstable(nth);
+                inner.reclaim_at = at;
+                inner.rationed = true;
+            }
         }
         let len = inner.entries.len();
         if len < self.per_shard {
@@ -585,7 +611,8 @@ impl<C: Clock> MemoryStore<C> {
             }
             keep
         });
-        inner.soonest = soonest;
+        inner.reclaim_at = soonest;
+        inner.rationed = false;
         self.evictions.fetch_add(evict as u64, Ordering::Relaxed);
         self.when_full.count();
         true

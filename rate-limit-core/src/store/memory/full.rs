@@ -47,8 +47,9 @@ pub enum WhenFull {
     /// entry left out. The default.
     #[default]
     AdmitUntracked,
-    /// Deny the new key's check (and a peek at it), with a `retry_after` of the time until an
-    /// entry of its shard is full again. Nothing is charged. Counted as `denied`, once per
+    /// Deny the new key's check (and a peek at it), with a `retry_after` of the time until its
+    /// shard looks for room again: when an entry of it is full again (or, once it found too
+    /// little, a sixty-fourth of its entries). Nothing is charged. Counted as `denied`, once per
     /// limit of each check or peek so answered.
     Deny,
     /// Evict the eighth of the shard's entries that would be full again soonest, and keep the
@@ -74,7 +75,7 @@ impl WhenFull {
     }
 
     /// The answer to a new key that could not be stored, given what a fresh state answered
-    /// (`fresh`) and how long until an entry of the shard is full again (`wait`, in ticks).
+    /// (`fresh`) and how long until the shard looks for room again (`wait`, in ticks).
     /// `commit` is false for a peek or the first pass of a check of several limits.
     pub(super) fn refuse(self, fresh: Raw, wait: u64, commit: bool) -> Raw {
         match self {
@@ -261,6 +262,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_full_shard_that_found_too_little_looks_again_once_a_share_is_full_again() {
+        // 640 entries: a share (a sixty-fourth) is 10.
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let s = store(640, WhenFull::AdmitUntracked, &clock);
+        let hour = per_hour(10, Algorithm::Gcra);
+        let second = [Limit::new(Quota::per_second(nz(10)), Algorithm::Gcra)];
+        for i in 0..635 {
+            check(&s, &format!("h{i}"), &hour, 1);
+        }
+        for i in 0..5 {
+            check(&s, &format!("s{i}"), &second, 10);
+        }
+        // Five entries are full again: a new key looks, finds them, takes one.
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(check(&s, "a", &second, 10).remaining(), 0);
+        // Too little was found to look on every new key: the shard looks again only once a
+        // share is full again. Four free places are left meanwhile.
+        for k in ["b", "c", "d", "e"] {
+            assert_eq!(check(&s, k, &second, 10).remaining(), 0);
+        }
+        assert_eq!(s.len(), 640);
+        clock.advance(Duration::from_secs(2));
+        // Five are full again, less than a share: not looked for, the new key is untracked.
+        let counts = counted(|| {
+            assert_eq!(check(&s, "f", &second, 10).remaining(), 0);
+            assert_eq!(check(&s, "f", &second, 10).remaining(), 0);
+        });
+        assert_eq!(counts.full("untracked"), 2);
+        assert_eq!(s.len(), 640);
+        // The hourly entries are full again 360 s after they came (one emission interval):
+        // only then is a share full again, and the next new key finds them all.
+        clock.set(Duration::from_secs(1_360) - Duration::from_nanos(1));
+        assert_eq!(check(&s, "g", &second, 1).remaining(), 9);
+        assert_eq!(check(&s, "g", &second, 1).remaining(), 9);
+        clock.set(Duration::from_secs(1_360));
+        let counts = counted(|| {
+            assert_eq!(check(&s, "g", &second, 1).remaining(), 9);
+            assert_eq!(check(&s, "g", &second, 1).remaining(), 8);
+        });
+        assert!(counts.names().is_empty(), "{:?}", counts.names());
+        assert_eq!(s.len(), 1);
     }
 
     #[test]
