@@ -59,7 +59,7 @@ pub use decision::{Decision, Snapshot};
 pub use error::{ConfigError, StoreError, StoreErrorKind};
 pub use limit::Limit;
 pub use quota::{MAX_SPAN, Quota};
-pub use store::memory::{MemoryStore, MemoryStoreBuilder};
+pub use store::memory::{METRIC_MEMORY_STORE_FULL, MemoryStore, MemoryStoreBuilder, WhenFull};
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};
 pub use store::{BoxFuture, Store};

@@ -71,7 +71,10 @@ pub enum Algorithm {
     /// Counts per window aligned to multiples of the period since the Unix epoch, so that every
     /// instance agrees on window edges. Up to `2 * limit` can pass around an edge.
     FixedWindow,
-    /// Exact sliding window: remembers each admission for one period. State grows with the limit.
+    /// Exact sliding window: remembers each admission for one period. State grows with the
+    /// limit, up to `limit` entries per key: 16 bytes each in memory, about 26 on Redis (see
+    /// [`LogState`](crate::state::LogState)). For limits in the many thousands per key, the
+    /// sliding window counter keeps a few integers instead.
     SlidingWindowLog,
     /// Sliding window counter: the current window's count plus the previous window's, weighted by
     /// how much of it still overlaps the sliding window.

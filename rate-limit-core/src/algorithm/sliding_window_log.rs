@@ -1,17 +1,60 @@
-//! Sliding window log: remembers every admission for one period; exact in any window.
-//!
-//! Admissions at the same tick share one entry, so the state holds at most `limit` entries.
+//! Sliding window log: remembers every admission for one period; exact in any window. See
+//! [`LogState`] for its memory, its cost and what a clock stepping back does.
 
 use std::collections::VecDeque;
 
 use super::Raw;
 use crate::quota::Params;
 
-/// Admission times (tick, cost), oldest first, and their total cost.
+/// [`Algorithm::SlidingWindowLog`](crate::Algorithm::SlidingWindowLog)'s state: admission
+/// times, oldest first, each with the running total of the costs admitted up to it.
+///
+/// Memory: admissions at the same tick share an entry and every entry is in the window when
+/// one is added, so a log holds at most `limit` entries. In a
+/// [`MemoryStore`](crate::MemoryStore) they take 16 bytes each, boxed beside the key's 64-byte
+/// entry, in a buffer never more than four times what it holds (or 16 entries): at most
+/// `64 × limit` bytes per key and limit. On Redis each is a list element of about 26 bytes.
+///
+/// Cost: what is in the window and how long a denial must wait are read from the running
+/// totals by binary search, so a check costs O(log n) in the log's length, never a walk over it.
+///
+/// A clock that goes back (now before the newest entry, as with instances whose clocks
+/// disagree) is taken as standing still at the newest entry: the window is read as of that
+/// instant, which only lets more leave it, and an admission joins the newest entry. A client
+/// with budget left is admitted; a denial's wait is counted from the newest entry, so it may be
+/// short by the step back.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogState {
+    /// (tick, running total after it).
     pub(crate) entries: VecDeque<(u64, u64)>,
-    pub(crate) used: u64,
+    /// The running total before the oldest entry.
+    pub(crate) base: u64,
+}
+
+impl LogState {
+    /// The cost in the log.
+    fn used(&self) -> u64 {
+        self.entries
+            .back()
+            .map_or(0, |&(_, total)| total.wrapping_sub(self.base))
+    }
+
+    /// Drops the entries at or before `cutoff`.
+    fn expire(&mut self, cutoff: u64) {
+        let Some(&(oldest, _)) = self.entries.front() else {
+            return;
+        };
+        if oldest > cutoff {
+            return;
+        }
+        let k = self.entries.partition_point(|&(t, _)| t <= cutoff);
+        self.base = self.entries[k - 1].1;
+        self.entries.drain(..k);
+        // Give memory back once three quarters of the buffer stand empty.
+        if self.entries.capacity() > 16 && self.entries.len() * 4 < self.entries.capacity() {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
+    }
 }
 
 pub(crate) fn apply(
@@ -26,46 +69,36 @@ pub(crate) fn apply(
         .as_ref()
         .and_then(|s| s.entries.back())
         .map_or(now, |&(t, _)| now.max(t));
-    if let Some(s) = state.as_mut() {
-        while let Some(&(t, c)) = s.entries.front() {
-            if t.saturating_add(p.period) > now {
-                break;
-            }
-            s.entries.pop_front();
-            s.used -= c;
-        }
+    if let (Some(s), Some(cutoff)) = (state.as_mut(), now.checked_sub(p.period)) {
+        s.expire(cutoff);
     }
-    let used = state.as_ref().map_or(0, |s| s.used);
+    let used = state.as_ref().map_or(0, |s| s.used());
     let allowed = used.saturating_add(cost) <= p.limit;
-    let retry_after = if allowed || cost > p.limit {
-        None
-    } else {
-        // Walk from the oldest entry until enough cost has expired.
-        let mut to_free = used + cost - p.limit;
-        let mut at = now;
-        for &(t, c) in state.iter().flat_map(|s| s.entries.iter()) {
-            at = t + p.period;
-            to_free = to_free.saturating_sub(c);
-            if to_free == 0 {
-                break;
-            }
+    let retry_after = match state.as_ref() {
+        Some(s) if !allowed && cost <= p.limit => {
+            // The oldest entries that together free enough must leave the window first.
+            let to_free = used + cost - p.limit;
+            let i = s
+                .entries
+                .partition_point(|&(_, total)| total.wrapping_sub(s.base) < to_free);
+            s.entries.get(i).map(|&(t, _)| t + p.period - now)
         }
-        Some(at - now)
+        _ => None,
     };
     if allowed && commit {
         let s = state.get_or_insert_with(Box::default);
+        let total = s.entries.back().map_or(s.base, |&(_, total)| total);
         match s.entries.back_mut() {
-            Some((t, c)) if *t == now => *c += cost,
-            _ => s.entries.push_back((now, cost)),
+            Some((t, total)) if *t == now => *total = total.wrapping_add(cost),
+            _ => s.entries.push_back((now, total.wrapping_add(cost))),
         }
-        s.used += cost;
     }
     if state.as_ref().is_some_and(|s| s.entries.is_empty()) {
         *state = None;
     }
     let (used, newest) = state
         .as_ref()
-        .map_or((0, None), |s| (s.used, s.entries.back().map(|&(t, _)| t)));
+        .map_or((0, None), |s| (s.used(), s.entries.back().map(|&(t, _)| t)));
     Raw {
         allowed,
         capacity: p.limit,
@@ -108,6 +141,101 @@ mod tests {
         assert!(apply(&mut s, 200, &p, 2, true).allowed);
         let r = apply(&mut s, 300, &p, 2, true);
         assert_eq!(r.retry_after, Some(800));
+    }
+
+    #[test]
+    fn a_clock_step_back_does_not_lock_out_a_client_with_budget_left() {
+        let p = params(3);
+        let mut s = None;
+        assert!(apply(&mut s, 1_000, &p, 1, true).allowed);
+        // 50 ticks earlier (another instance's clock): counted as at the newest entry.
+        let r = apply(&mut s, 950, &p, 1, true);
+        assert_eq!((r.allowed, r.remaining, r.reset_after), (true, 1, 1000));
+        assert!(apply(&mut s, 500, &p, 1, true).allowed);
+        let r = apply(&mut s, 900, &p, 1, true);
+        assert_eq!((r.allowed, r.retry_after), (false, Some(1000)));
+        // Back in step, the window slides as usual.
+        assert!(apply(&mut s, 2_000, &p, 3, true).allowed);
+    }
+
+    #[test]
+    fn decisions_match_a_plain_walk_over_the_log() {
+        // A log of (tick, cost) walked in full, as the definition reads.
+        fn reference(log: &mut Vec<(u64, u64)>, now: u64, p: &Params, cost: u64) -> Raw {
+            log.retain(|&(t, _)| t + p.period > now);
+            let used: u64 = log.iter().map(|&(_, c)| c).sum();
+            let allowed = used + cost <= p.limit;
+            let retry_after = (!allowed && cost <= p.limit).then(|| {
+                let mut freed = 0;
+                let &(t, _) = log
+                    .iter()
+                    .find(|&&(_, c)| {
+                        freed += c;
+                        freed >= used + cost - p.limit
+                    })
+                    .unwrap();
+                t + p.period - now
+            });
+            if allowed {
+                match log.last_mut() {
+                    Some((t, c)) if *t == now => *c += cost,
+                    _ => log.push((now, cost)),
+                }
+            }
+            let used: u64 = log.iter().map(|&(_, c)| c).sum();
+            Raw {
+                allowed,
+                capacity: p.limit,
+                remaining: p.limit - used,
+                reset_after: log.last().map_or(0, |&(t, _)| t + p.period - now),
+                retry_after,
+            }
+        }
+        let p = params(50);
+        let (mut s, mut log) = (None, Vec::new());
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut now = 10_000;
+        for step in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            now += [0, 1, 7, 40, 300][(x % 5) as usize];
+            let cost = 1 + (x >> 8) % 20;
+            let r = apply(&mut s, now, &p, cost, true);
+            assert_eq!(r, reference(&mut log, now, &p, cost), "step {step}");
+            assert!(s.as_ref().map_or(0, |s| s.entries.len()) <= 50);
+        }
+    }
+
+    #[test]
+    fn running_totals_may_wrap() {
+        let p = params(10);
+        let mut s = Some(Box::new(LogState {
+            entries: VecDeque::from([(0, u64::MAX - 2)]),
+            base: u64::MAX - 6,
+        }));
+        // 4 in the log; 6 more fit, across the wrap of the running total.
+        let r = apply(&mut s, 100, &p, 6, true);
+        assert_eq!((r.allowed, r.remaining), (true, 0));
+        let r = apply(&mut s, 200, &p, 4, true);
+        assert_eq!((r.allowed, r.retry_after), (false, Some(800)));
+        assert_eq!(apply(&mut s, 1_000, &p, 4, true).remaining, 0);
+    }
+
+    #[test]
+    fn memory_is_given_back_as_the_log_empties() {
+        let p = params(100_000);
+        let mut s = None;
+        for t in 0..100_000 {
+            apply(&mut s, t / 100, &p, 1, true);
+        }
+        assert_eq!(s.as_ref().unwrap().entries.len(), 1000);
+        // All but the last ten ticks' entries leave the window.
+        let r = apply(&mut s, p.period + 989, &p, 1, false);
+        assert_eq!(r.remaining, 100_000 - 1_000);
+        let log = s.as_ref().unwrap();
+        assert_eq!(log.entries.len(), 10);
+        assert!(log.entries.capacity() <= 40, "{}", log.entries.capacity());
     }
 
     #[test]

@@ -16,6 +16,9 @@ use crate::decision::Decision;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::limit::Limit;
 
+mod full;
+pub use full::{METRIC_MEMORY_STORE_FULL, WhenFull};
+
 const DEFAULT_MAX_KEYS: usize = 1_000_000;
 const DEFAULT_SHARDS: usize = 64;
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -31,15 +34,9 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// could sit half empty at twice that.
 ///
 /// It is bounded: it holds at most [`max_keys`](MemoryStoreBuilder::max_keys) entries (one per
-/// key and limit). An entry whose state is full again is dropped by the next sweep, which each
-/// shard runs on its own every [`sweep_interval`](MemoryStoreBuilder::sweep_interval), and by
-/// [`sweep`](MemoryStore::sweep). When a shard is full, it first drops what has expired, then
-/// evicts the eighth of its entries that would be full again soonest (counted in
-/// [`evictions`](MemoryStore::evictions)).
-///
-/// Evicting the entries closest to full forgets the least: a key flood of fresh clients (each one
-/// request in, so nearly full) evicts its own entries before the state of heavy users. Eviction
-/// can only make the limiter more lenient for an evicted key, never stricter.
+/// key and limit), split evenly between the shards. An entry whose state is full again is
+/// dropped by the next sweep, which each shard runs on its own every
+/// [`sweep_interval`](MemoryStoreBuilder::sweep_interval), and by [`sweep`](MemoryStore::sweep).
 ///
 /// ```
 /// use std::num::NonZeroU32;
@@ -59,6 +56,35 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// assert!(store.check("bob", &limit, one).await.unwrap().allowed());
 /// # }
 /// ```
+///
+/// # When a shard is full
+///
+/// A new key's entry takes the place of one whose state is full again, without waiting for the
+/// sweep: dropping such state admits nothing extra. State that still counts is never dropped to
+/// make room, since its client would get a fresh budget: a flood of fresh keys cannot wipe out
+/// what a heavy user has spent, whatever the algorithm (with fixed windows and logs, the
+/// flood's own state is full again no sooner than the heavy user's).
+///
+/// A full shard looks for state that is full again once any can be there; when it finds less
+/// than a sixty-fourth of itself, it looks again only once a sixty-fourth can be (or at the next
+/// sweep), so that a flood of new keys costs each a small share of a scan, never a whole one.
+/// This happens only when a new key meets a full shard: a check of a key already held does
+/// none of it.
+///
+/// When it finds no room, [`when_full`](MemoryStoreBuilder::when_full) decides what the new key
+/// gets: by default ([`WhenFull::AdmitUntracked`]) its check is answered as for a fresh client
+/// and nothing is kept, so it is not counted while the shard stays full (fail open, for new
+/// keys only; tracked clients keep their budgets); [`WhenFull::Deny`] denies it, with a
+/// `retry_after` of when the shard will look again; [`WhenFull::Evict`] evicts the eighth of
+/// the shard that is full again soonest, resetting those clients' budgets. Each new entry left
+/// out, each denial and each eviction is counted in the `metrics` counter
+/// [`ratelimit_memory_store_full_total`](METRIC_MEMORY_STORE_FULL), labelled `action`
+/// (`untracked`, `denied` or `evicted`), never with a key. The entries of one check of several
+/// limits are stored together or not at all, which may take a shard a few entries (that
+/// check's limits, less one) past its share of the bound.
+///
+/// The local store of `resilience::Fallback` (feature `resilience`) is a `MemoryStore` and
+/// behaves the same during an outage.
 pub struct MemoryStore<C = SystemClock> {
     shards: Box<[Shard]>,
     mask: u64,
@@ -66,6 +92,7 @@ pub struct MemoryStore<C = SystemClock> {
     hasher: DefaultHashBuilder,
     clock: C,
     sweep_every: u64,
+    when_full: WhenFull,
     evictions: AtomicU64,
 }
 
@@ -75,6 +102,7 @@ pub struct MemoryStoreBuilder<C = SystemClock> {
     max_keys: NonZeroUsize,
     shards: NonZeroUsize,
     sweep_interval: Duration,
+    when_full: WhenFull,
     clock: C,
 }
 
@@ -92,6 +120,18 @@ struct Inner {
     entries: Vec<Entry>,
     index: HashTable<u32>,
     next_sweep: u64,
+    /// A full shard looks for state that is full again only from this instant on. A sweep sets
+    /// it to the soonest `expires` (`u64::MAX` when empty), and inserts lower it; a check only
+    /// moves its entry's expiry later (unless the clock steps back, which the periodic sweep
+    /// mends). When a full shard looked and found less than a share of itself
+    /// ([`RECLAIM_SHARE`]), it is the instant when a share will be, and inserts leave it
+    /// (`rationed`) until the next sweep.
+    reclaim_at: u64,
+    rationed: bool,
+    /// The key hash and instant of the last insert: the other entries of that check (a check
+    /// of several limits) may follow it past the bound, so that a check's entries are stored
+    /// all together (see `MemoryStore::make_room`).
+    last_insert: Option<(u64, u64)>,
 }
 
 /// One key and one limit. `state` is never `None` while stored.
@@ -106,6 +146,11 @@ struct Entry {
     expires: u64,
     state: Option<State>,
 }
+
+/// A full shard that found too little full again looks again only once this share of it (one
+/// sixty-fourth) will be: a flood of new keys then costs each at most about 64 entries of a scan
+/// on average, not a scan of the shard.
+const RECLAIM_SHARE: usize = 64;
 
 /// The fewest entries a shard's vector grows by.
 const MIN_GROWTH: usize = 16;
@@ -153,6 +198,7 @@ impl MemoryStore<SystemClock> {
             max_keys: NonZeroUsize::new(DEFAULT_MAX_KEYS).unwrap_or(NonZeroUsize::MIN),
             shards: NonZeroUsize::new(DEFAULT_SHARDS).unwrap_or(NonZeroUsize::MIN),
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            when_full: WhenFull::default(),
             clock: SystemClock::new(),
         }
     }
@@ -187,12 +233,21 @@ impl<C: Clock> MemoryStoreBuilder<C> {
         self
     }
 
+    /// What to do with a new key when its shard is full and no state in it is full again.
+    /// Default [`WhenFull::AdmitUntracked`]: a spent budget is never reset to make room.
+    #[must_use]
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
     /// The clock to read time from (a [`ManualClock`](crate::ManualClock) in tests).
     pub fn clock<C2: Clock>(self, clock: C2) -> MemoryStoreBuilder<C2> {
         MemoryStoreBuilder {
             max_keys: self.max_keys,
             shards: self.shards,
             sweep_interval: self.sweep_interval,
+            when_full: self.when_full,
             clock,
         }
     }
@@ -213,6 +268,9 @@ impl<C: Clock> MemoryStoreBuilder<C> {
                         entries: Vec::new(),
                         index: HashTable::new(),
                         next_sweep: 0,
+                        reclaim_at: u64::MAX,
+                        rationed: false,
+                        last_insert: None,
                     }))
                 })
                 .collect(),
@@ -221,6 +279,7 @@ impl<C: Clock> MemoryStoreBuilder<C> {
             hasher: DefaultHashBuilder::default(),
             clock: self.clock,
             sweep_every: u64::try_from(self.sweep_interval.as_nanos()).unwrap_or(u64::MAX),
+            when_full: self.when_full,
             evictions: AtomicU64::new(0),
         }
     }
@@ -242,9 +301,15 @@ impl<C: Clock> MemoryStore<C> {
         self.per_shard * self.shards.len()
     }
 
-    /// Entries evicted before they were full again, since the store was built.
+    /// Entries evicted before they were full again, since the store was built: always 0 but
+    /// under [`WhenFull::Evict`].
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// What the store does with a new key when it is full.
+    pub fn when_full(&self) -> WhenFull {
+        self.when_full
     }
 
     /// The store's clock.
@@ -293,7 +358,16 @@ impl<C: Clock> MemoryStore<C> {
 
     fn sweep_shard(&self, inner: &mut Inner, now: u64) -> usize {
         let before = inner.entries.len();
-        self.retain(inner, |e| e.expires > now);
+        let mut soonest = u64::MAX;
+        self.retain(inner, |e| {
+            let keep = e.expires > now;
+            if keep {
+                soonest = soonest.min(e.expires);
+            }
+            keep
+        });
+        inner.reclaim_at = soonest;
+        inner.rationed = false;
         let Inner { entries, index, .. } = inner;
         if entries.capacity() > 64 && entries.len() * 4 < entries.capacity() {
             entries.shrink_to_fit();
@@ -455,11 +529,23 @@ impl<C: Clock> MemoryStore<C> {
         }
         let mut state = None;
         let raw = algorithm::apply(limit.algorithm(), &mut state, now, p, cost, commit);
-        if state.is_some() {
-            if inner.entries.len() >= self.per_shard {
-                self.make_room(inner, now);
-            }
-            let Inner { entries, index, .. } = inner;
+        // Whether this key needs an entry: when committing, if the check left state; on a peek
+        // (or the first pass of several limits) only `Deny` asks, so that what a peek answers
+        // and what the first pass lets through is what the check will do.
+        let needs_entry = if commit {
+            state.is_some()
+        } else {
+            raw.allowed && self.when_full == WhenFull::Deny
+        };
+        if needs_entry
+            && inner.entries.len() >= self.per_shard
+            && !self.make_room(inner, key_hash, now, commit)
+        {
+            let wait = inner.reclaim_at.saturating_sub(now);
+            return self.when_full.refuse(raw, wait, commit);
+        }
+        if let Some(state) = state {
+            let Inner { entries, index, .. } = &mut *inner;
             let len = entries.len();
             if len == entries.capacity() {
                 // Small steps (an eighth), never past the bound: little room is ever unused.
@@ -468,40 +554,82 @@ impl<C: Clock> MemoryStore<C> {
                     .min(self.per_shard.saturating_sub(len));
                 entries.reserve_exact(step.max(1));
             }
+            let expires = now.saturating_add(raw.reset_after);
             entries.push(Entry {
                 key: Key::new(key),
                 limit: id,
-                expires: now.saturating_add(raw.reset_after),
-                state,
+                expires,
+                state: Some(state),
             });
             index.insert_unique(hash, pos(len), |&i| self.rehash(&entries[i as usize]));
+            if !inner.rationed {
+                inner.reclaim_at = inner.reclaim_at.min(expires);
+            }
+            inner.last_insert = Some((key_hash, now));
         }
         raw
     }
 
-    /// Drops what has expired; if that is not enough, evicts the eighth of the shard that would
-    /// be full again soonest.
-    fn make_room(&self, inner: &mut Inner, now: u64) {
-        self.sweep_shard(inner, now);
+    /// Finds room in a full shard for a new entry of the key hashed `key_hash`; returns whether
+    /// there is room. Work done here, on inserts into a full shard, never on the checks of keys
+    /// already held.
+    ///
+    /// Only state that is full again is dropped (it admits nothing extra once gone), and the
+    /// shard is searched for it only once something can be (`Inner::reclaim_at`); if that
+    /// frees less than a [share](RECLAIM_SHARE) of it, only once a share can be. Under
+    /// [`WhenFull::Evict`] (and only when committing), the eighth of the shard that would be
+    /// full again soonest is evicted if that is not enough.
+    ///
+    /// The entries of a check of several limits are stored together: an entry for the key and
+    /// instant of the shard's last insert always has room, so the first pass of such a check
+    /// (which found room for each entry alone) never leaves it half-stored. A shard may so
+    /// exceed its bound by the entries of one key at one instant, less one.
+    fn make_room(&self, inner: &mut Inner, key_hash: u64, now: u64, commit: bool) -> bool {
+        if commit && inner.last_insert == Some((key_hash, now)) {
+            return true;
+        }
+        if now >= inner.reclaim_at {
+            let freed = self.sweep_shard(inner, now);
+            let share = (self.per_shard / RECLAIM_SHARE).max(1);
+            if freed < share && !inner.entries.is_empty() {
+                let mut expiries: Vec<u64> = inner.entries.iter().map(|e| e.expires).collect();
+                let nth = share.min(expiries.len()) - 1;
+                let (_, &mut at, _) = expiries.select_nth_unstable(nth);
+                inner.reclaim_at = at;
+                inner.rationed = true;
+            }
+        }
         let len = inner.entries.len();
         if len < self.per_shard {
-            return;
+            return true;
+        }
+        if self.when_full != WhenFull::Evict || !commit {
+            return false;
         }
         let evict = (len - self.per_shard * 7 / 8).max(1);
         let mut expiries: Vec<u64> = inner.entries.iter().map(|e| e.expires).collect();
         let (_, &mut threshold, _) = expiries.select_nth_unstable(evict - 1);
         let mut at_threshold = evict - expiries.iter().filter(|&&x| x < threshold).count();
+        let mut soonest = u64::MAX;
         self.retain(inner, |e| {
-            if e.expires < threshold {
+            let keep = if e.expires < threshold {
                 false
             } else if e.expires == threshold && at_threshold > 0 {
                 at_threshold -= 1;
                 false
             } else {
                 true
+            };
+            if keep {
+                soonest = soonest.min(e.expires);
             }
+            keep
         });
+        inner.reclaim_at = soonest;
+        inner.rationed = false;
         self.evictions.fetch_add(evict as u64, Ordering::Relaxed);
+        self.when_full.count();
+        true
     }
 }
 
@@ -638,24 +766,6 @@ mod tests {
         clock.advance(Duration::from_secs(2));
         assert_eq!(s.sweep(), 3000);
         assert!(s.is_empty());
-    }
-
-    #[test]
-    fn bound_holds_and_evicts_soonest_full_first() {
-        let clock = ManualClock::new(Duration::from_secs(1_000));
-        let s = store(64, &clock);
-        let heavy = [Limit::new(Quota::per_hour(nz(100)), Algorithm::Gcra)];
-        let light = [Limit::new(Quota::per_second(nz(100)), Algorithm::Gcra)];
-        for _ in 0..50 {
-            check(&s, "heavy", &heavy, 1);
-        }
-        for i in 0..1000 {
-            check(&s, &format!("flood{i}"), &light, 1);
-            assert!(s.len() <= 64);
-        }
-        assert!(s.evictions() > 0);
-        // The heavy user's state survived the flood: 50 spent of 100.
-        assert_eq!(check(&s, "heavy", &heavy, 1).remaining(), 49);
     }
 
     #[test]
