@@ -19,17 +19,26 @@ use super::state::CircuitState;
 ///
 /// - **Closed**: calls go through. After [`failure_threshold`](Self::failure_threshold)
 ///   consecutive infrastructure failures ([`StoreError::is_infrastructure`]: timeout, connection,
-///   backend) it opens. Denials are answers, not failures, and so is
-///   [`InvalidInput`](StoreErrorKind::InvalidInput): neither counts, and an answer resets the
-///   count.
+///   backend) it opens. Denials are answers, not failures: an answer resets the count.
 /// - **Open**: every call fails at once with [`StoreErrorKind::CircuitOpen`]; nothing reaches
 ///   the store, so nothing piles up against it. After the cool-down, the next call becomes the
 ///   probe.
-/// - **Half-open**: exactly one probe goes through; concurrent calls fail with `CircuitOpen`.
-///   If the probe gets an answer, the breaker closes and the cool-down is reset; if it fails,
-///   the breaker opens again for twice the last cool-down, up to
-///   [`max_cool_down`](Self::max_cool_down). A probe dropped before it finished (its caller gave
-///   up) leaves the breaker open with the cool-down over, so the next call probes.
+/// - **Half-open**: one call at a time goes through as the probe; concurrent calls fail with
+///   `CircuitOpen`. If the backend answers the probe, the breaker closes and the cool-down is
+///   reset; if the probe fails, the breaker opens again for twice the last cool-down, up to
+///   [`max_cool_down`](Self::max_cool_down).
+///
+/// # Only the backend closes it
+///
+/// A call counts as an answer only when the backend itself decided it now
+/// ([`Decision::is_backend_answer`]). A decision the store made without the backend (a
+/// [`RedisStore`](crate::RedisStore) deny-cache hit, [marked cached](Decision::is_cached)), an
+/// [`InvalidInput`](StoreErrorKind::InvalidInput) refusal made before anything was sent, or a
+/// `CircuitOpen` from a breaker further in says nothing of the backend's health: while closed,
+/// such a call neither counts as a failure nor resets the count; as the probe, it gives its
+/// turn back, and so does a probe dropped before it finished (its caller gave up). The breaker
+/// stays half-open and the next call is the probe: it neither closes while the backend is
+/// dead nor opens for a new cool-down.
 ///
 /// Time is read only through a [`Clock`], and only while open. In the closed state a call costs
 /// two atomic loads; the mutex is taken only on failures and transitions. Results of calls let
@@ -53,6 +62,8 @@ pub struct CircuitBreaker<S, C = SystemClock> {
     /// Whether `Tally::failures` may be non-zero, so that a success in the closed state takes
     /// the lock only after failures.
     dirty: AtomicBool,
+    /// Half-open: whether a probe is in flight. Written under the lock.
+    probing: AtomicBool,
     tally: Mutex<Tally>,
 }
 
@@ -83,6 +94,7 @@ impl<S> CircuitBreaker<S, SystemClock> {
             phase: AtomicU64::new(CircuitState::Closed.bits()),
             open_until: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
             tally: Mutex::new(Tally {
                 failures: 0,
                 cool_down: base,
@@ -128,6 +140,7 @@ impl<S, C: Clock> CircuitBreaker<S, C> {
             phase: self.phase,
             open_until: self.open_until,
             dirty: self.dirty,
+            probing: self.probing,
             tally: self.tally,
         }
     }
@@ -167,7 +180,20 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
         let phase = self.phase.load(Ordering::Acquire);
         match CircuitState::from_phase(phase) {
             CircuitState::Closed => Some(Admit::Closed(phase)),
-            CircuitState::HalfOpen => None,
+            CircuitState::HalfOpen => {
+                if self.probing.load(Ordering::Acquire) {
+                    return None;
+                }
+                let _tally = self.lock();
+                // A probe may have started, or settled, since the first loads.
+                if self.phase.load(Ordering::Acquire) != phase
+                    || self.probing.load(Ordering::Acquire)
+                {
+                    return None;
+                }
+                self.probing.store(true, Ordering::Release);
+                Some(Admit::Probe(phase))
+            }
             CircuitState::Open => {
                 let now = self.clock.now_nanos();
                 if now < self.open_until.load(Ordering::Acquire) {
@@ -178,6 +204,7 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
                 if self.phase.load(Ordering::Acquire) != phase {
                     return None;
                 }
+                self.probing.store(true, Ordering::Release);
                 Some(Admit::Probe(self.move_to(phase, CircuitState::HalfOpen)))
             }
         }
@@ -199,12 +226,22 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
     fn open(&self, phase: u64, cool_down: u64) {
         let until = self.clock.now_nanos().saturating_add(cool_down);
         self.open_until.store(until, Ordering::Release);
+        self.probing.store(false, Ordering::Release);
         self.move_to(phase, CircuitState::Open);
     }
 
-    fn settle(&self, admit: Admit, failed: bool) {
-        match admit {
-            Admit::Closed(phase) if !failed => {
+    /// Half-open, and the probe of `phase` ended without an answer: the next call probes.
+    fn give_back(&self, phase: u64) {
+        let _tally = self.lock();
+        if self.phase.load(Ordering::Acquire) == phase {
+            self.probing.store(false, Ordering::Release);
+        }
+    }
+
+    fn settle(&self, admit: Admit, outcome: Outcome) {
+        match (admit, outcome) {
+            (Admit::Closed(_), Outcome::Unanswered) => {}
+            (Admit::Closed(phase), Outcome::Answered) => {
                 if self.dirty.load(Ordering::Acquire) {
                     let mut tally = self.lock();
                     if self.phase.load(Ordering::Acquire) == phase {
@@ -213,7 +250,7 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
                     }
                 }
             }
-            Admit::Closed(phase) => {
+            (Admit::Closed(phase), Outcome::Failed) => {
                 let mut tally = self.lock();
                 if self.phase.load(Ordering::Acquire) != phase {
                     return;
@@ -225,23 +262,28 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
                     self.open(phase, self.base);
                 }
             }
-            Admit::Probe(phase) => {
+            (Admit::Probe(phase), Outcome::Unanswered) => self.give_back(phase),
+            (Admit::Probe(phase), Outcome::Failed) => {
                 let mut tally = self.lock();
                 if self.phase.load(Ordering::Acquire) != phase {
                     return;
                 }
-                if failed {
-                    tally.cool_down = tally
-                        .cool_down
-                        .saturating_mul(2)
-                        .min(self.max.max(self.base));
-                    self.open(phase, tally.cool_down);
-                } else {
-                    tally.failures = 0;
-                    tally.cool_down = self.base;
-                    self.dirty.store(false, Ordering::Release);
-                    self.move_to(phase, CircuitState::Closed);
+                tally.cool_down = tally
+                    .cool_down
+                    .saturating_mul(2)
+                    .min(self.max.max(self.base));
+                self.open(phase, tally.cool_down);
+            }
+            (Admit::Probe(phase), Outcome::Answered) => {
+                let mut tally = self.lock();
+                if self.phase.load(Ordering::Acquire) != phase {
+                    return;
                 }
+                tally.failures = 0;
+                tally.cool_down = self.base;
+                self.dirty.store(false, Ordering::Release);
+                self.probing.store(false, Ordering::Release);
+                self.move_to(phase, CircuitState::Closed);
             }
         }
     }
@@ -257,25 +299,41 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
             let mut pending = Pending(self, Some(admit));
             let result = call(&self.inner).await;
             pending.1 = None;
-            let failed = matches!(&result, Err(e) if e.is_infrastructure());
-            self.settle(admit, failed);
+            self.settle(admit, Outcome::of(&result));
             result
         })
     }
 }
 
+/// What a call's result tells of the backend's health.
+#[derive(Clone, Copy)]
+enum Outcome {
+    /// The backend decided it.
+    Answered,
+    /// An infrastructure failure.
+    Failed,
+    /// Nothing: decided or refused without the backend.
+    Unanswered,
+}
+
+impl Outcome {
+    fn of(result: &Result<Decision, StoreError>) -> Self {
+        match result {
+            Ok(d) if d.is_backend_answer() => Self::Answered,
+            Err(e) if e.is_infrastructure() => Self::Failed,
+            _ => Self::Unanswered,
+        }
+    }
+}
+
 /// A call let through and not settled yet: if its future is dropped first, a probe gives its
-/// turn back (open, cool-down over).
+/// turn back.
 struct Pending<'a, S: Store, C: Clock>(&'a CircuitBreaker<S, C>, Option<Admit>);
 
 impl<S: Store, C: Clock> Drop for Pending<'_, S, C> {
     fn drop(&mut self) {
         if let Some(Admit::Probe(phase)) = self.1 {
-            let breaker = self.0;
-            let _tally = breaker.lock();
-            if breaker.phase.load(Ordering::Acquire) == phase {
-                breaker.open(phase, 0);
-            }
+            self.0.give_back(phase);
         }
     }
 }
@@ -403,31 +461,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn denials_and_invalid_input_never_count_and_answers_reset_the_count() {
-        use StoreErrorKind::{CircuitOpen, Connection, InvalidInput};
+    async fn denials_never_count_and_answers_reset_the_count() {
+        use StoreErrorKind::Connection;
         let (b, inner, _) = breaker([
             fail(Connection),
             fail(Connection),
             Script::Deny,
             fail(Connection),
             fail(Connection),
-            fail(InvalidInput),
-            fail(Connection),
-            fail(Connection),
-            fail(CircuitOpen),
-            fail(Connection),
-            fail(Connection),
             Script::Allow,
+            fail(Connection),
+            fail(Connection),
             Script::Deny,
             Script::Deny,
             Script::Deny,
         ]);
-        for _ in 0..15 {
+        for _ in 0..11 {
             let _ = call(&b).await;
         }
         assert_eq!(b.state(), CircuitState::Closed);
         assert_eq!(b.transitions(), 0);
-        assert_eq!(inner.calls(), 15);
+        assert_eq!(inner.calls(), 11);
         // The count starts again from zero: three more failures are needed.
         inner.push([fail(Connection), fail(Connection)]);
         let _ = call(&b).await;
@@ -488,6 +542,63 @@ mod tests {
         assert_eq!(b.current_cool_down(), Duration::from_secs(1));
     }
 
+    #[tokio::test]
+    async fn a_probe_refused_without_reaching_the_store_neither_closes_nor_reopens() {
+        use StoreErrorKind::{Connection, InvalidInput};
+        let (b, inner, clock) = breaker(vec![fail(Connection); 3]);
+        trip(&b).await;
+        clock.advance(Duration::from_secs(1));
+        // The probe is refused before it reaches the backend: it says nothing of its health.
+        inner.push([fail(InvalidInput)]);
+        assert_eq!(kind(&b).await, Some(InvalidInput));
+        assert_ne!(b.state(), CircuitState::Closed, "closed without an answer");
+        // It gave its turn back: the next call probes at once, and its failure reopens.
+        inner.push([fail(Connection)]);
+        assert_eq!(kind(&b).await, Some(Connection));
+        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(b.current_cool_down(), Duration::from_secs(2));
+        assert_eq!(inner.calls(), 5);
+    }
+
+    #[tokio::test]
+    async fn calls_without_an_answer_neither_count_nor_reset_the_count() {
+        use StoreErrorKind::{CircuitOpen, Connection, InvalidInput};
+        let (b, inner, _) = breaker([
+            fail(Connection),
+            fail(Connection),
+            fail(InvalidInput),
+            fail(CircuitOpen),
+            Script::Cached,
+            fail(Connection),
+        ]);
+        for _ in 0..5 {
+            let _ = call(&b).await;
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        // The third failure in a row, with three calls the backend never saw between: it opens.
+        assert_eq!(kind(&b).await, Some(Connection));
+        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(inner.calls(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_cached_answer_as_the_probe_gives_its_turn_back() {
+        let (b, inner, clock) = breaker(vec![fail(StoreErrorKind::Connection); 3]);
+        trip(&b).await;
+        clock.advance(Duration::from_secs(1));
+        inner.push([Script::Cached, Script::Cached]);
+        for _ in 0..2 {
+            let d = call(&b).await.unwrap();
+            assert!(!d.allowed() && d.is_cached());
+            assert_eq!(b.state(), CircuitState::HalfOpen);
+        }
+        // Still half-open, no new cool-down: the next call probes, and a real answer closes it.
+        assert!(call(&b).await.unwrap().is_backend_answer());
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert_eq!(b.transitions(), 3); // open, half-open, closed
+        assert_eq!(inner.calls(), 6);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_dropped_probe_gives_its_turn_back() {
         let (b, inner, clock) = breaker(vec![fail(StoreErrorKind::Connection); 3]);
@@ -497,7 +608,7 @@ mod tests {
         let gave_up = tokio::time::timeout(Duration::from_millis(5), call(&b)).await;
         assert!(gave_up.is_err());
         assert_eq!(inner.live(), 0);
-        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(b.state(), CircuitState::HalfOpen);
         // No new cool-down: the next call is the probe.
         assert!(call(&b).await.is_ok());
         assert_eq!(b.state(), CircuitState::Closed);

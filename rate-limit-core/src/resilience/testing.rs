@@ -18,6 +18,8 @@ use crate::store::{BoxFuture, Store};
 pub(crate) enum Script {
     Allow,
     Deny,
+    /// Denies from a local cache, without the backend (as a Redis deny-cache hit).
+    Cached,
     Fail(StoreErrorKind),
     /// Never answers.
     Hang,
@@ -89,6 +91,7 @@ impl Scripted {
             match script {
                 Script::Allow => decided(true),
                 Script::Deny => decided(false),
+                Script::Cached => decided(false).map(Decision::mark_cached),
                 Script::Fail(kind) => Err(StoreError::new(kind, "scripted")),
                 Script::Hang => std::future::pending().await,
                 Script::AllowAfter(d) => {
