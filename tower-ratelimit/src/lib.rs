@@ -88,9 +88,11 @@
 //!
 //! The IETF fields follow draft-ietf-httpapi-ratelimit-headers and are structured-field lists.
 //! With several limits the legacy headers describe the binding one: the denying limit with the
-//! longest wait, or the one with the least remaining. [`HeaderStyle`] picks which are sent. A
-//! request whose cost exceeds a limit's capacity gets a 429 without `Retry-After`, since no wait
-//! would help.
+//! longest wait, or the one with the least remaining. Every field describes the limits that
+//! decided: while a local fallback decides on this instance's share of the quota
+//! ([`Decision::local_limits`]), `RateLimit-Policy` gives that share, as the other fields do.
+//! [`HeaderStyle`] picks which are sent. A request whose cost exceeds a limit's capacity gets a
+//! 429 without `Retry-After`, since no wait would help.
 //!
 //! # Keys
 //!

@@ -52,10 +52,13 @@ type MapLimits = dyn Fn(&[Limit]) -> Vec<Limit> + Send + Sync;
 ///
 /// # Marking local decisions
 ///
-/// A [`Decision`] does not say where it was made: [`check_traced`](Self::check_traced) returns
-/// a [`DecidedBy`] with it, [`local_decisions`](Self::local_decisions) counts local checks, and
-/// each one increments the counter `ratelimit_fallback_decisions_total` (labels `backend`, the
-/// primary's name, and `outcome`, `allowed` or `denied`).
+/// A local [`Decision`] carries the limits it was made on ([`Decision::local_limits`]): its
+/// snapshots describe this instance's share, and so do the response headers the tower layer
+/// writes from it (`X-RateLimit-Limit` and `RateLimit-Policy` alike). A circuit breaker around
+/// a `Fallback` does not take it for the backend's answer. [`check_traced`](Self::check_traced)
+/// also returns a [`DecidedBy`], [`local_decisions`](Self::local_decisions) counts local checks,
+/// and each one increments the counter `ratelimit_fallback_decisions_total` (labels `backend`,
+/// the primary's name, and `outcome`, `allowed` or `denied`).
 ///
 /// Other errors of the primary ([`InvalidInput`](crate::StoreErrorKind::InvalidInput)) are
 /// returned as they are: the local store could not serve that call either. Errors of the local
@@ -173,6 +176,7 @@ impl<P: Store, L: Store> Fallback<P, L> {
         } else {
             self.local.peek(key, &local, cost).await?
         };
+        let decision = decision.mark_local(local);
         if charge {
             self.local_decisions.fetch_add(1, Ordering::Relaxed);
             let outcome = if decision.allowed() {
@@ -263,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn decides_locally_on_a_share_of_the_quota_while_the_primary_fails() {
-        let primary = Scripted::new(vec![Script::Fail(StoreErrorKind::Connection); 4]);
+        let primary = Scripted::new(vec![Script::Fail(StoreErrorKind::Connection); 5]);
         let store = Fallback::new(primary, local(), nz(4));
         let l = limits(10);
         let mut seen = Vec::new();
@@ -274,10 +278,14 @@ mod tests {
             seen.push(d.allowed());
         }
         assert_eq!(seen, [true, true, false, false]);
+        let (d, _) = store.check_traced("k", &l, NonZeroU32::MIN).await.unwrap();
+        assert_eq!(d.local_limits(), Some(&store.local_limits_for(&l)[..]));
+        assert!(!d.is_backend_answer());
         // The primary's own answers are used as soon as it gives them.
         let (d, by) = store.check_traced("k", &l, NonZeroU32::MIN).await.unwrap();
         assert_eq!((by, d.limit()), (DecidedBy::Primary, 10));
-        assert_eq!(store.local_decisions(), 4);
+        assert!(d.local_limits().is_none());
+        assert_eq!(store.local_decisions(), 5);
         assert_eq!(store.backend(), "scripted");
     }
 
