@@ -17,8 +17,10 @@
 //!   [`CircuitOpen`](crate::StoreErrorKind::CircuitOpen) for a cool-down that doubles while
 //!   probes fail. Its [`state`](CircuitBreaker::state) is what a `/status` page shows.
 //! - [`Fallback`] answers from a local store (a [`MemoryStore`](crate::MemoryStore)) on the
-//!   quota divided by the number of instances while the primary fails or its breaker is open,
-//!   and goes back to the primary at its first answer.
+//!   quota divided by the number of instances ([`local_share`]; check the limits at start-up
+//!   with [`Fallback::validate_limits`]) while the primary fails or its breaker is open, and
+//!   goes back to the primary at its first answer. What a client can get across an outage is
+//!   bounded per algorithm in [`Fallback`]'s docs.
 //!
 //! Without a `Fallback`, the middleware's failure mode decides what an error means: fail open
 //! (let the request through, marked) or closed (503). With one, there are no store errors to
@@ -110,7 +112,7 @@ mod testing;
 mod timeout;
 
 pub use breaker::CircuitBreaker;
-pub use fallback::{DecidedBy, Fallback};
+pub use fallback::{DecidedBy, Fallback, local_share};
 pub use state::CircuitState;
 pub use timeout::Timeout;
 

@@ -132,3 +132,57 @@ pub(crate) fn limits(n: u32) -> [Limit; 1] {
     let q = Quota::per_second(NonZeroU32::new(n).unwrap());
     [Limit::new(q, Algorithm::Gcra)]
 }
+
+/// A store that forwards to `inner` while up, and fails with a connection error while down.
+#[derive(Debug)]
+pub(crate) struct Switch<S> {
+    pub(crate) inner: S,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl<S> Switch<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self {
+            inner,
+            down: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
+    }
+}
+
+impl<S: Store> Store for Switch<S> {
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        if self.is_down() {
+            return Box::pin(async { Err(StoreError::new(StoreErrorKind::Connection, "down")) });
+        }
+        self.inner.check(key, limits, cost)
+    }
+
+    fn peek<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        if self.is_down() {
+            return Box::pin(async { Err(StoreError::new(StoreErrorKind::Connection, "down")) });
+        }
+        self.inner.peek(key, limits, cost)
+    }
+
+    fn backend(&self) -> &'static str {
+        "switch"
+    }
+}
