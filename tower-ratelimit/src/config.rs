@@ -10,7 +10,7 @@ use tracing::Instrument as _;
 
 use crate::headers::HeaderSettings;
 use crate::key::{self, KeyExtractor};
-use crate::observe::{self, Causes};
+use crate::observe::{self, Causes, LayerLog};
 use crate::policy::Policy;
 
 /// What to do with a request from which no key can be extracted.
@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     /// The store latency histogram's metric key, made once.
     pub(crate) duration_key: Arc<metrics::Key>,
+    /// What is logged once, or once per interval.
+    pub(crate) log: Arc<LayerLog>,
 }
 
 /// What to do with a request, decided from its head before any I/O.
@@ -153,23 +155,34 @@ impl Shared {
         let start = self.clock.now();
         let result = self.store.try_check_now(key, policy.limits(), cost)?;
         observe::store_duration(&self.duration_key, self.clock.now().saturating_sub(start));
-        match &result {
-            Ok(d) => tracing::debug!(
+        if let Ok(d) = &result {
+            tracing::debug!(
                 policy = policy.name(),
                 backend = self.backend,
                 allowed = d.allowed(),
                 remaining = d.remaining(),
                 "rate limit decided in place"
-            ),
-            Err(err) => tracing::warn!(
+            );
+        }
+        Some(result)
+    }
+
+    /// Logs a store failure at WARN, at most once per
+    /// [`FAILURE_LOG_INTERVAL`](observe::FAILURE_LOG_INTERVAL), with the number of failures
+    /// held back since the last one logged. The key is never logged.
+    pub(crate) fn log_failure(&self, policy: &Policy, err: &StoreError) {
+        let now = u64::try_from(self.clock.now().as_nanos()).unwrap_or(u64::MAX);
+        if let Some(held) = self.log.failures.pass(now) {
+            tracing::warn!(
                 policy = policy.name(),
                 backend = self.backend,
+                failure_mode = ?self.failure,
+                failures_not_logged = held,
                 error = %err,
                 cause = %Causes(err),
                 "rate limit store failed"
-            ),
+            );
         }
-        Some(result)
     }
 
     /// The store call, owned, timed and traced. The key is never logged.
@@ -194,17 +207,12 @@ impl Shared {
                 let start = clock.now();
                 let result = store.check(&key, policy.limits(), cost).await;
                 observe::store_duration(&duration_key, clock.now().saturating_sub(start));
-                match &result {
-                    Ok(d) => tracing::debug!(
+                if let Ok(d) = &result {
+                    tracing::debug!(
                         allowed = d.allowed(),
                         remaining = d.remaining(),
                         "rate limit decided"
-                    ),
-                    Err(err) => tracing::warn!(
-                        error = %err,
-                        cause = %Causes(err),
-                        "rate limit store failed"
-                    ),
+                    );
                 }
                 result
             }

@@ -121,6 +121,7 @@ impl RateLimitLayer {
                 failure: FailureMode::default(),
                 clock: Arc::new(SystemClock::new()),
                 duration_key: Arc::new(observe::store_duration_key(backend)),
+                log: Arc::new(observe::LayerLog::new()),
             }),
             rejection: Arc::new(DefaultRejection),
         }

@@ -108,8 +108,12 @@
 //! `ratelimit_decisions_total{policy, outcome, backend}` (outcome `allowed`, `denied`,
 //! `shadow_denied`, `failed_open`, `failed_closed`) and the histogram
 //! `ratelimit_store_duration_seconds{backend}` (timed with the layer's [clock](RateLimitLayer::clock)).
-//! Each store call runs in a `ratelimit.check` [`tracing`](https://docs.rs/tracing) span. Keys
-//! are never metric labels and never logged.
+//! Each store call runs in a `ratelimit.check` [`tracing`](https://docs.rs/tracing) span. A
+//! store failure is logged at WARN with its cause chain, at most once per
+//! [`FAILURE_LOG_INTERVAL`](observe::FAILURE_LOG_INTERVAL) (10 s) per layer, counting the
+//! failures held back since the last one (`failures_not_logged`); a circuit breaker and a
+//! fallback log their own state changes (see `rate_limit_core::resilience`). Keys are never
+//! metric labels and never logged.
 //!
 //! # Features
 //!

@@ -1,4 +1,5 @@
-//! Metrics: decisions by outcome and store latency. Keys never become labels.
+//! Metrics (decisions by outcome, store latency) and the logs of store failures, at most one
+//! per [`FAILURE_LOG_INTERVAL`] per layer. Keys never become labels and are never logged.
 //!
 //! Metric keys (name and labels) are built once, when a policy first reports to a backend, and
 //! reused: a request allocates nothing here. Handles are not cached, so a recorder installed
@@ -6,6 +7,7 @@
 
 use std::error::Error;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -130,6 +132,63 @@ impl fmt::Display for Causes<'_> {
     }
 }
 
+/// The least time between two logged store failures of one layer.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Lets one event through per interval and counts the ones it holds back.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    interval: u64,
+    /// Clock nanoseconds before which events are held back.
+    next: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Throttle {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self {
+            interval: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
+            next: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// At `now` (clock nanoseconds): `Some(events held back since the last one let through)`
+    /// when this one may be logged, `None` when it is held back.
+    pub(crate) fn pass(&self, now: u64) -> Option<u64> {
+        let next = self.next.load(Ordering::Acquire);
+        if now >= next
+            && self
+                .next
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.interval),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::AcqRel));
+        }
+        self.held.fetch_add(1, Ordering::AcqRel);
+        None
+    }
+}
+
+/// What a layer logs once, or once per interval: shared by the layer and its services.
+#[derive(Debug)]
+pub(crate) struct LayerLog {
+    pub(crate) failures: Throttle,
+}
+
+impl LayerLog {
+    pub(crate) fn new() -> Self {
+        Self {
+            failures: Throttle::new(FAILURE_LOG_INTERVAL),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +212,15 @@ mod tests {
             StoreError::new(StoreErrorKind::Timeout, "inner").with_source(io::Error::other("deep"));
         let two = StoreError::new(StoreErrorKind::Backend, "outer").with_source(inner);
         assert_eq!(Causes(&two).to_string(), "timed out: inner: deep");
+    }
+
+    #[test]
+    fn a_throttle_lets_one_event_through_per_interval_and_counts_the_rest() {
+        const SEC: u64 = 1_000_000_000;
+        let t = Throttle::new(Duration::from_secs(10));
+        assert_eq!(t.pass(100 * SEC), Some(0));
+        assert_eq!(t.pass(100 * SEC), None);
+        assert_eq!(t.pass(109 * SEC), None);
+        assert_eq!(t.pass(110 * SEC), Some(2));
     }
 }

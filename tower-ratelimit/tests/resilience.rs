@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use rate_limit_core::resilience::Fallback;
+use rate_limit_core::resilience::{CircuitBreaker, Fallback};
 use rate_limit_core::{Algorithm, ManualClock, MemoryStore, Quota, StoreErrorKind};
 use tower::ServiceBuilder;
 use tower_ratelimit::RateLimitLayer;
 use tower_ratelimit::key::Header;
+use tracing::Level;
 
 type Failover = Fallback<FailingStore, MemoryStore<ManualClock>>;
 
@@ -87,4 +88,69 @@ async fn a_local_share_of_bursts_and_several_limits_is_described_whole() {
         ["ip-15s", "ip-3600s"],
         "members keep the policy's names"
     );
+}
+
+#[test]
+fn failing_requests_log_each_state_change_once_and_failures_once_per_interval() {
+    let clock = clock();
+    let breaker =
+        CircuitBreaker::new(FailingStore(StoreErrorKind::Connection)).clock(clock.clone());
+    let layer = RateLimitLayer::new(breaker, Quota::per_minute(nz(10)))
+        .name("api")
+        .key(Header::new("x-client"))
+        .clock(clock.clone());
+    let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
+    let capture = Capture::default();
+    let rt = runtime();
+    let burst = |n| {
+        capture.during(|| {
+            rt.block_on(async {
+                for _ in 0..n {
+                    let res = send(&svc, get_with("/", "x-client", b"secret-client-id")).await;
+                    assert_eq!(res.status(), StatusCode::OK, "fails open");
+                }
+            });
+        });
+    };
+    // 20 failures: three reach the store and open the breaker, the rest are refused by it.
+    burst(20);
+    // 11 s later, past the breaker's cool-down and the layer's interval: the probe fails.
+    clock.advance(Duration::from_secs(11));
+    burst(20);
+    let failed = "rate limit store failed";
+    let expected = [
+        (Level::WARN, failed),
+        (
+            Level::WARN,
+            "rate limit circuit breaker opened: the store is not called",
+        ),
+        (
+            Level::INFO,
+            "rate limit circuit breaker half-open: probing the store",
+        ),
+        (
+            Level::WARN,
+            "rate limit circuit breaker probe failed: open again",
+        ),
+        (Level::WARN, failed),
+    ];
+    let expected: Vec<_> = expected.iter().map(|(l, m)| (*l, m.to_string())).collect();
+    let events = capture.events();
+    assert_eq!(capture.lines(), expected, "{events:#?}");
+    assert_eq!(
+        events[0].field("error"),
+        Some("connection failed: injected")
+    );
+    assert_eq!(events[0].field("cause"), Some("refused by the test"));
+    assert_eq!(events[0].field("policy"), Some("api"));
+    // The first request after the interval is the probe, and names the store's failure.
+    assert_eq!(
+        events[4].field("error"),
+        Some("connection failed: injected")
+    );
+    // The 19 failures after the first, in the interval, are counted in the next event.
+    assert_eq!(events[4].field("failures_not_logged"), Some("19"));
+    for e in &events {
+        assert!(!format!("{e:?}").contains("secret-client-id"), "{e:?}");
+    }
 }

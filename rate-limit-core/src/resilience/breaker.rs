@@ -12,6 +12,7 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::limit::Limit;
 use crate::store::{BoxFuture, Store};
 
+use super::log::{Failure, Throttle};
 use super::state::CircuitState;
 
 /// Counts consecutive infrastructure failures of the store inside and, past a threshold, stops
@@ -46,7 +47,8 @@ use super::state::CircuitState;
 ///
 /// Every transition sets the gauge `ratelimit_circuit_state` (0 closed, 1 open, 2 half-open)
 /// and increments the counter `ratelimit_circuit_transitions_total` (label `to`), both labelled
-/// `backend` with the inner store's name.
+/// `backend` with the inner store's name, and is logged as the [module docs](super#logs)
+/// describe (opening at WARN, with the failure's cause chain).
 ///
 /// [`backend`](Store::backend) is the inner store's name.
 pub struct CircuitBreaker<S, C = SystemClock> {
@@ -65,12 +67,22 @@ pub struct CircuitBreaker<S, C = SystemClock> {
     /// Half-open: whether a probe is in flight. Written under the lock.
     probing: AtomicBool,
     tally: Mutex<Tally>,
+    /// Half-open events of probes, which repeat while the store stays down.
+    probe_log: Throttle,
 }
 
 #[derive(Debug)]
 struct Tally {
     failures: u32,
     cool_down: u64,
+    /// When the breaker last opened from closed (clock nanoseconds), and the failure that
+    /// opened it: named again when it half-opens and closes.
+    opened_at: u64,
+    opened_by: Failure,
+    /// Probes failed since it opened.
+    failed_probes: u32,
+    /// Whether this probe's half-open event was logged, so that its failure is too.
+    log_probe: bool,
 }
 
 /// What a call was let through as.
@@ -98,7 +110,12 @@ impl<S> CircuitBreaker<S, SystemClock> {
             tally: Mutex::new(Tally {
                 failures: 0,
                 cool_down: base,
+                opened_at: 0,
+                opened_by: Failure::default(),
+                failed_probes: 0,
+                log_probe: false,
             }),
+            probe_log: Throttle::new(),
         }
     }
 }
@@ -142,6 +159,7 @@ impl<S, C: Clock> CircuitBreaker<S, C> {
             dirty: self.dirty,
             probing: self.probing,
             tally: self.tally,
+            probe_log: self.probe_log,
         }
     }
 
@@ -199,13 +217,25 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
                 if now < self.open_until.load(Ordering::Acquire) {
                     return None;
                 }
-                let _tally = self.lock();
+                let mut tally = self.lock();
                 // Another call may have become the probe since the first load.
                 if self.phase.load(Ordering::Acquire) != phase {
                     return None;
                 }
                 self.probing.store(true, Ordering::Release);
-                Some(Admit::Probe(self.move_to(phase, CircuitState::HalfOpen)))
+                let probe = self.move_to(phase, CircuitState::HalfOpen);
+                let held = self.probe_log.pass(now);
+                tally.log_probe = held.is_some();
+                let event = held.map(|held| Event::HalfOpen {
+                    open_for: now.saturating_sub(tally.opened_at),
+                    held,
+                    opened_by: tally.opened_by.clone(),
+                });
+                drop(tally);
+                if let Some(event) = event {
+                    event.emit(self.inner.backend());
+                }
+                Some(Admit::Probe(probe))
             }
         }
     }
@@ -223,11 +253,14 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
         next
     }
 
-    fn open(&self, phase: u64, cool_down: u64) {
-        let until = self.clock.now_nanos().saturating_add(cool_down);
-        self.open_until.store(until, Ordering::Release);
+    /// Opens for `cool_down` from now, under the lock. Returns now.
+    fn open(&self, phase: u64, cool_down: u64) -> u64 {
+        let now = self.clock.now_nanos();
+        self.open_until
+            .store(now.saturating_add(cool_down), Ordering::Release);
         self.probing.store(false, Ordering::Release);
         self.move_to(phase, CircuitState::Open);
+        now
     }
 
     /// Half-open, and the probe of `phase` ended without an answer: the next call probes.
@@ -238,9 +271,9 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
         }
     }
 
-    fn settle(&self, admit: Admit, outcome: Outcome) {
-        match (admit, outcome) {
-            (Admit::Closed(_), Outcome::Unanswered) => {}
+    fn settle(&self, admit: Admit, outcome: Outcome<'_>) {
+        let event = match (admit, outcome) {
+            (Admit::Closed(_), Outcome::Unanswered) => None,
             (Admit::Closed(phase), Outcome::Answered) => {
                 if self.dirty.load(Ordering::Acquire) {
                     let mut tally = self.lock();
@@ -249,21 +282,33 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
                         self.dirty.store(false, Ordering::Release);
                     }
                 }
+                None
             }
-            (Admit::Closed(phase), Outcome::Failed) => {
+            (Admit::Closed(phase), Outcome::Failed(err)) => {
                 let mut tally = self.lock();
                 if self.phase.load(Ordering::Acquire) != phase {
                     return;
                 }
                 tally.failures += 1;
                 self.dirty.store(true, Ordering::Release);
-                if tally.failures >= self.threshold {
-                    tally.cool_down = self.base;
-                    self.open(phase, self.base);
+                if tally.failures < self.threshold {
+                    return;
                 }
+                tally.cool_down = self.base;
+                tally.opened_at = self.open(phase, self.base);
+                tally.opened_by = Failure::of(err);
+                tally.failed_probes = 0;
+                Some(Event::Opened {
+                    failures: tally.failures,
+                    cool_down: self.base,
+                    failure: tally.opened_by.clone(),
+                })
             }
-            (Admit::Probe(phase), Outcome::Unanswered) => self.give_back(phase),
-            (Admit::Probe(phase), Outcome::Failed) => {
+            (Admit::Probe(phase), Outcome::Unanswered) => {
+                self.give_back(phase);
+                None
+            }
+            (Admit::Probe(phase), Outcome::Failed(err)) => {
                 let mut tally = self.lock();
                 if self.phase.load(Ordering::Acquire) != phase {
                     return;
@@ -273,6 +318,12 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
                     .saturating_mul(2)
                     .min(self.max.max(self.base));
                 self.open(phase, tally.cool_down);
+                tally.failed_probes += 1;
+                tally.log_probe.then(|| Event::ProbeFailed {
+                    cool_down: tally.cool_down,
+                    failed_probes: tally.failed_probes,
+                    failure: Failure::of(err),
+                })
             }
             (Admit::Probe(phase), Outcome::Answered) => {
                 let mut tally = self.lock();
@@ -284,7 +335,16 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
                 self.dirty.store(false, Ordering::Release);
                 self.probing.store(false, Ordering::Release);
                 self.move_to(phase, CircuitState::Closed);
+                let now = self.clock.now_nanos();
+                Some(Event::Closed {
+                    open_for: now.saturating_sub(tally.opened_at),
+                    failed_probes: std::mem::take(&mut tally.failed_probes),
+                    opened_by: std::mem::take(&mut tally.opened_by),
+                })
             }
+        };
+        if let Some(event) = event {
+            event.emit(self.inner.backend());
         }
     }
 
@@ -307,21 +367,102 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
 
 /// What a call's result tells of the backend's health.
 #[derive(Clone, Copy)]
-enum Outcome {
+enum Outcome<'a> {
     /// The backend decided it.
     Answered,
     /// An infrastructure failure.
-    Failed,
+    Failed(&'a StoreError),
     /// Nothing: decided or refused without the backend.
     Unanswered,
 }
 
-impl Outcome {
-    fn of(result: &Result<Decision, StoreError>) -> Self {
+impl<'a> Outcome<'a> {
+    fn of(result: &'a Result<Decision, StoreError>) -> Self {
         match result {
             Ok(d) if d.is_backend_answer() => Self::Answered,
-            Err(e) if e.is_infrastructure() => Self::Failed,
+            Err(e) if e.is_infrastructure() => Self::Failed(e),
             _ => Self::Unanswered,
+        }
+    }
+}
+
+/// A state change to log, made under the lock and logged after it is released. Times are in
+/// nanoseconds.
+enum Event {
+    Opened {
+        failures: u32,
+        cool_down: u64,
+        failure: Failure,
+    },
+    HalfOpen {
+        open_for: u64,
+        held: u64,
+        opened_by: Failure,
+    },
+    ProbeFailed {
+        cool_down: u64,
+        failed_probes: u32,
+        failure: Failure,
+    },
+    Closed {
+        open_for: u64,
+        failed_probes: u32,
+        opened_by: Failure,
+    },
+}
+
+impl Event {
+    fn emit(self, backend: &'static str) {
+        let ms = |nanos: u64| nanos / 1_000_000;
+        match self {
+            Self::Opened {
+                failures,
+                cool_down,
+                failure,
+            } => tracing::warn!(
+                backend,
+                failures,
+                cool_down_ms = ms(cool_down),
+                error = %failure.error,
+                cause = %failure.cause,
+                "rate limit circuit breaker opened: the store is not called"
+            ),
+            Self::HalfOpen {
+                open_for,
+                held,
+                opened_by,
+            } => tracing::info!(
+                backend,
+                open_for_ms = ms(open_for),
+                probes_not_logged = held,
+                error = %opened_by.error,
+                cause = %opened_by.cause,
+                "rate limit circuit breaker half-open: probing the store"
+            ),
+            Self::ProbeFailed {
+                cool_down,
+                failed_probes,
+                failure,
+            } => tracing::warn!(
+                backend,
+                failed_probes,
+                cool_down_ms = ms(cool_down),
+                error = %failure.error,
+                cause = %failure.cause,
+                "rate limit circuit breaker probe failed: open again"
+            ),
+            Self::Closed {
+                open_for,
+                failed_probes,
+                opened_by,
+            } => tracing::info!(
+                backend,
+                open_for_ms = ms(open_for),
+                failed_probes,
+                error = %opened_by.error,
+                cause = %opened_by.cause,
+                "rate limit circuit breaker closed: the store answers again"
+            ),
         }
     }
 }

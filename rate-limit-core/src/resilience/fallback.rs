@@ -3,14 +3,17 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::{ConfigError, StoreError};
 use crate::limit::Limit;
 use crate::quota::Quota;
 use crate::store::{BoxFuture, Store};
+
+use super::log::{Failure, Throttle};
 
 /// Which store made a decision; see [`Fallback::check_traced`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,18 +88,40 @@ type MapLimits = dyn Fn(&[Limit]) -> Vec<Limit> + Send + Sync;
 /// and each one increments the counter `ratelimit_fallback_decisions_total` (labels `backend`,
 /// the primary's name, and `outcome`, `allowed` or `denied`).
 ///
+/// The first failure of the primary is logged at WARN, with its cause chain, and its next
+/// answer from the backend at INFO (a cached answer does not end local decisions); see the
+/// [module docs](super#logs).
+///
 /// Other errors of the primary ([`InvalidInput`](crate::StoreErrorKind::InvalidInput)) are
 /// returned as they are: the local store could not serve that call either. Errors of the local
 /// store are returned as they are.
 ///
 /// [`backend`](Store::backend) is the primary's name, so that metrics by backend do not split
 /// during an outage; count local decisions with the counter above.
-pub struct Fallback<P, L> {
+pub struct Fallback<P, L, C = SystemClock> {
     primary: P,
     local: L,
     instances: NonZeroU32,
     map: Option<Arc<MapLimits>>,
     local_decisions: AtomicU64,
+    clock: C,
+    /// Whether the local store decides: from the primary's first failure to its next answer.
+    deciding_locally: AtomicBool,
+    episode: Mutex<Episode>,
+    /// Starts of local episodes, which repeat while the primary flaps.
+    episode_log: Throttle,
+}
+
+/// A stretch of local decisions, from the primary's failure to its next answer.
+#[derive(Default)]
+struct Episode {
+    /// Clock nanoseconds.
+    started_at: u64,
+    /// `local_decisions` when it started.
+    decisions_before: u64,
+    failure: Failure,
+    /// Whether its start was logged, so that its end is too.
+    logged: bool,
 }
 
 impl<P, L> Fallback<P, L> {
@@ -109,6 +134,28 @@ impl<P, L> Fallback<P, L> {
             instances,
             map: None,
             local_decisions: AtomicU64::new(0),
+            clock: SystemClock::new(),
+            deciding_locally: AtomicBool::new(false),
+            episode: Mutex::new(Episode::default()),
+            episode_log: Throttle::new(),
+        }
+    }
+}
+
+impl<P, L, C> Fallback<P, L, C> {
+    /// Reads time from `clock` (a [`ManualClock`](crate::ManualClock) in tests): only to date
+    /// and space out the events it logs.
+    pub fn clock<C2: Clock>(self, clock: C2) -> Fallback<P, L, C2> {
+        Fallback {
+            primary: self.primary,
+            local: self.local,
+            instances: self.instances,
+            map: self.map,
+            local_decisions: self.local_decisions,
+            clock,
+            deciding_locally: self.deciding_locally,
+            episode: self.episode,
+            episode_log: self.episode_log,
         }
     }
 
@@ -250,7 +297,7 @@ fn share(quota: &Quota, instances: NonZeroU32) -> Quota {
     base.burst(part(quota.burst_size())).unwrap_or(base)
 }
 
-impl<P: Store, L: Store> Fallback<P, L> {
+impl<P: Store, L: Store, C: Clock> Fallback<P, L, C> {
     /// As [`check`](Store::check), and which store decided.
     ///
     /// # Errors
@@ -279,8 +326,17 @@ impl<P: Store, L: Store> Fallback<P, L> {
             self.primary.peek(key, limits, cost).await
         };
         match primary {
-            Ok(d) => return Ok((d, DecidedBy::Primary)),
-            Err(e) if e.is_infrastructure() || e.is_circuit_open() => {}
+            Ok(d) => {
+                if d.is_backend_answer() && self.deciding_locally.load(Ordering::Acquire) {
+                    self.stop_episode();
+                }
+                return Ok((d, DecidedBy::Primary));
+            }
+            Err(e) if e.is_infrastructure() || e.is_circuit_open() => {
+                if !self.deciding_locally.load(Ordering::Acquire) {
+                    self.start_episode(&e);
+                }
+            }
             Err(e) => return Err(e),
         }
         let local = self.local_limits_for(limits);
@@ -306,9 +362,62 @@ impl<P: Store, L: Store> Fallback<P, L> {
         }
         Ok((decision, DecidedBy::Local))
     }
+
+    fn lock_episode(&self) -> std::sync::MutexGuard<'_, Episode> {
+        self.episode.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The primary failed while it was deciding: local decisions start.
+    fn start_episode(&self, err: &StoreError) {
+        let mut episode = self.lock_episode();
+        if self.deciding_locally.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let now = self.clock.now_nanos();
+        let held = self.episode_log.pass(now);
+        *episode = Episode {
+            started_at: now,
+            decisions_before: self.local_decisions(),
+            failure: Failure::of(err),
+            logged: held.is_some(),
+        };
+        let failure = episode.failure.clone();
+        drop(episode);
+        if let Some(held) = held {
+            tracing::warn!(
+                backend = self.primary.backend(),
+                instances = self.instances.get(),
+                episodes_not_logged = held,
+                error = %failure.error,
+                cause = %failure.cause,
+                "rate limit store failed: deciding locally on this instance's share"
+            );
+        }
+    }
+
+    /// The primary answered while the local store was deciding: local decisions stop.
+    fn stop_episode(&self) {
+        let mut episode = self.lock_episode();
+        if !self.deciding_locally.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let ended = std::mem::take(&mut *episode);
+        drop(episode);
+        if ended.logged {
+            let local_for = self.clock.now_nanos().saturating_sub(ended.started_at);
+            tracing::info!(
+                backend = self.primary.backend(),
+                local_decisions = self.local_decisions() - ended.decisions_before,
+                local_for_ms = local_for / 1_000_000,
+                error = %ended.failure.error,
+                cause = %ended.failure.cause,
+                "rate limit store answers again: local decisions stopped"
+            );
+        }
+    }
 }
 
-impl<P: Store, L: Store> Store for Fallback<P, L> {
+impl<P: Store, L: Store, C: Clock> Store for Fallback<P, L, C> {
     fn check<'a>(
         &'a self,
         key: &'a str,
@@ -346,7 +455,7 @@ impl<P: Store, L: Store> Store for Fallback<P, L> {
     }
 }
 
-impl<P: fmt::Debug, L: fmt::Debug> fmt::Debug for Fallback<P, L> {
+impl<P: fmt::Debug, L: fmt::Debug, C> fmt::Debug for Fallback<P, L, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fallback")
             .field("primary", &self.primary)
@@ -602,6 +711,54 @@ mod tests {
                 _ => assert!(local_aligned <= 10, "{what}"),
             }
         }
+    }
+
+    #[test]
+    fn a_flapping_primary_logs_one_local_episode_per_interval() {
+        use crate::resilience::testing::Capture;
+        use tracing::Level;
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        // Without a breaker, each failure starts local decisions and each answer stops them.
+        let flapping = || [Script::Fail(StoreErrorKind::Timeout), Script::Allow];
+        let primary = Scripted::new(flapping().into_iter().cycle().take(20));
+        let store = Fallback::new(primary, local(), nz(2)).clock(clock.clone());
+        let capture = Capture::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let run = |n| {
+            capture.during(|| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        store
+                            .check("k", &limits(100), NonZeroU32::MIN)
+                            .await
+                            .unwrap();
+                    }
+                });
+            });
+        };
+        run(10);
+        clock.advance(Duration::from_secs(59));
+        run(4);
+        clock.advance(Duration::from_secs(1));
+        run(2);
+        let lines = capture.lines();
+        let start = "rate limit store failed: deciding locally on this instance's share";
+        let stop = "rate limit store answers again: local decisions stopped";
+        let expected = [
+            (Level::WARN, start.to_owned()),
+            (Level::INFO, stop.to_owned()),
+            (Level::WARN, start.to_owned()),
+            (Level::INFO, stop.to_owned()),
+        ];
+        assert_eq!(lines, expected);
+        let events = capture.events();
+        // Six episodes in between were not logged, and the next one says so.
+        assert_eq!(events[2].field("episodes_not_logged"), Some("6"));
+        assert_eq!(events[0].field("error"), Some("timed out: scripted"));
+        assert_eq!(events[1].field("local_decisions"), Some("1"));
+        assert_eq!(store.local_decisions(), 8);
     }
 
     #[tokio::test]

@@ -51,6 +51,31 @@
 //! | `ratelimit_circuit_transitions_total` | counter | transitions, label `to` (the new state) |
 //! | `ratelimit_fallback_decisions_total` | counter | local checks, label `outcome` (`allowed`, `denied`) |
 //!
+//! # Logs
+//!
+//! Through [`tracing`](https://docs.rs/tracing): state changes only, never one event per call,
+//! and never a client key.
+//!
+//! | level | message | when |
+//! |-------|---------|------|
+//! | WARN | `rate limit circuit breaker opened: the store is not called` | the breaker opens after its threshold of failures |
+//! | INFO | `rate limit circuit breaker half-open: probing the store` | a cool-down is over and a probe goes |
+//! | WARN | `rate limit circuit breaker probe failed: open again` | the probe failed |
+//! | INFO | `rate limit circuit breaker closed: the store answers again` | the backend answered a probe |
+//! | WARN | `rate limit store failed: deciding locally on this instance's share` | a [`Fallback`]'s local store starts deciding |
+//! | INFO | `rate limit store answers again: local decisions stopped` | the primary answered again |
+//!
+//! Each names the `backend` and the failure: `error`, and `cause`, the chain of the error's
+//! sources (a refused TLS certificate, for one, is `invalid peer certificate: UnknownIssuer`
+//! there and only `connection failed: redis` in the error). Half-open and closed events name
+//! the failure that opened the breaker, the fallback's stop event the one that started it.
+//!
+//! A breaker opening and closing is always logged. What repeats while the store stays down or
+//! flaps is logged at most once per [`LOG_INTERVAL`] (a minute): a half-open event with its
+//! probe's failure, a fallback's start with its stop. The next one logged counts those held
+//! back (`probes_not_logged`, `episodes_not_logged`), and the closed event counts the probes
+//! that failed (`failed_probes`).
+//!
 //! # Example
 //!
 //! A primary that is down, behind a breaker, with a local fallback for an app run as 4
@@ -106,6 +131,7 @@
 
 mod breaker;
 mod fallback;
+mod log;
 mod state;
 #[cfg(test)]
 mod testing;
@@ -122,3 +148,107 @@ pub const METRIC_CIRCUIT_STATE: &str = "ratelimit_circuit_state";
 pub const METRIC_CIRCUIT_TRANSITIONS: &str = "ratelimit_circuit_transitions_total";
 /// Name of the counter of checks decided by a [`Fallback`]'s local store (label `outcome`).
 pub const METRIC_FALLBACK_DECISIONS: &str = "ratelimit_fallback_decisions_total";
+
+/// The least time between two logged events that repeat the same failure: a breaker's failing
+/// probes, a fallback's local episodes. See [logs](self#logs).
+pub const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tracing::Level;
+
+    use super::testing::{Capture, Script, Scripted, limits};
+    use super::{CircuitBreaker, Fallback};
+    use crate::{ManualClock, MemoryStore, Store, StoreErrorKind};
+
+    const KEY: &str = "client-secret-key";
+
+    #[test]
+    fn an_outage_logs_each_state_change_once_and_repeated_failures_once_per_interval() {
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let primary = Arc::new(Scripted::new(vec![
+            Script::Fail(StoreErrorKind::Connection);
+            5
+        ]));
+        let breaker = CircuitBreaker::new(Arc::clone(&primary))
+            .cool_down(Duration::from_secs(1))
+            .max_cool_down(Duration::from_secs(3))
+            .clock(clock.clone());
+        let local = MemoryStore::builder().clock(clock.clone()).build();
+        let store = Fallback::new(breaker, local, NonZeroU32::new(2).unwrap());
+        let capture = Capture::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let burst = |n: usize| {
+            capture.during(|| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        store
+                            .check(KEY, &limits(1000), NonZeroU32::MIN)
+                            .await
+                            .unwrap();
+                    }
+                });
+            });
+        };
+        // Three failures open the breaker; every call is decided locally.
+        burst(20);
+        // The first probe fails; so does the second, within a minute of the first.
+        clock.advance(Duration::from_secs(1));
+        burst(5);
+        clock.advance(Duration::from_secs(2));
+        burst(5);
+        // The third probe is answered: closed, and the primary decides again.
+        clock.advance(Duration::from_secs(3));
+        burst(5);
+        assert_eq!(primary.calls(), 10);
+        let events = capture.events();
+        let lines: Vec<_> = capture.lines();
+        let expected = [
+            (
+                Level::WARN,
+                "rate limit store failed: deciding locally on this instance's share",
+            ),
+            (
+                Level::WARN,
+                "rate limit circuit breaker opened: the store is not called",
+            ),
+            (
+                Level::INFO,
+                "rate limit circuit breaker half-open: probing the store",
+            ),
+            (
+                Level::WARN,
+                "rate limit circuit breaker probe failed: open again",
+            ),
+            (
+                Level::INFO,
+                "rate limit circuit breaker closed: the store answers again",
+            ),
+            (
+                Level::INFO,
+                "rate limit store answers again: local decisions stopped",
+            ),
+        ];
+        let expected: Vec<_> = expected.iter().map(|(l, m)| (*l, m.to_string())).collect();
+        assert_eq!(lines, expected, "{events:#?}");
+        // Each carries the backend and the failure with its cause chain; none the key.
+        for e in &events {
+            assert_eq!(e.field("backend"), Some("scripted"), "{e:?}");
+            assert_eq!(
+                e.field("error"),
+                Some("connection failed: scripted"),
+                "{e:?}"
+            );
+            assert_eq!(e.field("cause"), Some("refused by the test"), "{e:?}");
+            assert!(!format!("{e:?}").contains(KEY), "{e:?}");
+        }
+        assert_eq!(events[4].field("failed_probes"), Some("2"));
+        assert_eq!(events[5].field("local_decisions"), Some("30"));
+    }
+}
