@@ -3,6 +3,7 @@
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use http::request::Parts;
 use rate_limit_core::{Algorithm, BoxFuture, Clock, Decision, Store, StoreError};
@@ -20,7 +21,9 @@ pub enum MissingKey {
     /// Let it through, unlimited and without rate-limit headers.
     Skip,
     /// Answer `400 Bad Request` (the default): a missing key is more often a misconfigured
-    /// server (no peer address, no proxy header) than a client to wave through.
+    /// server (no peer address, no proxy header) than a client to wave through. Counted as
+    /// the outcome `missing_key`; when the extractor reads the peer address and the request
+    /// has none, logged once at WARN with the fix.
     #[default]
     Reject,
     /// Charge it to this one key, shared by every such request.
@@ -133,6 +136,24 @@ impl Shared {
         match &self.cost {
             Some(cost) => NonZeroU32::new(cost(parts)),
             None => Some(NonZeroU32::MIN),
+        }
+    }
+
+    /// A request rejected for want of a key: counted (outcome `missing_key`, under the default
+    /// policy, as no policy hook ran), and logged at DEBUG, or once at WARN when an extractor
+    /// that reads the peer address finds none in the request: a server set up wrong.
+    pub(crate) fn missing_key(&self, parts: &Parts) {
+        self.policy
+            .count(self.backend, observe::Outcome::MissingKey);
+        let no_peer = self.key.reads_peer_addr() && key::peer_ip(parts).is_none();
+        if no_peer && !self.log.no_peer_address.swap(true, Ordering::Relaxed) {
+            tracing::warn!(policy = self.policy.name(), "{}", key::NO_PEER_ADDRESS);
+        } else {
+            tracing::debug!(
+                policy = self.policy.name(),
+                no_peer_address = no_peer,
+                "rate limit key missing: rejected"
+            );
         }
     }
 

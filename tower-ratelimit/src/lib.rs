@@ -106,7 +106,8 @@
 //!
 //! Through the [`metrics`](https://docs.rs/metrics) facade: the counter
 //! `ratelimit_decisions_total{policy, outcome, backend}` (outcome `allowed`, `denied`,
-//! `shadow_denied`, `failed_open`, `failed_closed`) and the histogram
+//! `shadow_denied`, `failed_open`, `failed_closed`, and `missing_key` for a 400 under
+//! [`MissingKey::Reject`], counted under the default policy) and the histogram
 //! `ratelimit_store_duration_seconds{backend}` (timed with the layer's [clock](RateLimitLayer::clock)).
 //! Each store call runs in a `ratelimit.check` [`tracing`](https://docs.rs/tracing) span. A
 //! store failure is logged at WARN with its cause chain, at most once per

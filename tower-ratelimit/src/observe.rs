@@ -7,7 +7,7 @@
 
 use std::error::Error;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -29,15 +29,17 @@ pub(crate) enum Outcome {
     ShadowDenied,
     FailedOpen,
     FailedClosed,
+    MissingKey,
 }
 
 impl Outcome {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Allowed,
         Self::Denied,
         Self::ShadowDenied,
         Self::FailedOpen,
         Self::FailedClosed,
+        Self::MissingKey,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -47,6 +49,7 @@ impl Outcome {
             Self::ShadowDenied => "shadow_denied",
             Self::FailedOpen => "failed_open",
             Self::FailedClosed => "failed_closed",
+            Self::MissingKey => "missing_key",
         }
     }
 
@@ -58,7 +61,7 @@ impl Outcome {
 /// A policy's decision counters for one backend, one key per outcome.
 pub(crate) struct DecisionKeys {
     backend: &'static str,
-    keys: [Key; 5],
+    keys: [Key; 6],
 }
 
 impl DecisionKeys {
@@ -179,12 +182,15 @@ impl Throttle {
 #[derive(Debug)]
 pub(crate) struct LayerLog {
     pub(crate) failures: Throttle,
+    /// Whether a request without a peer address was logged.
+    pub(crate) no_peer_address: AtomicBool,
 }
 
 impl LayerLog {
     pub(crate) fn new() -> Self {
         Self {
             failures: Throttle::new(FAILURE_LOG_INTERVAL),
+            no_peer_address: AtomicBool::new(false),
         }
     }
 }

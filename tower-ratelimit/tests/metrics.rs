@@ -152,3 +152,30 @@ fn store_failures_are_counted_by_mode() {
     assert_eq!(c("failed_open"), 1);
     assert_eq!(c("failed_closed"), 2);
 }
+
+#[test]
+fn missing_key_rejections_are_counted() {
+    let capture = Capture::default();
+    let layer = RateLimitLayer::new(store(&clock()), Quota::per_minute(nz(2)))
+        .name("api")
+        .key(Header::new("x-client"));
+    run(&capture, async {
+        let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
+        for _ in 0..4 {
+            send(&svc, get("/")).await;
+        }
+        send(&svc, get_with("/", "x-client", b"c")).await;
+    });
+    let c = |outcome: &str| {
+        capture.get(&format!(
+            "ratelimit_decisions_total{{backend=memory,outcome={outcome},policy=api}}"
+        ))
+    };
+    assert_eq!(c("missing_key"), 4);
+    assert_eq!(c("allowed"), 1);
+    // The store was asked once.
+    assert_eq!(
+        capture.get("ratelimit_store_duration_seconds{backend=memory}"),
+        1
+    );
+}
