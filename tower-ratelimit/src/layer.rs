@@ -102,6 +102,7 @@ impl RateLimitLayer {
     }
 
     fn from_parts(store: impl Store, policy: Policy, algorithm: Algorithm) -> Self {
+        observe::describe();
         let backend = store.backend();
         Self {
             shared: Arc::new(Shared {

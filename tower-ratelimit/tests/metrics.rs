@@ -179,3 +179,67 @@ fn missing_key_rejections_are_counted() {
         1
     );
 }
+
+/// `text`'s lines that start with `prefix`.
+fn lines_of<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+#[test]
+fn breaker_and_fallback_series_are_in_the_first_scrape() {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use rate_limit_core::MemoryStore;
+    use rate_limit_core::resilience::{CircuitBreaker, Fallback};
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _layer = metrics::with_local_recorder(&recorder, || {
+        let breaker = CircuitBreaker::new(FailingStore(StoreErrorKind::Connection));
+        let store = Fallback::new(breaker, MemoryStore::new(), nz(2));
+        RateLimitLayer::new(store, Quota::per_minute(nz(2)))
+    });
+    // Nothing has failed, nothing was asked: the series are there, described, at 0.
+    let text = handle.render();
+    for (name, kind) in [
+        ("ratelimit_circuit_state", "gauge"),
+        ("ratelimit_circuit_transitions_total", "counter"),
+        ("ratelimit_fallback_decisions_total", "counter"),
+    ] {
+        assert_eq!(
+            lines_of(&text, &format!("# TYPE {name} ")),
+            [format!("# TYPE {name} {kind}")],
+            "{text}"
+        );
+        assert_eq!(
+            lines_of(&text, &format!("# HELP {name} ")).len(),
+            1,
+            "{text}"
+        );
+    }
+    assert_eq!(
+        lines_of(&text, "ratelimit_circuit_state{"),
+        [r#"ratelimit_circuit_state{backend="failing"} 0"#],
+        "{text}"
+    );
+    let mut transitions = lines_of(&text, "ratelimit_circuit_transitions_total{");
+    transitions.sort_unstable();
+    assert_eq!(
+        transitions,
+        [
+            r#"ratelimit_circuit_transitions_total{backend="failing",to="closed"} 0"#,
+            r#"ratelimit_circuit_transitions_total{backend="failing",to="half_open"} 0"#,
+            r#"ratelimit_circuit_transitions_total{backend="failing",to="open"} 0"#,
+        ],
+        "{text}"
+    );
+    let mut fallback = lines_of(&text, "ratelimit_fallback_decisions_total{");
+    fallback.sort_unstable();
+    assert_eq!(
+        fallback,
+        [
+            r#"ratelimit_fallback_decisions_total{backend="failing",outcome="allowed"} 0"#,
+            r#"ratelimit_fallback_decisions_total{backend="failing",outcome="denied"} 0"#,
+        ],
+        "{text}"
+    );
+}

@@ -92,10 +92,14 @@ enum Admit {
     Probe(u64),
 }
 
-impl<S> CircuitBreaker<S, SystemClock> {
+impl<S: Store> CircuitBreaker<S, SystemClock> {
     /// Wraps `inner`: opens after 3 consecutive infrastructure failures, for 1 s at first,
     /// doubling up to 10 s while probes fail.
+    ///
+    /// Describes its metrics to the recorder installed now, and creates their series for the
+    /// inner store's backend: the state gauge at 0 (closed) and each transition counter at 0.
     pub fn new(inner: S) -> Self {
+        super::register_breaker_series(inner.backend());
         let base = nanos(Duration::from_secs(1));
         Self {
             inner,

@@ -124,10 +124,14 @@ struct Episode {
     logged: bool,
 }
 
-impl<P, L> Fallback<P, L> {
+impl<P: Store, L> Fallback<P, L> {
     /// Decides with `primary`, or with `local` on `1/instances` of each quota while `primary`
     /// fails.
+    ///
+    /// Describes its metric to the recorder installed now, and creates its series for the
+    /// primary's backend at 0.
     pub fn new(primary: P, local: L, instances: NonZeroU32) -> Self {
+        super::register_fallback_series(primary.backend());
         Self {
             primary,
             local,

@@ -43,7 +43,9 @@
 //! # Metrics
 //!
 //! Through the [`metrics`](https://docs.rs/metrics) facade (nothing is recorded until the
-//! application installs a recorder), labelled `backend` with the wrapped store's name:
+//! application installs a recorder), labelled `backend` with the wrapped store's name. Each
+//! metric is described, and each series created at 0, when its breaker or fallback is built,
+//! so that they are in the first scrape: install the recorder first.
 //!
 //! | name | kind | meaning |
 //! |------|------|---------|
@@ -148,6 +150,40 @@ pub const METRIC_CIRCUIT_STATE: &str = "ratelimit_circuit_state";
 pub const METRIC_CIRCUIT_TRANSITIONS: &str = "ratelimit_circuit_transitions_total";
 /// Name of the counter of checks decided by a [`Fallback`]'s local store (label `outcome`).
 pub const METRIC_FALLBACK_DECISIONS: &str = "ratelimit_fallback_decisions_total";
+
+/// Describes the breaker's metrics and creates its series for `backend`, at 0 (closed, no
+/// transition), so that they exist from the first scrape.
+fn register_breaker_series(backend: &'static str) {
+    metrics::describe_gauge!(
+        METRIC_CIRCUIT_STATE,
+        "State of the circuit breaker around a rate-limit store: 0 closed, 1 open, 2 half-open"
+    );
+    metrics::describe_counter!(
+        METRIC_CIRCUIT_TRANSITIONS,
+        "Transitions of the circuit breaker around a rate-limit store, by the state entered"
+    );
+    metrics::gauge!(METRIC_CIRCUIT_STATE, "backend" => backend)
+        .set(CircuitState::Closed.as_gauge());
+    for to in [
+        CircuitState::Open,
+        CircuitState::HalfOpen,
+        CircuitState::Closed,
+    ] {
+        // Registered, not incremented: a counter at 0.
+        let _ = metrics::counter!(METRIC_CIRCUIT_TRANSITIONS, "backend" => backend, "to" => to.as_str());
+    }
+}
+
+/// Describes the fallback's metric and creates its series for `backend`, at 0.
+fn register_fallback_series(backend: &'static str) {
+    metrics::describe_counter!(
+        METRIC_FALLBACK_DECISIONS,
+        "Rate-limit checks decided by the local fallback store while the shared store failed"
+    );
+    for outcome in ["allowed", "denied"] {
+        let _ = metrics::counter!(METRIC_FALLBACK_DECISIONS, "backend" => backend, "outcome" => outcome);
+    }
+}
 
 /// The least time between two logged events that repeat the same failure: a breaker's failing
 /// probes, a fallback's local episodes. See [logs](self#logs).
