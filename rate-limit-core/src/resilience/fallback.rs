@@ -765,6 +765,47 @@ mod tests {
         assert_eq!(store.local_decisions(), 8);
     }
 
+    #[test]
+    fn a_cached_answer_of_the_primary_does_not_end_local_decisions() {
+        use crate::resilience::testing::Capture;
+        let primary = Scripted::new([
+            Script::Fail(StoreErrorKind::Connection),
+            Script::Cached,
+            Script::Fail(StoreErrorKind::Connection),
+            Script::Allow,
+        ]);
+        let store = Fallback::new(primary, local(), nz(2));
+        let capture = Capture::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let by: Vec<_> = capture.during(|| {
+            rt.block_on(async {
+                let mut by = Vec::new();
+                for _ in 0..4 {
+                    let (_, b) = store
+                        .check_traced("k", &limits(10), NonZeroU32::MIN)
+                        .await
+                        .unwrap();
+                    by.push(b);
+                }
+                by
+            })
+        });
+        use DecidedBy::{Local, Primary};
+        // The cached denial is the primary's answer, but says nothing of its health.
+        assert_eq!(by, [Local, Primary, Local, Primary]);
+        let lines: Vec<_> = capture.lines().into_iter().map(|(_, m)| m).collect();
+        assert_eq!(
+            lines,
+            [
+                "rate limit store failed: deciding locally on this instance's share",
+                "rate limit store answers again: local decisions stopped",
+            ]
+        );
+        assert_eq!(capture.events()[1].field("local_decisions"), Some("2"));
+    }
+
     #[tokio::test]
     async fn a_custom_rule_sets_the_local_limits() {
         let primary = Scripted::new([Script::Fail(StoreErrorKind::Connection)]);
