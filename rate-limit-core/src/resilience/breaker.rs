@@ -41,9 +41,10 @@ use super::state::CircuitState;
 /// stays half-open and the next call is the probe: it neither closes while the backend is
 /// dead nor opens for a new cool-down.
 ///
-/// Time is read only through a [`Clock`], and only while open. In the closed state a call costs
-/// two atomic loads; the mutex is taken only on failures and transitions. Results of calls let
-/// through before a transition are ignored after it.
+/// Time is read only through a [`Clock`], and only while open and at transitions. In the
+/// closed state a call costs two atomic loads; the mutex is taken only on failures,
+/// transitions and half-open admissions. Results of calls let through before a transition are
+/// ignored after it.
 ///
 /// Every transition sets the gauge `ratelimit_circuit_state` (0 closed, 1 open, 2 half-open)
 /// and increments the counter `ratelimit_circuit_transitions_total` (label `to`), both labelled
