@@ -1,6 +1,9 @@
 //! [`Decision`]: what a check decided, with everything response headers need.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::limit::Limit;
 
 /// The state of one limit after a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,20 +91,45 @@ enum Snapshots {
 /// assert_eq!(d.binding_index(), 1);
 /// assert_eq!(d.snapshots().len(), 2);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// # Where it was made
+///
+/// Most decisions are the backend's answer to this very check. Two are not, and say so:
+/// [`is_cached`](Self::is_cached), a store's local copy of an earlier answer (a
+/// [`RedisStore`](crate::RedisStore) deny-cache hit), and [`local_limits`](Self::local_limits),
+/// a local store deciding on other limits while the backend is away (a `Fallback`). Neither
+/// tells anything of the backend's health, so a circuit breaker counts neither as an answer
+/// ([`is_backend_answer`](Self::is_backend_answer)). Equality compares what was decided, not
+/// where.
+#[derive(Debug, Clone)]
 pub struct Decision {
     allowed: bool,
+    cached: bool,
     binding: usize,
     snapshots: Snapshots,
+    /// The limits a local store decided on instead of the ones asked for.
+    local: Option<Arc<Vec<Limit>>>,
 }
+
+impl PartialEq for Decision {
+    fn eq(&self, other: &Self) -> bool {
+        self.allowed == other.allowed
+            && self.binding == other.binding
+            && self.snapshots == other.snapshots
+    }
+}
+
+impl Eq for Decision {}
 
 impl Decision {
     /// A decision for a single limit.
     pub fn single(snapshot: Snapshot) -> Self {
         Self {
             allowed: snapshot.allowed,
+            cached: false,
             binding: 0,
             snapshots: Snapshots::One(snapshot),
+            local: None,
         }
     }
 
@@ -121,9 +149,61 @@ impl Decision {
         let binding = binding_index(&snapshots, allowed);
         Self {
             allowed,
+            cached: false,
             binding,
             snapshots: Snapshots::Many(snapshots.into_boxed_slice()),
+            local: None,
         }
+    }
+
+    /// The same decision, marked as answered from a local cache of an earlier answer, without
+    /// asking the backend (as a [`RedisStore`](crate::RedisStore) deny-cache hit is).
+    #[must_use]
+    pub fn mark_cached(mut self) -> Self {
+        self.cached = true;
+        self
+    }
+
+    /// Answered from a local cache of an earlier answer, without asking the backend.
+    pub fn is_cached(&self) -> bool {
+        self.cached
+    }
+
+    /// The same decision, marked as made by a local store on `limits` instead of the limits
+    /// the caller asked for (as a `Fallback` decides on this instance's share while the shared
+    /// store is away). Its snapshots are those of `limits`, in their order.
+    #[must_use]
+    pub fn mark_local(mut self, limits: Vec<Limit>) -> Self {
+        self.local = Some(Arc::new(limits));
+        self
+    }
+
+    /// When a local store decided instead of the backend: the limits it decided on, which the
+    /// snapshots describe (response headers should describe these too). `None` otherwise.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use std::time::Duration;
+    /// use rate_limit_core::{Algorithm, Decision, Limit, Quota, Snapshot};
+    ///
+    /// let share = Limit::new(Quota::per_minute(NonZeroU32::new(25).unwrap()), Algorithm::Gcra);
+    /// let d = Decision::single(Snapshot::new(true, 25, 24, Duration::from_millis(2400), None));
+    /// assert!(d.is_backend_answer() && d.local_limits().is_none());
+    /// let local = d.clone().mark_local(vec![share]);
+    /// assert_eq!(local.local_limits(), Some(&[share][..]));
+    /// assert!(!local.is_backend_answer());
+    /// assert!(!d.clone().mark_cached().is_backend_answer());
+    /// // What was decided is the same.
+    /// assert_eq!(local, d);
+    /// ```
+    pub fn local_limits(&self) -> Option<&[Limit]> {
+        self.local.as_deref().map(Vec::as_slice)
+    }
+
+    /// The backend decided this check now: neither [cached](Self::is_cached) nor
+    /// [local](Self::local_limits). Only such an answer tells that the backend is up.
+    pub fn is_backend_answer(&self) -> bool {
+        !self.cached && self.local.is_none()
     }
 
     /// Whether the request was admitted (and charged against every limit).

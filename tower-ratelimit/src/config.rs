@@ -3,6 +3,7 @@
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use http::request::Parts;
 use rate_limit_core::{Algorithm, BoxFuture, Clock, Decision, Store, StoreError};
@@ -10,7 +11,7 @@ use tracing::Instrument as _;
 
 use crate::headers::HeaderSettings;
 use crate::key::{self, KeyExtractor};
-use crate::observe::{self, Causes};
+use crate::observe::{self, Causes, LayerLog};
 use crate::policy::Policy;
 
 /// What to do with a request from which no key can be extracted.
@@ -20,7 +21,9 @@ pub enum MissingKey {
     /// Let it through, unlimited and without rate-limit headers.
     Skip,
     /// Answer `400 Bad Request` (the default): a missing key is more often a misconfigured
-    /// server (no peer address, no proxy header) than a client to wave through.
+    /// server (no peer address, no proxy header) than a client to wave through. Counted as
+    /// the outcome `missing_key`; when the extractor reads the peer address and the request
+    /// has none, logged once at WARN with the fix.
     #[default]
     Reject,
     /// Charge it to this one key, shared by every such request.
@@ -59,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     /// The store latency histogram's metric key, made once.
     pub(crate) duration_key: Arc<metrics::Key>,
+    /// What is logged once, or once per interval.
+    pub(crate) log: Arc<LayerLog>,
 }
 
 /// What to do with a request, decided from its head before any I/O.
@@ -134,6 +139,24 @@ impl Shared {
         }
     }
 
+    /// A request rejected for want of a key: counted (outcome `missing_key`, under the default
+    /// policy, as no policy hook ran), and logged at DEBUG, or once at WARN when an extractor
+    /// that reads the peer address finds none in the request: a server set up wrong.
+    pub(crate) fn missing_key(&self, parts: &Parts) {
+        self.policy
+            .count(self.backend, observe::Outcome::MissingKey);
+        let no_peer = self.key.reads_peer_addr() && key::peer_ip(parts).is_none();
+        if no_peer && !self.log.no_peer_address.swap(true, Ordering::Relaxed) {
+            tracing::warn!(policy = self.policy.name(), "{}", key::NO_PEER_ADDRESS);
+        } else {
+            tracing::debug!(
+                policy = self.policy.name(),
+                no_peer_address = no_peer,
+                "rate limit key missing: rejected"
+            );
+        }
+    }
+
     /// The plan for a request with no key (and no usable shared key).
     fn missing_plan(&self) -> Plan {
         match &self.missing {
@@ -153,23 +176,34 @@ impl Shared {
         let start = self.clock.now();
         let result = self.store.try_check_now(key, policy.limits(), cost)?;
         observe::store_duration(&self.duration_key, self.clock.now().saturating_sub(start));
-        match &result {
-            Ok(d) => tracing::debug!(
+        if let Ok(d) = &result {
+            tracing::debug!(
                 policy = policy.name(),
                 backend = self.backend,
                 allowed = d.allowed(),
                 remaining = d.remaining(),
                 "rate limit decided in place"
-            ),
-            Err(err) => tracing::warn!(
+            );
+        }
+        Some(result)
+    }
+
+    /// Logs a store failure at WARN, at most once per
+    /// [`FAILURE_LOG_INTERVAL`](observe::FAILURE_LOG_INTERVAL), with the number of failures
+    /// held back since the last one logged. The key is never logged.
+    pub(crate) fn log_failure(&self, policy: &Policy, err: &StoreError) {
+        let now = u64::try_from(self.clock.now().as_nanos()).unwrap_or(u64::MAX);
+        if let Some(held) = self.log.failures.pass(now) {
+            tracing::warn!(
                 policy = policy.name(),
                 backend = self.backend,
+                failure_mode = ?self.failure,
+                failures_not_logged = held,
                 error = %err,
                 cause = %Causes(err),
                 "rate limit store failed"
-            ),
+            );
         }
-        Some(result)
     }
 
     /// The store call, owned, timed and traced. The key is never logged.
@@ -194,17 +228,12 @@ impl Shared {
                 let start = clock.now();
                 let result = store.check(&key, policy.limits(), cost).await;
                 observe::store_duration(&duration_key, clock.now().saturating_sub(start));
-                match &result {
-                    Ok(d) => tracing::debug!(
+                if let Ok(d) = &result {
+                    tracing::debug!(
                         allowed = d.allowed(),
                         remaining = d.remaining(),
                         "rate limit decided"
-                    ),
-                    Err(err) => tracing::warn!(
-                        error = %err,
-                        cause = %Causes(err),
-                        "rate limit store failed"
-                    ),
+                    );
                 }
                 result
             }

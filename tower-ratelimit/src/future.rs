@@ -231,6 +231,7 @@ where
             Next::Call(req, after)
         }
         Err(err) => {
+            shared.log_failure(&policy, &err);
             let failure = StoreFailure::new(&err, backend);
             if shared.failure == FailureMode::Closed {
                 policy.count(backend, Outcome::FailedClosed);

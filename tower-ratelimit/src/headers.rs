@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::header::{Entry, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use rate_limit_core::Decision;
+use rate_limit_core::{Decision, Limit};
 
 use crate::policy::Policy;
 
@@ -128,6 +128,38 @@ pub(crate) fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
     buf.extend_from_slice(&digits[i..]);
 }
 
+/// `q` and `w` of a limit: the capacity and the seconds it takes to refill.
+///
+/// Window algorithms admit `limit` per `period`. Buckets hold `burst`, which refills in
+/// `burst` emission intervals; with the default burst that is again `limit` per `period`.
+pub(crate) fn quota_and_window(limit: &Limit) -> (u32, u64) {
+    let quota = limit.quota();
+    if limit.algorithm().is_bucket() && quota.burst_size() != quota.limit() {
+        let burst = quota.burst_size().get();
+        (burst, ceil_secs(quota.emission_interval() * burst))
+    } else {
+        (quota.limit().get(), ceil_secs(quota.period()))
+    }
+}
+
+/// The `RateLimit-Policy` field for `limits`, the member named `members[i]` describing
+/// `limits[i]`: `"api";q=100;w=60`, members joined by `, `.
+pub(crate) fn policy_field(members: &[String], limits: &[Limit]) -> Option<HeaderValue> {
+    let mut field = Vec::with_capacity(members.iter().map(|m| m.len() + 26).sum());
+    for (member, limit) in members.iter().zip(limits) {
+        let (q, w) = quota_and_window(limit);
+        if !field.is_empty() {
+            field.extend_from_slice(b", ");
+        }
+        field.extend_from_slice(member.as_bytes());
+        field.extend_from_slice(b";q=");
+        push_decimal(&mut field, u64::from(q));
+        field.extend_from_slice(b";w=");
+        push_decimal(&mut field, w);
+    }
+    HeaderValue::try_from(field).ok()
+}
+
 /// Writes the rate-limit headers the layer writes for `decision` under `policy`, in `style`,
 /// with `X-RateLimit-Reset` in delta seconds: for endpoints that report a client's state
 /// without going through the layer, such as a status page answering from
@@ -180,6 +212,11 @@ pub(crate) struct HeaderSettings {
 /// first: the legacy headers it set are kept (the most specific policy, and the one that denied),
 /// and the IETF fields, which are lists, get one more field line per layer.
 ///
+/// Every field describes the limits that decided. When a local store decided on other limits
+/// than the policy's ([`Decision::local_limits`]: a `Fallback`'s share while the shared store
+/// is away), `RateLimit-Policy` gives their `q` and `w` under the policy's member names, as
+/// `X-RateLimit-Limit` and `RateLimit` give their capacity and what is left of it.
+///
 /// `now` is the current Unix time, read only for [`ResetStyle::UnixSeconds`].
 pub(crate) fn set_rate_limit_headers(
     headers: &mut HeaderMap,
@@ -210,8 +247,17 @@ pub(crate) fn set_rate_limit_headers(
         headers.insert(X_RATELIMIT_RESET, number(reset));
     }
     if ietf {
-        if let Some(value) = policy.header() {
-            headers.append(RATELIMIT_POLICY, value.clone());
+        match decision.local_limits() {
+            None => {
+                if let Some(value) = policy.header() {
+                    headers.append(RATELIMIT_POLICY, value.clone());
+                }
+            }
+            Some(local) => {
+                if let Some(value) = policy_field(policy.members(), local) {
+                    headers.append(RATELIMIT_POLICY, value);
+                }
+            }
         }
         let members = policy.members();
         let len: usize = members.iter().map(|m| m.len() + 2 + 26).sum();

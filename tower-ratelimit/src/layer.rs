@@ -102,6 +102,7 @@ impl RateLimitLayer {
     }
 
     fn from_parts(store: impl Store, policy: Policy, algorithm: Algorithm) -> Self {
+        observe::describe();
         let backend = store.backend();
         Self {
             shared: Arc::new(Shared {
@@ -121,6 +122,7 @@ impl RateLimitLayer {
                 failure: FailureMode::default(),
                 clock: Arc::new(SystemClock::new()),
                 duration_key: Arc::new(observe::store_duration_key(backend)),
+                log: Arc::new(observe::LayerLog::new()),
             }),
             rejection: Arc::new(DefaultRejection),
         }

@@ -88,9 +88,11 @@
 //!
 //! The IETF fields follow draft-ietf-httpapi-ratelimit-headers and are structured-field lists.
 //! With several limits the legacy headers describe the binding one: the denying limit with the
-//! longest wait, or the one with the least remaining. [`HeaderStyle`] picks which are sent. A
-//! request whose cost exceeds a limit's capacity gets a 429 without `Retry-After`, since no wait
-//! would help.
+//! longest wait, or the one with the least remaining. Every field describes the limits that
+//! decided: while a local fallback decides on this instance's share of the quota
+//! ([`Decision::local_limits`]), `RateLimit-Policy` gives that share, as the other fields do.
+//! [`HeaderStyle`] picks which are sent. A request whose cost exceeds a limit's capacity gets a
+//! 429 without `Retry-After`, since no wait would help.
 //!
 //! # Keys
 //!
@@ -104,10 +106,15 @@
 //!
 //! Through the [`metrics`](https://docs.rs/metrics) facade: the counter
 //! `ratelimit_decisions_total{policy, outcome, backend}` (outcome `allowed`, `denied`,
-//! `shadow_denied`, `failed_open`, `failed_closed`) and the histogram
+//! `shadow_denied`, `failed_open`, `failed_closed`, and `missing_key` for a 400 under
+//! [`MissingKey::Reject`], counted under the default policy) and the histogram
 //! `ratelimit_store_duration_seconds{backend}` (timed with the layer's [clock](RateLimitLayer::clock)).
-//! Each store call runs in a `ratelimit.check` [`tracing`](https://docs.rs/tracing) span. Keys
-//! are never metric labels and never logged.
+//! Each store call runs in a `ratelimit.check` [`tracing`](https://docs.rs/tracing) span. A
+//! store failure is logged at WARN with its cause chain, at most once per
+//! [`FAILURE_LOG_INTERVAL`](observe::FAILURE_LOG_INTERVAL) (10 s) per layer, counting the
+//! failures held back since the last one (`failures_not_logged`); a circuit breaker and a
+//! fallback log their own state changes (see `rate_limit_core::resilience`). Keys are never
+//! metric labels and never logged.
 //!
 //! # Features
 //!

@@ -1,11 +1,62 @@
-//! Metrics: decisions by outcome and store latency. Keys never become labels.
+//! Metrics (decisions by outcome, store latency) and the logs of store failures, at most one
+//! per [`FAILURE_LOG_INTERVAL`] per layer. Keys never become labels and are never logged.
 //!
-//! Metric keys (name and labels) are built once, when a policy first reports to a backend, and
-//! reused: a request allocates nothing here. Handles are not cached, so a recorder installed
-//! later (or a thread-local one in a test) still sees every decision.
+//! | name | kind | labels | meaning |
+//! |------|------|--------|---------|
+//! | `ratelimit_decisions_total` | counter | `policy`, `outcome`, `backend` | requests by outcome: `allowed`, `denied`, `shadow_denied`, `failed_open`, `failed_closed`, `missing_key` |
+//! | `ratelimit_store_duration_seconds` | histogram | `backend` | time of each store call |
+//!
+//! Both are described when a layer is built (install the recorder first). Metric keys (name
+//! and labels) are built once, when a policy first reports to a backend, and reused: a request
+//! allocates nothing here. Handles are not cached, so a recorder installed later (or a
+//! thread-local one in a test) still sees every decision.
+//!
+//! # Store latency in Prometheus
+//!
+//! `metrics-exporter-prometheus` renders a histogram as a summary (quantiles over a sliding
+//! window, which cannot be aggregated across instances) unless it is given buckets for it. Give
+//! `ratelimit_store_duration_seconds` buckets, such as [`STORE_DURATION_BUCKETS`] (50 µs to
+//! 1 s, around the 50 ms default budget of a store call), and it is a histogram whose
+//! `_bucket` series sum over instances:
+//!
+//! ```
+//! use std::num::NonZeroU32;
+//! use http::Request;
+//! use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+//! use rate_limit_core::{MemoryStore, Quota};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_ratelimit::RateLimitLayer;
+//! use tower_ratelimit::observe::{STORE_DURATION_BUCKETS, STORE_DURATION_SECONDS};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let recorder = PrometheusBuilder::new()
+//!     .set_buckets_for_metric(
+//!         Matcher::Full(STORE_DURATION_SECONDS.to_owned()),
+//!         &STORE_DURATION_BUCKETS,
+//!     )?
+//!     .build_recorder(); // an application calls `install_recorder()` instead
+//! let handle = recorder.handle();
+//! metrics::with_local_recorder(&recorder, || {
+//!     let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(NonZeroU32::MIN));
+//!     let svc = ServiceBuilder::new().layer(layer).service(service_fn(|_: Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(()))
+//!     }));
+//!     let rt = tokio::runtime::Builder::new_current_thread().build()?;
+//!     rt.block_on(svc.oneshot(Request::new(())))?;
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })?;
+//! let text = handle.render();
+//! assert!(text.contains("# TYPE ratelimit_store_duration_seconds histogram"));
+//! assert!(text.contains(r#"ratelimit_store_duration_seconds_bucket{backend="memory",le="0.00005"}"#));
+//! assert!(text.contains(r#"ratelimit_store_duration_seconds_bucket{backend="memory",le="+Inf"} 1"#));
+//! assert!(text.contains(r#"ratelimit_decisions_total{policy="default",outcome="allowed",backend="memory"} 1"#));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::error::Error;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -15,6 +66,27 @@ use metrics::{Key, Label, Level, Metadata};
 pub const DECISIONS_TOTAL: &str = "ratelimit_decisions_total";
 /// Histogram of store call latency in seconds, labelled `backend`.
 pub const STORE_DURATION_SECONDS: &str = "ratelimit_store_duration_seconds";
+
+/// Bucket bounds, in seconds, for [`STORE_DURATION_SECONDS`] in a Prometheus exporter: an
+/// in-memory check falls in the first, a Redis round trip in the middle ones, and a call that
+/// times out at the default 50 ms budget in the `0.05` bucket or just above it. See
+/// [Prometheus](self#store-latency-in-prometheus).
+pub const STORE_DURATION_BUCKETS: [f64; 13] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Describes the layer's metrics to the recorder installed now.
+pub(crate) fn describe() {
+    metrics::describe_counter!(
+        DECISIONS_TOTAL,
+        "Rate-limited requests by policy, outcome and store backend"
+    );
+    metrics::describe_histogram!(
+        STORE_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time of each rate-limit store call, by store backend"
+    );
+}
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -27,15 +99,17 @@ pub(crate) enum Outcome {
     ShadowDenied,
     FailedOpen,
     FailedClosed,
+    MissingKey,
 }
 
 impl Outcome {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Allowed,
         Self::Denied,
         Self::ShadowDenied,
         Self::FailedOpen,
         Self::FailedClosed,
+        Self::MissingKey,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -45,6 +119,7 @@ impl Outcome {
             Self::ShadowDenied => "shadow_denied",
             Self::FailedOpen => "failed_open",
             Self::FailedClosed => "failed_closed",
+            Self::MissingKey => "missing_key",
         }
     }
 
@@ -56,7 +131,7 @@ impl Outcome {
 /// A policy's decision counters for one backend, one key per outcome.
 pub(crate) struct DecisionKeys {
     backend: &'static str,
-    keys: [Key; 5],
+    keys: [Key; 6],
 }
 
 impl DecisionKeys {
@@ -130,6 +205,66 @@ impl fmt::Display for Causes<'_> {
     }
 }
 
+/// The least time between two logged store failures of one layer.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Lets one event through per interval and counts the ones it holds back.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    interval: u64,
+    /// Clock nanoseconds before which events are held back.
+    next: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Throttle {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self {
+            interval: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
+            next: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// At `now` (clock nanoseconds): `Some(events held back since the last one let through)`
+    /// when this one may be logged, `None` when it is held back.
+    pub(crate) fn pass(&self, now: u64) -> Option<u64> {
+        let next = self.next.load(Ordering::Acquire);
+        if now >= next
+            && self
+                .next
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.interval),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::AcqRel));
+        }
+        self.held.fetch_add(1, Ordering::AcqRel);
+        None
+    }
+}
+
+/// What a layer logs once, or once per interval: shared by the layer and its services.
+#[derive(Debug)]
+pub(crate) struct LayerLog {
+    pub(crate) failures: Throttle,
+    /// Whether a request without a peer address was logged.
+    pub(crate) no_peer_address: AtomicBool,
+}
+
+impl LayerLog {
+    pub(crate) fn new() -> Self {
+        Self {
+            failures: Throttle::new(FAILURE_LOG_INTERVAL),
+            no_peer_address: AtomicBool::new(false),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +288,15 @@ mod tests {
             StoreError::new(StoreErrorKind::Timeout, "inner").with_source(io::Error::other("deep"));
         let two = StoreError::new(StoreErrorKind::Backend, "outer").with_source(inner);
         assert_eq!(Causes(&two).to_string(), "timed out: inner: deep");
+    }
+
+    #[test]
+    fn a_throttle_lets_one_event_through_per_interval_and_counts_the_rest() {
+        const SEC: u64 = 1_000_000_000;
+        let t = Throttle::new(Duration::from_secs(10));
+        assert_eq!(t.pass(100 * SEC), Some(0));
+        assert_eq!(t.pass(100 * SEC), None);
+        assert_eq!(t.pass(109 * SEC), None);
+        assert_eq!(t.pass(110 * SEC), Some(2));
     }
 }

@@ -1,12 +1,12 @@
 //! [`Policy`]: a named set of limits, with its `RateLimit-Policy` field computed once.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use http::HeaderValue;
 use rate_limit_core::{ConfigError, Limit};
 
-use crate::headers::{ceil_secs, number};
+use crate::headers::{number, policy_field, quota_and_window};
 use crate::observe::{self, DecisionKeys, Outcome};
 
 /// The longest policy name.
@@ -85,21 +85,13 @@ impl Policy {
                 (q, number(u64::from(q)))
             })
             .collect();
-        let mut field = String::new();
-        for (member, limit) in members.iter().zip(&limits) {
-            let (q, w) = quota_and_window(limit);
-            if !field.is_empty() {
-                field.push_str(", ");
-            }
-            // Writing to a String cannot fail.
-            let _ = write!(field, "{member};q={q};w={w}");
-        }
+        let header = policy_field(&members, &limits);
         Ok(Self {
             inner: Arc::new(Inner {
                 name: Arc::from(name),
                 limits,
                 members,
-                header: HeaderValue::try_from(field).ok(),
+                header,
                 limit_values,
                 metric_keys: OnceLock::new(),
             }),
@@ -173,20 +165,6 @@ impl fmt::Debug for Policy {
             .field("name", &self.name())
             .field("limits", &self.limits())
             .finish()
-    }
-}
-
-/// `q` and `w` of a limit: the capacity and the seconds it takes to refill.
-///
-/// Window algorithms admit `limit` per `period`. Buckets hold `burst`, which refills in
-/// `burst` emission intervals; with the default burst that is again `limit` per `period`.
-fn quota_and_window(limit: &Limit) -> (u32, u64) {
-    let quota = limit.quota();
-    if limit.algorithm().is_bucket() && quota.burst_size() != quota.limit() {
-        let burst = quota.burst_size().get();
-        (burst, ceil_secs(quota.emission_interval() * burst))
-    } else {
-        (quota.limit().get(), ceil_secs(quota.period()))
     }
 }
 

@@ -96,42 +96,42 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        let plan = self.shared.plan(&parts);
-        let req = Request::from_parts(parts, body);
-        match plan {
-            Plan::Pass => ResponseFuture::calling(self.inner.call(req), None),
+        let (key, policy, cost) = match self.shared.plan(&parts) {
+            Plan::Check { key, policy, cost } => (key, policy, cost),
+            Plan::Pass => {
+                let req = Request::from_parts(parts, body);
+                return ResponseFuture::calling(self.inner.call(req), None);
+            }
             Plan::MissingKey => {
-                tracing::debug!("rate limit key missing: rejected");
-                ResponseFuture::respond(self.rejection.response(&Rejection::MissingKey))
+                self.shared.missing_key(&parts);
+                return ResponseFuture::respond(self.rejection.response(&Rejection::MissingKey));
             }
-            Plan::Check { key, policy, cost } => {
-                // A store that can decide in place (memory, a remote store's deny cache) costs
-                // no future, and the inner service that was polled ready is called right away.
-                if let Some(result) = self.shared.check_now(&key, &policy, cost) {
-                    let shared = Arc::clone(&self.shared);
-                    return match resolve(result, req, policy, shared, &*self.rejection) {
-                        Next::Call(req, after) => {
-                            ResponseFuture::calling(self.inner.call(req), Some(after))
-                        }
-                        Next::Respond(res) => ResponseFuture::respond(res),
-                    };
+        };
+        let req = Request::from_parts(parts, body);
+        // A store that can decide in place (memory, a remote store's deny cache) costs no
+        // future, and the inner service that was polled ready is called right away.
+        if let Some(result) = self.shared.check_now(&key, &policy, cost) {
+            let shared = Arc::clone(&self.shared);
+            return match resolve(result, req, policy, shared, &*self.rejection) {
+                Next::Call(req, after) => {
+                    ResponseFuture::calling(self.inner.call(req), Some(after))
                 }
-                // The service that was polled ready goes with this request; a clone stays for
-                // the next.
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                let check = self.shared.check(key, policy.clone(), cost);
-                ResponseFuture::checking(
-                    check,
-                    Pending {
-                        inner,
-                        req,
-                        policy,
-                        shared: Arc::clone(&self.shared),
-                        rejection: Arc::clone(&self.rejection),
-                    },
-                )
-            }
+                Next::Respond(res) => ResponseFuture::respond(res),
+            };
         }
+        // The service that was polled ready goes with this request; a clone stays for the next.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let check = self.shared.check(key, policy.clone(), cost);
+        ResponseFuture::checking(
+            check,
+            Pending {
+                inner,
+                req,
+                policy,
+                shared: Arc::clone(&self.shared),
+                rejection: Arc::clone(&self.rejection),
+            },
+        )
     }
 }

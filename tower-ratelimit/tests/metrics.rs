@@ -152,3 +152,94 @@ fn store_failures_are_counted_by_mode() {
     assert_eq!(c("failed_open"), 1);
     assert_eq!(c("failed_closed"), 2);
 }
+
+#[test]
+fn missing_key_rejections_are_counted() {
+    let capture = Capture::default();
+    let layer = RateLimitLayer::new(store(&clock()), Quota::per_minute(nz(2)))
+        .name("api")
+        .key(Header::new("x-client"));
+    run(&capture, async {
+        let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
+        for _ in 0..4 {
+            send(&svc, get("/")).await;
+        }
+        send(&svc, get_with("/", "x-client", b"c")).await;
+    });
+    let c = |outcome: &str| {
+        capture.get(&format!(
+            "ratelimit_decisions_total{{backend=memory,outcome={outcome},policy=api}}"
+        ))
+    };
+    assert_eq!(c("missing_key"), 4);
+    assert_eq!(c("allowed"), 1);
+    // The store was asked once.
+    assert_eq!(
+        capture.get("ratelimit_store_duration_seconds{backend=memory}"),
+        1
+    );
+}
+
+/// `text`'s lines that start with `prefix`.
+fn lines_of<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+#[test]
+fn breaker_and_fallback_series_are_in_the_first_scrape() {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use rate_limit_core::MemoryStore;
+    use rate_limit_core::resilience::{CircuitBreaker, Fallback};
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _layer = metrics::with_local_recorder(&recorder, || {
+        let breaker = CircuitBreaker::new(FailingStore(StoreErrorKind::Connection));
+        let store = Fallback::new(breaker, MemoryStore::new(), nz(2));
+        RateLimitLayer::new(store, Quota::per_minute(nz(2)))
+    });
+    // Nothing has failed, nothing was asked: the series are there, described, at 0.
+    let text = handle.render();
+    for (name, kind) in [
+        ("ratelimit_circuit_state", "gauge"),
+        ("ratelimit_circuit_transitions_total", "counter"),
+        ("ratelimit_fallback_decisions_total", "counter"),
+    ] {
+        assert_eq!(
+            lines_of(&text, &format!("# TYPE {name} ")),
+            [format!("# TYPE {name} {kind}")],
+            "{text}"
+        );
+        assert_eq!(
+            lines_of(&text, &format!("# HELP {name} ")).len(),
+            1,
+            "{text}"
+        );
+    }
+    assert_eq!(
+        lines_of(&text, "ratelimit_circuit_state{"),
+        [r#"ratelimit_circuit_state{backend="failing"} 0"#],
+        "{text}"
+    );
+    let mut transitions = lines_of(&text, "ratelimit_circuit_transitions_total{");
+    transitions.sort_unstable();
+    assert_eq!(
+        transitions,
+        [
+            r#"ratelimit_circuit_transitions_total{backend="failing",to="closed"} 0"#,
+            r#"ratelimit_circuit_transitions_total{backend="failing",to="half_open"} 0"#,
+            r#"ratelimit_circuit_transitions_total{backend="failing",to="open"} 0"#,
+        ],
+        "{text}"
+    );
+    let mut fallback = lines_of(&text, "ratelimit_fallback_decisions_total{");
+    fallback.sort_unstable();
+    assert_eq!(
+        fallback,
+        [
+            r#"ratelimit_fallback_decisions_total{backend="failing",outcome="allowed"} 0"#,
+            r#"ratelimit_fallback_decisions_total{backend="failing",outcome="denied"} 0"#,
+        ],
+        "{text}"
+    );
+}

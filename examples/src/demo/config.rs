@@ -33,6 +33,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use http::HeaderName;
+use rate_limit_core::resilience::local_share;
 use rate_limit_core::{Algorithm, ConfigError, Limit, Quota, RedisStore};
 use serde::Deserialize;
 use tower_ratelimit::key::Cidr;
@@ -158,7 +159,8 @@ pub struct Config {
     /// What happens when Redis cannot decide.
     pub failure_mode: FailureSetting,
     /// How many instances share Redis (`RATE_LIMIT_INSTANCES`, default 1): with
-    /// `FAILURE_MODE=local`, each admits `1/instances` of every quota while Redis is away.
+    /// `FAILURE_MODE=local`, each admits `1/instances` of every quota while Redis is away, and
+    /// every limit (and bucket burst) must be at least this, or the demo does not start.
     pub instances: NonZeroU32,
     /// Time budget of one Redis call.
     pub redis_timeout: Duration,
@@ -338,6 +340,9 @@ impl Sources {
         if backend != Backend::Memory {
             self.check_on_redis(&limit, &routes, &tiers)?;
         }
+        if failure_mode == FailureSetting::Local && backend != Backend::Memory {
+            self.check_split(&limit, &routes, &tiers, instances)?;
+        }
         Ok(Config {
             port,
             backend,
@@ -386,6 +391,52 @@ impl Sources {
                 return Err(ConfigError::new(setting, limit.quota().limit(), e.reason()));
             }
             *i += 1;
+        }
+        Ok(())
+    }
+
+    /// With `FAILURE_MODE=local`, each instance decides alone on its share of every limit
+    /// while Redis is away: a limit (or a bucket's burst) below `RATE_LIMIT_INSTANCES` would
+    /// round its share up to 1, and the instances together would admit more than the limit.
+    /// Such a split stops the demo at start-up, naming both settings.
+    fn check_split(
+        &self,
+        default: &Limit,
+        routes: &[RouteLimit],
+        tiers: &[Tier],
+        instances: NonZeroU32,
+    ) -> Result<(), ConfigError> {
+        let file = self.file.as_ref().map_or("", |f| f.path.as_str());
+        let name = |var: &'static str| self.get(var).map_or_else(|| var.to_owned(), |s| s.name);
+        let mut named = vec![(default, name("RATE_LIMIT"), name("RATE_LIMIT_BURST"))];
+        for (i, r) in routes.iter().enumerate() {
+            let at = |field| format!("routes[{i}].{field} in {file}");
+            named.push((&r.limit, at("limit"), at("burst")));
+        }
+        for (i, t) in tiers.iter().enumerate() {
+            let at = |field| format!("tiers[{i}].{field} in {file}");
+            named.push((&t.limit, at("limit"), at("burst")));
+        }
+        for (limit, limit_name, burst_name) in named {
+            let Err(err) = local_share(limit, instances) else {
+                continue;
+            };
+            let quota = limit.quota();
+            let (setting, value) = if quota.limit() < instances {
+                (limit_name, quota.limit())
+            } else {
+                (burst_name, quota.burst_size())
+            };
+            return Err(ConfigError::new(
+                "RATE_LIMIT_INSTANCES",
+                instances,
+                format!(
+                    "with FAILURE_MODE=local each instance decides alone on its share of \
+                     {setting} `{value}` while Redis is away, and {}; raise {setting} to at \
+                     least {instances} or lower RATE_LIMIT_INSTANCES",
+                    err.reason()
+                ),
+            ));
         }
         Ok(())
     }
@@ -723,6 +774,33 @@ mod tests {
             ("RATE_LIMIT_BURST", "4294967295"),
         ]);
         assert_eq!(e.setting(), "RATE_LIMIT_BURST");
+    }
+
+    #[test]
+    fn a_local_fallback_that_would_over_admit_stops_the_demo() {
+        let redis = ("REDIS_URL", "redis://127.0.0.1:6379");
+        let hourly = [("RATE_LIMIT", "1"), ("RATE_LIMIT_WINDOW_SEC", "3600")];
+        let ten = ("RATE_LIMIT_INSTANCES", "10");
+        // Ten instances deciding alone on a share of 1 per hour would admit 10 per hour.
+        let e = err(&[redis, hourly[0], hourly[1], ten]);
+        assert_eq!(e.setting(), "RATE_LIMIT_INSTANCES", "{e}");
+        assert_eq!(e.value(), "10");
+        assert!(e.to_string().contains("RATE_LIMIT `1`"), "{e}");
+        // A burst below the instance count is refused the same way, naming the burst.
+        let e = err(&[redis, ("RATE_LIMIT", "100"), ("RATE_LIMIT_BURST", "5"), ten]);
+        assert!(e.to_string().contains("RATE_LIMIT_BURST `5`"), "{e}");
+        // So is a route's limit from the file.
+        let (_guard, path) = file("[[routes]]\npath = \"/acquire\"\nlimit = 3\n");
+        let e = err(&[redis, ("RATELIMIT_CONFIG", &path), ten]);
+        assert!(e.to_string().contains("routes[0].limit"), "{e}");
+        // Without a local fallback, or with enough to share, it starts.
+        for ok in [
+            vec![redis, hourly[0], hourly[1], ten, ("FAILURE_MODE", "open")],
+            vec![hourly[0], hourly[1], ten],
+            vec![redis, ("RATE_LIMIT", "10"), hourly[1], ten],
+        ] {
+            assert!(Config::from_vars(&ok).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]

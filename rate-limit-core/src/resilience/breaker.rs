@@ -12,6 +12,7 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::limit::Limit;
 use crate::store::{BoxFuture, Store};
 
+use super::log::{Failure, Throttle};
 use super::state::CircuitState;
 
 /// Counts consecutive infrastructure failures of the store inside and, past a threshold, stops
@@ -19,25 +20,36 @@ use super::state::CircuitState;
 ///
 /// - **Closed**: calls go through. After [`failure_threshold`](Self::failure_threshold)
 ///   consecutive infrastructure failures ([`StoreError::is_infrastructure`]: timeout, connection,
-///   backend) it opens. Denials are answers, not failures, and so is
-///   [`InvalidInput`](StoreErrorKind::InvalidInput): neither counts, and an answer resets the
-///   count.
+///   backend) it opens. Denials are answers, not failures: an answer resets the count.
 /// - **Open**: every call fails at once with [`StoreErrorKind::CircuitOpen`]; nothing reaches
 ///   the store, so nothing piles up against it. After the cool-down, the next call becomes the
 ///   probe.
-/// - **Half-open**: exactly one probe goes through; concurrent calls fail with `CircuitOpen`.
-///   If the probe gets an answer, the breaker closes and the cool-down is reset; if it fails,
-///   the breaker opens again for twice the last cool-down, up to
-///   [`max_cool_down`](Self::max_cool_down). A probe dropped before it finished (its caller gave
-///   up) leaves the breaker open with the cool-down over, so the next call probes.
+/// - **Half-open**: one call at a time goes through as the probe; concurrent calls fail with
+///   `CircuitOpen`. If the backend answers the probe, the breaker closes and the cool-down is
+///   reset; if the probe fails, the breaker opens again for twice the last cool-down, up to
+///   [`max_cool_down`](Self::max_cool_down).
 ///
-/// Time is read only through a [`Clock`], and only while open. In the closed state a call costs
-/// two atomic loads; the mutex is taken only on failures and transitions. Results of calls let
-/// through before a transition are ignored after it.
+/// # Only the backend closes it
+///
+/// A call counts as an answer only when the backend itself decided it now
+/// ([`Decision::is_backend_answer`]). A decision the store made without the backend (a
+/// [`RedisStore`](crate::RedisStore) deny-cache hit, [marked cached](Decision::is_cached)), an
+/// [`InvalidInput`](StoreErrorKind::InvalidInput) refusal made before anything was sent, or a
+/// `CircuitOpen` from a breaker further in says nothing of the backend's health: while closed,
+/// such a call neither counts as a failure nor resets the count; as the probe, it gives its
+/// turn back, and so does a probe dropped before it finished (its caller gave up). The breaker
+/// stays half-open and the next call is the probe: it neither closes while the backend is
+/// dead nor opens for a new cool-down.
+///
+/// Time is read only through a [`Clock`], and only while open and at transitions. In the
+/// closed state a call costs two atomic loads; the mutex is taken only on failures,
+/// transitions and half-open admissions. Results of calls let through before a transition are
+/// ignored after it.
 ///
 /// Every transition sets the gauge `ratelimit_circuit_state` (0 closed, 1 open, 2 half-open)
 /// and increments the counter `ratelimit_circuit_transitions_total` (label `to`), both labelled
-/// `backend` with the inner store's name.
+/// `backend` with the inner store's name, and is logged as the [module docs](super#logs)
+/// describe (opening at WARN, with the failure's cause chain).
 ///
 /// [`backend`](Store::backend) is the inner store's name.
 pub struct CircuitBreaker<S, C = SystemClock> {
@@ -53,13 +65,25 @@ pub struct CircuitBreaker<S, C = SystemClock> {
     /// Whether `Tally::failures` may be non-zero, so that a success in the closed state takes
     /// the lock only after failures.
     dirty: AtomicBool,
+    /// Half-open: whether a probe is in flight. Written under the lock.
+    probing: AtomicBool,
     tally: Mutex<Tally>,
+    /// Half-open events of probes, which repeat while the store stays down.
+    probe_log: Throttle,
 }
 
 #[derive(Debug)]
 struct Tally {
     failures: u32,
     cool_down: u64,
+    /// When the breaker last opened from closed (clock nanoseconds), and the failure that
+    /// opened it: named again when it half-opens and closes.
+    opened_at: u64,
+    opened_by: Failure,
+    /// Probes failed since it opened.
+    failed_probes: u32,
+    /// Whether this probe's half-open event was logged, so that its failure is too.
+    log_probe: bool,
 }
 
 /// What a call was let through as.
@@ -69,10 +93,14 @@ enum Admit {
     Probe(u64),
 }
 
-impl<S> CircuitBreaker<S, SystemClock> {
+impl<S: Store> CircuitBreaker<S, SystemClock> {
     /// Wraps `inner`: opens after 3 consecutive infrastructure failures, for 1 s at first,
     /// doubling up to 10 s while probes fail.
+    ///
+    /// Describes its metrics to the recorder installed now, and creates their series for the
+    /// inner store's backend: the state gauge at 0 (closed) and each transition counter at 0.
     pub fn new(inner: S) -> Self {
+        super::register_breaker_series(inner.backend());
         let base = nanos(Duration::from_secs(1));
         Self {
             inner,
@@ -83,10 +111,16 @@ impl<S> CircuitBreaker<S, SystemClock> {
             phase: AtomicU64::new(CircuitState::Closed.bits()),
             open_until: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
             tally: Mutex::new(Tally {
                 failures: 0,
                 cool_down: base,
+                opened_at: 0,
+                opened_by: Failure::default(),
+                failed_probes: 0,
+                log_probe: false,
             }),
+            probe_log: Throttle::new(),
         }
     }
 }
@@ -128,7 +162,9 @@ impl<S, C: Clock> CircuitBreaker<S, C> {
             phase: self.phase,
             open_until: self.open_until,
             dirty: self.dirty,
+            probing: self.probing,
             tally: self.tally,
+            probe_log: self.probe_log,
         }
     }
 
@@ -167,18 +203,44 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
         let phase = self.phase.load(Ordering::Acquire);
         match CircuitState::from_phase(phase) {
             CircuitState::Closed => Some(Admit::Closed(phase)),
-            CircuitState::HalfOpen => None,
+            CircuitState::HalfOpen => {
+                if self.probing.load(Ordering::Acquire) {
+                    return None;
+                }
+                let _tally = self.lock();
+                // A probe may have started, or settled, since the first loads.
+                if self.phase.load(Ordering::Acquire) != phase
+                    || self.probing.load(Ordering::Acquire)
+                {
+                    return None;
+                }
+                self.probing.store(true, Ordering::Release);
+                Some(Admit::Probe(phase))
+            }
             CircuitState::Open => {
                 let now = self.clock.now_nanos();
                 if now < self.open_until.load(Ordering::Acquire) {
                     return None;
                 }
-                let _tally = self.lock();
+                let mut tally = self.lock();
                 // Another call may have become the probe since the first load.
                 if self.phase.load(Ordering::Acquire) != phase {
                     return None;
                 }
-                Some(Admit::Probe(self.move_to(phase, CircuitState::HalfOpen)))
+                self.probing.store(true, Ordering::Release);
+                let probe = self.move_to(phase, CircuitState::HalfOpen);
+                let held = self.probe_log.pass(now);
+                tally.log_probe = held.is_some();
+                let event = held.map(|held| Event::HalfOpen {
+                    open_for: now.saturating_sub(tally.opened_at),
+                    held,
+                    opened_by: tally.opened_by.clone(),
+                });
+                drop(tally);
+                if let Some(event) = event {
+                    event.emit(self.inner.backend());
+                }
+                Some(Admit::Probe(probe))
             }
         }
     }
@@ -196,15 +258,28 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
         next
     }
 
-    fn open(&self, phase: u64, cool_down: u64) {
-        let until = self.clock.now_nanos().saturating_add(cool_down);
-        self.open_until.store(until, Ordering::Release);
+    /// Opens for `cool_down` from now, under the lock. Returns now.
+    fn open(&self, phase: u64, cool_down: u64) -> u64 {
+        let now = self.clock.now_nanos();
+        self.open_until
+            .store(now.saturating_add(cool_down), Ordering::Release);
+        self.probing.store(false, Ordering::Release);
         self.move_to(phase, CircuitState::Open);
+        now
     }
 
-    fn settle(&self, admit: Admit, failed: bool) {
-        match admit {
-            Admit::Closed(phase) if !failed => {
+    /// Half-open, and the probe of `phase` ended without an answer: the next call probes.
+    fn give_back(&self, phase: u64) {
+        let _tally = self.lock();
+        if self.phase.load(Ordering::Acquire) == phase {
+            self.probing.store(false, Ordering::Release);
+        }
+    }
+
+    fn settle(&self, admit: Admit, outcome: Outcome<'_>) {
+        let event = match (admit, outcome) {
+            (Admit::Closed(_), Outcome::Unanswered) => None,
+            (Admit::Closed(phase), Outcome::Answered) => {
                 if self.dirty.load(Ordering::Acquire) {
                     let mut tally = self.lock();
                     if self.phase.load(Ordering::Acquire) == phase {
@@ -212,37 +287,69 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
                         self.dirty.store(false, Ordering::Release);
                     }
                 }
+                None
             }
-            Admit::Closed(phase) => {
+            (Admit::Closed(phase), Outcome::Failed(err)) => {
                 let mut tally = self.lock();
                 if self.phase.load(Ordering::Acquire) != phase {
                     return;
                 }
                 tally.failures += 1;
                 self.dirty.store(true, Ordering::Release);
-                if tally.failures >= self.threshold {
-                    tally.cool_down = self.base;
-                    self.open(phase, self.base);
+                if tally.failures < self.threshold {
+                    return;
                 }
+                tally.cool_down = self.base;
+                tally.opened_at = self.open(phase, self.base);
+                tally.opened_by = Failure::of(err);
+                tally.failed_probes = 0;
+                Some(Event::Opened {
+                    failures: tally.failures,
+                    cool_down: self.base,
+                    failure: tally.opened_by.clone(),
+                })
             }
-            Admit::Probe(phase) => {
+            (Admit::Probe(phase), Outcome::Unanswered) => {
+                self.give_back(phase);
+                None
+            }
+            (Admit::Probe(phase), Outcome::Failed(err)) => {
                 let mut tally = self.lock();
                 if self.phase.load(Ordering::Acquire) != phase {
                     return;
                 }
-                if failed {
-                    tally.cool_down = tally
-                        .cool_down
-                        .saturating_mul(2)
-                        .min(self.max.max(self.base));
-                    self.open(phase, tally.cool_down);
-                } else {
-                    tally.failures = 0;
-                    tally.cool_down = self.base;
-                    self.dirty.store(false, Ordering::Release);
-                    self.move_to(phase, CircuitState::Closed);
-                }
+                tally.cool_down = tally
+                    .cool_down
+                    .saturating_mul(2)
+                    .min(self.max.max(self.base));
+                self.open(phase, tally.cool_down);
+                tally.failed_probes += 1;
+                tally.log_probe.then(|| Event::ProbeFailed {
+                    cool_down: tally.cool_down,
+                    failed_probes: tally.failed_probes,
+                    failure: Failure::of(err),
+                })
             }
+            (Admit::Probe(phase), Outcome::Answered) => {
+                let mut tally = self.lock();
+                if self.phase.load(Ordering::Acquire) != phase {
+                    return;
+                }
+                tally.failures = 0;
+                tally.cool_down = self.base;
+                self.dirty.store(false, Ordering::Release);
+                self.probing.store(false, Ordering::Release);
+                self.move_to(phase, CircuitState::Closed);
+                let now = self.clock.now_nanos();
+                Some(Event::Closed {
+                    open_for: now.saturating_sub(tally.opened_at),
+                    failed_probes: std::mem::take(&mut tally.failed_probes),
+                    opened_by: std::mem::take(&mut tally.opened_by),
+                })
+            }
+        };
+        if let Some(event) = event {
+            event.emit(self.inner.backend());
         }
     }
 
@@ -257,25 +364,122 @@ impl<S: Store, C: Clock> CircuitBreaker<S, C> {
             let mut pending = Pending(self, Some(admit));
             let result = call(&self.inner).await;
             pending.1 = None;
-            let failed = matches!(&result, Err(e) if e.is_infrastructure());
-            self.settle(admit, failed);
+            self.settle(admit, Outcome::of(&result));
             result
         })
     }
 }
 
+/// What a call's result tells of the backend's health.
+#[derive(Clone, Copy)]
+enum Outcome<'a> {
+    /// The backend decided it.
+    Answered,
+    /// An infrastructure failure.
+    Failed(&'a StoreError),
+    /// Nothing: decided or refused without the backend.
+    Unanswered,
+}
+
+impl<'a> Outcome<'a> {
+    fn of(result: &'a Result<Decision, StoreError>) -> Self {
+        match result {
+            Ok(d) if d.is_backend_answer() => Self::Answered,
+            Err(e) if e.is_infrastructure() => Self::Failed(e),
+            _ => Self::Unanswered,
+        }
+    }
+}
+
+/// A state change to log, made under the lock and logged after it is released. Times are in
+/// nanoseconds.
+enum Event {
+    Opened {
+        failures: u32,
+        cool_down: u64,
+        failure: Failure,
+    },
+    HalfOpen {
+        open_for: u64,
+        held: u64,
+        opened_by: Failure,
+    },
+    ProbeFailed {
+        cool_down: u64,
+        failed_probes: u32,
+        failure: Failure,
+    },
+    Closed {
+        open_for: u64,
+        failed_probes: u32,
+        opened_by: Failure,
+    },
+}
+
+impl Event {
+    fn emit(self, backend: &'static str) {
+        let ms = |nanos: u64| nanos / 1_000_000;
+        match self {
+            Self::Opened {
+                failures,
+                cool_down,
+                failure,
+            } => tracing::warn!(
+                backend,
+                failures,
+                cool_down_ms = ms(cool_down),
+                error = %failure.error,
+                cause = %failure.cause,
+                "rate limit circuit breaker opened: the store is not called"
+            ),
+            Self::HalfOpen {
+                open_for,
+                held,
+                opened_by,
+            } => tracing::info!(
+                backend,
+                open_for_ms = ms(open_for),
+                probes_not_logged = held,
+                error = %opened_by.error,
+                cause = %opened_by.cause,
+                "rate limit circuit breaker half-open: probing the store"
+            ),
+            Self::ProbeFailed {
+                cool_down,
+                failed_probes,
+                failure,
+            } => tracing::warn!(
+                backend,
+                failed_probes,
+                cool_down_ms = ms(cool_down),
+                error = %failure.error,
+                cause = %failure.cause,
+                "rate limit circuit breaker probe failed: open again"
+            ),
+            Self::Closed {
+                open_for,
+                failed_probes,
+                opened_by,
+            } => tracing::info!(
+                backend,
+                open_for_ms = ms(open_for),
+                failed_probes,
+                error = %opened_by.error,
+                cause = %opened_by.cause,
+                "rate limit circuit breaker closed: the store answers again"
+            ),
+        }
+    }
+}
+
 /// A call let through and not settled yet: if its future is dropped first, a probe gives its
-/// turn back (open, cool-down over).
+/// turn back.
 struct Pending<'a, S: Store, C: Clock>(&'a CircuitBreaker<S, C>, Option<Admit>);
 
 impl<S: Store, C: Clock> Drop for Pending<'_, S, C> {
     fn drop(&mut self) {
         if let Some(Admit::Probe(phase)) = self.1 {
-            let breaker = self.0;
-            let _tally = breaker.lock();
-            if breaker.phase.load(Ordering::Acquire) == phase {
-                breaker.open(phase, 0);
-            }
+            self.0.give_back(phase);
         }
     }
 }
@@ -407,31 +611,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn denials_and_invalid_input_never_count_and_answers_reset_the_count() {
-        use StoreErrorKind::{CircuitOpen, Connection, InvalidInput};
+    async fn denials_never_count_and_answers_reset_the_count() {
+        use StoreErrorKind::Connection;
         let (b, inner, _) = breaker([
             fail(Connection),
             fail(Connection),
             Script::Deny,
             fail(Connection),
             fail(Connection),
-            fail(InvalidInput),
-            fail(Connection),
-            fail(Connection),
-            fail(CircuitOpen),
-            fail(Connection),
-            fail(Connection),
             Script::Allow,
+            fail(Connection),
+            fail(Connection),
             Script::Deny,
             Script::Deny,
             Script::Deny,
         ]);
-        for _ in 0..15 {
+        for _ in 0..11 {
             let _ = call(&b).await;
         }
         assert_eq!(b.state(), CircuitState::Closed);
         assert_eq!(b.transitions(), 0);
-        assert_eq!(inner.calls(), 15);
+        assert_eq!(inner.calls(), 11);
         // The count starts again from zero: three more failures are needed.
         inner.push([fail(Connection), fail(Connection)]);
         let _ = call(&b).await;
@@ -492,6 +692,63 @@ mod tests {
         assert_eq!(b.current_cool_down(), Duration::from_secs(1));
     }
 
+    #[tokio::test]
+    async fn a_probe_refused_without_reaching_the_store_neither_closes_nor_reopens() {
+        use StoreErrorKind::{Connection, InvalidInput};
+        let (b, inner, clock) = breaker(vec![fail(Connection); 3]);
+        trip(&b).await;
+        clock.advance(Duration::from_secs(1));
+        // The probe is refused before it reaches the backend: it says nothing of its health.
+        inner.push([fail(InvalidInput)]);
+        assert_eq!(kind(&b).await, Some(InvalidInput));
+        assert_ne!(b.state(), CircuitState::Closed, "closed without an answer");
+        // It gave its turn back: the next call probes at once, and its failure reopens.
+        inner.push([fail(Connection)]);
+        assert_eq!(kind(&b).await, Some(Connection));
+        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(b.current_cool_down(), Duration::from_secs(2));
+        assert_eq!(inner.calls(), 5);
+    }
+
+    #[tokio::test]
+    async fn calls_without_an_answer_neither_count_nor_reset_the_count() {
+        use StoreErrorKind::{CircuitOpen, Connection, InvalidInput};
+        let (b, inner, _) = breaker([
+            fail(Connection),
+            fail(Connection),
+            fail(InvalidInput),
+            fail(CircuitOpen),
+            Script::Cached,
+            fail(Connection),
+        ]);
+        for _ in 0..5 {
+            let _ = call(&b).await;
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        // The third failure in a row, with three calls the backend never saw between: it opens.
+        assert_eq!(kind(&b).await, Some(Connection));
+        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(inner.calls(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_cached_answer_as_the_probe_gives_its_turn_back() {
+        let (b, inner, clock) = breaker(vec![fail(StoreErrorKind::Connection); 3]);
+        trip(&b).await;
+        clock.advance(Duration::from_secs(1));
+        inner.push([Script::Cached, Script::Cached]);
+        for _ in 0..2 {
+            let d = call(&b).await.unwrap();
+            assert!(!d.allowed() && d.is_cached());
+            assert_eq!(b.state(), CircuitState::HalfOpen);
+        }
+        // Still half-open, no new cool-down: the next call probes, and a real answer closes it.
+        assert!(call(&b).await.unwrap().is_backend_answer());
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert_eq!(b.transitions(), 3); // open, half-open, closed
+        assert_eq!(inner.calls(), 6);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_dropped_probe_gives_its_turn_back() {
         let (b, inner, clock) = breaker(vec![fail(StoreErrorKind::Connection); 3]);
@@ -501,7 +758,7 @@ mod tests {
         let gave_up = tokio::time::timeout(Duration::from_millis(5), call(&b)).await;
         assert!(gave_up.is_err());
         assert_eq!(inner.live(), 0);
-        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(b.state(), CircuitState::HalfOpen);
         // No new cool-down: the next call is the probe.
         assert!(call(&b).await.is_ok());
         assert_eq!(b.state(), CircuitState::Closed);

@@ -3,14 +3,17 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
-use crate::error::StoreError;
+use crate::error::{ConfigError, StoreError};
 use crate::limit::Limit;
 use crate::quota::Quota;
 use crate::store::{BoxFuture, Store};
+
+use super::log::{Failure, Throttle};
 
 /// Which store made a decision; see [`Fallback::check_traced`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,20 +45,52 @@ type MapLimits = dyn Fn(&[Limit]) -> Vec<Limit> + Send + Sync;
 /// # The local quota
 ///
 /// `instances` instances share the quota through the primary; while it is away, each one
-/// decides alone, so each admits a share: every limit's `limit` and `burst` divided by
-/// `instances`, rounded down and at least 1, over the same period and with the same algorithm.
-/// The fleet then admits at most about the quota, never `instances` times it. Replace the rule
-/// with [`local_limits`](Self::local_limits).
+/// decides alone, so each admits a share ([`local_share`]): every limit's `limit` and `burst`
+/// divided by `instances`, rounded down, over the same period and with the same algorithm.
+/// Together the instances then admit at most the quota, never `instances` times it. Replace the
+/// rule with [`local_limits`](Self::local_limits).
 ///
-/// Local state starts empty when the primary goes away and is not copied back when it returns:
-/// each side keeps its own count.
+/// A limit below `instances` (or a bucket's burst below it) cannot be split so: its share
+/// would be 0, and is 1 instead, so the instances together admit up to `instances` per period
+/// (or hold a burst of `instances`) where the limit says less. Call
+/// [`validate_limits`](Self::validate_limits) at start-up to refuse such limits with a
+/// [`ConfigError`].
+///
+/// # Across an outage
+///
+/// Local state and the primary's are separate: what a client spends locally is never charged
+/// to the primary, and local stores know nothing of what it spent there. So across an outage a
+/// client gets, at most, what the primary admits as if the outage had not happened (what it
+/// spent there before, plus what the primary admits after), plus what the local stores admit
+/// together during the outage, at most one more quota. For a limit of `q` per period `P` (a
+/// burst `b` for buckets), with validated shares:
+///
+/// - token bucket, leaky bucket, GCRA: in any interval of length `d`, at most `b + q·d/P`
+///   from the primary (its bucket refills during the outage as if nothing were spent) plus
+///   `b + q·d′/P` from the local stores, `d′ ≤ d` being the part of the interval from the
+///   first local decision to the last (their buckets start full);
+/// - fixed window, sliding window counter: at most `2q` per window aligned to the epoch (`q`
+///   on the primary, `q` across the shares), so up to `4q` in one period straddling a window
+///   edge (a sliding window counter: fewer than `4q`);
+/// - sliding window log: at most `2q` in any window of one period.
+///
+/// Outside the periods that overlap local decisions, only the primary decides, and its
+/// guarantees hold as they are. Local state is not cleared when the primary returns: a later
+/// outage continues from it.
 ///
 /// # Marking local decisions
 ///
-/// A [`Decision`] does not say where it was made: [`check_traced`](Self::check_traced) returns
-/// a [`DecidedBy`] with it, [`local_decisions`](Self::local_decisions) counts local checks, and
-/// each one increments the counter `ratelimit_fallback_decisions_total` (labels `backend`, the
-/// primary's name, and `outcome`, `allowed` or `denied`).
+/// A local [`Decision`] carries the limits it was made on ([`Decision::local_limits`]): its
+/// snapshots describe this instance's share, and so do the response headers the tower layer
+/// writes from it (`X-RateLimit-Limit` and `RateLimit-Policy` alike). A circuit breaker around
+/// a `Fallback` does not take it for the backend's answer. [`check_traced`](Self::check_traced)
+/// also returns a [`DecidedBy`], [`local_decisions`](Self::local_decisions) counts local checks,
+/// and each one increments the counter `ratelimit_fallback_decisions_total` (labels `backend`,
+/// the primary's name, and `outcome`, `allowed` or `denied`).
+///
+/// The first failure of the primary is logged at WARN, with its cause chain, and its next
+/// answer from the backend at INFO (a cached answer does not end local decisions); see the
+/// [module docs](super#logs).
 ///
 /// Other errors of the primary ([`InvalidInput`](crate::StoreErrorKind::InvalidInput)) are
 /// returned as they are: the local store could not serve that call either. Errors of the local
@@ -63,24 +98,68 @@ type MapLimits = dyn Fn(&[Limit]) -> Vec<Limit> + Send + Sync;
 ///
 /// [`backend`](Store::backend) is the primary's name, so that metrics by backend do not split
 /// during an outage; count local decisions with the counter above.
-pub struct Fallback<P, L> {
+pub struct Fallback<P, L, C = SystemClock> {
     primary: P,
     local: L,
     instances: NonZeroU32,
     map: Option<Arc<MapLimits>>,
     local_decisions: AtomicU64,
+    clock: C,
+    /// Whether the local store decides: from the primary's first failure to its next answer.
+    deciding_locally: AtomicBool,
+    episode: Mutex<Episode>,
+    /// Starts of local episodes, which repeat while the primary flaps.
+    episode_log: Throttle,
 }
 
-impl<P, L> Fallback<P, L> {
+/// A stretch of local decisions, from the primary's failure to its next answer.
+#[derive(Default)]
+struct Episode {
+    /// Clock nanoseconds.
+    started_at: u64,
+    /// `local_decisions` when it started.
+    decisions_before: u64,
+    failure: Failure,
+    /// Whether its start was logged, so that its end is too.
+    logged: bool,
+}
+
+impl<P: Store, L> Fallback<P, L> {
     /// Decides with `primary`, or with `local` on `1/instances` of each quota while `primary`
     /// fails.
+    ///
+    /// Describes its metric to the recorder installed now, and creates its series for the
+    /// primary's backend at 0.
     pub fn new(primary: P, local: L, instances: NonZeroU32) -> Self {
+        super::register_fallback_series(primary.backend());
         Self {
             primary,
             local,
             instances,
             map: None,
             local_decisions: AtomicU64::new(0),
+            clock: SystemClock::new(),
+            deciding_locally: AtomicBool::new(false),
+            episode: Mutex::new(Episode::default()),
+            episode_log: Throttle::new(),
+        }
+    }
+}
+
+impl<P, L, C> Fallback<P, L, C> {
+    /// Reads time from `clock` (a [`ManualClock`](crate::ManualClock) in tests): only to date
+    /// and space out the events it logs.
+    pub fn clock<C2: Clock>(self, clock: C2) -> Fallback<P, L, C2> {
+        Fallback {
+            primary: self.primary,
+            local: self.local,
+            instances: self.instances,
+            map: self.map,
+            local_decisions: self.local_decisions,
+            clock,
+            deciding_locally: self.deciding_locally,
+            episode: self.episode,
+            episode_log: self.episode_log,
         }
     }
 
@@ -95,7 +174,44 @@ impl<P, L> Fallback<P, L> {
         self
     }
 
-    /// The local limits for `limits`.
+    /// Whether the local limits for `limits` keep the fleet within them: call it at start-up
+    /// with every limit the application uses. With the default rule, each limit's share must
+    /// not round down to 0 (see [`local_share`]); a custom [`local_limits`](Self::local_limits)
+    /// rule is the application's own, and is not checked.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use rate_limit_core::{Algorithm, Limit, MemoryStore, Quota};
+    /// use rate_limit_core::resilience::Fallback;
+    ///
+    /// let ten = NonZeroU32::new(10).unwrap();
+    /// let store = Fallback::new(MemoryStore::new(), MemoryStore::new(), ten);
+    /// let hourly = |n| Limit::new(Quota::per_hour(NonZeroU32::new(n).unwrap()), Algorithm::Gcra);
+    /// assert!(store.validate_limits(&[hourly(100)]).is_ok());
+    /// let err = store.validate_limits(&[hourly(100), hourly(1)]).unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid instances `10`: 1 per 3600s (gcra) cannot be split \
+    ///     over 10 instances: each would still admit 1 per 3600s, 10 in all");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The first limit whose share would round down to 0, naming it and the instance count.
+    pub fn validate_limits(&self, limits: &[Limit]) -> Result<(), ConfigError> {
+        if self.map.is_some() {
+            return Ok(());
+        }
+        limits
+            .iter()
+            .try_for_each(|l| local_share(l, self.instances).map(drop))
+    }
+
+    /// The number of instances the quota is divided by.
+    pub fn instances(&self) -> NonZeroU32 {
+        self.instances
+    }
+
+    /// The local limits for `limits`. With the default rule, a share that would round down to
+    /// 0 is 1 (see [`validate_limits`](Self::validate_limits)).
     pub fn local_limits_for(&self, limits: &[Limit]) -> Vec<Limit> {
         match &self.map {
             Some(map) => map(limits),
@@ -122,6 +238,57 @@ impl<P, L> Fallback<P, L> {
     }
 }
 
+/// This instance's share of `limit` when `instances` instances share it: the limit and the
+/// burst divided by `instances`, rounded down, over the same period and with the same
+/// algorithm. What [`Fallback`] decides on by default.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use rate_limit_core::{Algorithm, Limit, Quota};
+/// use rate_limit_core::resilience::local_share;
+///
+/// let nz = |n| NonZeroU32::new(n).unwrap();
+/// let hourly = |n| Limit::new(Quota::per_hour(nz(n)), Algorithm::Gcra);
+/// assert_eq!(local_share(&hourly(100), nz(4))?.quota().limit().get(), 25);
+/// // 1 per hour cannot be split over 10 instances: each would still admit 1.
+/// let err = local_share(&hourly(1), nz(10)).unwrap_err();
+/// assert_eq!((err.setting(), err.value()), ("instances", "10"));
+/// assert!(err.reason().starts_with("1 per 3600s (gcra) cannot be split over 10 instances"));
+/// # Ok::<(), rate_limit_core::ConfigError>(())
+/// ```
+///
+/// # Errors
+///
+/// The limit, or a bucket algorithm's burst, is below `instances`: a share would round down to
+/// 0, and the least a limit can admit is 1, so the instances would admit more together than
+/// the limit allows. The error names the limit and the number of instances.
+pub fn local_share(limit: &Limit, instances: NonZeroU32) -> Result<Limit, ConfigError> {
+    let n = instances.get();
+    let quota = limit.quota();
+    if quota.limit().get() < n {
+        return Err(ConfigError::new(
+            "instances",
+            n,
+            format!(
+                "{limit} cannot be split over {n} instances: each would still admit 1 per {:?}, \
+                 {n} in all",
+                quota.period()
+            ),
+        ));
+    }
+    if limit.algorithm().is_bucket() && quota.burst_size().get() < n {
+        return Err(ConfigError::new(
+            "instances",
+            n,
+            format!(
+                "the burst of {limit} cannot be split over {n} instances: each would still \
+                 hold a burst of 1, {n} in all"
+            ),
+        ));
+    }
+    Ok(Limit::new(share(quota, instances), limit.algorithm()))
+}
+
 /// `quota` with its limit and burst divided by `instances` (rounded down, at least 1).
 fn share(quota: &Quota, instances: NonZeroU32) -> Quota {
     let part =
@@ -134,7 +301,7 @@ fn share(quota: &Quota, instances: NonZeroU32) -> Quota {
     base.burst(part(quota.burst_size())).unwrap_or(base)
 }
 
-impl<P: Store, L: Store> Fallback<P, L> {
+impl<P: Store, L: Store, C: Clock> Fallback<P, L, C> {
     /// As [`check`](Store::check), and which store decided.
     ///
     /// # Errors
@@ -163,8 +330,17 @@ impl<P: Store, L: Store> Fallback<P, L> {
             self.primary.peek(key, limits, cost).await
         };
         match primary {
-            Ok(d) => return Ok((d, DecidedBy::Primary)),
-            Err(e) if e.is_infrastructure() || e.is_circuit_open() => {}
+            Ok(d) => {
+                if d.is_backend_answer() && self.deciding_locally.load(Ordering::Acquire) {
+                    self.stop_episode();
+                }
+                return Ok((d, DecidedBy::Primary));
+            }
+            Err(e) if e.is_infrastructure() || e.is_circuit_open() => {
+                if !self.deciding_locally.load(Ordering::Acquire) {
+                    self.start_episode(&e);
+                }
+            }
             Err(e) => return Err(e),
         }
         let local = self.local_limits_for(limits);
@@ -173,6 +349,7 @@ impl<P: Store, L: Store> Fallback<P, L> {
         } else {
             self.local.peek(key, &local, cost).await?
         };
+        let decision = decision.mark_local(local);
         if charge {
             self.local_decisions.fetch_add(1, Ordering::Relaxed);
             let outcome = if decision.allowed() {
@@ -189,9 +366,62 @@ impl<P: Store, L: Store> Fallback<P, L> {
         }
         Ok((decision, DecidedBy::Local))
     }
+
+    fn lock_episode(&self) -> std::sync::MutexGuard<'_, Episode> {
+        self.episode.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The primary failed while it was deciding: local decisions start.
+    fn start_episode(&self, err: &StoreError) {
+        let mut episode = self.lock_episode();
+        if self.deciding_locally.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let now = self.clock.now_nanos();
+        let held = self.episode_log.pass(now);
+        *episode = Episode {
+            started_at: now,
+            decisions_before: self.local_decisions(),
+            failure: Failure::of(err),
+            logged: held.is_some(),
+        };
+        let failure = episode.failure.clone();
+        drop(episode);
+        if let Some(held) = held {
+            tracing::warn!(
+                backend = self.primary.backend(),
+                instances = self.instances.get(),
+                episodes_not_logged = held,
+                error = %failure.error,
+                cause = %failure.cause,
+                "rate limit store failed: deciding locally on this instance's share"
+            );
+        }
+    }
+
+    /// The primary answered while the local store was deciding: local decisions stop.
+    fn stop_episode(&self) {
+        let mut episode = self.lock_episode();
+        if !self.deciding_locally.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let ended = std::mem::take(&mut *episode);
+        drop(episode);
+        if ended.logged {
+            let local_for = self.clock.now_nanos().saturating_sub(ended.started_at);
+            tracing::info!(
+                backend = self.primary.backend(),
+                local_decisions = self.local_decisions() - ended.decisions_before,
+                local_for_ms = local_for / 1_000_000,
+                error = %ended.failure.error,
+                cause = %ended.failure.cause,
+                "rate limit store answers again: local decisions stopped"
+            );
+        }
+    }
 }
 
-impl<P: Store, L: Store> Store for Fallback<P, L> {
+impl<P: Store, L: Store, C: Clock> Store for Fallback<P, L, C> {
     fn check<'a>(
         &'a self,
         key: &'a str,
@@ -235,7 +465,7 @@ impl<P: Store, L: Store> Store for Fallback<P, L> {
     }
 }
 
-impl<P: fmt::Debug, L: fmt::Debug> fmt::Debug for Fallback<P, L> {
+impl<P: fmt::Debug, L: fmt::Debug, C> fmt::Debug for Fallback<P, L, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fallback")
             .field("primary", &self.primary)
@@ -253,7 +483,7 @@ mod tests {
     use crate::Algorithm;
     use crate::clock::ManualClock;
     use crate::error::StoreErrorKind;
-    use crate::resilience::testing::{Script, Scripted, limits};
+    use crate::resilience::testing::{Script, Scripted, Switch, limits};
     use crate::store::memory::MemoryStore;
     use std::time::Duration;
 
@@ -269,7 +499,7 @@ mod tests {
 
     #[tokio::test]
     async fn decides_locally_on_a_share_of_the_quota_while_the_primary_fails() {
-        let primary = Scripted::new(vec![Script::Fail(StoreErrorKind::Connection); 4]);
+        let primary = Scripted::new(vec![Script::Fail(StoreErrorKind::Connection); 5]);
         let store = Fallback::new(primary, local(), nz(4));
         let l = limits(10);
         let mut seen = Vec::new();
@@ -280,10 +510,14 @@ mod tests {
             seen.push(d.allowed());
         }
         assert_eq!(seen, [true, true, false, false]);
+        let (d, _) = store.check_traced("k", &l, NonZeroU32::MIN).await.unwrap();
+        assert_eq!(d.local_limits(), Some(&store.local_limits_for(&l)[..]));
+        assert!(!d.is_backend_answer());
         // The primary's own answers are used as soon as it gives them.
         let (d, by) = store.check_traced("k", &l, NonZeroU32::MIN).await.unwrap();
         assert_eq!((by, d.limit()), (DecidedBy::Primary, 10));
-        assert_eq!(store.local_decisions(), 4);
+        assert!(d.local_limits().is_none());
+        assert_eq!(store.local_decisions(), 5);
         assert_eq!(store.backend(), "scripted");
     }
 
@@ -352,6 +586,230 @@ mod tests {
         assert_eq!(shared[0].quota().period(), Duration::from_secs(60));
         assert_eq!(shared[0].algorithm(), Algorithm::TokenBucket);
         assert_eq!(shared[1].quota().limit().get(), 1);
+    }
+
+    #[test]
+    fn validate_limits_refuses_a_split_that_would_over_admit() {
+        let store = Fallback::new(Scripted::default(), local(), nz(10));
+        let hourly = |n| Limit::new(Quota::per_hour(nz(n)), Algorithm::FixedWindow);
+        assert!(store.validate_limits(&[hourly(10), hourly(1000)]).is_ok());
+        let err = store.validate_limits(&[hourly(10), hourly(9)]).unwrap_err();
+        assert_eq!((err.setting(), err.value()), ("instances", "10"));
+        assert!(err.reason().contains("9 per 3600s (fixed_window)"), "{err}");
+        // A bucket's burst is split too; a window algorithm's is not used.
+        let burst = Quota::per_hour(nz(100)).burst(nz(5)).unwrap();
+        let err = store
+            .validate_limits(&[Limit::new(burst, Algorithm::TokenBucket)])
+            .unwrap_err();
+        assert!(
+            err.reason()
+                .starts_with("the burst of 100 per 3600s (burst 5)"),
+            "{err}"
+        );
+        assert!(
+            store
+                .validate_limits(&[Limit::new(burst, Algorithm::SlidingWindowLog)])
+                .is_ok()
+        );
+        // A custom rule is the application's own.
+        let custom =
+            Fallback::new(Scripted::default(), local(), nz(10)).local_limits(<[_]>::to_vec);
+        assert!(custom.validate_limits(&[hourly(1)]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unvalidated_split_admits_one_per_instance() {
+        // 1 per hour over 10 instances, not validated: each instance admits 1, 10 in all.
+        let primary = Arc::new(Scripted::new(vec![
+            Script::Fail(StoreErrorKind::Connection);
+            20
+        ]));
+        let fleet: Vec<_> = (0..10)
+            .map(|_| Fallback::new(Arc::clone(&primary), local(), nz(10)))
+            .collect();
+        let hourly = [Limit::new(Quota::per_hour(nz(1)), Algorithm::Gcra)];
+        assert!(fleet[0].validate_limits(&hourly).is_err());
+        let mut admitted = 0;
+        for instance in fleet.iter().chain(&fleet) {
+            let d = instance.check("k", &hourly, NonZeroU32::MIN).await.unwrap();
+            admitted += u32::from(d.allowed());
+        }
+        assert_eq!(admitted, 10);
+    }
+
+    /// One client, two instances, a request every 100 ms alternating between them for 60 s;
+    /// the primary (a memory store) is down from 25 s to 35 s. The admissions: when, and
+    /// whether locally.
+    async fn across_an_outage(limit: Limit) -> Vec<(u64, bool)> {
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let memory = || MemoryStore::builder().clock(clock.clone()).build();
+        let primary = Arc::new(Switch::new(memory()));
+        let fleet = [
+            Fallback::new(Arc::clone(&primary), memory(), nz(2)),
+            Fallback::new(Arc::clone(&primary), memory(), nz(2)),
+        ];
+        let mut admitted = Vec::new();
+        for tick in 0..600_u64 {
+            primary.set_down((250..350).contains(&tick));
+            let instance = &fleet[usize::from(tick % 2 == 1)];
+            let (d, by) = instance
+                .check_traced("k", &[limit], NonZeroU32::MIN)
+                .await
+                .unwrap();
+            if d.allowed() {
+                admitted.push((tick * 100, by == DecidedBy::Local));
+            }
+            clock.advance(Duration::from_millis(100));
+        }
+        admitted
+    }
+
+    /// The most admitted in `[start, start + len)` for any start that is a multiple of `step`
+    /// (milliseconds).
+    fn most_in(admitted: &[(u64, bool)], len: u64, step: u64) -> usize {
+        (0..60_000)
+            .step_by(usize::try_from(step).unwrap())
+            .map(|start| {
+                admitted
+                    .iter()
+                    .filter(|(t, _)| (start..start + len).contains(t))
+                    .count()
+            })
+            .max()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn across_an_outage_a_client_gets_at_most_one_more_quota() {
+        // q = 10 per P = 10 s, burst 10; two instances: shares of 5.
+        const P: u64 = 10_000;
+        for algorithm in Algorithm::ALL {
+            let limit = Limit::new(
+                Quota::with_period(nz(10), Duration::from_secs(10)).unwrap(),
+                algorithm,
+            );
+            let admitted = across_an_outage(limit).await;
+            let local: Vec<_> = admitted
+                .iter()
+                .filter(|(_, l)| *l)
+                .map(|(t, _)| *t)
+                .collect();
+            let any_period = most_in(&admitted, P, 100);
+            let aligned = most_in(&admitted, P, P);
+            let what = format!("{algorithm}: {admitted:?}");
+            // The outage gives more than the quota in some period: the extra is real.
+            assert!(any_period > 10, "{what}");
+            if algorithm.is_bucket() {
+                // Primary: b + q·d/P = 20 in any period; local: b + q·d′/P.
+                let span = local.last().unwrap() - local.first().unwrap();
+                let local_bound = 10 + 10 * span / P;
+                assert!(local.len() as u64 <= local_bound, "{what}");
+                assert!(any_period <= 40, "{what}");
+            } else if algorithm == Algorithm::SlidingWindowLog {
+                assert!(any_period <= 20, "{what}");
+            } else {
+                assert!(aligned <= 20, "{what}");
+                assert!(any_period <= 40, "{what}");
+            }
+            // The shares together keep the quota's own guarantee.
+            let local_only: Vec<_> = admitted.iter().filter(|(_, l)| *l).copied().collect();
+            let (local_any, local_aligned) =
+                (most_in(&local_only, P, 100), most_in(&local_only, P, P));
+            match algorithm {
+                Algorithm::SlidingWindowLog => assert!(local_any <= 10, "{what}"),
+                a if a.is_bucket() => assert!(local_any <= 20, "{what}"),
+                _ => assert!(local_aligned <= 10, "{what}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_flapping_primary_logs_one_local_episode_per_interval() {
+        use crate::resilience::testing::Capture;
+        use tracing::Level;
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        // Without a breaker, each failure starts local decisions and each answer stops them.
+        let flapping = || [Script::Fail(StoreErrorKind::Timeout), Script::Allow];
+        let primary = Scripted::new(flapping().into_iter().cycle().take(20));
+        let store = Fallback::new(primary, local(), nz(2)).clock(clock.clone());
+        let capture = Capture::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let run = |n| {
+            capture.during(|| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        store
+                            .check("k", &limits(100), NonZeroU32::MIN)
+                            .await
+                            .unwrap();
+                    }
+                });
+            });
+        };
+        run(10);
+        clock.advance(Duration::from_secs(59));
+        run(4);
+        clock.advance(Duration::from_secs(1));
+        run(2);
+        let lines = capture.lines();
+        let start = "rate limit store failed: deciding locally on this instance's share";
+        let stop = "rate limit store answers again: local decisions stopped";
+        let expected = [
+            (Level::WARN, start.to_owned()),
+            (Level::INFO, stop.to_owned()),
+            (Level::WARN, start.to_owned()),
+            (Level::INFO, stop.to_owned()),
+        ];
+        assert_eq!(lines, expected);
+        let events = capture.events();
+        // Six episodes in between were not logged, and the next one says so.
+        assert_eq!(events[2].field("episodes_not_logged"), Some("6"));
+        assert_eq!(events[0].field("error"), Some("timed out: scripted"));
+        assert_eq!(events[1].field("local_decisions"), Some("1"));
+        assert_eq!(store.local_decisions(), 8);
+    }
+
+    #[test]
+    fn a_cached_answer_of_the_primary_does_not_end_local_decisions() {
+        use crate::resilience::testing::Capture;
+        let primary = Scripted::new([
+            Script::Fail(StoreErrorKind::Connection),
+            Script::Cached,
+            Script::Fail(StoreErrorKind::Connection),
+            Script::Allow,
+        ]);
+        let store = Fallback::new(primary, local(), nz(2));
+        let capture = Capture::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let by: Vec<_> = capture.during(|| {
+            rt.block_on(async {
+                let mut by = Vec::new();
+                for _ in 0..4 {
+                    let (_, b) = store
+                        .check_traced("k", &limits(10), NonZeroU32::MIN)
+                        .await
+                        .unwrap();
+                    by.push(b);
+                }
+                by
+            })
+        });
+        use DecidedBy::{Local, Primary};
+        // The cached denial is the primary's answer, but says nothing of its health.
+        assert_eq!(by, [Local, Primary, Local, Primary]);
+        let lines: Vec<_> = capture.lines().into_iter().map(|(_, m)| m).collect();
+        assert_eq!(
+            lines,
+            [
+                "rate limit store failed: deciding locally on this instance's share",
+                "rate limit store answers again: local decisions stopped",
+            ]
+        );
+        assert_eq!(capture.events()[1].field("local_decisions"), Some("2"));
     }
 
     #[tokio::test]

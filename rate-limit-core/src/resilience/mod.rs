@@ -17,8 +17,10 @@
 //!   [`CircuitOpen`](crate::StoreErrorKind::CircuitOpen) for a cool-down that doubles while
 //!   probes fail. Its [`state`](CircuitBreaker::state) is what a `/status` page shows.
 //! - [`Fallback`] answers from a local store (a [`MemoryStore`](crate::MemoryStore)) on the
-//!   quota divided by the number of instances while the primary fails or its breaker is open,
-//!   and goes back to the primary at its first answer.
+//!   quota divided by the number of instances ([`local_share`]; check the limits at start-up
+//!   with [`Fallback::validate_limits`]) while the primary fails or its breaker is open, and
+//!   goes back to the primary at its first answer. What a client can get across an outage is
+//!   bounded per algorithm in [`Fallback`]'s docs.
 //!
 //! Without a `Fallback`, the middleware's failure mode decides what an error means: fail open
 //! (let the request through, marked) or closed (503). With one, there are no store errors to
@@ -41,13 +43,40 @@
 //! # Metrics
 //!
 //! Through the [`metrics`](https://docs.rs/metrics) facade (nothing is recorded until the
-//! application installs a recorder), labelled `backend` with the wrapped store's name:
+//! application installs a recorder), labelled `backend` with the wrapped store's name. Each
+//! metric is described, and each series created at 0, when its breaker or fallback is built,
+//! so that they are in the first scrape: install the recorder first.
 //!
 //! | name | kind | meaning |
 //! |------|------|---------|
 //! | `ratelimit_circuit_state` | gauge | 0 closed, 1 open, 2 half-open |
 //! | `ratelimit_circuit_transitions_total` | counter | transitions, label `to` (the new state) |
 //! | `ratelimit_fallback_decisions_total` | counter | local checks, label `outcome` (`allowed`, `denied`) |
+//!
+//! # Logs
+//!
+//! Through [`tracing`](https://docs.rs/tracing): state changes only, never one event per call,
+//! and never a client key.
+//!
+//! | level | message | when |
+//! |-------|---------|------|
+//! | WARN | `rate limit circuit breaker opened: the store is not called` | the breaker opens after its threshold of failures |
+//! | INFO | `rate limit circuit breaker half-open: probing the store` | a cool-down is over and a probe goes |
+//! | WARN | `rate limit circuit breaker probe failed: open again` | the probe failed |
+//! | INFO | `rate limit circuit breaker closed: the store answers again` | the backend answered a probe |
+//! | WARN | `rate limit store failed: deciding locally on this instance's share` | a [`Fallback`]'s local store starts deciding |
+//! | INFO | `rate limit store answers again: local decisions stopped` | the primary answered again |
+//!
+//! Each names the `backend` and the failure: `error`, and `cause`, the chain of the error's
+//! sources (a refused TLS certificate, for one, is `invalid peer certificate: UnknownIssuer`
+//! there and only `connection failed: redis` in the error). Half-open and closed events name
+//! the failure that opened the breaker, the fallback's stop event the one that started it.
+//!
+//! A breaker opening and closing is always logged. What repeats while the store stays down or
+//! flaps is logged at most once per [`LOG_INTERVAL`] (a minute): a half-open event with its
+//! probe's failure, a fallback's start with its stop. The next one logged counts those held
+//! back (`probes_not_logged`, `episodes_not_logged`), and the closed event counts the probes
+//! that failed (`failed_probes`).
 //!
 //! # Example
 //!
@@ -104,13 +133,14 @@
 
 mod breaker;
 mod fallback;
+mod log;
 mod state;
 #[cfg(test)]
 mod testing;
 mod timeout;
 
 pub use breaker::CircuitBreaker;
-pub use fallback::{DecidedBy, Fallback};
+pub use fallback::{DecidedBy, Fallback, local_share};
 pub use state::CircuitState;
 pub use timeout::Timeout;
 
@@ -120,3 +150,141 @@ pub const METRIC_CIRCUIT_STATE: &str = "ratelimit_circuit_state";
 pub const METRIC_CIRCUIT_TRANSITIONS: &str = "ratelimit_circuit_transitions_total";
 /// Name of the counter of checks decided by a [`Fallback`]'s local store (label `outcome`).
 pub const METRIC_FALLBACK_DECISIONS: &str = "ratelimit_fallback_decisions_total";
+
+/// Describes the breaker's metrics and creates its series for `backend`, at 0 (closed, no
+/// transition), so that they exist from the first scrape.
+fn register_breaker_series(backend: &'static str) {
+    metrics::describe_gauge!(
+        METRIC_CIRCUIT_STATE,
+        "State of the circuit breaker around a rate-limit store: 0 closed, 1 open, 2 half-open"
+    );
+    metrics::describe_counter!(
+        METRIC_CIRCUIT_TRANSITIONS,
+        "Transitions of the circuit breaker around a rate-limit store, by the state entered"
+    );
+    metrics::gauge!(METRIC_CIRCUIT_STATE, "backend" => backend)
+        .set(CircuitState::Closed.as_gauge());
+    for to in [
+        CircuitState::Open,
+        CircuitState::HalfOpen,
+        CircuitState::Closed,
+    ] {
+        // Registered, not incremented: a counter at 0.
+        let _ = metrics::counter!(METRIC_CIRCUIT_TRANSITIONS, "backend" => backend, "to" => to.as_str());
+    }
+}
+
+/// Describes the fallback's metric and creates its series for `backend`, at 0.
+fn register_fallback_series(backend: &'static str) {
+    metrics::describe_counter!(
+        METRIC_FALLBACK_DECISIONS,
+        "Rate-limit checks decided by the local fallback store while the shared store failed"
+    );
+    for outcome in ["allowed", "denied"] {
+        let _ = metrics::counter!(METRIC_FALLBACK_DECISIONS, "backend" => backend, "outcome" => outcome);
+    }
+}
+
+/// The least time between two logged events that repeat the same failure: a breaker's failing
+/// probes, a fallback's local episodes. See [logs](self#logs).
+pub const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tracing::Level;
+
+    use super::testing::{Capture, Script, Scripted, limits};
+    use super::{CircuitBreaker, Fallback};
+    use crate::{ManualClock, MemoryStore, Store, StoreErrorKind};
+
+    const KEY: &str = "client-secret-key";
+
+    #[test]
+    fn an_outage_logs_each_state_change_once_and_repeated_failures_once_per_interval() {
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let primary = Arc::new(Scripted::new(vec![
+            Script::Fail(StoreErrorKind::Connection);
+            5
+        ]));
+        let breaker = CircuitBreaker::new(Arc::clone(&primary))
+            .cool_down(Duration::from_secs(1))
+            .max_cool_down(Duration::from_secs(3))
+            .clock(clock.clone());
+        let local = MemoryStore::builder().clock(clock.clone()).build();
+        let store = Fallback::new(breaker, local, NonZeroU32::new(2).unwrap());
+        let capture = Capture::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let burst = |n: usize| {
+            capture.during(|| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        store
+                            .check(KEY, &limits(1000), NonZeroU32::MIN)
+                            .await
+                            .unwrap();
+                    }
+                });
+            });
+        };
+        // Three failures open the breaker; every call is decided locally.
+        burst(20);
+        // The first probe fails; so does the second, within a minute of the first.
+        clock.advance(Duration::from_secs(1));
+        burst(5);
+        clock.advance(Duration::from_secs(2));
+        burst(5);
+        // The third probe is answered: closed, and the primary decides again.
+        clock.advance(Duration::from_secs(3));
+        burst(5);
+        assert_eq!(primary.calls(), 10);
+        let events = capture.events();
+        let lines: Vec<_> = capture.lines();
+        let expected = [
+            (
+                Level::WARN,
+                "rate limit store failed: deciding locally on this instance's share",
+            ),
+            (
+                Level::WARN,
+                "rate limit circuit breaker opened: the store is not called",
+            ),
+            (
+                Level::INFO,
+                "rate limit circuit breaker half-open: probing the store",
+            ),
+            (
+                Level::WARN,
+                "rate limit circuit breaker probe failed: open again",
+            ),
+            (
+                Level::INFO,
+                "rate limit circuit breaker closed: the store answers again",
+            ),
+            (
+                Level::INFO,
+                "rate limit store answers again: local decisions stopped",
+            ),
+        ];
+        let expected: Vec<_> = expected.iter().map(|(l, m)| (*l, m.to_string())).collect();
+        assert_eq!(lines, expected, "{events:#?}");
+        // Each carries the backend and the failure with its cause chain; none the key.
+        for e in &events {
+            assert_eq!(e.field("backend"), Some("scripted"), "{e:?}");
+            assert_eq!(
+                e.field("error"),
+                Some("connection failed: scripted"),
+                "{e:?}"
+            );
+            assert_eq!(e.field("cause"), Some("refused by the test"), "{e:?}");
+            assert!(!format!("{e:?}").contains(KEY), "{e:?}");
+        }
+        assert_eq!(events[4].field("failed_probes"), Some("2"));
+        assert_eq!(events[5].field("local_decisions"), Some("30"));
+    }
+}

@@ -11,7 +11,9 @@ pub enum CircuitState {
     /// No call goes through: each fails at once with
     /// [`StoreErrorKind::CircuitOpen`](crate::StoreErrorKind::CircuitOpen).
     Open,
-    /// One probe call is in flight; the others fail at once with `CircuitOpen`.
+    /// The cool-down is over: one call at a time goes through as the probe, and the others
+    /// fail at once with `CircuitOpen`, until the backend answers a probe (closed) or one fails
+    /// (open).
     HalfOpen,
 }
 

@@ -18,6 +18,8 @@ use crate::store::{BoxFuture, Store};
 pub(crate) enum Script {
     Allow,
     Deny,
+    /// Denies from a local cache, without the backend (as a Redis deny-cache hit).
+    Cached,
     Fail(StoreErrorKind),
     /// Never answers.
     Hang,
@@ -89,7 +91,9 @@ impl Scripted {
             match script {
                 Script::Allow => decided(true),
                 Script::Deny => decided(false),
-                Script::Fail(kind) => Err(StoreError::new(kind, "scripted")),
+                Script::Cached => decided(false).map(Decision::mark_cached),
+                Script::Fail(kind) => Err(StoreError::new(kind, "scripted")
+                    .with_source(std::io::Error::other("refused by the test"))),
                 Script::Hang => std::future::pending().await,
                 Script::AllowAfter(d) => {
                     tokio::time::sleep(d).await;
@@ -128,4 +132,143 @@ impl Store for Scripted {
 pub(crate) fn limits(n: u32) -> [Limit; 1] {
     let q = Quota::per_second(NonZeroU32::new(n).unwrap());
     [Limit::new(q, Algorithm::Gcra)]
+}
+
+/// A store that forwards to `inner` while up, and fails with a connection error while down.
+#[derive(Debug)]
+pub(crate) struct Switch<S> {
+    pub(crate) inner: S,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl<S> Switch<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self {
+            inner,
+            down: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
+    }
+}
+
+impl<S: Store> Store for Switch<S> {
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        if self.is_down() {
+            return Box::pin(async { Err(StoreError::new(StoreErrorKind::Connection, "down")) });
+        }
+        self.inner.check(key, limits, cost)
+    }
+
+    fn peek<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        cost: NonZeroU32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        if self.is_down() {
+            return Box::pin(async { Err(StoreError::new(StoreErrorKind::Connection, "down")) });
+        }
+        self.inner.peek(key, limits, cost)
+    }
+
+    fn backend(&self) -> &'static str {
+        "switch"
+    }
+}
+
+/// One `tracing` event: its level, message and other fields.
+#[derive(Debug, Clone)]
+pub(crate) struct Logged {
+    pub(crate) level: tracing::Level,
+    pub(crate) message: String,
+    pub(crate) fields: Vec<(&'static str, String)>,
+}
+
+impl Logged {
+    pub(crate) fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A `tracing` subscriber that keeps every event at INFO or above.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Capture(std::sync::Arc<Mutex<Vec<Logged>>>);
+
+impl Capture {
+    /// Runs `f` with this subscriber as the thread's default.
+    pub(crate) fn during<T>(&self, f: impl FnOnce() -> T) -> T {
+        tracing::subscriber::with_default(self.clone(), f)
+    }
+
+    pub(crate) fn events(&self) -> Vec<Logged> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// `(level, message)` of each event.
+    pub(crate) fn lines(&self) -> Vec<(tracing::Level, String)> {
+        self.events()
+            .into_iter()
+            .map(|e| (e.level, e.message))
+            .collect()
+    }
+}
+
+struct Fields<'a>(&'a mut Logged);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.0.message = text;
+        } else {
+            self.0.fields.push((field.name(), text));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::INFO
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut logged = Logged {
+            level: *event.metadata().level(),
+            message: String::new(),
+            fields: Vec::new(),
+        };
+        event.record(&mut Fields(&mut logged));
+        self.0.lock().unwrap().push(logged);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
 }

@@ -131,6 +131,10 @@ impl KeyExtractor for ForwardedIp {
     fn extract(&self, parts: &Parts) -> Option<String> {
         self.client_ip(parts).map(|ip| ip_key(ip, self.v6_prefix))
     }
+
+    fn reads_peer_addr(&self) -> bool {
+        true
+    }
 }
 
 /// The `for=` node of one `Forwarded` element (`for=192.0.2.1;proto=https`).

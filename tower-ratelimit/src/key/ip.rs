@@ -18,6 +18,9 @@ use super::KeyExtractor;
 /// - a plain [`SocketAddr`] or [`IpAddr`] extension, which a hyper server inserts itself:
 ///   `req.extensions_mut().insert(peer_addr)` in its `service_fn`.
 ///
+/// Without either there is no key; under [`MissingKey::Reject`](crate::MissingKey::Reject) the
+/// layer answers 400 and logs once, at WARN, which of the two the server is missing.
+///
 /// IPv6 peers are keyed by their /64 network by default, since one client usually holds a whole
 /// /64; IPv4-mapped IPv6 addresses count as IPv4.
 ///
@@ -59,7 +62,26 @@ impl KeyExtractor for PeerIp {
     fn extract(&self, parts: &Parts) -> Option<String> {
         peer_ip(parts).map(|ip| ip_key(ip, self.v6_prefix))
     }
+
+    fn reads_peer_addr(&self) -> bool {
+        true
+    }
 }
+
+/// How to give the layer the peer address, for the warning logged when a request has none.
+#[cfg(feature = "axum")]
+pub(crate) const NO_PEER_ADDRESS: &str = "rate limit key missing: no peer address in the \
+    request, so every request is rejected; with axum, serve with \
+    `into_make_service_with_connect_info::<SocketAddr>()`; with hyper, insert the peer's \
+    `SocketAddr` into the request extensions";
+
+/// How to give the layer the peer address, for the warning logged when a request has none.
+#[cfg(not(feature = "axum"))]
+pub(crate) const NO_PEER_ADDRESS: &str = "rate limit key missing: no peer address in the \
+    request, so every request is rejected; with axum, enable tower-ratelimit's `axum` feature \
+    (axum's `ConnectInfo` is read only with it) and serve with \
+    `into_make_service_with_connect_info::<SocketAddr>()`; with hyper, insert the peer's \
+    `SocketAddr` into the request extensions";
 
 /// The peer address the server recorded in the request extensions.
 pub(crate) fn peer_ip(parts: &Parts) -> Option<IpAddr> {

@@ -19,6 +19,7 @@ mod ip;
 pub use api_key::ApiKey;
 pub use forwarded::ForwardedIp;
 pub use ip::{Cidr, PeerIp};
+pub(crate) use ip::{NO_PEER_ADDRESS, peer_ip};
 
 /// The longest key kept as it is; longer keys are hashed.
 pub const MAX_KEY_LEN: usize = 128;
@@ -64,6 +65,15 @@ pub trait KeyExtractor: Send + Sync + 'static {
             }
             None => false,
         }
+    }
+
+    /// Whether this extractor reads the connection's peer address, which the server must put
+    /// into the request extensions (see [`PeerIp`]). When it finds no key in a request that
+    /// has no peer address, the layer logs once, at WARN, how to give it one: the server is
+    /// set up wrong, and every request will be rejected. Default `false`; [`PeerIp`] and
+    /// [`ForwardedIp`] say `true`, and so should an extractor that falls back on them.
+    fn reads_peer_addr(&self) -> bool {
+        false
     }
 }
 

@@ -88,7 +88,10 @@ impl Store for FailingStore {
         _cost: NonZeroU32,
     ) -> BoxFuture<'a, Result<Decision, StoreError>> {
         let kind = self.0;
-        Box::pin(async move { Err(StoreError::new(kind, "injected")) })
+        Box::pin(async move {
+            let cause = std::io::Error::other("refused by the test");
+            Err(StoreError::new(kind, "injected").with_source(cause))
+        })
     }
 
     fn peek<'a>(
@@ -135,4 +138,97 @@ impl<S: Store> Store for Waiting<S> {
     fn backend(&self) -> &'static str {
         self.0.backend()
     }
+}
+
+/// One `tracing` event: its level, message and other fields.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub level: tracing::Level,
+    pub message: String,
+    pub fields: Vec<(&'static str, String)>,
+}
+
+impl Logged {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A `tracing` subscriber that keeps every event at INFO or above.
+#[derive(Debug, Clone, Default)]
+pub struct Capture(std::sync::Arc<std::sync::Mutex<Vec<Logged>>>);
+
+impl Capture {
+    /// Runs `f` with this subscriber as the thread's default.
+    pub fn during<T>(&self, f: impl FnOnce() -> T) -> T {
+        tracing::subscriber::with_default(self.clone(), f)
+    }
+
+    pub fn events(&self) -> Vec<Logged> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// `(level, message)` of each event.
+    pub fn lines(&self) -> Vec<(tracing::Level, String)> {
+        self.events()
+            .into_iter()
+            .map(|e| (e.level, e.message))
+            .collect()
+    }
+}
+
+struct Fields<'a>(&'a mut Logged);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.0.message = text;
+        } else {
+            self.0.fields.push((field.name(), text));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::INFO
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut logged = Logged {
+            level: *event.metadata().level(),
+            message: String::new(),
+            fields: Vec::new(),
+        };
+        event.record(&mut Fields(&mut logged));
+        self.0.lock().unwrap().push(logged);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A current-thread runtime with a timer.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
 }

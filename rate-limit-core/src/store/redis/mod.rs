@@ -81,7 +81,9 @@ pub use builder::RedisStoreBuilder;
 /// is denied with no call to Redis, its `retry_after` and `reset_after` shortened by the time
 /// gone by (for a greater cost, the real wait may be longer). [`Store::try_check_now`] answers
 /// from this cache (and `None` otherwise), so the tower layer denies a client that keeps
-/// knocking without a future or a round trip.
+/// knocking without a future or a round trip. Such a decision is
+/// [marked cached](Decision::is_cached): it says nothing of Redis's health, and a circuit
+/// breaker does not take it for an answer.
 ///
 /// Why this is exact: with no charges, what a state admits never shrinks as time passes, and
 /// other instances can only charge; Redis decided at or after the send, so until the deadline it
@@ -449,7 +451,7 @@ where
             Some(cache) => {
                 let (slot, now) = (cache.slot(key, limits), cache.now());
                 if let Some(denied) = DenyCache::get(slot, key, limits, cost, now) {
-                    return Ok(denied);
+                    return Ok(denied.mark_cached());
                 }
                 Some((slot, now))
             }
@@ -505,7 +507,8 @@ where
         cost: NonZeroU32,
     ) -> Option<Result<Decision, StoreError>> {
         let cache = self.deny_cache.as_ref()?;
-        DenyCache::get(cache.slot(key, limits), key, limits, cost, cache.now()).map(Ok)
+        DenyCache::get(cache.slot(key, limits), key, limits, cost, cache.now())
+            .map(|denied| Ok(denied.mark_cached()))
     }
 }
 
