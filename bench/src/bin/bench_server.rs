@@ -153,6 +153,21 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The mode, and the header style where the mode reads it.
+    fn describe(&self) -> String {
+        let mode = self.mode.name();
+        if !matches!(self.mode, Mode::Memory | Mode::Redis | Mode::RedisUnbatched) {
+            return mode.to_owned();
+        }
+        let style = bench::HEADER_STYLES
+            .iter()
+            .find(|(_, style)| *style == self.style)
+            .map_or("?", |(name, _)| name);
+        format!("{mode}, HEADER_STYLE={style}")
+    }
+}
+
 /// The app for `config`: the route, behind the mode's limiter.
 ///
 /// # Errors
@@ -233,7 +248,7 @@ async fn main() -> ExitCode {
         }
     };
     match listener.local_addr() {
-        Ok(addr) => println!("bench_server: {} on http://{addr}", config.mode.name()),
+        Ok(addr) => println!("bench_server: {} on http://{addr}", config.describe()),
         Err(err) => eprintln!("bench_server: {err}"),
     }
     match axum::serve(listener, app)
@@ -341,9 +356,11 @@ mod tests {
         }
         let cfg = config(&[("BENCH_MODE", "bare")]).unwrap();
         assert_eq!((cfg.port, cfg.style), (3000, HeaderStyle::Both));
+        assert_eq!(cfg.describe(), "bare");
         for (name, style) in bench::HEADER_STYLES {
             let cfg = config(&[("BENCH_MODE", "memory"), ("HEADER_STYLE", name)]).unwrap();
             assert_eq!(cfg.style, style, "{name}");
+            assert_eq!(cfg.describe(), format!("memory, HEADER_STYLE={name}"));
         }
     }
 
