@@ -76,10 +76,11 @@ declare -A SAMPLES FIELDS PER
 for run in $(seq 1 "$RUNS"); do
   for mode in $MODES; do
     for keys in $KEYS; do
-      echo "run $run: $mode, $keys" >&2
       read -r small fields < <(count "$mode" "$keys" "$REQUESTS")
       read -r large _ < <(count "$mode" "$keys" $((2 * REQUESTS)))
-      SAMPLES[$mode/$keys]+="$(((large - small) / REQUESTS)) "
+      per=$(((large - small) / REQUESTS))
+      echo "run $run: $mode, $keys: $per instructions per request" >&2
+      SAMPLES[$mode/$keys]+="$per "
       FIELDS[$mode]=$fields
     done
   done
