@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # CPU time per request of the bench server (user and kernel) and, in redis mode, of
-# redis-server, read from /proc while wrk loads the server (GitHub issue 7: where the cost is).
+# redis-server, read from /proc while wrk loads the server: where the cost is.
 #
 #   bench/cpu_per_request.sh [MODE ...]      # default: bare memory governor redis
+#
+# Modes are bench_server's (bench/src/bin/bench_server.rs); HEADER_STYLE is passed on to it.
 #
 # In redis mode it also prints how many checks each script call carried (requests over EVALSHA
 # calls, from INFO commandstats).
@@ -18,14 +20,14 @@ KEYS=${KEYS:-hot}
 CONNECTIONS=${CONNECTIONS:-32}
 DURATION=${DURATION:-8s}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-SERVER="$TARGET_DIR/release/examples/bench_server"
+SERVER="$TARGET_DIR/release/bench_server"
 MODES=("$@")
 [[ ${#MODES[@]} -eq 0 ]] && MODES=(bare memory governor redis)
 
 for tool in wrk taskset; do
   command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
 done
-cargo build --release -p examples --example bench_server >&2
+cargo build --release -p bench --bin bench_server >&2
 
 if [[ $KEYS == hot ]]; then
   load=(-H 'X-Client-ID: hot')

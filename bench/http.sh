@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# HTTP load benchmark of the rate limiter (GitHub issue 7): what each limiter costs an axum
-# server, as requests/s and p99 latency relative to the same server with no limiter.
+# HTTP load benchmark of the rate limiter: what each limiter costs an axum server, as
+# requests/s and p99 latency relative to the same server with no limiter.
 #
 #   bench/http.sh
+#   MODES="bare memory:none governor-no-headers memory governor" bench/http.sh
 #
-# Modes (see examples/examples/bench_server.rs): bare (no limiter), memory (our layer on a
-# MemoryStore), governor (tower_governor, keyed, the same never-denying quota), redis (our
-# layer on a RedisStore, against a redis-server this script starts on a free port) and headers
-# (no limiter: only the five rate-limit fields our layer writes, as fixed values).
+# Modes (see bench/src/bin/bench_server.rs): bare (no limiter), memory (our layer on a
+# MemoryStore), governor (tower_governor, keyed, the same never-denying quota, use_headers()),
+# governor-no-headers (the same without its headers), redis (our layer on a RedisStore, against
+# a redis-server this script starts on a free port), redis-unbatched (one EVALSHA per request)
+# and headers (no limiter: only the five rate-limit fields our layer writes by default, as fixed
+# values). A mode written NAME:STYLE (memory:none, redis:legacy) runs our layer with that
+# HeaderStyle (none, legacy, ietf, both); without one, HEADER_STYLE from the environment, or both.
 # Each mode is loaded with one hot key and with 10,000 random keys (bench/random_keys.lua), in
 # ROUNDS interleaved rounds (round 1 runs every mode, then round 2 ...); the table shows the
 # median of the rounds. Only 127.0.0.1 is loaded, and every run is bounded by DURATION.
@@ -15,8 +19,9 @@
 # Settings (environment): DURATION (wrk -d, default 10s), WARMUP (default 2s, not measured),
 # CONNECTIONS (default 32), ROUNDS (default 2), MODES (default "bare memory governor redis"),
 # REDIS_CPU (default "server": redis-server shares the server's CPU; "wrk": it shares wrk's, so
-# that the server's CPU carries only what the limiter costs the application).
-# A mode written NAME@REV (for example redis@36afa10) runs the bench server of git revision REV,
+# that the server's CPU carries only what the limiter costs the application), HEADER_STYLE (our
+# layer's headers where a mode names none; default both).
+# A mode written NAME@REV (for example redis@main~3) runs the bench server of git revision REV,
 # built in a worktree, in mode NAME: a before and an after loaded in the same interleaved rounds.
 # Raw wrk output is kept in target/bench-http/.
 set -euo pipefail
@@ -30,7 +35,7 @@ ROUNDS=${ROUNDS:-2}
 MODES=${MODES:-bare memory governor redis}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT="$TARGET_DIR/bench-http"
-SERVER="$TARGET_DIR/release/examples/bench_server"
+SERVER="$TARGET_DIR/release/bench_server"
 
 log() { printf '%s\n' "$*" >&2; }
 
@@ -106,7 +111,7 @@ else
   pinning="no taskset or a single CPU: processes are not pinned"
 fi
 
-cargo build --release -p examples --example bench_server
+cargo build --release -p bench --bin bench_server
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -122,9 +127,15 @@ for mode in $MODES; do
   tree=$(mktemp -d)
   worktrees+=("$tree")
   git worktree add --detach "$tree/tree" "$commit" >&2
+  # Older revisions kept the bench server among the examples.
+  if [[ -f $tree/tree/bench/src/bin/bench_server.rs ]]; then
+    target=(-p bench --bin bench_server) built=release/bench_server
+  else
+    target=(-p examples --example bench_server) built=release/examples/bench_server
+  fi
   CARGO_TARGET_DIR="$OUT/rev-target" cargo build --release \
-    --manifest-path "$tree/tree/Cargo.toml" -p examples --example bench_server
-  cp "$OUT/rev-target/release/examples/bench_server" "$OUT/bench_server-$commit"
+    --manifest-path "$tree/tree/Cargo.toml" "${target[@]}"
+  cp "$OUT/rev-target/$built" "$OUT/bench_server-$commit"
   COMMIT[$rev]=$commit
 done
 
@@ -181,7 +192,10 @@ for round in $(seq 1 "$ROUNDS"); do
     log "round $round: $mode on 127.0.0.1:$port"
     server=$SERVER
     [[ $mode == *@* ]] && server=$OUT/bench_server-${COMMIT[${mode#*@}]}
-    BENCH_MODE=${mode%%@*} PORT=$port REDIS_URL=$redis_url "${server_cpu[@]}" "$server" >/dev/null &
+    name=${mode%%@*} style=""
+    [[ $name == *:* ]] && style=${name#*:} && name=${name%%:*}
+    BENCH_MODE=$name HEADER_STYLE=${style:-${HEADER_STYLE:-}} PORT=$port REDIS_URL=$redis_url \
+      "${server_cpu[@]}" "$server" >/dev/null &
     server_pid=$!
     wait_port "$port"
     for keys in hot random; do

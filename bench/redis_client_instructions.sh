@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# Instructions the client side of a RedisStore check costs, counted by callgrind (GitHub
-# issue 7: what the application pays per check, apart from the kernel and Redis).
+# Instructions the client side of a RedisStore check costs, counted by callgrind: what the
+# application pays per check, apart from the kernel and Redis.
 #
 #   bench/redis_client_instructions.sh              # the work tree
 #   REV=adfbe26 bench/redis_client_instructions.sh  # an earlier commit, to compare
 #
-# Starts its own redis-server on a free port, then runs the example `redis_client_cost`
-# (rate-limit-core/examples/redis_client_cost.rs) under `valgrind --tool=callgrind`, once with
-# N and once with 2N checks, and prints the difference divided by N: the instructions one check
+# Starts its own redis-server on a free port, then runs `redis_client_cost`
+# (bench/src/bin/redis_client_cost.rs) under `valgrind --tool=callgrind`, once with N and once
+# with 2N checks, and prints the difference divided by N: the instructions one check
 # costs in the client process (building the command, the dispatcher, parsing the reply, the
 # runtime's wake-ups), with start-up cancelled out. Kernel work is not counted.
 #
 # Shapes: `lone` (each check a call of its own: the same work every run) and `hot-32` (32 tasks
 # on one key sharing calls: how many share one depends on timing, so this figure moves more).
 #
-# With REV, the commit is checked out in a temporary worktree, this tree's example is copied
-# into it (it uses only `RedisStore`'s public API), and it is built there.
+# With REV, the commit is checked out in a temporary worktree, this tree's program is copied
+# into it (it uses only `RedisStore`'s public API; into rate-limit-core's examples for a commit
+# from before the bench crate), and it is built there.
 #
 # Settings (environment): CHECKS (N, default 5000), SHAPES (default "lone hot-32"), REV (a git
 # revision; default the work tree).
@@ -42,20 +43,29 @@ cleanup() {
 trap cleanup EXIT
 
 SRC=.
+PROGRAM=bench/src/bin/redis_client_cost.rs
+BUILD=(-p bench --bin redis_client_cost)
+BUILT=release/redis_client_cost
 if [[ -n $REV ]]; then
   WORKTREE="$OUT/tree"
   git worktree add --detach "$WORKTREE" "$REV" >&2
-  cp rate-limit-core/examples/redis_client_cost.rs "$WORKTREE/rate-limit-core/examples/"
-  if ! grep -q 'name = "redis_client_cost"' "$WORKTREE/rate-limit-core/Cargo.toml"; then
-    printf '\n[[example]]\nname = "redis_client_cost"\nrequired-features = ["redis"]\n' \
-      >>"$WORKTREE/rate-limit-core/Cargo.toml"
+  if [[ -d $WORKTREE/bench/src/bin ]]; then
+    cp "$PROGRAM" "$WORKTREE/$PROGRAM"
+  else
+    mkdir -p "$WORKTREE/rate-limit-core/examples"
+    cp "$PROGRAM" "$WORKTREE/rate-limit-core/examples/"
+    if ! grep -q 'name = "redis_client_cost"' "$WORKTREE/rate-limit-core/Cargo.toml"; then
+      printf '\n[[example]]\nname = "redis_client_cost"\nrequired-features = ["redis"]\n' \
+        >>"$WORKTREE/rate-limit-core/Cargo.toml"
+    fi
+    BUILD=(-p rate-limit-core --features redis --example redis_client_cost)
+    BUILT=release/examples/redis_client_cost
   fi
   SRC=$WORKTREE
   TARGET_DIR="$TARGET_DIR/rev-$REV"
 fi
-(cd "$SRC" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p rate-limit-core \
-  --features redis --example redis_client_cost >&2)
-BIN="$TARGET_DIR/release/examples/redis_client_cost"
+(cd "$SRC" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release "${BUILD[@]}" >&2)
+BIN="$TARGET_DIR/$BUILT"
 
 # shellcheck source=bench/ports.sh
 source bench/ports.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions redis-server spends on the rate-limit script, per call and per check, counted by
-# callgrind (GitHub issue 7: what a check costs Redis).
+# callgrind: what a check costs Redis.
 #
 #   bench/redis_instructions.sh              # the script in the work tree
 #   REV=05340dd bench/redis_instructions.sh  # the script of an earlier commit, to compare

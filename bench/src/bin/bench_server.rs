@@ -2,7 +2,7 @@
 //! at startup, so that the cost of each limiter is the difference to the bare server.
 //!
 //! ```text
-//! BENCH_MODE=memory PORT=3000 cargo run --release --example bench_server
+//! BENCH_MODE=memory HEADER_STYLE=none PORT=3000 cargo run --release -p bench --bin bench_server
 //! curl -H 'x-client-id: a' http://127.0.0.1:3000/
 //! ```
 //!
@@ -10,39 +10,30 @@
 //!
 //! - `BENCH_MODE` (required): `bare` (no limiter), `memory` (our layer on a `MemoryStore`),
 //!   `redis` (our layer on a `RedisStore`), `redis-unbatched` (the same with batching and the
-//!   deny cache off: one `EVALSHA` per request, the naive layer issue 7 compares against),
-//!   `governor` (tower_governor's keyed limiter) or `headers` (no limiter: only the five
-//!   rate-limit fields our layer writes here, as fixed values, the least any layer that writes
-//!   them can cost).
+//!   deny cache off: one `EVALSHA` per request), `governor` (tower_governor's keyed limiter with
+//!   `use_headers()`: two rate-limit fields), `governor-no-headers` (the same without them) or
+//!   `headers` (no limiter: only the five rate-limit fields our layer writes by default, as
+//!   fixed values, the least any layer that writes them can cost).
+//! - `HEADER_STYLE` (default `both`): the rate-limit headers our layer writes in `memory`,
+//!   `redis` and `redis-unbatched` modes: `none`, `legacy` (three fields), `ietf` (two) or
+//!   `both` (five). The other modes do not read it.
 //! - `PORT` (default 3000): the port to listen on, on 127.0.0.1.
-//! - `REDIS_URL` (required in `redis` mode), e.g. `redis://127.0.0.1:6390`.
+//! - `REDIS_URL` (required in the redis modes), e.g. `redis://127.0.0.1:6390`.
 //!
 //! Every limiter keys requests by the `X-Client-ID` header and has a quota far above what one
 //! machine can send (10^9 per second, burst 10^9), so it never denies and every request pays
-//! the full admitted path: key extraction, the store's decision and the rate-limit headers
-//! (both header styles for our layer, tower_governor's `use_headers` for governor). A bad value
-//! exits with status 2 and a message naming the variable.
+//! the full admitted path (see the `bench` library). A bad value exits with status 2 and a
+//! message naming the variable.
 
 use std::fmt;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
 use axum::Router;
-use axum::response::Response;
 use axum::routing::get;
-use http::{HeaderName, HeaderValue, Request};
-use rate_limit_core::{MemoryStore, Quota, RedisStore};
-use tower::util::MapResponseLayer;
-use tower_governor::GovernorError;
-use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::KeyExtractor as GovernorKey;
-use tower_ratelimit::{HeaderStyle, RateLimitLayer, headers, key};
-
-/// The header every limiter keys by.
-const CLIENT_HEADER: &str = "x-client-id";
-
-/// Requests per second (and burst) of the never-denying quota.
-const NEVER_DENY: u32 = 1_000_000_000;
+use bench::{header_style, header_style_names, ours, with_fixed_fields, with_governor};
+use rate_limit_core::{MemoryStore, RedisStore};
+use tower_ratelimit::HeaderStyle;
 
 /// Which limiter, if any, sits in front of the route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,16 +43,18 @@ enum Mode {
     Redis,
     RedisUnbatched,
     Governor,
+    GovernorNoHeaders,
     Headers,
 }
 
 impl Mode {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Bare,
         Self::Memory,
         Self::Redis,
         Self::RedisUnbatched,
         Self::Governor,
+        Self::GovernorNoHeaders,
         Self::Headers,
     ];
 
@@ -72,6 +65,7 @@ impl Mode {
             Self::Redis => "redis",
             Self::RedisUnbatched => "redis-unbatched",
             Self::Governor => "governor",
+            Self::GovernorNoHeaders => "governor-no-headers",
             Self::Headers => "headers",
         }
     }
@@ -81,6 +75,7 @@ impl Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Config {
     mode: Mode,
+    style: HeaderStyle,
     port: u16,
     redis_url: Option<String>,
 }
@@ -125,6 +120,14 @@ impl Config {
                 });
             }
         };
+        let style = match var("HEADER_STYLE").filter(|v| !v.is_empty()) {
+            Some(value) => header_style(&value).ok_or_else(|| EnvError {
+                var: "HEADER_STYLE",
+                value: Some(value),
+                expected: format!("one of {}", header_style_names()),
+            })?,
+            None => HeaderStyle::Both,
+        };
         let port = match var("PORT") {
             Some(value) => value.parse::<u16>().map_err(|_| EnvError {
                 var: "PORT",
@@ -143,84 +146,44 @@ impl Config {
         }
         Ok(Self {
             mode,
+            style,
             port,
             redis_url,
         })
     }
 }
 
-/// tower_governor's key: the `X-Client-ID` header, as our `key::Header` reads it.
-#[derive(Debug, Clone, Copy)]
-struct ClientId;
-
-impl GovernorKey for ClientId {
-    type Key = String;
-
-    fn extract<T>(&self, req: &Request<T>) -> Result<String, GovernorError> {
-        req.headers()
-            .get(CLIENT_HEADER)
-            .map(|value| key::compact_bytes(value.as_bytes()))
-            .filter(|k| !k.is_empty())
-            .ok_or(GovernorError::UnableToExtractKey)
+impl Config {
+    /// The mode, and the header style where the mode reads it.
+    fn describe(&self) -> String {
+        let mode = self.mode.name();
+        if !matches!(self.mode, Mode::Memory | Mode::Redis | Mode::RedisUnbatched) {
+            return mode.to_owned();
+        }
+        let style = bench::HEADER_STYLES
+            .iter()
+            .find(|(_, style)| *style == self.style)
+            .map_or("?", |(name, _)| name);
+        format!("{mode}, HEADER_STYLE={style}")
     }
-}
-
-/// The five fields our layer writes on an admitted request here (both header styles, the
-/// never-denying quota, policy `default`), as fixed values: what `headers` mode writes.
-fn five_fields() -> [(HeaderName, HeaderValue); 5] {
-    [
-        (
-            headers::X_RATELIMIT_LIMIT,
-            HeaderValue::from_static("1000000000"),
-        ),
-        (
-            headers::X_RATELIMIT_REMAINING,
-            HeaderValue::from_static("999999999"),
-        ),
-        (headers::X_RATELIMIT_RESET, HeaderValue::from_static("1")),
-        (
-            headers::RATELIMIT_POLICY,
-            HeaderValue::from_static("\"default\";q=1000000000;w=1"),
-        ),
-        (
-            headers::RATELIMIT,
-            HeaderValue::from_static("\"default\";r=999999999;t=1"),
-        ),
-    ]
-}
-
-/// Our layer's quota: [`NEVER_DENY`] per second, burst the same.
-fn never_deny() -> Quota {
-    Quota::per_second(NonZeroU32::new(NEVER_DENY).unwrap_or(NonZeroU32::MAX))
 }
 
 /// The app for `config`: the route, behind the mode's limiter.
 ///
 /// # Errors
 ///
-/// The Redis server cannot be reached (redis mode), or governor rejects its settings.
+/// The Redis server cannot be reached (redis modes), or governor rejects its settings.
 async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
     let router = Router::new().route("/", get(|| async { "ok" }));
-    let ours = |layer: RateLimitLayer| {
-        layer
-            .key(key::Header::new(CLIENT_HEADER))
-            .headers(HeaderStyle::Both)
-    };
+    let style = config.style;
     Ok(match config.mode {
         Mode::Bare => router,
-        Mode::Headers => router.layer(MapResponseLayer::new(|mut res: Response| {
-            let headers = res.headers_mut();
-            headers.reserve(5);
-            for (name, value) in five_fields() {
-                headers.insert(name, value);
-            }
-            res
-        })),
-        Mode::Memory => router.layer(ours(RateLimitLayer::new(MemoryStore::new(), never_deny()))),
+        Mode::Headers => with_fixed_fields(router),
+        Mode::Memory => router.layer(ours(MemoryStore::new(), style)),
         Mode::Redis => {
             let url = config.redis_url.as_deref().unwrap_or_default();
             let store = RedisStore::connect(url).await?;
-            router.layer(ours(RateLimitLayer::new(store, never_deny())))
+            router.layer(ours(store, style))
         }
         Mode::RedisUnbatched => {
             let url = config.redis_url.as_deref().unwrap_or_default();
@@ -229,19 +192,10 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
                 .max_batch(NonZeroUsize::MIN)
                 .deny_cache(0)
                 .build()?;
-            router.layer(ours(RateLimitLayer::new(store, never_deny())))
+            router.layer(ours(store, style))
         }
-        Mode::Governor => {
-            // One cell per nanosecond, 10^9 at once: the same rate as `never_deny`.
-            let governor = GovernorConfigBuilder::default()
-                .per_nanosecond(1)
-                .burst_size(NEVER_DENY)
-                .key_extractor(ClientId)
-                .use_headers()
-                .finish()
-                .ok_or("governor: period and burst must be non-zero")?;
-            router.layer(tower_governor::GovernorLayer::new(governor))
-        }
+        Mode::Governor => with_governor(router, true)?,
+        Mode::GovernorNoHeaders => with_governor(router, false)?,
     })
 }
 
@@ -294,7 +248,7 @@ async fn main() -> ExitCode {
         }
     };
     match listener.local_addr() {
-        Ok(addr) => println!("bench_server: {} on http://{addr}", config.mode.name()),
+        Ok(addr) => println!("bench_server: {} on http://{addr}", config.describe()),
         Err(err) => eprintln!("bench_server: {err}"),
     }
     match axum::serve(listener, app)
@@ -315,7 +269,9 @@ mod tests {
     use std::collections::HashMap;
 
     use axum::body::Body;
-    use http::StatusCode;
+    use axum::response::Response;
+    use bench::{CLIENT_HEADER, rate_limit_fields};
+    use http::{Request, StatusCode};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
@@ -327,91 +283,68 @@ mod tests {
         Config::from_vars(|name| vars.get(name).cloned())
     }
 
-    /// The response of `mode`'s app to one keyed `GET /`.
-    async fn response(mode: Mode, redis_url: Option<String>) -> Response {
-        let app = app(&Config {
-            mode,
-            port: 0,
-            redis_url,
-        })
-        .await
-        .unwrap();
+    /// The response of the app for `vars` (`PORT` 0) to one keyed `GET /`, checked to be
+    /// `200 ok`.
+    async fn response(vars: &[(&str, &str)]) -> Response {
+        let mut vars = vars.to_vec();
+        vars.push(("PORT", "0"));
+        let app = app(&config(&vars).unwrap()).await.unwrap();
         let req = Request::get("/")
             .header(CLIENT_HEADER, "bench-test")
             .body(Body::empty())
             .unwrap();
-        app.oneshot(req).await.unwrap()
+        let res = app.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{vars:?}");
+        let (parts, body) = res.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"ok", "{vars:?}");
+        Response::from_parts(parts, Body::empty())
     }
 
-    /// Sends one keyed `GET /` through the app for `mode` and checks it is admitted.
-    async fn answers_ok(mode: Mode, redis_url: Option<String>) {
-        let res = response(mode, redis_url).await;
-        assert_eq!(res.status(), StatusCode::OK, "{}", mode.name());
-        // Every limiter reports the remaining budget; the bare server has none to report.
-        assert_eq!(
-            res.headers().contains_key("x-ratelimit-remaining"),
-            mode != Mode::Bare,
-            "{}",
-            mode.name()
-        );
-        if matches!(mode, Mode::Memory | Mode::Redis | Mode::RedisUnbatched) {
-            assert!(res.headers().contains_key("ratelimit"), "{}", mode.name());
+    /// The number of rate-limit fields on the response of `mode` with `style` (and `url`).
+    async fn fields(mode: &str, style: &str, url: &str) -> usize {
+        let res = response(&[
+            ("BENCH_MODE", mode),
+            ("HEADER_STYLE", style),
+            ("REDIS_URL", url),
+        ])
+        .await;
+        rate_limit_fields(res.headers())
+    }
+
+    #[tokio::test]
+    async fn in_memory_modes_write_the_fields_they_are_asked_for() {
+        for (mode, style, expected) in [
+            ("bare", "both", 0),
+            ("headers", "none", 5),
+            ("governor", "none", 2),
+            ("governor-no-headers", "both", 0),
+            ("memory", "none", 0),
+            ("memory", "legacy", 3),
+            ("memory", "ietf", 2),
+            ("memory", "both", 5),
+            ("memory", "", 5),
+        ] {
+            assert_eq!(fields(mode, style, "").await, expected, "{mode} {style:?}");
         }
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"ok");
     }
 
     #[tokio::test]
-    async fn headers_mode_writes_the_fields_the_layer_writes() {
-        let ours = response(Mode::Memory, None).await;
-        let fixed = response(Mode::Headers, None).await;
-        assert_eq!(fixed.status(), StatusCode::OK);
-        for (name, value) in five_fields() {
-            assert_eq!(ours.headers().get(&name), Some(&value), "{name}");
-            assert_eq!(fixed.headers().get(&name), Some(&value), "{name}");
-        }
-        assert_eq!(ours.headers().len(), fixed.headers().len());
-    }
-
-    #[tokio::test]
-    async fn bare_answers_ok() {
-        answers_ok(Mode::Bare, None).await;
-    }
-
-    #[tokio::test]
-    async fn memory_answers_ok_with_headers() {
-        answers_ok(Mode::Memory, None).await;
-    }
-
-    #[tokio::test]
-    async fn governor_answers_ok_with_headers() {
-        answers_ok(Mode::Governor, None).await;
-        // The README compares header costs: on an admitted request, tower_governor writes two
-        // rate-limit fields to our five.
-        let res = response(Mode::Governor, None).await;
-        let mut fields: Vec<&str> = res
-            .headers()
-            .keys()
-            .map(HeaderName::as_str)
-            .filter(|name| name.contains("ratelimit"))
-            .collect();
-        fields.sort_unstable();
-        assert_eq!(fields, ["x-ratelimit-limit", "x-ratelimit-remaining"]);
-    }
-
-    #[tokio::test]
-    async fn redis_answers_ok_with_headers() {
+    async fn redis_modes_answer_ok_with_the_style_asked_for() {
         // Its own redis-server on a free port: a visible skip without one, a failure under CI.
         if !integration_tests::redis_available() {
             return;
         }
         let server = integration_tests::RedisServer::start();
-        answers_ok(Mode::Redis, Some(server.url())).await;
-        answers_ok(Mode::RedisUnbatched, Some(server.url())).await;
+        let url = server.url();
+        for mode in ["redis", "redis-unbatched"] {
+            assert_eq!(fields(mode, "both", &url).await, 5, "{mode}");
+            assert_eq!(fields(mode, "legacy", &url).await, 3, "{mode}");
+        }
     }
 
     #[test]
-    fn reads_every_mode_and_port() {
+    fn reads_every_mode_style_and_port() {
         for mode in Mode::ALL {
             let cfg = config(&[
                 ("BENCH_MODE", mode.name()),
@@ -421,7 +354,14 @@ mod tests {
             .unwrap();
             assert_eq!((cfg.mode, cfg.port), (mode, 4000));
         }
-        assert_eq!(config(&[("BENCH_MODE", "bare")]).unwrap().port, 3000);
+        let cfg = config(&[("BENCH_MODE", "bare")]).unwrap();
+        assert_eq!((cfg.port, cfg.style), (3000, HeaderStyle::Both));
+        assert_eq!(cfg.describe(), "bare");
+        for (name, style) in bench::HEADER_STYLES {
+            let cfg = config(&[("BENCH_MODE", "memory"), ("HEADER_STYLE", name)]).unwrap();
+            assert_eq!(cfg.style, style, "{name}");
+            assert_eq!(cfg.describe(), format!("memory, HEADER_STYLE={name}"));
+        }
     }
 
     #[test]
@@ -434,16 +374,11 @@ mod tests {
         assert_eq!(err.var, "PORT");
         let err = config(&[("BENCH_MODE", "redis")]).unwrap_err();
         assert_eq!(err.var, "REDIS_URL");
-    }
-
-    #[test]
-    fn governor_key_is_the_client_header() {
-        let req = Request::get("/")
-            .header("X-Client-ID", "hot")
-            .body(())
-            .unwrap();
-        assert_eq!(ClientId.extract(&req).unwrap(), "hot");
-        let req = Request::get("/").body(()).unwrap();
-        assert!(ClientId.extract(&req).is_err());
+        let err = config(&[("BENCH_MODE", "memory"), ("HEADER_STYLE", "all")]).unwrap_err();
+        assert_eq!(err.var, "HEADER_STYLE");
+        assert!(
+            err.to_string().contains("none, legacy, ietf, both"),
+            "{err}"
+        );
     }
 }

@@ -4,8 +4,7 @@
 //! and 2N checks, and divides the difference by N.
 //!
 //! ```text
-//! cargo run --release -p rate-limit-core --features redis --example redis_client_cost -- \
-//!     redis://127.0.0.1:6379 10000 [lone|hot-32]
+//! cargo run --release -p bench --bin redis_client_cost -- redis://127.0.0.1:6390 10000 [lone|hot-32]
 //! ```
 //!
 //! Shapes: `lone` (default) sends one check at a time, each a call of its own; `hot-32` sends

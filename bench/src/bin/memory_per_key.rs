@@ -1,6 +1,6 @@
 //! Measures the memory a `MemoryStore` holds per key, from the process's resident set.
 //!
-//! `cargo run --release -p rate-limit-core --example memory_per_key -- [algorithm] [keys]`
+//! `cargo run --release -p bench --bin memory_per_key -- [algorithm] [keys]`
 //!
 //! Inserts `keys` (default 1,000,000) distinct 15-byte keys, one check each, and prints the
 //! growth of VmRSS divided by the number of keys. Keys of up to 22 bytes are stored inside the

@@ -1,7 +1,7 @@
 //! Criterion benchmarks: each transition, and `MemoryStore::check` against governor's keyed
 //! limiter with the same quota, 1 key and 100k keys, 1 and 2 threads.
 //!
-//! `cargo bench -p rate-limit-core --bench core`
+//! `cargo bench -p bench --bench core`
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
