@@ -15,11 +15,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use redis::RedisError;
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, ServerErrorKind};
 use tokio::sync::oneshot;
 
+use super::call::{self, Answers};
 use super::error;
 use super::script::{self, Check};
 use crate::clock::Clock;
@@ -59,8 +59,6 @@ struct Request {
     check: Check,
     answer: oneshot::Sender<Result<Decision, StoreError>>,
 }
-
-type Answers = Result<Vec<Result<Decision, StoreError>>, RedisError>;
 
 impl<C> Dispatcher<C> {
     pub(crate) fn new(
@@ -208,21 +206,7 @@ where
             .clock
             .as_ref()
             .map(|c| c.now_nanos() / script::TICK_NANOS);
-        let cmd = script::command(now, checks);
-        let mut conn = self.conn.clone();
-        let reply: redis::Value = match cmd.query_async(&mut conn).await {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                // After a restart or `SCRIPT FLUSH`: load the script, then send the call again
-                // (nothing ran: the server found no script).
-                script::DECIDE
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await?;
-                cmd.query_async(&mut conn).await?
-            }
-            reply => reply?,
-        };
-        Ok(script::parse_batch(reply, checks))
+        call::call(&self.conn, now, checks).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`RedisStore`]: one budget per client shared by every instance, through Redis.
 //!
 //! See [`RedisStore`] for the details: how a check runs, batching, the deny cache, time,
-//! exactness, keys, connections.
+//! exactness, keys, connections, failures and retries.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -16,6 +16,7 @@ use crate::limit::Limit;
 
 mod batch;
 mod builder;
+mod call;
 mod deny_cache;
 use deny_cache::DenyCache;
 mod error;
@@ -39,7 +40,8 @@ pub use builder::RedisStoreBuilder;
 /// algorithms. A check that fails in the script (a key holding another type, `WRONGTYPE`) gets
 /// its error; the others in the same call get their decisions. When the server does not know
 /// the script (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`), it is loaded and the call is
-/// retried once.
+/// sent again; no other failure is retried (see
+/// [failures](#failures-timeouts-and-retries)).
 ///
 /// # Batching and coalescing
 ///
@@ -143,7 +145,8 @@ pub use builder::RedisStoreBuilder;
 /// [`RedisStore::connect`] builds), a `MultiplexedConnection`, or, with the `cluster` feature, a
 /// `ClusterConnection` ([`RedisStore::connect_cluster`]). Each call clones the handle, which is
 /// cheap: they multiplex one socket. A cluster connection of another type is recognised by the
-/// first `CROSSSLOT` answer, and the batch is sent again one call per slot.
+/// first `CROSSSLOT` answer, and the batch is sent again one call per slot; pass the
+/// `ClusterConnection` itself to have `ASK` redirects followed.
 ///
 /// Batching needs a Tokio runtime to run its flush task on; outside one, each check is a call
 /// of its own.
@@ -156,6 +159,32 @@ pub use builder::RedisStoreBuilder;
 /// `redis::Client::build_with_tls` with that CA as the root and pass the connection to
 /// [`builder`](RedisStore::builder). Both are tested against a live TLS `redis-server` in
 /// `tests/tests/redis_tls.rs`.
+///
+/// # Failures, timeouts and retries
+///
+/// A call whose reply never came (a dropped connection, a timeout) may have run on the server:
+/// it is never sent again, since running the script twice would charge its checks twice. It
+/// fails, and a check that failed this way may or may not have been charged. A call is sent
+/// again only after a reply the server gives before it runs a script: `NOSCRIPT` (the script
+/// is loaded first), and on Redis Cluster the redirects `MOVED` (the connection has refreshed
+/// its slot map) and `ASK` (the call goes to the node it names, after `ASKING`; through a
+/// `ClusterConnection` only), at most three redirects per call. Other cluster answers
+/// (`TRYAGAIN`, `CLUSTERDOWN`, ...) fail the call at once rather than wait inside it.
+///
+/// The connections must not re-send on their own either:
+///
+/// - `ConnectionManager` (redis 1.8) sends a command once; when the connection drops, the
+///   error goes to the caller and it reconnects in the background (its `number_of_retries` is
+///   about reconnecting, not re-sending; see `ConnectionManager::send_packed_command`). A
+///   `MultiplexedConnection` sends once and does not reconnect. Both are tested behind a proxy
+///   that withholds the reply of a script call (`tests/tests/redis_faults.rs`): charged once.
+/// - `ClusterConnection` re-sends a command after a dropped connection or a timeout, as many
+///   times as its `retries` setting allows (16 by default), and counts `MOVED` and `ASK`
+///   redirects against the same number, so re-sends cannot be turned off without turning
+///   redirects off too. [`RedisStore::connect_cluster`] builds it with `retries(0)`, and the
+///   store follows redirects itself. A `ClusterConnection` passed to
+///   [`builder`](RedisStore::builder) must be built the same way:
+///   `ClusterClient::builder(nodes).retries(0)`.
 ///
 /// # Errors
 ///
@@ -203,6 +232,26 @@ where
     /// let clock = ManualClock::new(conformance::BASE);
     /// let store = RedisStore::builder(conn).prefix("test").clock(clock).build()?;
     /// assert_eq!(store.prefix(), "test");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A `ClusterConnection` must come from a client built with `.retries(0)`: by default it
+    /// re-sends a call whose connection dropped after the script ran, charging its checks
+    /// twice. The store follows `MOVED` and `ASK` itself; see
+    /// [failures](RedisStore#failures-timeouts-and-retries).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "cluster")]
+    /// # async fn cluster() -> Result<(), Box<dyn std::error::Error>> {
+    /// use rate_limit_core::{RedisStore, Store};
+    ///
+    /// let client = redis::cluster::ClusterClient::builder(["redis://127.0.0.1:7000"])
+    ///     .retries(0)
+    ///     .build()?;
+    /// let conn = client.get_async_connection().await?;
+    /// let store = RedisStore::builder(conn).backend("cluster").build()?;
+    /// assert_eq!(store.backend(), "cluster");
     /// # Ok(())
     /// # }
     /// ```
@@ -311,12 +360,18 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
     /// Connects to a Redis Cluster through any of its `nodes` (URLs), with the default prefix and
     /// server time.
     ///
+    /// The connection re-sends nothing on its own (`retries(0)`): the store sends a call again
+    /// only after a reply proving that the script did not run, `MOVED` and `ASK` redirects
+    /// included (see [failures](RedisStore#failures-timeouts-and-retries)).
+    ///
     /// # Errors
     ///
     /// A URL is invalid, or no node could be reached.
     pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, StoreError> {
-        let client =
-            redis::cluster::ClusterClient::new(nodes.to_vec()).map_err(error::from_redis)?;
+        let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
+            .retries(0)
+            .build()
+            .map_err(error::from_redis)?;
         let conn = client
             .get_async_connection()
             .await
