@@ -1,5 +1,5 @@
-//! One script call: sent once, and sent again only after a reply proving that the script did
-//! not run.
+//! One script call: sent once, bounded by the store's response timeout, and sent again only
+//! after a reply proving that the script did not run.
 //!
 //! A call whose reply never came (a dropped connection, a timeout) may have run: sending it
 //! again could charge its checks twice, so it fails instead. What proves the script did not
@@ -7,6 +7,9 @@
 //! the call sent again), and on Redis Cluster a redirect, `MOVED` (sent again, to the node the
 //! connection's refreshed slot map names) or `ASK` (sent to the node it names, after
 //! `ASKING`), at most [`MAX_REDIRECTS`] times.
+
+use std::io;
+use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
@@ -24,12 +27,29 @@ const MAX_REDIRECTS: u32 = 3;
 pub(crate) type Answers = Result<Vec<Result<Decision, StoreError>>, RedisError>;
 
 /// Decides `checks` in one script call on `conn`, at `now` (client-clock mode) or at the
-/// server's `TIME`.
-pub(crate) async fn call<C>(conn: &C, now: Option<u64>, checks: &[&Check]) -> Answers
+/// server's `TIME`. With a `timeout`, the call (its resends included) fails with a timeout
+/// once that has passed without a reply; the timer is Tokio's.
+pub(crate) async fn call<C>(
+    conn: &C,
+    now: Option<u64>,
+    checks: &[&Check],
+    timeout: Option<Duration>,
+) -> Answers
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    send(conn.clone(), now, checks).await
+    let attempt = send(conn.clone(), now, checks);
+    match timeout {
+        Some(limit) => match tokio::time::timeout(limit, attempt).await {
+            Ok(answers) => answers,
+            Err(_elapsed) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no reply within the store's response timeout of {limit:?}"),
+            )
+            .into()),
+        },
+        None => attempt.await,
+    }
 }
 
 async fn send<C>(mut conn: C, now: Option<u64>, checks: &[&Check]) -> Answers

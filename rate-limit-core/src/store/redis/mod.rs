@@ -45,15 +45,20 @@ pub use builder::RedisStoreBuilder;
 ///
 /// # Batching and coalescing
 ///
-/// Each store has a dispatcher. A check that finds fewer than two calls in flight starts a
-/// flush task, which sends what is queued (up to [`max_batch`](RedisStoreBuilder::max_batch)
-/// checks, 128 by default) as one call, answers each caller, and goes on while checks keep
-/// arriving. A lone check is sent at once: batching adds no timer and no wait; under load, the
-/// checks that arrive during one round trip share the next. The flush runs in its own Tokio
-/// task, so a caller that gives up (a `resilience::Timeout` dropping its future) cancels only
-/// its own wait; a queued check whose caller has gone is not sent. A failed call (a lost
-/// connection, a timeout) fails every check it carried. On Redis Cluster, a flush sends one call
-/// per hash slot, concurrently: a script never touches two slots.
+/// Each store has a dispatcher. A check that finds fewer than two calls in flight in its
+/// queue starts a flush task, which sends what is queued (up to
+/// [`max_batch`](RedisStoreBuilder::max_batch) checks, 128 by default) as one call, answers
+/// each caller, and goes on while checks keep arriving. A lone check is sent at once: batching
+/// adds no timer and no wait; under load, the checks that arrive during one round trip share
+/// the next. The flush runs in its own Tokio task, so a caller that gives up (a
+/// `resilience::Timeout` dropping its future) cancels only its own wait; a queued check whose
+/// caller has gone is not sent, and is dropped from the queue. A failed call (a lost
+/// connection, a timeout) fails every check it carried.
+///
+/// On a single server, every check shares one queue. On Redis Cluster, where a script may
+/// only touch keys of one slot, each hash slot has a queue of its own, with at most two calls
+/// in flight: a master that hangs holds up the checks of its own slots only, and checks of
+/// keys on the other masters keep being answered.
 ///
 /// Identical checks in a row in a batch (the same key, limits, cost and commit, as a hot
 /// key's are) are sent once with a count, and the script decides each of them in turn: the
@@ -146,7 +151,7 @@ pub use builder::RedisStoreBuilder;
 /// `ClusterConnection` ([`RedisStore::connect_cluster`]). Each call clones the handle, which is
 /// cheap: they multiplex one socket. A cluster connection of another type is recognised by the
 /// first `CROSSSLOT` answer, and the batch is sent again one call per slot; pass the
-/// `ClusterConnection` itself to have `ASK` redirects followed.
+/// `ClusterConnection` itself to get a queue per slot, and `ASK` redirects followed.
 ///
 /// Batching needs a Tokio runtime to run its flush task on; outside one, each check is a call
 /// of its own.
@@ -184,7 +189,18 @@ pub use builder::RedisStoreBuilder;
 ///   redirects off too. [`RedisStore::connect_cluster`] builds it with `retries(0)`, and the
 ///   store follows redirects itself. A `ClusterConnection` passed to
 ///   [`builder`](RedisStore::builder) must be built the same way:
-///   `ClusterClient::builder(nodes).retries(0)`.
+///   `ClusterClient::builder(nodes).retries(0)`, and a `response_timeout`, so that a slot map
+///   refresh never waits on a hung node.
+///
+/// Every call waits at most the store's
+/// [`response_timeout`](RedisStoreBuilder::response_timeout) (2 s by default) for its reply,
+/// or less if the connection's own timeout is shorter (500 ms by default for a
+/// `ConnectionManager` or a `MultiplexedConnection`; a `ClusterConnection` has none unless
+/// given one): then it fails with a `Timeout` error and frees its place in flight. A caller
+/// with a tighter budget wraps the store in a
+/// [`resilience::Timeout`](crate::resilience::Timeout). When it gives up, its check is dropped
+/// from the queue, at the latest when the calls ahead of it end: it is never sent, and nothing
+/// of it stays behind.
 ///
 /// # Errors
 ///
@@ -238,16 +254,19 @@ where
     ///
     /// A `ClusterConnection` must come from a client built with `.retries(0)`: by default it
     /// re-sends a call whose connection dropped after the script ran, charging its checks
-    /// twice. The store follows `MOVED` and `ASK` itself; see
+    /// twice. Give it a `.response_timeout(..)` too, so that a hung node never stalls its slot
+    /// map refresh. The store follows `MOVED` and `ASK` itself; see
     /// [failures](RedisStore#failures-timeouts-and-retries).
     ///
     /// ```no_run
     /// # #[cfg(feature = "cluster")]
     /// # async fn cluster() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
     /// use rate_limit_core::{RedisStore, Store};
     ///
     /// let client = redis::cluster::ClusterClient::builder(["redis://127.0.0.1:7000"])
     ///     .retries(0)
+    ///     .response_timeout(Duration::from_secs(2))
     ///     .build()?;
     /// let conn = client.get_async_connection().await?;
     /// let store = RedisStore::builder(conn).backend("cluster").build()?;
@@ -278,9 +297,12 @@ impl RedisStore<ConnectionManager> {
     /// Connects to `url` through a `ConnectionManager`, which reconnects after a failure, with
     /// the default prefix and server time.
     ///
-    /// Reconnection waits at most 500 ms between attempts, and each attempt at most 500 ms, rather
-    /// than the `redis` crate's longer defaults; use [`connect_with`](Self::connect_with) for
-    /// other settings.
+    /// A reconnection makes two attempts, about 100 ms apart, each waiting at most 500 ms to
+    /// connect, rather than the `redis` crate's seven (which kept a check waiting about 3.4 s
+    /// while Redis refused connections): a check that meets Redis down fails with a
+    /// [`Connection`](StoreErrorKind::Connection) error within the store's
+    /// [response timeout](RedisStoreBuilder::response_timeout), and the next check tries again.
+    /// Use [`connect_with`](Self::connect_with) for other settings.
     ///
     /// # Errors
     ///
@@ -332,6 +354,10 @@ impl RedisStore<ConnectionManager> {
     /// As [`connect`](Self::connect), with the `ConnectionManager`'s reconnection settings
     /// (delays, timeouts, retries) given by `config`.
     ///
+    /// A check waits at most the store's response timeout (2 s) in all, reconnection
+    /// included: with settings whose reconnection takes longer, checks made while Redis is down
+    /// fail with a [`Timeout`](StoreErrorKind::Timeout) error rather than a `Connection` one.
+    ///
     /// # Errors
     ///
     /// The URL is invalid, or the first connection failed.
@@ -347,12 +373,13 @@ impl RedisStore<ConnectionManager> {
     }
 }
 
-/// The reconnection settings of [`RedisStore::connect`]: at most 500 ms per attempt and between
-/// attempts.
+/// The reconnection settings of [`RedisStore::connect`]: two attempts, at most 500 ms each and
+/// between them.
 fn manager_config() -> redis::aio::ConnectionManagerConfig {
     redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
         .set_max_delay(std::time::Duration::from_millis(500))
+        .set_number_of_retries(1)
 }
 
 #[cfg(feature = "cluster")]
@@ -362,7 +389,10 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
     ///
     /// The connection re-sends nothing on its own (`retries(0)`): the store sends a call again
     /// only after a reply proving that the script did not run, `MOVED` and `ASK` redirects
-    /// included (see [failures](RedisStore#failures-timeouts-and-retries)).
+    /// included (see [failures](RedisStore#failures-timeouts-and-retries)). Each node's
+    /// connection waits at most the store's default
+    /// [response timeout](RedisStoreBuilder::response_timeout), 2 s, for a reply, so that
+    /// the slot-map refresh never waits on a hung node, and at most 500 ms to connect.
     ///
     /// # Errors
     ///
@@ -370,6 +400,8 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
     pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, StoreError> {
         let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
             .retries(0)
+            .response_timeout(builder::DEFAULT_RESPONSE_TIMEOUT)
+            .connection_timeout(std::time::Duration::from_millis(500))
             .build()
             .map_err(error::from_redis)?;
         let conn = client
@@ -400,6 +432,20 @@ impl<C> RedisStore<C> {
     /// [`max_batch`](RedisStoreBuilder::max_batch).
     pub fn max_batch(&self) -> usize {
         self.dispatcher.max_batch()
+    }
+
+    /// How long a script call waits for its reply; see
+    /// [`response_timeout`](RedisStoreBuilder::response_timeout).
+    pub fn response_timeout(&self) -> std::time::Duration {
+        self.dispatcher.response_timeout()
+    }
+
+    /// The number of checks queued for a script call now, whether their callers still wait or
+    /// have gone (a check whose caller has gone is dropped when a call would carry it, or when
+    /// its queue is pruned). It locks the queue: for tests and status pages, not for every
+    /// request.
+    pub fn queue_len(&self) -> usize {
+        self.dispatcher.queued()
     }
 
     /// The number of slots of the [deny cache](RedisStore#deny-cache), `0` when it is off.
@@ -536,6 +582,7 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("prefix", &self.prefix)
             .field("client_clock", &self.uses_client_clock())
             .field("max_batch", &self.dispatcher.max_batch())
+            .field("response_timeout", &self.dispatcher.response_timeout())
             .field("deny_cache", &self.deny_cache_capacity())
             .finish_non_exhaustive()
     }
