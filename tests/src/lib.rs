@@ -3,18 +3,20 @@
 //! Test support lives here: [`RedisServer`] starts a throwaway `redis-server` on a free loopback
 //! port (which a test may kill, pause, resume and restart), also over TLS with [`TestCerts`],
 //! and [`RedisCluster`] a three-master Redis Cluster. Neither touches a server it did not
-//! start.
+//! start. [`FaultProxy`] sits between a client and a server and can withhold a reply.
 //!
 //! Tests that need Redis call [`redis_available`] first: when `redis-server` is not on the
 //! `PATH` they print `SKIPPED: redis-server not found` and return, unless `CI=true`, where a
 //! missing server fails the test.
 
+mod fault_proxy;
 pub mod load;
 mod redis_cluster;
 mod redis_server;
 pub mod replay;
 mod tls;
 
+pub use fault_proxy::{Fault, FaultProxy};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisServer, redis_available};
 pub use tls::TestCerts;

@@ -22,6 +22,18 @@ impl RedisCluster {
     ///
     /// If the cluster does not form within about ten seconds.
     pub fn start() -> Self {
+        Self::start_with_node_timeout(Duration::from_secs(2))
+    }
+
+    /// As [`start`](Self::start), with `cluster-node-timeout` set to `timeout` (2 s for
+    /// `start`): the time a node may stay silent before the others mark it failing. A test that
+    /// pauses a master for longer, and wants the others to keep serving, raises it.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster does not form within about ten seconds.
+    pub fn start_with_node_timeout(timeout: Duration) -> Self {
+        let timeout = timeout.as_millis().to_string();
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 RedisServer::start_with(&[
@@ -30,7 +42,7 @@ impl RedisCluster {
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "2000",
+                    &timeout,
                 ])
             })
             .collect();
@@ -59,6 +71,61 @@ impl RedisCluster {
     /// The nodes, each a master.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+
+    /// The index in [`nodes`](Self::nodes) of the master serving `key`'s slot.
+    ///
+    /// # Panics
+    ///
+    /// If no node claims the slot.
+    pub fn node_of(&self, key: &str) -> usize {
+        let slot: u16 = self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .expect("a slot number");
+        (0..self.nodes.len())
+            .find(|&i| self.slots_of(i).iter().any(|r| r.contains(&slot)))
+            .unwrap_or_else(|| panic!("no node serves slot {slot}"))
+    }
+
+    /// The slot ranges node `i` serves, from its own `CLUSTER NODES` line.
+    fn slots_of(&self, i: usize) -> Vec<std::ops::RangeInclusive<u16>> {
+        let nodes = self.nodes[i].cli(&["CLUSTER", "NODES"]);
+        let Some(me) = nodes.lines().find(|l| l.contains("myself")) else {
+            return Vec::new();
+        };
+        me.split_whitespace()
+            .skip(8)
+            .filter_map(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                Some(lo.parse().ok()?..=hi.parse().ok()?)
+            })
+            .collect()
+    }
+
+    /// Makes node `i` tell clients to reach it on `port` (`cluster-announce-port`), as a node
+    /// behind a proxy or a NAT does, and waits until every node says so in `CLUSTER NODES`,
+    /// so that a client learning the slots from any node goes through `port`.
+    ///
+    /// # Panics
+    ///
+    /// If the nodes do not agree within about ten seconds.
+    pub fn announce_port(&self, i: usize, port: u16) {
+        let port = port.to_string();
+        self.nodes[i].cli(&["CONFIG", "SET", "cluster-announce-port", &port]);
+        let id = self.nodes[i].cli(&["CLUSTER", "MYID"]);
+        let wanted = format!("127.0.0.1:{port}@");
+        for _ in 0..200 {
+            if self.nodes.iter().all(|n| {
+                n.cli(&["CLUSTER", "NODES"])
+                    .lines()
+                    .any(|l| l.starts_with(&id) && l.contains(&wanted))
+            }) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the nodes did not learn node {i}'s announced port {port}");
     }
 
     /// `redis://127.0.0.1:<port>` of every node.

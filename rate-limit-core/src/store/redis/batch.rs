@@ -1,55 +1,65 @@
 //! The dispatcher: checks queue up while a script call is in flight, and the next call carries
 //! all of them.
 //!
-//! A check is queued with a oneshot sender for its answer. When fewer than [`MAX_IN_FLIGHT`]
-//! calls are in flight, the check that queues starts a flush task (`tokio::spawn`): the task,
-//! not any caller, owns the batch, so a caller that gives up (a `Timeout` dropping its future)
-//! cancels nothing but its own wait. A flush takes what is queued (up to the maximum batch),
-//! skips checks whose caller has gone, sends them in one call, answers each caller, and goes
-//! on while checks keep arriving. A lone check is sent at once: no timer, no added wait.
+//! Checks queue in lanes. On a single server every check shares one lane; on Redis Cluster,
+//! where one script may only touch keys of one slot, each slot has a lane of its own, so that
+//! a slot whose master hangs holds up its own checks and no others.
 //!
-//! On Redis Cluster, one script may only touch keys of one slot: a flush sends one call per slot,
-//! concurrently.
+//! A check is queued with a oneshot sender for its answer. When its lane has fewer than
+//! [`MAX_IN_FLIGHT`] calls in flight, the check that queues starts a flush task
+//! (`tokio::spawn`): the task, not any caller, owns the batch, so a caller that gives up (a
+//! `Timeout` dropping its future) cancels nothing but its own wait. A flush takes what its lane
+//! holds (up to the maximum batch), skips checks whose caller has gone, sends them in one call
+//! (bounded by the store's response timeout, see [`call`](super::call)), answers each caller,
+//! and goes on while checks keep arriving. A lone check is sent at once: no timer, no added
+//! wait.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use redis::RedisError;
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, ServerErrorKind};
 use tokio::sync::oneshot;
 
+use super::call::{self, Answers};
 use super::error;
 use super::script::{self, Check};
 use crate::clock::Clock;
 use crate::decision::Decision;
 use crate::error::{StoreError, StoreErrorKind};
 
-/// Script calls of one store in flight at once, at most. With one, every check that arrives
+/// Script calls of one lane in flight at once, at most. With one, every check that arrives
 /// during a round trip rides the next call; a second call overlaps one batch's script run on the
 /// server with the client's work on the next, at the price of smaller batches. The throughput
 /// this gives is measured by
 /// `cargo test --release -p integration-tests --test redis_throughput -- --ignored --nocapture`.
 const MAX_IN_FLIGHT: usize = 2;
 
-/// Queued checks whose callers have gone are dropped when the queue reaches this length, and
+/// Queued checks whose callers have gone are dropped when a lane reaches this length, and
 /// then whenever it doubles, so it never holds many more than the checks still awaited.
 const PRUNE_AT: usize = 1024;
 
-/// What the callers' checks go through: the connection, the clock (client-clock mode) and the
-/// queue.
+/// The lane of every check while calls may carry checks of several slots (no cluster slot is
+/// this high).
+const SHARED_LANE: u16 = u16::MAX;
+
+/// What the callers' checks go through: the connection, the clock (client-clock mode), the
+/// response timeout and the lanes.
 pub(crate) struct Dispatcher<C> {
     pub(crate) conn: C,
     clock: Option<Arc<dyn Clock>>,
     max_batch: usize,
+    response_timeout: Duration,
     /// Send one call per cluster slot rather than one per batch: set for a Redis Cluster
     /// connection, and learnt from a `CROSSSLOT` answer.
     per_slot: AtomicBool,
-    queue: Mutex<Queue>,
+    /// The lanes that hold checks or have calls in flight, by slot (or [`SHARED_LANE`]).
+    lanes: Mutex<HashMap<u16, Lane>>,
 }
 
-struct Queue {
+struct Lane {
     waiting: VecDeque<Request>,
     in_flight: usize,
     prune_at: usize,
@@ -60,25 +70,21 @@ struct Request {
     answer: oneshot::Sender<Result<Decision, StoreError>>,
 }
 
-type Answers = Result<Vec<Result<Decision, StoreError>>, RedisError>;
-
 impl<C> Dispatcher<C> {
     pub(crate) fn new(
         conn: C,
         clock: Option<Arc<dyn Clock>>,
         max_batch: usize,
+        response_timeout: Duration,
         per_slot: bool,
     ) -> Self {
         Self {
             conn,
             clock,
             max_batch,
+            response_timeout,
             per_slot: AtomicBool::new(per_slot),
-            queue: Mutex::new(Queue {
-                waiting: VecDeque::new(),
-                in_flight: 0,
-                prune_at: PRUNE_AT,
-            }),
+            lanes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -91,10 +97,19 @@ impl<C> Dispatcher<C> {
         self.clock.is_some()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // The queue is only pushed to and popped from under the lock; a panic elsewhere cannot
-        // leave it half-changed.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    /// Checks queued in every lane, awaited or not.
+    pub(crate) fn queued(&self) -> usize {
+        self.lock().values().map(|lane| lane.waiting.len()).sum()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u16, Lane>> {
+        // Lanes are only changed under the lock; a panic elsewhere cannot leave one
+        // half-changed.
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -102,55 +117,75 @@ impl<C> Dispatcher<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    /// Decides `check`: through the queue, or in a call of its own when batching is off
-    /// (`max_batch` 1) or there is no Tokio runtime to run a flush on.
+    /// Decides `check`: through its lane, or in a call of its own when batching is off
+    /// (`max_batch` 1) or there is no Tokio runtime to run a flush on (and no timer to bound
+    /// the call with: the connection's own timeout applies).
     pub(crate) async fn decide(self: &Arc<Self>, check: Check) -> Result<Decision, StoreError> {
-        if self.max_batch == 1 || tokio::runtime::Handle::try_current().is_err() {
-            return match self.call(&[&check]).await {
+        let runtime = tokio::runtime::Handle::try_current().is_ok();
+        if self.max_batch == 1 || !runtime {
+            let timeout = runtime.then_some(self.response_timeout);
+            return match call::call(&self.conn, self.now(), &[&check], timeout).await {
                 Ok(mut answers) => answers.pop().unwrap_or_else(|| Err(lost())),
                 Err(e) => Err(error::from_redis(e)),
             };
         }
+        let lane = if self.per_slot.load(Ordering::Relaxed) {
+            check.slot()
+        } else {
+            SHARED_LANE
+        };
         let (answer, wait) = oneshot::channel();
         let start = {
-            let mut queue = self.lock();
-            queue.push(Request { check, answer });
-            let start = queue.in_flight < MAX_IN_FLIGHT;
+            let mut lanes = self.lock();
+            let l = lanes.entry(lane).or_insert_with(Lane::new);
+            l.push(Request { check, answer });
+            let start = l.in_flight < MAX_IN_FLIGHT;
             if start {
-                queue.in_flight += 1;
+                l.in_flight += 1;
             }
             start
         };
         if start {
-            tokio::spawn(Arc::clone(self).flush());
+            tokio::spawn(Arc::clone(self).flush(lane));
         }
         wait.await.unwrap_or_else(|_| Err(lost()))
     }
 
-    /// Sends batches until the queue is empty.
-    async fn flush(self: Arc<Self>) {
-        // Counted in `in_flight` until the queue is found empty, or until this task is dropped
-        // (its runtime shutting down), so that a later check starts a new flush.
+    /// Sends batches of `lane` until it is empty.
+    async fn flush(self: Arc<Self>, lane: u16) {
+        // Counted in the lane's `in_flight` until the lane is found empty, or until this task
+        // is dropped (its runtime shutting down), so that a later check starts a new flush.
         let mut counted = InFlight {
             dispatcher: &self,
+            lane,
             armed: true,
         };
         loop {
             let batch = {
-                let mut queue = self.lock();
-                let batch = queue.take(self.max_batch);
+                // Found empty and released under one lock: a check queued after this starts
+                // a flush of its own.
+                let mut lanes = self.lock();
+                let batch = lanes
+                    .get_mut(&lane)
+                    .map(|l| l.take(self.max_batch))
+                    .unwrap_or_default();
                 if batch.is_empty() {
-                    queue.in_flight -= 1;
                     counted.armed = false;
+                    release(&mut lanes, lane);
                     return;
                 }
                 batch
             };
-            self.send(batch).await;
+            self.send(lane, batch).await;
         }
     }
 
-    async fn send(self: &Arc<Self>, batch: Vec<Request>) {
+    async fn send(self: &Arc<Self>, lane: u16, batch: Vec<Request>) {
+        if lane != SHARED_LANE {
+            // One slot: one call.
+            let answers = self.call(&checks(&batch)).await;
+            return answer(batch, answers);
+        }
         if self.per_slot.load(Ordering::Relaxed) {
             return self.send_per_slot(batch).await;
         }
@@ -162,14 +197,16 @@ where
                 .any(|r| r.check.slot() != batch[0].check.slot())
         {
             // A cluster behind a connection type not known as one: nothing ran (the server
-            // checks slots first), so send again, one call per slot, from now on.
+            // checks slots first), so send again, one call per slot; later checks queue in the
+            // lanes of their slots.
             self.per_slot.store(true, Ordering::Relaxed);
             return self.send_per_slot(batch).await;
         }
         answer(batch, answers);
     }
 
-    /// One call per slot, concurrently; returns when every caller has its answer.
+    /// One call per slot, concurrently; returns when every caller has its answer. Only for the
+    /// checks of the shared lane once `CROSSSLOT` has shown that the connection is a cluster's.
     async fn send_per_slot(self: &Arc<Self>, mut batch: Vec<Request>) {
         // A stable sort keeps arrival order within each slot.
         batch.sort_by_key(|r| r.check.slot());
@@ -202,32 +239,35 @@ where
         }
     }
 
-    /// One script call for `checks`, at one instant: one answer per check.
+    /// One script call for `checks`, at one instant, bounded by the response timeout: one
+    /// answer per check.
     async fn call(&self, checks: &[&Check]) -> Answers {
-        let now = self
-            .clock
+        call::call(&self.conn, self.now(), checks, Some(self.response_timeout)).await
+    }
+
+    /// Now in ticks, in client-clock mode; `None` to use the server's `TIME`.
+    fn now(&self) -> Option<u64> {
+        self.clock
             .as_ref()
-            .map(|c| c.now_nanos() / script::TICK_NANOS);
-        let cmd = script::command(now, checks);
-        let mut conn = self.conn.clone();
-        let reply: redis::Value = match cmd.query_async(&mut conn).await {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                // After a restart or `SCRIPT FLUSH`: load the script, then send the call again
-                // (nothing ran: the server found no script).
-                script::DECIDE
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await?;
-                cmd.query_async(&mut conn).await?
-            }
-            reply => reply?,
-        };
-        Ok(script::parse_batch(reply, checks))
+            .map(|c| c.now_nanos() / script::TICK_NANOS)
     }
 }
 
-impl Queue {
+impl Lane {
+    fn new() -> Self {
+        Self {
+            waiting: VecDeque::new(),
+            in_flight: 0,
+            prune_at: PRUNE_AT,
+        }
+    }
+
     fn push(&mut self, request: Request) {
+        // Callers give up about in the order they came (each after its own budget): the ones
+        // at the front that have gone are dropped at once, the others at the next prune.
+        while self.waiting.front().is_some_and(|r| r.answer.is_closed()) {
+            self.waiting.pop_front();
+        }
         if self.waiting.len() >= self.prune_at {
             self.waiting.retain(|r| !r.answer.is_closed());
             self.prune_at = (self.waiting.len() * 2).max(PRUNE_AT);
@@ -247,6 +287,16 @@ impl Queue {
             }
         }
         batch
+    }
+}
+
+/// Ends a flush of `lane`: one call fewer in flight, and the lane forgotten once it is idle.
+fn release(lanes: &mut HashMap<u16, Lane>, lane: u16) {
+    if let Some(l) = lanes.get_mut(&lane) {
+        l.in_flight -= 1;
+        if l.in_flight == 0 && l.waiting.is_empty() {
+            lanes.remove(&lane);
+        }
     }
 }
 
@@ -280,16 +330,17 @@ fn lost() -> StoreError {
     )
 }
 
-/// A flush counted in `in_flight`, uncounted when it ends in any way.
+/// A flush counted in its lane's `in_flight`, uncounted when it ends in any way.
 struct InFlight<'a, C> {
     dispatcher: &'a Dispatcher<C>,
+    lane: u16,
     armed: bool,
 }
 
 impl<C> Drop for InFlight<'_, C> {
     fn drop(&mut self) {
         if self.armed {
-            self.dispatcher.lock().in_flight -= 1;
+            release(&mut self.dispatcher.lock(), self.lane);
         }
     }
 }

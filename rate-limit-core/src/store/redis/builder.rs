@@ -1,8 +1,10 @@
-//! [`RedisStoreBuilder`]: the key prefix, where time comes from, batching and the deny cache.
+//! [`RedisStoreBuilder`]: the key prefix, where time comes from, batching, the response timeout
+//! and the deny cache.
 
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::batch::Dispatcher;
 use super::deny_cache::{self, DenyCache};
@@ -13,6 +15,10 @@ use crate::error::ConfigError;
 /// Checks per script call unless [`RedisStoreBuilder::max_batch`] says otherwise.
 const DEFAULT_MAX_BATCH: NonZeroUsize = NonZeroUsize::MIN.saturating_add(127);
 
+/// How long a script call may wait for its reply unless
+/// [`RedisStoreBuilder::response_timeout`] says otherwise.
+pub(super) const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Builds a [`RedisStore`] over a connection `C`; see [`RedisStore::builder`].
 pub struct RedisStoreBuilder<C> {
     conn: C,
@@ -20,6 +26,7 @@ pub struct RedisStoreBuilder<C> {
     clock: Option<Arc<dyn Clock>>,
     backend: &'static str,
     max_batch: NonZeroUsize,
+    response_timeout: Duration,
     deny_cache: usize,
     per_slot: bool,
 }
@@ -33,6 +40,7 @@ impl<C> RedisStoreBuilder<C> {
             clock: None,
             backend: "redis",
             max_batch: DEFAULT_MAX_BATCH,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             deny_cache: deny_cache::DEFAULT_CAPACITY,
             per_slot,
         }
@@ -107,6 +115,45 @@ impl<C> RedisStoreBuilder<C> {
         self
     }
 
+    /// How long a script call may wait for its reply, 2 s by default (far above a round trip,
+    /// even on a loaded host: it fails calls that are stuck, not slow ones); see
+    /// [failures](RedisStore#failures-timeouts-and-retries).
+    ///
+    /// A call without a reply by then fails every check it carried with a
+    /// [`Timeout`](crate::StoreErrorKind::Timeout) error, is not sent again (the script may
+    /// have run), and frees its place in flight for the checks queued behind it. This bounds
+    /// every call whatever the connection's own settings (a `ClusterConnection` has no response
+    /// timeout by default), and keeps a hung server or Cluster master from holding calls in
+    /// flight for ever. A caller that wants a tighter budget wraps the store in a
+    /// [`Timeout`](crate::resilience::Timeout); this one stays the store's backstop.
+    ///
+    /// The timer is Tokio's, as the `redis` crate's own response timeouts are: checks must run
+    /// in a runtime with its time driver enabled (outside any Tokio runtime, each check is a
+    /// call of its own, bounded by the connection's timeout only).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use rate_limit_core::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let conn = client.get_multiplexed_async_connection().await?;
+    /// let store = RedisStore::builder(conn)
+    ///     .response_timeout(Duration::from_millis(100))
+    ///     .build()?;
+    /// assert_eq!(store.response_timeout(), Duration::from_millis(100));
+    /// let zero = RedisStore::builder(store.connection().clone()).response_timeout(Duration::ZERO);
+    /// assert_eq!(zero.build().unwrap_err().setting(), "response_timeout");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
     /// The number of slots of the [deny cache](RedisStore#deny-cache), 4096 by default; `0`
     /// turns it off.
     ///
@@ -126,13 +173,21 @@ impl<C> RedisStoreBuilder<C> {
     ///
     /// # Errors
     ///
-    /// The [`prefix`](Self::prefix) is empty or holds `{`, `}` or a control character.
+    /// The [`prefix`](Self::prefix) is empty or holds `{`, `}` or a control character; the
+    /// [`response_timeout`](Self::response_timeout) is zero.
     pub fn build(self) -> Result<RedisStore<C>, ConfigError> {
         keys::validate_prefix(&self.prefix)?;
+        if self.response_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "response_timeout",
+                format!("{:?}", self.response_timeout),
+                "must be above zero",
+            ));
+        }
         Ok(self.assemble())
     }
 
-    /// The store, with a prefix known to be valid.
+    /// The store, with settings known to be valid.
     pub(super) fn assemble(self) -> RedisStore<C> {
         let deny_cache = NonZeroUsize::new(self.deny_cache).map(|capacity| {
             let clock: Arc<dyn Clock> = match &self.clock {
@@ -146,6 +201,7 @@ impl<C> RedisStoreBuilder<C> {
                 self.conn,
                 self.clock,
                 self.max_batch.get(),
+                self.response_timeout,
                 self.per_slot,
             )),
             prefix: self.prefix.into(),
@@ -161,6 +217,7 @@ impl<C> fmt::Debug for RedisStoreBuilder<C> {
             .field("prefix", &self.prefix)
             .field("client_clock", &self.clock.is_some())
             .field("max_batch", &self.max_batch)
+            .field("response_timeout", &self.response_timeout)
             .field("deny_cache", &self.deny_cache)
             .finish_non_exhaustive()
     }

@@ -6,7 +6,8 @@ use crate::error::{StoreError, StoreErrorKind};
 
 /// The kind of store failure a Redis error is.
 ///
-/// - an I/O timeout (the connection's response or connect timeout) is `Timeout`;
+/// - an I/O timeout (the connection's response or connect timeout, or the store's response
+///   timeout) is `Timeout`;
 /// - any other I/O error (refused, reset, dropped, closed), a failed authentication and a
 ///   cluster node that cannot be reached are `Connection`;
 /// - a bad client configuration (a URL that cannot work) is `InvalidInput`;

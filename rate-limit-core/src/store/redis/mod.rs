@@ -1,7 +1,7 @@
 //! [`RedisStore`]: one budget per client shared by every instance, through Redis.
 //!
 //! See [`RedisStore`] for the details: how a check runs, batching, the deny cache, time,
-//! exactness, keys, connections.
+//! exactness, keys, connections, failures and retries.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -16,6 +16,7 @@ use crate::limit::Limit;
 
 mod batch;
 mod builder;
+mod call;
 mod deny_cache;
 use deny_cache::DenyCache;
 mod error;
@@ -39,19 +40,25 @@ pub use builder::RedisStoreBuilder;
 /// algorithms. A check that fails in the script (a key holding another type, `WRONGTYPE`) gets
 /// its error; the others in the same call get their decisions. When the server does not know
 /// the script (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`), it is loaded and the call is
-/// retried once.
+/// sent again; no other failure is retried (see
+/// [failures](#failures-timeouts-and-retries)).
 ///
 /// # Batching and coalescing
 ///
-/// Each store has a dispatcher. A check that finds fewer than two calls in flight starts a
-/// flush task, which sends what is queued (up to [`max_batch`](RedisStoreBuilder::max_batch)
-/// checks, 128 by default) as one call, answers each caller, and goes on while checks keep
-/// arriving. A lone check is sent at once: batching adds no timer and no wait; under load, the
-/// checks that arrive during one round trip share the next. The flush runs in its own Tokio
-/// task, so a caller that gives up (a `resilience::Timeout` dropping its future) cancels only
-/// its own wait; a queued check whose caller has gone is not sent. A failed call (a lost
-/// connection, a timeout) fails every check it carried. On Redis Cluster, a flush sends one call
-/// per hash slot, concurrently: a script never touches two slots.
+/// Each store has a dispatcher. A check that finds fewer than two calls in flight in its
+/// queue starts a flush task, which sends what is queued (up to
+/// [`max_batch`](RedisStoreBuilder::max_batch) checks, 128 by default) as one call, answers
+/// each caller, and goes on while checks keep arriving. A lone check is sent at once: batching
+/// adds no timer and no wait; under load, the checks that arrive during one round trip share
+/// the next. The flush runs in its own Tokio task, so a caller that gives up (a
+/// `resilience::Timeout` dropping its future) cancels only its own wait; a queued check whose
+/// caller has gone is not sent, and is dropped from the queue. A failed call (a lost
+/// connection, a timeout) fails every check it carried.
+///
+/// On a single server, every check shares one queue. On Redis Cluster, where a script may
+/// only touch keys of one slot, each hash slot has a queue of its own, with at most two calls
+/// in flight: a master that hangs holds up the checks of its own slots only, and checks of
+/// keys on the other masters keep being answered.
 ///
 /// Identical checks in a row in a batch (the same key, limits, cost and commit, as a hot
 /// key's are) are sent once with a count, and the script decides each of them in turn: the
@@ -165,7 +172,8 @@ pub use builder::RedisStoreBuilder;
 /// [`RedisStore::connect`] builds), a `MultiplexedConnection`, or, with the `cluster` feature, a
 /// `ClusterConnection` ([`RedisStore::connect_cluster`]). Each call clones the handle, which is
 /// cheap: they multiplex one socket. A cluster connection of another type is recognised by the
-/// first `CROSSSLOT` answer, and the batch is sent again one call per slot.
+/// first `CROSSSLOT` answer, and the batch is sent again one call per slot; pass the
+/// `ClusterConnection` itself to get a queue per slot, and `ASK` redirects followed.
 ///
 /// Batching needs a Tokio runtime to run its flush task on; outside one, each check is a call
 /// of its own.
@@ -178,6 +186,43 @@ pub use builder::RedisStoreBuilder;
 /// `redis::Client::build_with_tls` with that CA as the root and pass the connection to
 /// [`builder`](RedisStore::builder). Both are tested against a live TLS `redis-server` in
 /// `tests/tests/redis_tls.rs`.
+///
+/// # Failures, timeouts and retries
+///
+/// A call whose reply never came (a dropped connection, a timeout) may have run on the server:
+/// it is never sent again, since running the script twice would charge its checks twice. It
+/// fails, and a check that failed this way may or may not have been charged. A call is sent
+/// again only after a reply the server gives before it runs a script: `NOSCRIPT` (the script
+/// is loaded first), and on Redis Cluster the redirects `MOVED` (the connection has refreshed
+/// its slot map) and `ASK` (the call goes to the node it names, after `ASKING`; through a
+/// `ClusterConnection` only), at most three redirects per call. Other cluster answers
+/// (`TRYAGAIN`, `CLUSTERDOWN`, ...) fail the call at once rather than wait inside it.
+///
+/// The connections must not re-send on their own either:
+///
+/// - `ConnectionManager` (redis 1.8) sends a command once; when the connection drops, the
+///   error goes to the caller and it reconnects in the background (its `number_of_retries` is
+///   about reconnecting, not re-sending; see `ConnectionManager::send_packed_command`). A
+///   `MultiplexedConnection` sends once and does not reconnect. Both are tested behind a proxy
+///   that withholds the reply of a script call (`tests/tests/redis_faults.rs`): charged once.
+/// - `ClusterConnection` re-sends a command after a dropped connection or a timeout, as many
+///   times as its `retries` setting allows (16 by default), and counts `MOVED` and `ASK`
+///   redirects against the same number, so re-sends cannot be turned off without turning
+///   redirects off too. [`RedisStore::connect_cluster`] builds it with `retries(0)`, and the
+///   store follows redirects itself. A `ClusterConnection` passed to
+///   [`builder`](RedisStore::builder) must be built the same way:
+///   `ClusterClient::builder(nodes).retries(0)`, and a `response_timeout`, so that a slot map
+///   refresh never waits on a hung node.
+///
+/// Every call waits at most the store's
+/// [`response_timeout`](RedisStoreBuilder::response_timeout) (2 s by default) for its reply,
+/// or less if the connection's own timeout is shorter (500 ms by default for a
+/// `ConnectionManager` or a `MultiplexedConnection`; a `ClusterConnection` has none unless
+/// given one): then it fails with a `Timeout` error and frees its place in flight. A caller
+/// with a tighter budget wraps the store in a
+/// [`resilience::Timeout`](crate::resilience::Timeout). When it gives up, its check is dropped
+/// from the queue, at the latest when the calls ahead of it end: it is never sent, and nothing
+/// of it stays behind.
 ///
 /// # Errors
 ///
@@ -228,6 +273,29 @@ where
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// A `ClusterConnection` must come from a client built with `.retries(0)`: by default it
+    /// re-sends a call whose connection dropped after the script ran, charging its checks
+    /// twice. Give it a `.response_timeout(..)` too, so that a hung node never stalls its slot
+    /// map refresh. The store follows `MOVED` and `ASK` itself; see
+    /// [failures](RedisStore#failures-timeouts-and-retries).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "cluster")]
+    /// # async fn cluster() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use rate_limit_core::{RedisStore, Store};
+    ///
+    /// let client = redis::cluster::ClusterClient::builder(["redis://127.0.0.1:7000"])
+    ///     .retries(0)
+    ///     .response_timeout(Duration::from_secs(2))
+    ///     .build()?;
+    /// let conn = client.get_async_connection().await?;
+    /// let store = RedisStore::builder(conn).backend("cluster").build()?;
+    /// assert_eq!(store.backend(), "cluster");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder(conn: C) -> RedisStoreBuilder<C> {
         let per_slot = is_cluster(&conn);
         RedisStoreBuilder::new(conn, per_slot)
@@ -251,9 +319,12 @@ impl RedisStore<ConnectionManager> {
     /// Connects to `url` through a `ConnectionManager`, which reconnects after a failure, with
     /// the default prefix and server time.
     ///
-    /// Reconnection waits at most 500 ms between attempts, and each attempt at most 500 ms, rather
-    /// than the `redis` crate's longer defaults; use [`connect_with`](Self::connect_with) for
-    /// other settings.
+    /// A reconnection makes two attempts, about 100 ms apart, each waiting at most 500 ms to
+    /// connect, rather than the `redis` crate's seven (which kept a check waiting about 3.4 s
+    /// while Redis refused connections): a check that meets Redis down fails with a
+    /// [`Connection`](StoreErrorKind::Connection) error within the store's
+    /// [response timeout](RedisStoreBuilder::response_timeout), and the next check tries again.
+    /// Use [`connect_with`](Self::connect_with) for other settings.
     ///
     /// # Errors
     ///
@@ -305,6 +376,10 @@ impl RedisStore<ConnectionManager> {
     /// As [`connect`](Self::connect), with the `ConnectionManager`'s reconnection settings
     /// (delays, timeouts, retries) given by `config`.
     ///
+    /// A check waits at most the store's response timeout (2 s) in all, reconnection
+    /// included: with settings whose reconnection takes longer, checks made while Redis is down
+    /// fail with a [`Timeout`](StoreErrorKind::Timeout) error rather than a `Connection` one.
+    ///
     /// # Errors
     ///
     /// The URL is invalid, or the first connection failed.
@@ -320,12 +395,13 @@ impl RedisStore<ConnectionManager> {
     }
 }
 
-/// The reconnection settings of [`RedisStore::connect`]: at most 500 ms per attempt and between
-/// attempts.
+/// The reconnection settings of [`RedisStore::connect`]: two attempts, at most 500 ms each and
+/// between them.
 fn manager_config() -> redis::aio::ConnectionManagerConfig {
     redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
         .set_max_delay(std::time::Duration::from_millis(500))
+        .set_number_of_retries(1)
 }
 
 #[cfg(feature = "cluster")]
@@ -333,12 +409,23 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
     /// Connects to a Redis Cluster through any of its `nodes` (URLs), with the default prefix and
     /// server time.
     ///
+    /// The connection re-sends nothing on its own (`retries(0)`): the store sends a call again
+    /// only after a reply proving that the script did not run, `MOVED` and `ASK` redirects
+    /// included (see [failures](RedisStore#failures-timeouts-and-retries)). Each node's
+    /// connection waits at most the store's default
+    /// [response timeout](RedisStoreBuilder::response_timeout), 2 s, for a reply, so that
+    /// the slot-map refresh never waits on a hung node, and at most 500 ms to connect.
+    ///
     /// # Errors
     ///
     /// A URL is invalid, or no node could be reached.
     pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, StoreError> {
-        let client =
-            redis::cluster::ClusterClient::new(nodes.to_vec()).map_err(error::from_redis)?;
+        let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
+            .retries(0)
+            .response_timeout(builder::DEFAULT_RESPONSE_TIMEOUT)
+            .connection_timeout(std::time::Duration::from_millis(500))
+            .build()
+            .map_err(error::from_redis)?;
         let conn = client
             .get_async_connection()
             .await
@@ -367,6 +454,20 @@ impl<C> RedisStore<C> {
     /// [`max_batch`](RedisStoreBuilder::max_batch).
     pub fn max_batch(&self) -> usize {
         self.dispatcher.max_batch()
+    }
+
+    /// How long a script call waits for its reply; see
+    /// [`response_timeout`](RedisStoreBuilder::response_timeout).
+    pub fn response_timeout(&self) -> std::time::Duration {
+        self.dispatcher.response_timeout()
+    }
+
+    /// The number of checks queued for a script call now, whether their callers still wait or
+    /// have gone (a check whose caller has gone is dropped when a call would carry it, or when
+    /// its queue is pruned). It locks the queue: for tests and status pages, not for every
+    /// request.
+    pub fn queue_len(&self) -> usize {
+        self.dispatcher.queued()
     }
 
     /// The number of slots of the [deny cache](RedisStore#deny-cache), `0` when it is off.
@@ -518,6 +619,7 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("prefix", &self.prefix)
             .field("client_clock", &self.uses_client_clock())
             .field("max_batch", &self.dispatcher.max_batch())
+            .field("response_timeout", &self.dispatcher.response_timeout())
             .field("deny_cache", &self.deny_cache_capacity())
             .finish_non_exhaustive()
     }

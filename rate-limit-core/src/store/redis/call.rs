@@ -1,0 +1,162 @@
+//! One script call: sent once, bounded by the store's response timeout, and sent again only
+//! after a reply proving that the script did not run.
+//!
+//! A call whose reply never came (a dropped connection, a timeout) may have run: sending it
+//! again could charge its checks twice, so it fails instead. What proves the script did not
+//! run is a reply the server gives before running it: `NOSCRIPT` (the script is loaded, and
+//! the call sent again), and on Redis Cluster a redirect, `MOVED` (sent again, to the node the
+//! connection's refreshed slot map names) or `ASK` (sent to the node it names, after
+//! `ASKING`), at most [`MAX_REDIRECTS`] times.
+
+use std::io;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
+
+use super::script::{self, Check};
+use crate::decision::Decision;
+use crate::error::StoreError;
+
+/// Redirects one call follows, at most. A slot that moved needs one (`MOVED`, or `ASK` then
+/// `MOVED` while it migrates); the others cover a slot map refreshed from a node that had not
+/// yet heard of the move.
+const MAX_REDIRECTS: u32 = 3;
+
+/// One answer per check, or the error that failed the whole call.
+pub(crate) type Answers = Result<Vec<Result<Decision, StoreError>>, RedisError>;
+
+/// Decides `checks` in one script call on `conn`, at `now` (client-clock mode) or at the
+/// server's `TIME`. With a `timeout`, the call (its resends included) fails with a timeout
+/// once that has passed without a reply; the timer is Tokio's.
+pub(crate) async fn call<C>(
+    conn: &C,
+    now: Option<u64>,
+    checks: &[&Check],
+    timeout: Option<Duration>,
+) -> Answers
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let attempt = send(conn.clone(), now, checks);
+    match timeout {
+        Some(limit) => match tokio::time::timeout(limit, attempt).await {
+            Ok(answers) => answers,
+            Err(_elapsed) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no reply within the store's response timeout of {limit:?}"),
+            )
+            .into()),
+        },
+        None => attempt.await,
+    }
+}
+
+async fn send<C>(mut conn: C, now: Option<u64>, checks: &[&Check]) -> Answers
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let cmd = script::command(now, checks);
+    // The node an `ASK` named, until the call is sent there.
+    let mut asked: Option<(String, u16)> = None;
+    let (mut loaded, mut redirects) = (false, 0);
+    loop {
+        let reply = match &asked {
+            None => cmd.query_async(&mut conn).await,
+            Some(node) => asking(&mut conn, &cmd, node).await,
+        };
+        let e = match reply {
+            Ok(reply) => return Ok(script::parse_batch(reply, checks)),
+            Err(e) => e,
+        };
+        match e.kind() {
+            // After a restart or `SCRIPT FLUSH`: load the script and send the call again.
+            ErrorKind::Server(ServerErrorKind::NoScript) if !loaded => {
+                loaded = true;
+                script::DECIDE
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await?;
+            }
+            // The slot is served elsewhere. The cluster connection refreshes its slot map on
+            // this reply, before it routes the next call.
+            ErrorKind::Server(ServerErrorKind::Moved) if redirects < MAX_REDIRECTS => {
+                redirects += 1;
+                asked = None;
+            }
+            ErrorKind::Server(ServerErrorKind::Ask)
+                if redirects < MAX_REDIRECTS && super::is_cluster(&conn) =>
+            {
+                let Some(node) = e.redirect_node().and_then(|(addr, _)| address(addr)) else {
+                    return Err(e);
+                };
+                redirects += 1;
+                asked = Some(node);
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// `host` and `port` of `host:port`.
+fn address(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+/// Sends `cmd` to `node` after `ASKING`, as a slot being migrated there requires: possible
+/// through a `ClusterConnection` only, which can route to a given node (an `ASK` through
+/// another connection fails the call).
+#[cfg(feature = "cluster")]
+async fn asking<C: 'static>(
+    conn: &mut C,
+    cmd: &redis::Cmd,
+    (host, port): &(String, u16),
+) -> Result<Value, RedisError> {
+    use redis::cluster_async::ClusterConnection;
+    use redis::cluster_routing::SingleNodeRoutingInfo;
+    let Some(cluster) = (conn as &mut dyn std::any::Any).downcast_mut::<ClusterConnection>() else {
+        return Err(cannot_ask());
+    };
+    let mut pipe = redis::pipe();
+    pipe.cmd("ASKING").add_command(cmd.clone());
+    let route = SingleNodeRoutingInfo::ByAddress {
+        host: host.clone(),
+        port: *port,
+    };
+    // The second reply, the script's.
+    let mut replies = cluster.route_pipeline(pipe, 1, 1, route).await?;
+    replies.pop().ok_or_else(cannot_ask)?.extract_error()
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn asking<C>(
+    _conn: &mut C,
+    _cmd: &redis::Cmd,
+    _node: &(String, u16),
+) -> Result<Value, RedisError> {
+    Err(cannot_ask())
+}
+
+fn cannot_ask() -> RedisError {
+    RedisError::from((
+        ErrorKind::Client,
+        "an ASK redirect can only be followed through a ClusterConnection",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_addresses_split_at_the_last_colon() {
+        assert_eq!(
+            address("127.0.0.1:7001"),
+            Some(("127.0.0.1".to_owned(), 7001))
+        );
+        assert_eq!(address("::1:7001"), Some(("::1".to_owned(), 7001)));
+        assert_eq!(address("host"), None);
+        assert_eq!(address("host:x"), None);
+    }
+}
