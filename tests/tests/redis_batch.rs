@@ -567,15 +567,35 @@ async fn batches_on_a_cluster_never_cross_slots() {
         return;
     }
     let cluster = RedisCluster::start();
-    let store = Arc::new(cluster.connect_store().await);
+    // This test is about slots, not latency: 300 keys make up to 600 calls in flight at once,
+    // which on a loaded 2-core machine can take longer than the default 2 s response timeout.
+    let patient = Duration::from_secs(30);
+    let conn = patient_connection(&cluster, patient).await;
+    let store = RedisStore::builder(conn).backend("cluster");
+    let store = Arc::new(store.response_timeout(patient).build().unwrap());
     cluster_keys_are_exact(&store).await;
 
     // A cluster connection of a type the store does not know: the first batch over several
     // slots answers CROSSSLOT, and is sent again one call per slot.
-    let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
-    let conn = Wrapped(client.get_async_connection().await.unwrap());
-    let store = Arc::new(RedisStore::builder(conn).prefix("w").build().unwrap());
+    let conn = Wrapped(patient_connection(&cluster, patient).await);
+    let store = RedisStore::builder(conn)
+        .prefix("w")
+        .response_timeout(patient);
+    let store = Arc::new(store.build().unwrap());
     cluster_keys_are_exact(&store).await;
+}
+
+/// A cluster connection that never re-sends a call (as `RedisStore` requires) and waits up to
+/// `timeout` for a reply.
+async fn patient_connection(cluster: &RedisCluster, timeout: Duration) -> ClusterConnection {
+    redis::cluster::ClusterClient::builder(cluster.urls())
+        .retries(0)
+        .response_timeout(timeout)
+        .build()
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap()
 }
 
 /// 300 keys, 4 tasks each doing 2 checks of two limits: no error, and 3 admitted per key.
