@@ -6,12 +6,18 @@
 //! ```
 //!
 //! Endpoints: `GET /ratelimit`, `POST /acquire`, `GET /status?key=K`, `GET /metrics`,
-//! `GET /healthz`. Settings: see `examples::demo::config`. SIGTERM or Ctrl-C stops accepting
+//! `GET /healthz`. Settings: see the `config` module. SIGTERM or Ctrl-C stops accepting
 //! connections, lets in-flight requests finish, and exits 0.
+
+mod client;
+mod config;
+mod routes;
+mod server;
+mod store;
 
 use std::process::ExitCode;
 
-use examples::demo::{self, Config};
+use config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -36,7 +42,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match demo::serve(config, shutdown).await {
+    match server::serve(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("demo: {err}");

@@ -40,7 +40,7 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// What the routes share.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub(crate) struct AppState {
     store: DemoStore,
     policies: Arc<Policies>,
     key: Arc<ClientKey>,
@@ -49,7 +49,7 @@ pub struct AppState {
 
 impl AppState {
     /// The state for [`router`].
-    pub fn new(
+    pub(crate) fn new(
         store: DemoStore,
         policies: Policies,
         key: ClientKey,
@@ -66,22 +66,22 @@ impl AppState {
 
 /// The cost of an `/acquire` request, read from its body before the layer runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cost(pub NonZeroU32);
+pub(crate) struct Cost(pub(crate) NonZeroU32);
 
 /// The JSON of a decision: `/ratelimit`, `/acquire`, their 429s, and `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DecisionBody {
+pub(crate) struct DecisionBody {
     /// Whether the request was (or, for `/status`, would be) admitted.
-    pub allowed: bool,
+    pub(crate) allowed: bool,
     /// Capacity of the binding limit.
-    pub limit: u32,
+    pub(crate) limit: u32,
     /// What is left of it.
-    pub remaining: u32,
+    pub(crate) remaining: u32,
     /// Milliseconds until it is full again, rounded up.
-    pub reset_after_ms: u64,
+    pub(crate) reset_after_ms: u64,
     /// Milliseconds to wait before retrying, rounded up: 0 when allowed, `null` when no wait
     /// would help (the cost exceeds the capacity).
-    pub retry_after_ms: Option<u64>,
+    pub(crate) retry_after_ms: Option<u64>,
 }
 
 impl From<&Decision> for DecisionBody {
@@ -105,7 +105,7 @@ impl From<&Decision> for DecisionBody {
 }
 
 /// The whole demo application.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let policies = Arc::clone(&state.policies);
     // The policy hook always picks, so the layer's own default policy only needs a quota.
     let quota = *state.policies.default_limit().quota();
@@ -134,7 +134,7 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
 }
 
 /// The layer's rejections as JSON: 429 with the decision, 503, 400.
-pub fn reject(rejection: &Rejection<'_>) -> Response<Body> {
+pub(crate) fn reject(rejection: &Rejection<'_>) -> Response<Body> {
     match rejection {
         Rejection::Limited(decision) => {
             json_response(rejection.status(), &DecisionBody::from(*decision))

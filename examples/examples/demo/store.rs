@@ -18,7 +18,7 @@ type CircuitFn = dyn Fn() -> &'static str + Send + Sync;
 
 /// The demo's store with what `/status` reports about it.
 #[derive(Clone)]
-pub struct DemoStore {
+pub(crate) struct DemoStore {
     store: Arc<dyn Store>,
     backend: &'static str,
     failure_mode: FailureMode,
@@ -27,7 +27,7 @@ pub struct DemoStore {
 
 impl DemoStore {
     /// An in-memory store bounded to `config.max_keys`.
-    pub fn memory(config: &Config) -> Self {
+    pub(crate) fn memory(config: &Config) -> Self {
         let store = MemoryStore::builder().max_keys(config.max_keys).build();
         Self {
             store: Arc::new(store),
@@ -47,7 +47,7 @@ impl DemoStore {
     ///
     /// Redis could not be reached within 5 s, in `closed` mode or on a cluster; or the URL is
     /// invalid.
-    pub async fn connect(config: &Config) -> Result<Self, StoreStartError> {
+    pub(crate) async fn connect(config: &Config) -> Result<Self, StoreStartError> {
         match &config.backend {
             Backend::Memory => Ok(Self::memory(config)),
             Backend::Redis(url) => {
@@ -103,23 +103,23 @@ impl DemoStore {
     }
 
     /// The store, to hand to the layer and to `/status`.
-    pub fn store(&self) -> Arc<dyn Store> {
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.store)
     }
 
     /// `memory`, `redis` or `cluster`.
-    pub fn backend(&self) -> &'static str {
+    pub(crate) fn backend(&self) -> &'static str {
         self.backend
     }
 
     /// What the layer does when the store fails.
-    pub fn failure_mode(&self) -> FailureMode {
+    pub(crate) fn failure_mode(&self) -> FailureMode {
         self.failure_mode
     }
 
     /// The circuit breaker's state: `closed`, `open` or `half_open`. A store with no breaker (in
     /// memory) has nothing to trip and reports `closed`.
-    pub fn circuit(&self) -> &'static str {
+    pub(crate) fn circuit(&self) -> &'static str {
         self.circuit.as_ref().map_or("closed", |state| state())
     }
 }
@@ -152,7 +152,7 @@ async fn connect<S>(
 
 /// The store could not be set up at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreStartError(String);
+pub(crate) struct StoreStartError(String);
 
 impl fmt::Display for StoreStartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -39,10 +39,10 @@ use serde::Deserialize;
 use tower_ratelimit::key::Cidr;
 
 /// The endpoints a `[[routes]]` entry may give their own policy.
-pub const LIMITED_ROUTES: [&str; 2] = ["/ratelimit", "/acquire"];
+pub(crate) const LIMITED_ROUTES: [&str; 2] = ["/ratelimit", "/acquire"];
 
 /// Every scalar setting, by environment variable name. The file uses the lower-case names.
-pub const SETTINGS: [&str; 15] = [
+pub(crate) const SETTINGS: [&str; 15] = [
     "PORT",
     "REDIS_URL",
     "REDIS_ADDR",
@@ -63,7 +63,7 @@ pub const SETTINGS: [&str; 15] = [
 /// Where rate-limit state lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Backend {
+pub(crate) enum Backend {
     /// An in-process [`MemoryStore`](rate_limit_core::MemoryStore): one budget per instance.
     Memory,
     /// One Redis server, by URL: one budget shared by every instance.
@@ -72,21 +72,10 @@ pub enum Backend {
     Cluster(Vec<String>),
 }
 
-impl Backend {
-    /// `memory`, `redis` or `cluster`, as `/status` reports it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Memory => "memory",
-            Self::Redis(_) => "redis",
-            Self::Cluster(_) => "cluster",
-        }
-    }
-}
-
 /// What happens to a request when Redis cannot decide (`FAILURE_MODE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub enum FailureSetting {
+pub(crate) enum FailureSetting {
     /// Let the request through.
     Open,
     /// Answer `503 Service Unavailable`.
@@ -98,7 +87,7 @@ pub enum FailureSetting {
 
 impl FailureSetting {
     /// `open`, `closed` or `local`, as `FAILURE_MODE` spells it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Open => "open",
             Self::Closed => "closed",
@@ -123,55 +112,55 @@ impl FromStr for FailureSetting {
 
 /// A per-route policy from the file: the limit for one of [`LIMITED_ROUTES`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteLimit {
+pub(crate) struct RouteLimit {
     /// The path, `/ratelimit` or `/acquire`.
-    pub path: String,
+    pub(crate) path: String,
     /// The policy name (headers, metrics, store keys).
-    pub name: String,
+    pub(crate) name: String,
     /// The limit.
-    pub limit: Limit,
+    pub(crate) limit: Limit,
 }
 
 /// A tier from the file: clients (values of the key header) with their own limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tier {
+pub(crate) struct Tier {
     /// The policy name.
-    pub name: String,
+    pub(crate) name: String,
     /// The key-header values that belong to the tier.
-    pub keys: Vec<String>,
+    pub(crate) keys: Vec<String>,
     /// The limit.
-    pub limit: Limit,
+    pub(crate) limit: Limit,
 }
 
 /// The demo's whole configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Config {
+pub(crate) struct Config {
     /// Listen port on every interface; 0 picks a free one (the demo prints it).
-    pub port: u16,
+    pub(crate) port: u16,
     /// Where state lives.
-    pub backend: Backend,
+    pub(crate) backend: Backend,
     /// The default limit: `RATE_LIMIT` per `RATE_LIMIT_WINDOW_SEC`, burst `RATE_LIMIT_BURST`,
     /// with `RATE_LIMIT_ALGORITHM`.
-    pub limit: Limit,
+    pub(crate) limit: Limit,
     /// Bound of the in-memory store (and of the local fallback).
-    pub max_keys: NonZeroUsize,
+    pub(crate) max_keys: NonZeroUsize,
     /// What happens when Redis cannot decide.
-    pub failure_mode: FailureSetting,
+    pub(crate) failure_mode: FailureSetting,
     /// How many instances share Redis (`RATE_LIMIT_INSTANCES`, default 1): with
     /// `FAILURE_MODE=local`, each admits `1/instances` of every quota while Redis is away, and
     /// every limit (and bucket burst) must be at least this, or the demo does not start.
-    pub instances: NonZeroU32,
+    pub(crate) instances: NonZeroU32,
     /// Time budget of one Redis call.
-    pub redis_timeout: Duration,
+    pub(crate) redis_timeout: Duration,
     /// The header naming the client; `None` (an empty `KEY_HEADER`) keys by IP only.
-    pub key_header: Option<HeaderName>,
+    pub(crate) key_header: Option<HeaderName>,
     /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<Cidr>,
+    pub(crate) trusted_proxies: Vec<Cidr>,
     /// Per-route policies (file only).
-    pub routes: Vec<RouteLimit>,
+    pub(crate) routes: Vec<RouteLimit>,
     /// Per-key tiers (file only).
-    pub tiers: Vec<Tier>,
+    pub(crate) tiers: Vec<Tier>,
 }
 
 impl Config {
@@ -180,7 +169,7 @@ impl Config {
     /// # Errors
     ///
     /// A variable or file value is invalid, not UTF-8, or the file cannot be read or parsed.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub(crate) fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| match std::env::var(name) {
             Ok(v) => Ok(Some(v)),
             Err(std::env::VarError::NotPresent) => Ok(None),
@@ -193,11 +182,12 @@ impl Config {
     }
 
     /// Reads `vars` as if they were the whole environment (for tests).
+    #[cfg(test)]
     ///
     /// # Errors
     ///
     /// As for [`from_env`](Self::from_env).
-    pub fn from_vars(vars: &[(&str, &str)]) -> Result<Self, ConfigError> {
+    pub(crate) fn from_vars(vars: &[(&str, &str)]) -> Result<Self, ConfigError> {
         Self::from_lookup(|name| {
             Ok(vars
                 .iter()
@@ -212,7 +202,7 @@ impl Config {
     /// # Errors
     ///
     /// As for [`from_env`](Self::from_env).
-    pub fn from_lookup(
+    pub(crate) fn from_lookup(
         lookup: impl Fn(&str) -> Result<Option<String>, ConfigError>,
     ) -> Result<Self, ConfigError> {
         let mut env = BTreeMap::new();
@@ -736,7 +726,7 @@ mod tests {
             "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
         )])
         .unwrap();
-        assert_eq!(c.backend.name(), "cluster");
+        assert!(matches!(c.backend, Backend::Cluster(ref n) if n.len() == 2));
     }
 
     #[test]

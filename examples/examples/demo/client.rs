@@ -16,7 +16,7 @@ use super::config::Config;
 /// The prefixes keep the two apart, so a client cannot spend another address's budget by
 /// sending that address as its id.
 #[derive(Debug, Clone)]
-pub struct ClientKey {
+pub(crate) struct ClientKey {
     header: Option<HeaderName>,
     ip: IpKey,
 }
@@ -29,7 +29,7 @@ enum IpKey {
 
 impl ClientKey {
     /// The key the configuration asks for.
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         let ip = if config.trusted_proxies.is_empty() {
             IpKey::Peer(PeerIp::new())
         } else {
@@ -47,7 +47,7 @@ impl ClientKey {
 
     /// The key of a client that names itself `id` (the key header's value, or `?key=`), in the
     /// compact form the layer hands to the policy hook.
-    pub fn for_id(id: &[u8]) -> String {
+    pub(crate) fn for_id(id: &[u8]) -> String {
         let key = format!("id:{}", compact_bytes(id));
         compact_bytes(key.as_bytes())
     }
@@ -76,7 +76,7 @@ impl KeyExtractor for ClientKey {
 /// A client in a tier gets the tier's policy on every route; otherwise a route with its own
 /// policy uses it; otherwise the default applies. Each policy is a separate budget.
 #[derive(Debug, Clone)]
-pub struct Policies {
+pub(crate) struct Policies {
     default_limit: Limit,
     default: Policy,
     routes: HashMap<String, Policy>,
@@ -89,7 +89,7 @@ impl Policies {
     /// # Errors
     ///
     /// A route or tier name is not a valid policy name.
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+    pub(crate) fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let default = Policy::new("default", [config.limit])?;
         let mut routes = HashMap::new();
         for route in &config.routes {
@@ -114,12 +114,12 @@ impl Policies {
     }
 
     /// The default limit (`RATE_LIMIT` per `RATE_LIMIT_WINDOW_SEC`).
-    pub fn default_limit(&self) -> &Limit {
+    pub(crate) fn default_limit(&self) -> &Limit {
         &self.default_limit
     }
 
     /// The policy for a request to `path` from the client whose (compact) key is `key`.
-    pub fn pick(&self, path: &str, key: &str) -> &Policy {
+    pub(crate) fn pick(&self, path: &str, key: &str) -> &Policy {
         self.tiers
             .get(key)
             .or_else(|| self.routes.get(path))
