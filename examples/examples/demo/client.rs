@@ -1,6 +1,7 @@
 //! Who a request is charged to, and which policy it is charged against.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderName;
 use http::request::Parts;
@@ -45,6 +46,24 @@ impl ClientKey {
         }
     }
 
+    /// Whether clients can name themselves with a key header (`KEY_HEADER` is not empty).
+    pub(crate) fn has_header(&self) -> bool {
+        self.header.is_some()
+    }
+
+    /// The key of a client the demo keys by its address `ip`, as [`extract`](Self::extract)
+    /// makes it: the layer's own IP key (IPv4 as it is, IPv6 by its /64; both `PeerIp` and
+    /// `ForwardedIp` key that way), prefixed `ip:`.
+    pub(crate) fn for_ip(ip: IpAddr) -> String {
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(SocketAddr::new(ip, 0));
+        let (parts, ()) = req.into_parts();
+        let key = PeerIp::new()
+            .extract(&parts)
+            .unwrap_or_else(|| ip.to_string());
+        compact_bytes(format!("ip:{key}").as_bytes())
+    }
+
     /// The key of a client that names itself `id` (the key header's value, or `?key=`), in the
     /// compact form the layer hands to the policy hook.
     pub(crate) fn for_id(id: &[u8]) -> String {
@@ -67,7 +86,7 @@ impl KeyExtractor for ClientKey {
             IpKey::Peer(peer) => peer.extract(parts),
             IpKey::Forwarded(fwd) => fwd.extract(parts),
         }?;
-        Some(format!("ip:{ip}"))
+        Some(compact_bytes(format!("ip:{ip}").as_bytes()))
     }
 }
 
@@ -130,7 +149,6 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
 
     fn parts(header: Option<&str>, peer: Option<[u8; 4]>) -> Parts {
         let mut req = http::Request::get("/ratelimit");
@@ -156,6 +174,29 @@ mod tests {
             Some("ip:1.2.3.4".into())
         );
         assert_eq!(key.extract(&parts(Some(""), None)), None);
+    }
+
+    #[test]
+    fn an_ip_is_keyed_as_a_request_from_it_is() {
+        let key = ClientKey::from_config(&Config::from_vars(&[]).unwrap());
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let from = |ip: IpAddr| {
+            let mut req = http::Request::get("/ratelimit").body(()).unwrap();
+            req.extensions_mut().insert(SocketAddr::new(ip, 9));
+            key.extract(&req.into_parts().0).unwrap()
+        };
+        for ip in ["1.2.3.4", "2001:db8:1:2::5", "::ffff:10.0.0.1"] {
+            assert_eq!(ClientKey::for_ip(v6(ip)), from(v6(ip)), "{ip}");
+        }
+        // One /64, one client.
+        assert_eq!(
+            ClientKey::for_ip(v6("2001:db8:1:2::5")),
+            ClientKey::for_ip(v6("2001:db8:1:2:ffff::1"))
+        );
+        assert_ne!(
+            ClientKey::for_ip(v6("2001:db8:1:2::5")),
+            ClientKey::for_ip(v6("2001:db8:1:3::5"))
+        );
     }
 
     #[test]

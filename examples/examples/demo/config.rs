@@ -35,8 +35,11 @@ use std::time::Duration;
 use http::HeaderName;
 use rate_limit_core::resilience::local_share;
 use rate_limit_core::{Algorithm, ConfigError, Limit, Quota, RedisStore};
-use serde::Deserialize;
+use redis::IntoConnectionInfo;
+use tower_ratelimit::Policy;
 use tower_ratelimit::key::Cidr;
+
+use crate::redact::{redact, remember_secret};
 
 /// The endpoints a `[[routes]]` entry may give their own policy.
 pub(crate) const LIMITED_ROUTES: [&str; 2] = ["/ratelimit", "/acquire"];
@@ -70,6 +73,17 @@ pub(crate) enum Backend {
     Redis(String),
     /// A Redis Cluster, by the URLs of some of its nodes.
     Cluster(Vec<String>),
+}
+
+impl Backend {
+    /// Where state lives, for the log: `memory`, or the URL(s) with any password masked.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Memory => String::from("memory"),
+            Self::Redis(url) => redact(url),
+            Self::Cluster(nodes) => redact(&nodes.join(",")),
+        }
+    }
 }
 
 /// What happens to a request when Redis cannot decide (`FAILURE_MODE`).
@@ -226,8 +240,13 @@ struct Setting {
 }
 
 impl Setting {
+    /// The error naming this setting and its value (any password in it masked).
     fn error(&self, reason: impl Into<String>) -> ConfigError {
-        ConfigError::new(self.name.as_str(), &self.value, reason)
+        ConfigError::new(
+            self.name.as_str(),
+            redact(&self.value),
+            redact(&reason.into()),
+        )
     }
 
     /// The same error, blamed on this setting instead of the name a library used.
@@ -319,10 +338,13 @@ impl Sources {
             None => Vec::new(),
         };
         let (routes, tiers) = match &self.file {
-            Some(file) => (
-                file.routes(window_secs, algorithm)?,
-                file.tiers(window_secs, algorithm)?,
-            ),
+            Some(file) => {
+                let mut taken = vec![String::from("default")];
+                (
+                    file.routes(window_secs, algorithm, &mut taken)?,
+                    file.tiers(window_secs, algorithm, &mut taken)?,
+                )
+            }
             None => (Vec::new(), Vec::new()),
         };
         let backend = self.backend()?;
@@ -433,7 +455,10 @@ impl Sources {
 
     fn backend(&self) -> Result<Backend, ConfigError> {
         let url = match (self.get("REDIS_URL"), self.get("REDIS_ADDR")) {
-            (Some(s), _) => Some(redis_url(&s, s.value.trim())?),
+            (Some(_), Some(s)) => {
+                return Err(s.error("set either REDIS_URL or REDIS_ADDR, not both"));
+            }
+            (Some(s), None) => Some(redis_url(&s, s.value.trim())?),
             (None, Some(s)) => Some(redis_addr(&s)?),
             (None, None) => None,
         };
@@ -480,14 +505,21 @@ fn positive_u64(s: &Setting) -> Result<u64, ConfigError> {
         .ok_or_else(|| s.error("expected a positive integer"))
 }
 
+/// `url`, if the Redis client can use it. Its password, if any, is remembered first, so that
+/// no message quotes it.
 fn redis_url(s: &Setting, url: &str) -> Result<String, ConfigError> {
+    remember_secret(url);
     if url.starts_with("rediss://") {
         return Err(s.error("TLS (rediss://) is not enabled in the demo; use redis://"));
     }
     match url.strip_prefix("redis://") {
-        Some(rest) if !rest.is_empty() => Ok(url.to_owned()),
-        _ => Err(s.error("expected a URL like redis://127.0.0.1:6379")),
+        Some(rest) if !rest.is_empty() => {}
+        _ => return Err(s.error("expected a URL like redis://[:password@]127.0.0.1:6379[/db]")),
     }
+    // The client's own parser: a database that is not a number, a bad port, ...
+    url.into_connection_info()
+        .map_err(|e| s.error(format!("not a Redis URL the client accepts: {e}")))?;
+    Ok(url.to_owned())
 }
 
 fn redis_addr(s: &Setting) -> Result<String, ConfigError> {
@@ -504,29 +536,81 @@ fn redis_addr(s: &Setting) -> Result<String, ConfigError> {
 struct FileSettings {
     path: String,
     scalars: BTreeMap<String, String>,
-    routes: Vec<toml::Value>,
-    tiers: Vec<toml::Value>,
+    routes: Vec<toml::Table>,
+    tiers: Vec<toml::Table>,
 }
 
-/// A `[[routes]]` or `[[tiers]]` entry before validation.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The fields a `[[routes]]` entry takes.
+const ROUTE_FIELDS: [&str; 6] = ["path", "name", "limit", "window_sec", "burst", "algorithm"];
+/// The fields a `[[tiers]]` entry takes.
+const TIER_FIELDS: [&str; 6] = ["name", "keys", "limit", "window_sec", "burst", "algorithm"];
+/// Scalar settings that take a list (a TOML array of strings, or one comma-separated string).
+const LIST_SETTINGS: [&str; 2] = ["TRUSTED_PROXIES", "REDIS_CLUSTER_NODES"];
+/// Scalar settings that take a number (a TOML integer, or a string holding one).
+const NUMBER_SETTINGS: [&str; 7] = [
+    "PORT",
+    "RATE_LIMIT",
+    "RATE_LIMIT_WINDOW_SEC",
+    "RATE_LIMIT_BURST",
+    "RATE_LIMIT_MAX_KEYS",
+    "RATE_LIMIT_INSTANCES",
+    "REDIS_TIMEOUT_MS",
+];
+
+/// A `[[routes]]` or `[[tiers]]` entry, each field of the right type.
+#[derive(Debug, Default)]
 struct FileLimit {
     path: Option<String>,
     name: Option<String>,
-    #[serde(default)]
     keys: Vec<String>,
-    limit: u64,
+    limit: Option<u64>,
     window_sec: Option<u64>,
     burst: Option<u64>,
     algorithm: Option<String>,
+}
+
+/// A TOML value as an error quotes it: a string as its text, a table or a long array by what
+/// it is (an error names one value, never a whole table).
+fn shown(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Table(_) => String::from("(a table)"),
+        toml::Value::Array(items) if items.iter().any(|v| v.is_table() || v.is_array()) => {
+            String::from("(an array of tables)")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// "found a string", "found a table", ...: for wrong-type errors.
+fn found(value: &toml::Value) -> String {
+    let what = match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    };
+    format!("found {what}")
 }
 
 impl FileSettings {
     fn read(path: &str) -> Result<Self, ConfigError> {
         let blame = |reason: String| ConfigError::new("RATELIMIT_CONFIG", path, reason);
         let text = std::fs::read_to_string(path).map_err(|e| blame(e.to_string()))?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| blame(e.to_string()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            // The parser's own message quotes the offending line, which may hold a password:
+            // the place and the message are enough.
+            let at = e.span().map_or_else(String::new, |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+                format!(" at line {line}, column {column}")
+            });
+            blame(format!("not valid TOML{at}: {}", e.message().trim()))
+        })?;
         let mut file = Self {
             path: path.to_owned(),
             scalars: BTreeMap::new(),
@@ -534,46 +618,111 @@ impl FileSettings {
             tiers: Vec::new(),
         };
         for (key, value) in table {
-            match key.as_str() {
-                "routes" | "tiers" => {
-                    let toml::Value::Array(entries) = value else {
-                        return Err(blame(format!("`{key}` must be an array of tables")));
+            let error = |reason: String| {
+                ConfigError::new(format!("{key} in {path}"), shown(&value), reason)
+            };
+            let setting = SETTINGS.iter().find(|s| key == s.to_ascii_lowercase());
+            match (key.as_str(), setting) {
+                ("routes" | "tiers", _) => {
+                    let tables = match &value {
+                        toml::Value::Array(entries) => entries
+                            .iter()
+                            .map(|v| v.as_table().cloned())
+                            .collect::<Option<Vec<_>>>(),
+                        _ => None,
+                    };
+                    let Some(tables) = tables else {
+                        return Err(error(format!(
+                            "expected [[{key}]] tables, {}",
+                            found(&value)
+                        )));
                     };
                     if key == "routes" {
-                        file.routes = entries;
+                        file.routes = tables;
                     } else {
-                        file.tiers = entries;
+                        file.tiers = tables;
                     }
                 }
-                "ratelimit_config" => {
-                    return Err(blame(String::from("a file cannot name another")));
+                (_, Some(&"RATELIMIT_CONFIG")) => {
+                    return Err(error(String::from("a file cannot name another file")));
                 }
-                _ if SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(&key)) => {
-                    let text = match value {
-                        toml::Value::String(s) => s,
-                        toml::Value::Array(items) => items
-                            .iter()
-                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        other => other.to_string(),
-                    };
+                (_, Some(name)) => {
+                    let text = file_scalar(name, &value).map_err(error)?;
                     file.scalars.insert(key, text);
                 }
-                _ => return Err(blame(format!("unknown setting `{key}`"))),
+                (_, None) => {
+                    let known = SETTINGS
+                        .iter()
+                        .filter(|s| **s != "RATELIMIT_CONFIG")
+                        .map(|s| s.to_ascii_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(error(format!(
+                        "unknown setting; expected one of {known}, [[routes]], [[tiers]]"
+                    )));
+                }
             }
         }
         Ok(file)
     }
 
-    fn entry(&self, what: &str, i: usize, value: &toml::Value) -> Result<FileLimit, ConfigError> {
-        FileLimit::deserialize(value.clone()).map_err(|e| {
-            ConfigError::new(
-                format!("{what}[{i}] in {}", self.path),
-                value,
-                e.to_string(),
-            )
-        })
+    /// The entry's fields, each checked for its type; an unknown field is an error.
+    fn entry(&self, what: &str, i: usize, table: &toml::Table) -> Result<FileLimit, ConfigError> {
+        let fields: &[&str] = if what == "routes" {
+            &ROUTE_FIELDS
+        } else {
+            &TIER_FIELDS
+        };
+        let mut entry = FileLimit::default();
+        for (field, value) in table {
+            let error = |reason: String| {
+                ConfigError::new(
+                    format!("{what}[{i}].{field} in {}", self.path),
+                    shown(value),
+                    reason,
+                )
+            };
+            let string = || match value {
+                toml::Value::String(s) => Ok(s.clone()),
+                other => Err(error(format!("expected a string, {}", found(other)))),
+            };
+            let number = || match value {
+                toml::Value::Integer(n) if *n > 0 => Ok(n.unsigned_abs()),
+                toml::Value::Integer(_) => Err(error(String::from("expected a positive integer"))),
+                other => Err(error(format!(
+                    "expected a positive integer, {}",
+                    found(other)
+                ))),
+            };
+            match field.as_str() {
+                f if !fields.contains(&f) => {
+                    return Err(error(format!(
+                        "unknown key; a {} entry takes {}",
+                        what.trim_end_matches('s'),
+                        fields.join(", ")
+                    )));
+                }
+                "path" => entry.path = Some(string()?),
+                "name" => entry.name = Some(string()?),
+                "algorithm" => entry.algorithm = Some(string()?),
+                "limit" => entry.limit = Some(number()?),
+                "window_sec" => entry.window_sec = Some(number()?),
+                "burst" => entry.burst = Some(number()?),
+                _ => {
+                    let keys = match value {
+                        toml::Value::Array(items) => items
+                            .iter()
+                            .map(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+                            .collect::<Option<Vec<_>>>(),
+                        _ => None,
+                    };
+                    entry.keys = keys.ok_or_else(|| {
+                        error(String::from("expected an array of non-empty strings"))
+                    })?;
+                }
+            }
+        }
+        Ok(entry)
     }
 
     fn limit(
@@ -591,10 +740,19 @@ impl FileSettings {
                 reason,
             )
         };
-        let limit = u32::try_from(entry.limit)
+        let Some(limit) = entry.limit else {
+            return Err(field("limit", &"", "missing: every entry needs a limit"));
+        };
+        let limit = u32::try_from(limit)
             .ok()
             .and_then(NonZeroU32::new)
-            .ok_or_else(|| field("limit", &entry.limit, "expected a positive integer"))?;
+            .ok_or_else(|| {
+                field(
+                    "limit",
+                    &limit,
+                    "expected a positive integer (at most 4294967295)",
+                )
+            })?;
         let window = entry.window_sec.unwrap_or(window_secs);
         let mut quota = Quota::with_period(limit, Duration::from_secs(window))
             .map_err(|e| field("window_sec", &window, e.reason()))?;
@@ -602,7 +760,13 @@ impl FileSettings {
             let n = u32::try_from(burst)
                 .ok()
                 .and_then(NonZeroU32::new)
-                .ok_or_else(|| field("burst", &burst, "expected a positive integer"))?;
+                .ok_or_else(|| {
+                    field(
+                        "burst",
+                        &burst,
+                        "expected a positive integer (at most 4294967295)",
+                    )
+                })?;
             quota = quota
                 .burst(n)
                 .map_err(|e| field("burst", &burst, e.reason()))?;
@@ -616,53 +780,106 @@ impl FileSettings {
         Ok(Limit::new(quota, algorithm))
     }
 
+    /// The policy name of an entry, checked as the layer checks it, and distinct from every
+    /// name before it (two policies with one name would share their budgets in the store).
+    fn policy_name(
+        &self,
+        what: &str,
+        i: usize,
+        name: String,
+        limit: Limit,
+        taken: &mut Vec<String>,
+    ) -> Result<String, ConfigError> {
+        let error = |reason: &str| {
+            ConfigError::new(format!("{what}[{i}].name in {}", self.path), &name, reason)
+        };
+        Policy::new(&name, [limit]).map_err(|e| error(e.reason()))?;
+        if taken.contains(&name) {
+            return Err(error(
+                "already the name of another policy (`default`, a route or a tier); \
+                 each needs its own",
+            ));
+        }
+        taken.push(name.clone());
+        Ok(name)
+    }
+
     fn routes(
         &self,
         window_secs: u64,
         algorithm: Algorithm,
+        taken: &mut Vec<String>,
     ) -> Result<Vec<RouteLimit>, ConfigError> {
         let mut routes: Vec<RouteLimit> = Vec::new();
-        for (i, value) in self.routes.iter().enumerate() {
-            let entry = self.entry("routes", i, value)?;
-            let blame = |reason: &str| {
+        for (i, table) in self.routes.iter().enumerate() {
+            let entry = self.entry("routes", i, table)?;
+            let path_error = |value: &str, reason: &str| {
                 ConfigError::new(format!("routes[{i}].path in {}", self.path), value, reason)
             };
             let Some(path) = entry.path.clone() else {
-                return Err(blame("a route needs a path"));
+                return Err(path_error("", "missing: a route needs a path"));
             };
             if !LIMITED_ROUTES.contains(&path.as_str()) {
-                return Err(blame("expected /ratelimit or /acquire"));
+                return Err(path_error(&path, "expected /ratelimit or /acquire"));
             }
             if routes.iter().any(|r| r.path == path) {
-                return Err(blame("this path already has a policy"));
+                return Err(path_error(&path, "this path already has a policy"));
             }
+            let limit = self.limit("routes", i, &entry, window_secs, algorithm)?;
             let name = entry
                 .name
                 .clone()
                 .unwrap_or_else(|| path.trim_start_matches('/').to_owned());
-            let limit = self.limit("routes", i, &entry, window_secs, algorithm)?;
+            let name = self.policy_name("routes", i, name, limit, taken)?;
             routes.push(RouteLimit { path, name, limit });
         }
         Ok(routes)
     }
 
-    fn tiers(&self, window_secs: u64, algorithm: Algorithm) -> Result<Vec<Tier>, ConfigError> {
-        let mut tiers = Vec::new();
-        for (i, value) in self.tiers.iter().enumerate() {
-            let entry = self.entry("tiers", i, value)?;
-            let blame = |reason: &str| {
-                ConfigError::new(format!("tiers[{i}] in {}", self.path), value, reason)
-            };
+    fn tiers(
+        &self,
+        window_secs: u64,
+        algorithm: Algorithm,
+        taken: &mut Vec<String>,
+    ) -> Result<Vec<Tier>, ConfigError> {
+        let mut tiers: Vec<Tier> = Vec::new();
+        for (i, table) in self.tiers.iter().enumerate() {
+            let entry = self.entry("tiers", i, table)?;
+            let at = |field: &str| format!("tiers[{i}].{field} in {}", self.path);
             let Some(name) = entry.name.clone() else {
-                return Err(blame("a tier needs a name"));
+                return Err(ConfigError::new(
+                    at("name"),
+                    "",
+                    "missing: a tier needs a name",
+                ));
             };
             if entry.keys.is_empty() {
-                return Err(blame("a tier needs at least one key"));
+                return Err(ConfigError::new(
+                    at("keys"),
+                    "",
+                    "missing: a tier needs at least one key",
+                ));
             }
-            if entry.path.is_some() {
-                return Err(blame("a tier applies to every route: remove `path`"));
+            // A client in two tiers would get whichever came last: say so instead.
+            for (k, key) in entry.keys.iter().enumerate() {
+                let earlier = tiers
+                    .iter()
+                    .enumerate()
+                    .find(|(_, t)| t.keys.contains(key))
+                    .map(|(j, t)| format!("tiers[{j}] (`{}`)", t.name));
+                let twice = entry.keys[..k]
+                    .contains(key)
+                    .then(|| String::from("this tier"));
+                if let Some(other) = earlier.or(twice) {
+                    return Err(ConfigError::new(
+                        at("keys"),
+                        key,
+                        format!("already listed in {other}; a key belongs to one tier"),
+                    ));
+                }
             }
             let limit = self.limit("tiers", i, &entry, window_secs, algorithm)?;
+            let name = self.policy_name("tiers", i, name, limit, taken)?;
             tiers.push(Tier {
                 name,
                 keys: entry.keys,
@@ -670,6 +887,33 @@ impl FileSettings {
             });
         }
         Ok(tiers)
+    }
+}
+
+/// A scalar setting from the file as text, as the environment would hold it; a value of the
+/// wrong TOML type is the reason returned.
+fn file_scalar(name: &str, value: &toml::Value) -> Result<String, String> {
+    let list = LIST_SETTINGS.contains(&name);
+    let number = NUMBER_SETTINGS.contains(&name);
+    match value {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(n) if number => Ok(n.to_string()),
+        toml::Value::Array(items) if list => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .map(|items| items.join(","))
+            .ok_or_else(|| String::from("expected an array of strings")),
+        other => {
+            let expected = if list {
+                "an array of strings"
+            } else if number {
+                "an integer"
+            } else {
+                "a string"
+            };
+            Err(format!("expected {expected}, {}", found(other)))
+        }
     }
 }
 
@@ -920,7 +1164,7 @@ limit = 1000
 
         let (_g, path) = file("rate_limt = 5\n");
         let e = err(&[("RATELIMIT_CONFIG", &path)]);
-        assert!(e.reason().contains("rate_limt"), "{e}");
+        assert_eq!(e.setting(), format!("rate_limt in {path}"), "{e}");
 
         let (_g, path) = file("[[routes]]\npath = \"/healthz\"\nlimit = 1\n");
         let e = err(&[("RATELIMIT_CONFIG", &path)]);
@@ -932,12 +1176,240 @@ limit = 1000
 
         let (_g, path) = file("[[tiers]]\nname = \"x\"\nkeys = [\"a\"]\nlimit = 1\nsurprise = 1\n");
         let e = err(&[("RATELIMIT_CONFIG", &path)]);
-        assert!(e.reason().contains("surprise"), "{e}");
+        assert_eq!(e.setting(), format!("tiers[0].surprise in {path}"), "{e}");
 
         let (_g, path) = file("this is not toml");
         assert_eq!(
             err(&[("RATELIMIT_CONFIG", &path)]).setting(),
             "RATELIMIT_CONFIG"
         );
+    }
+
+    /// Every kind of bad setting: the error names the setting (with the file and the entry for
+    /// the file) and the one bad value, never a whole table, in one format.
+    #[test]
+    fn every_kind_of_bad_file_setting_names_one_setting_and_one_value() {
+        let tier = "[[tiers]]\nname = \"gold\"\nkeys = [\"alice\"]\nlimit = 10\n";
+        let route = "[[routes]]\npath = \"/acquire\"\nlimit = 5\n";
+        let cases: Vec<(String, &str, &str)> = vec![
+            // Scalars of the wrong type, or unknown.
+            ("rate_limit = \"ten\"\n".into(), "rate_limit", "ten"),
+            ("rate_limit = 1.5\n".into(), "rate_limit", "1.5"),
+            ("key_header = true\n".into(), "key_header", "true"),
+            (
+                "trusted_proxies = [1, 2]\n".into(),
+                "trusted_proxies",
+                "[1, 2]",
+            ),
+            (
+                "failure_mode = [\"open\"]\n".into(),
+                "failure_mode",
+                "[\"open\"]",
+            ),
+            ("rate_limt = 5\n".into(), "rate_limt", "5"),
+            ("RATE_LIMIT = 5\n".into(), "RATE_LIMIT", "5"),
+            (
+                "ratelimit_config = \"x.toml\"\n".into(),
+                "ratelimit_config",
+                "x.toml",
+            ),
+            ("routes = 3\n".into(), "routes", "3"),
+            (
+                "[routes]\npath = \"/acquire\"\n".into(),
+                "routes",
+                "(a table)",
+            ),
+            // [[routes]] entries: each field by itself.
+            (format!("{route}surprise = 1\n"), "routes[0].surprise", "1"),
+            (
+                "[[routes]]\npath = \"/acquire\"\nlimit = \"ten\"\n".into(),
+                "routes[0].limit",
+                "ten",
+            ),
+            (
+                "[[routes]]\npath = \"/acquire\"\nlimit = -1\n".into(),
+                "routes[0].limit",
+                "-1",
+            ),
+            (
+                "[[routes]]\npath = \"/acquire\"\n".into(),
+                "routes[0].limit",
+                "",
+            ),
+            (
+                "[[routes]]\npath = 1\nlimit = 1\n".into(),
+                "routes[0].path",
+                "1",
+            ),
+            (
+                "[[routes]]\npath = \"/x\"\nlimit = 1\n".into(),
+                "routes[0].path",
+                "/x",
+            ),
+            ("[[routes]]\nlimit = 1\n".into(), "routes[0].path", ""),
+            (format!("{route}{route}"), "routes[1].path", "/acquire"),
+            (
+                format!("{route}window_sec = 0\n"),
+                "routes[0].window_sec",
+                "0",
+            ),
+            (
+                format!("{route}burst = 5000000000\n"),
+                "routes[0].burst",
+                "5000000000",
+            ),
+            (
+                format!("{route}algorithm = \"leaky\"\n"),
+                "routes[0].algorithm",
+                "leaky",
+            ),
+            (
+                format!("{route}name = \"two words\"\n"),
+                "routes[0].name",
+                "two words",
+            ),
+            (
+                format!("{route}name = \"default\"\n"),
+                "routes[0].name",
+                "default",
+            ),
+            (
+                format!("{route}keys = [\"a\"]\n"),
+                "routes[0].keys",
+                "[\"a\"]",
+            ),
+            // [[tiers]] entries.
+            (
+                format!("{tier}path = \"/acquire\"\n"),
+                "tiers[0].path",
+                "/acquire",
+            ),
+            (
+                "[[tiers]]\nkeys = [\"a\"]\nlimit = 1\n".into(),
+                "tiers[0].name",
+                "",
+            ),
+            (
+                "[[tiers]]\nname = \"t\"\nlimit = 1\n".into(),
+                "tiers[0].keys",
+                "",
+            ),
+            (
+                "[[tiers]]\nname = \"t\"\nkeys = \"a\"\nlimit = 1\n".into(),
+                "tiers[0].keys",
+                "a",
+            ),
+            (
+                "[[tiers]]\nname = \"t\"\nkeys = [1]\nlimit = 1\n".into(),
+                "tiers[0].keys",
+                "[1]",
+            ),
+            (
+                format!(
+                    "{tier}[[tiers]]\nname = \"silver\"\nkeys = [\"bob\", \"alice\"]\nlimit = 5\n"
+                ),
+                "tiers[1].keys",
+                "alice",
+            ),
+            (
+                "[[tiers]]\nname = \"t\"\nkeys = [\"a\", \"a\"]\nlimit = 1\n".into(),
+                "tiers[0].keys",
+                "a",
+            ),
+            (
+                format!("{route}[[tiers]]\nname = \"acquire\"\nkeys = [\"a\"]\nlimit = 1\n"),
+                "tiers[0].name",
+                "acquire",
+            ),
+        ];
+        for (text, setting, value) in cases {
+            let (_g, path) = file(&text);
+            let e = err(&[("RATELIMIT_CONFIG", &path)]);
+            let setting = format!("{setting} in {path}");
+            assert_eq!(
+                (e.setting(), e.value()),
+                (setting.as_str(), value),
+                "{text}: {e}"
+            );
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("invalid {setting} `{value}`: ")),
+                "{e}"
+            );
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn every_kind_of_bad_environment_setting_names_the_variable_and_value() {
+        for (vars, setting, value) in [
+            (vec![("RATE_LIMIT", "")], "RATE_LIMIT", ""),
+            (vec![("RATE_LIMIT", "1.5")], "RATE_LIMIT", "1.5"),
+            (
+                vec![("RATE_LIMIT_INSTANCES", "0")],
+                "RATE_LIMIT_INSTANCES",
+                "0",
+            ),
+            (vec![("REDIS_TIMEOUT_MS", "0")], "REDIS_TIMEOUT_MS", "0"),
+            (vec![("PORT", "-1")], "PORT", "-1"),
+            (
+                vec![("REDIS_URL", "redis://h:1/x")],
+                "REDIS_URL",
+                "redis://h:1/x",
+            ),
+            (
+                vec![("REDIS_URL", "redis://h:99999")],
+                "REDIS_URL",
+                "redis://h:99999",
+            ),
+            (
+                vec![("REDIS_URL", "redis://h:1"), ("REDIS_ADDR", "h:1")],
+                "REDIS_ADDR",
+                "h:1",
+            ),
+            (vec![("REDIS_ADDR", "h:0")], "REDIS_ADDR", "h:0"),
+            (
+                vec![("REDIS_CLUSTER_NODES", "redis://h:1,nope")],
+                "REDIS_CLUSTER_NODES",
+                "redis://h:1,nope",
+            ),
+            (
+                vec![("TRUSTED_PROXIES", "10.0.0.0/8,x")],
+                "TRUSTED_PROXIES",
+                "10.0.0.0/8,x",
+            ),
+            (vec![("KEY_HEADER", "a:b")], "KEY_HEADER", "a:b"),
+        ] {
+            let e = err(&vars);
+            assert_eq!((e.setting(), e.value()), (setting, value), "{vars:?}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("invalid {setting} `{value}`: ")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_password_in_a_bad_redis_setting_is_masked() {
+        for (var, value) in [
+            ("REDIS_URL", "rediss://:pa55word@h:1"),
+            ("REDIS_URL", "redis://u:pa55word@h:1/x"),
+            (
+                "REDIS_CLUSTER_NODES",
+                "redis://:pa55word@h:1,http://:pa55word@h:2",
+            ),
+        ] {
+            let e = err(&[(var, value)]);
+            assert_eq!(e.setting(), var, "{e}");
+            assert!(!e.to_string().contains("pa55word"), "{e}");
+            assert!(e.value().contains(":***@h:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_backend_is_described_without_its_password() {
+        let c = Config::from_vars(&[("REDIS_URL", "redis://u:s3cr3t-pw@h:1/2")]).unwrap();
+        assert_eq!(c.backend.describe(), "redis://u:***@h:1/2");
     }
 }

@@ -62,7 +62,10 @@ impl From<ConfigError> for StartError {
 /// # Errors
 ///
 /// See [`StartError`].
-pub(crate) async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+pub(crate) async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let policies = Policies::from_config(&config)?;
     let key = ClientKey::from_config(&config);
     let metrics = prometheus()?
@@ -85,7 +88,7 @@ pub(crate) async fn serve(config: Config, shutdown: impl Future<Output = ()>) ->
         .map_err(|e| StartError::Io(String::from("cannot read the bound address"), e))?;
     tracing::info!(
         %local,
-        backend = store.backend(),
+        backend = %config.backend.describe(),
         limit = %config.limit,
         "demo listening"
     );

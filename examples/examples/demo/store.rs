@@ -9,8 +9,9 @@ use rate_limit_core::{MemoryStore, RedisStore, Store, StoreError};
 use tower_ratelimit::FailureMode;
 
 use super::config::{Backend, Config, FailureSetting};
+use crate::redact::redact;
 
-/// How long the demo waits for the first connection to Redis at start-up.
+/// How long the demo waits for Redis to answer at start-up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A circuit breaker's state, as `/status` reports it.
@@ -37,40 +38,56 @@ impl DemoStore {
         }
     }
 
-    /// Builds the store `config.backend` names, connecting to Redis if it is one.
+    /// Builds the store `config.backend` names, and asks Redis, if it is one, whether it
+    /// serves this client: a `PING` through the store's own connection, which authenticates and
+    /// selects the database first.
     ///
-    /// With `FAILURE_MODE` `open` or `local`, a single Redis that cannot be reached at start-up
-    /// is not fatal: the demo says so on stderr and starts anyway, with a store that connects
-    /// once Redis is up (`RedisStore::connect_lazy`); until then the failure mode decides.
+    /// With `FAILURE_MODE=closed` the answer is awaited (at most 5 s): a Redis that refuses the
+    /// password, the database index, or does not answer stops the demo, naming the cause. With
+    /// `open` or `local` the demo does not wait: the store connects on first use
+    /// (`RedisStore::connect_lazy`), the probe runs beside the server, and a failure is logged
+    /// at WARN with its cause while the failure mode decides. A Redis Cluster is connected to
+    /// (and probed) before serving in every mode.
     ///
     /// # Errors
     ///
-    /// Redis could not be reached within 5 s, in `closed` mode or on a cluster; or the URL is
-    /// invalid.
+    /// See above; also a URL the Redis client refuses.
     pub(crate) async fn connect(config: &Config) -> Result<Self, StoreStartError> {
+        let shown = config.backend.describe();
         match &config.backend {
             Backend::Memory => Ok(Self::memory(config)),
             Backend::Redis(url) => {
-                let store = match connect(url, RedisStore::connect(url)).await {
-                    Ok(store) => store,
-                    Err(err) if config.failure_mode != FailureSetting::Closed => {
-                        eprintln!(
-                            "demo: {err}; starting anyway (FAILURE_MODE={}), Redis is used \
-                             once it answers",
-                            config.failure_mode.name()
-                        );
-                        RedisStore::connect_lazy(url).map_err(|e| {
-                            StoreStartError(format!("cannot use Redis at {url}: {e}"))
-                        })?
-                    }
-                    Err(err) => return Err(err),
-                };
+                let store = RedisStore::connect_lazy(url).map_err(|e| {
+                    StoreStartError(redact(&format!("cannot use Redis at {shown}: {e}")))
+                })?;
+                let conn = store.connection().clone();
+                let probe = probe(conn);
+                if config.failure_mode == FailureSetting::Closed {
+                    probe.await.map_err(|cause| refused(&shown, &cause))?;
+                } else {
+                    let mode = config.failure_mode;
+                    tokio::spawn(async move {
+                        match probe.await {
+                            Ok(()) => tracing::info!(redis = %shown, "Redis answers"),
+                            Err(cause) => warn_not_in_use(&shown, &cause, mode),
+                        }
+                    });
+                }
                 Ok(Self::remote(config, store, "redis"))
             }
             Backend::Cluster(nodes) => {
                 let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
-                let what = nodes.join(",");
-                let store = connect(&what, RedisStore::connect_cluster(&refs)).await?;
+                let store =
+                    match tokio::time::timeout(CONNECT_TIMEOUT, RedisStore::connect_cluster(&refs))
+                        .await
+                    {
+                        Ok(Ok(store)) => store,
+                        Ok(Err(e)) => return Err(refused(&shown, &store_cause(&e))),
+                        Err(_) => return Err(refused(&shown, &no_answer())),
+                    };
+                probe(store.connection().clone())
+                    .await
+                    .map_err(|cause| refused(&shown, &cause))?;
                 Ok(Self::remote(config, store, "cluster"))
             }
         }
@@ -134,20 +151,84 @@ impl fmt::Debug for DemoStore {
     }
 }
 
-async fn connect<S>(
-    what: &str,
-    fut: impl Future<Output = Result<S, StoreError>>,
-) -> Result<S, StoreStartError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
-        Ok(Ok(store)) => Ok(store),
-        Ok(Err(err)) => Err(StoreStartError(format!(
-            "cannot connect to Redis at {what}: {err}"
-        ))),
-        Err(_) => Err(StoreStartError(format!(
-            "cannot connect to Redis at {what}: no answer within {}s",
-            CONNECT_TIMEOUT.as_secs()
-        ))),
+/// One round trip to Redis through `conn`, bounded by [`CONNECT_TIMEOUT`]: `Ok` if it answers
+/// `PING`, otherwise why not (`authentication failed`, `invalid DB index`, ...).
+async fn probe<C>(mut conn: C) -> Result<(), String>
+where
+    C: redis::aio::ConnectionLike + Send + 'static,
+{
+    let ping = redis::cmd("PING");
+    let ping = ping.query_async::<String>(&mut conn);
+    match tokio::time::timeout(CONNECT_TIMEOUT, ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(cause(&e)),
+        Err(_) => Err(no_answer()),
     }
+}
+
+fn no_answer() -> String {
+    format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())
+}
+
+/// Why Redis refused: the causes an operator can fix by name first, then the client's message.
+fn cause(e: &redis::RedisError) -> String {
+    let code = e.code().unwrap_or_default();
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    let named = if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(code, "NOAUTH" | "WRONGPASS")
+        || lower.contains("noauth")
+        || lower.contains("wrongpass")
+        || lower.contains("invalid password")
+        || lower.contains("authentication")
+    {
+        Some("authentication failed")
+    } else if lower.contains("db index") || lower.contains("invalid database") {
+        Some("invalid DB index")
+    } else if e.is_timeout() {
+        Some("no answer")
+    } else if e.is_connection_refusal() {
+        Some("connection refused")
+    } else {
+        None
+    };
+    let text = redact(&text);
+    match named {
+        Some(named) => format!("{named} ({text})"),
+        None => text,
+    }
+}
+
+/// As [`cause`], from a store error that wraps a Redis one.
+fn store_cause(e: &StoreError) -> String {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(redis) = err.downcast_ref::<redis::RedisError>() {
+            return cause(redis);
+        }
+        source = err.source();
+    }
+    redact(&e.to_string())
+}
+
+fn refused(shown: &str, cause: &str) -> StoreStartError {
+    StoreStartError(redact(&format!(
+        "Redis at {shown} is not usable: {cause}; FAILURE_MODE=closed does not start without it"
+    )))
+}
+
+fn warn_not_in_use(shown: &str, cause: &str, mode: FailureSetting) {
+    let meanwhile = match mode {
+        FailureSetting::Open => "requests are let through undecided",
+        FailureSetting::Closed => "requests are refused with 503",
+        FailureSetting::Local => "each instance decides in memory on its share of each quota",
+    };
+    tracing::warn!(
+        redis = %shown,
+        "Redis is not in use: {}; until it answers, {meanwhile} (FAILURE_MODE={})",
+        redact(cause),
+        mode.name()
+    );
 }
 
 /// The store could not be set up at start-up.
