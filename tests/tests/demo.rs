@@ -648,6 +648,8 @@ fn with_redis_unreachable_at_start_up_healthz_answers_at_once() {
     // held open and never read.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("redis://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    // Built before the clock starts.
+    demo_support::example_exe("demo");
     for mode in ["open", "local"] {
         let clock = SystemClock::new();
         let started = clock.now();
@@ -664,6 +666,17 @@ fn with_redis_unreachable_at_start_up_healthz_answers_at_once() {
         );
         // Redis stays silent: requests are still decided (open admits, local falls back).
         assert_eq!(demo.get("/ratelimit", &id("a")).status, 200, "{mode}");
+        // It served before it knew Redis's fate: the warning comes after the listening line.
+        assert!(
+            wait_for_stderr(&demo, |l| l.contains("WARN")
+                && l.contains("Redis is not in use")),
+            "{mode}: {}",
+            demo.stderr()
+        );
+        let log = demo.stderr();
+        let listening = log.find("demo listening").expect("the listening line");
+        let warned = log.find("Redis is not in use").expect("the warning");
+        assert!(listening < warned, "{mode}: waited on Redis first:\n{log}");
     }
     drop(silent);
 }

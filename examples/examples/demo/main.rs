@@ -79,7 +79,9 @@
 //! authentication and `SELECT`). With `FAILURE_MODE=closed` a refusal stops the demo (exit 1)
 //! naming the cause (`authentication failed`, `invalid DB index`, `no answer within 5s`, ...).
 //! With `open` or `local` the demo serves at once, asks in the background, and logs at WARN why
-//! Redis is not in use while the failure mode decides; it uses Redis once it answers.
+//! Redis is not in use while the failure mode decides; it uses Redis once it answers. (A Redis
+//! Cluster has no lazy connection: the demo connects to it, and asks it, before serving, in
+//! every mode.)
 //!
 //! No password is ever printed: the password of every Redis URL is masked (`redis://:***@host`)
 //! in every log line, error and answer.
