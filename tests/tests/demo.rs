@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use demo_support::{Demo, HttpResponse, counter, demo_command, head, read_response};
 use integration_tests::{RedisServer, redis_available};
+use rate_limit_core::{Clock, SystemClock};
 
 const ALGORITHMS: [&str; 6] = [
     "token_bucket",
@@ -266,9 +267,11 @@ fn bad_settings_fail_fast_naming_the_variable_and_value() {
             .output()
             .expect("the demo runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{var}={value} started");
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
         assert!(
-            stderr.contains(var) && stderr.contains(value),
+            stderr.contains(&format!(
+                "demo: configuration error: invalid {var} `{value}`: "
+            )),
             "{var}={value}: {stderr}"
         );
         assert!(out.stdout.is_empty(), "{var}={value} said it was listening");
@@ -277,9 +280,9 @@ fn bad_settings_fail_fast_naming_the_variable_and_value() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("rate_limit in ") && stderr.contains("`0`"),
+        stderr.contains(&format!("invalid rate_limit in {file} `0`: ")),
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -418,7 +421,8 @@ fn with_redis_down_at_start_up_local_mode_serves_and_then_shares_redis() {
         .collect();
     assert_eq!(statuses, [200, 200, 429], "{}", demo.stderr());
     assert!(
-        demo.stderr().contains("starting anyway"),
+        wait_for_stderr(&demo, |l| l.contains("WARN")
+            && l.contains("Redis is not in use")),
         "{}",
         demo.stderr()
     );
@@ -488,4 +492,258 @@ fn when_redis_dies_each_failure_mode_does_what_it_says() {
     let res = closed.get("/status?key=outage", &[]);
     assert_eq!(res.status, 503);
     assert_eq!(res.json()["circuit"], "open");
+}
+
+/// Waits (up to 10 s) for a line of the demo's log that `wanted` accepts.
+fn wait_for_stderr(demo: &Demo, wanted: impl Fn(&str) -> bool) -> bool {
+    (0..200).any(|_| {
+        let found = demo.stderr().lines().any(&wanted);
+        if !found {
+            thread::sleep(Duration::from_millis(50));
+        }
+        found
+    })
+}
+
+/// A Redis this test started, that refuses every client without `password`.
+fn redis_with_password(password: &str) -> RedisServer {
+    let redis = RedisServer::start();
+    // Set after start-up: the start helper waits for an unauthenticated PING.
+    assert_eq!(redis.cli(&["CONFIG", "SET", "requirepass", password]), "OK");
+    redis
+}
+
+/// Runs the demo to completion (it is expected to refuse to start) and returns its exit code
+/// and everything it printed.
+/// One that starts instead is killed after 30 s, with no exit code.
+fn run_to_exit(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = demo_command(vars)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the demo runs");
+    let mut code = None;
+    for _ in 0..1500 {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            code = status.code();
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    if code.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("the demo's output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, text)
+}
+
+#[test]
+fn a_redis_password_is_never_printed() {
+    if !redis_available() {
+        return;
+    }
+    let redis = redis_with_password("the-right-one");
+    let secret = "wr0ng-s3cret-pw";
+    let url = format!("redis://demo:{secret}@127.0.0.1:{}", redis.port());
+    let tls = format!("rediss://:{secret}@127.0.0.1:{}", redis.port());
+    let nodes = format!("redis://:{secret}@127.0.0.1:1,http://:{secret}@127.0.0.1:2");
+
+    // Refused at start-up (closed), and a configuration error about the URL itself.
+    for vars in [
+        vec![("REDIS_URL", url.as_str()), ("FAILURE_MODE", "closed")],
+        vec![("REDIS_URL", tls.as_str())],
+        vec![("REDIS_CLUSTER_NODES", nodes.as_str())],
+    ] {
+        let (code, text) = run_to_exit(&vars);
+        assert_ne!(code, Some(0), "{vars:?} started: {text}");
+        assert!(
+            !text.contains(secret),
+            "{vars:?} printed the password:\n{text}"
+        );
+        assert!(
+            text.contains("127.0.0.1"),
+            "{vars:?} says nothing useful:\n{text}"
+        );
+    }
+
+    // Started anyway (open, local): the start-up warning, the answers while Redis refuses, and
+    // the shutdown log carry no password either.
+    for mode in ["open", "local"] {
+        let mut demo = Demo::start(&[
+            ("REDIS_URL", url.as_str()),
+            ("FAILURE_MODE", mode),
+            ("REDIS_TIMEOUT_MS", "500"),
+        ]);
+        let mut answers = String::new();
+        for path in ["/ratelimit", "/status?key=x", "/healthz"] {
+            answers.push_str(&format!("{:?}\n", demo.get(path, &id("x"))));
+        }
+        demo.terminate();
+        let code = demo.wait_timeout(Duration::from_secs(10));
+        let text = format!("{answers}{}", demo.stderr());
+        assert_eq!(code.and_then(|c| c.code()), Some(0), "{text}");
+        assert!(
+            !text.contains(secret),
+            "{mode} printed the password:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn closed_mode_refuses_to_start_when_redis_refuses_the_password_or_the_database() {
+    if !redis_available() {
+        return;
+    }
+    let redis = redis_with_password("the-right-one");
+    let port = redis.port();
+    let wrong = format!("redis://:not-it@127.0.0.1:{port}");
+    let none = format!("redis://127.0.0.1:{port}");
+    let bad_db = format!("redis://:the-right-one@127.0.0.1:{port}/99");
+    for (url, cause) in [
+        (&wrong, "authentication failed"),
+        (&none, "authentication failed"),
+        (&bad_db, "invalid DB index"),
+    ] {
+        let (code, text) = run_to_exit(&[("REDIS_URL", url), ("FAILURE_MODE", "closed")]);
+        assert_eq!(code, Some(1), "{url} did not stop the demo: {text}");
+        assert!(text.contains(cause), "{url}: no `{cause}` in:\n{text}");
+        assert!(!text.contains("listening on"), "{url}: {text}");
+    }
+    // The right password and database: it starts, and Redis decides.
+    let good = format!("redis://:the-right-one@127.0.0.1:{port}/1");
+    let demo = Demo::start(&[("REDIS_URL", &good), ("FAILURE_MODE", "closed")]);
+    assert_eq!(
+        demo.get("/ratelimit", &id("a")).status,
+        200,
+        "{}",
+        demo.stderr()
+    );
+
+    // open and local start, and say at WARN why Redis is not in use.
+    for mode in ["open", "local"] {
+        for (url, cause) in [
+            (&wrong, "authentication failed"),
+            (&bad_db, "invalid DB index"),
+        ] {
+            let demo = Demo::start(&[("REDIS_URL", url), ("FAILURE_MODE", mode)]);
+            assert_eq!(demo.get("/healthz", &[]).status, 200);
+            let warned = wait_for_stderr(&demo, |l| l.contains("WARN") && l.contains(cause));
+            assert!(
+                warned,
+                "{mode} {url}: no WARN naming `{cause}`:\n{}",
+                demo.stderr()
+            );
+        }
+    }
+}
+
+#[test]
+fn with_redis_unreachable_at_start_up_healthz_answers_at_once() {
+    // A Redis that accepts the connection (the kernel does) and never answers: the listener is
+    // held open and never read.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    // Built before the clock starts.
+    demo_support::example_exe("demo");
+    for mode in ["open", "local"] {
+        let clock = SystemClock::new();
+        let started = clock.now();
+        let demo = Demo::start(&[("REDIS_URL", url.as_str()), ("FAILURE_MODE", mode)]);
+        let res = demo.get("/healthz", &[]);
+        let took = clock.now().saturating_sub(started);
+        assert_eq!(res.status, 200, "{mode}: {res:?}");
+        // The demo must not wait on Redis before serving; the bound is generous (process start
+        // on a loaded machine), and well below the old 5 s connect wait.
+        assert!(
+            took < Duration::from_secs(4),
+            "{mode}: /healthz first answered after {took:?}:\n{}",
+            demo.stderr()
+        );
+        // Redis stays silent: requests are still decided (open admits, local falls back).
+        assert_eq!(demo.get("/ratelimit", &id("a")).status, 200, "{mode}");
+        // It served before it knew Redis's fate: the warning comes after the listening line.
+        assert!(
+            wait_for_stderr(&demo, |l| l.contains("WARN")
+                && l.contains("Redis is not in use")),
+            "{mode}: {}",
+            demo.stderr()
+        );
+        let log = demo.stderr();
+        let listening = log.find("demo listening").expect("the listening line");
+        let warned = log.find("Redis is not in use").expect("the warning");
+        assert!(listening < warned, "{mode}: waited on Redis first:\n{log}");
+    }
+    drop(silent);
+}
+
+#[test]
+fn status_finds_clients_keyed_by_ip_and_refuses_what_it_cannot_answer() {
+    let demo = Demo::start(&[("RATE_LIMIT", "5"), ("RATE_LIMIT_WINDOW_SEC", DAY)]);
+    // Two requests keyed by this test's address (no key header).
+    for _ in 0..2 {
+        assert_eq!(demo.get("/ratelimit", &[]).status, 200);
+    }
+    // Asked by IP, from a caller that names itself otherwise.
+    let res = demo.get("/status?ip=127.0.0.1", &id("someone-else"));
+    assert_eq!(res.status, 200, "{res:?}");
+    assert_eq!(res.json()["remaining"], 3, "{res:?}");
+    for query in [
+        "/status?ip=not-an-ip",
+        "/status?client=127.0.0.1",
+        "/status?ip=127.0.0.1&key=a",
+    ] {
+        let res = demo.get(query, &[]);
+        assert_eq!(res.status, 400, "{query}: {res:?}");
+        assert!(res.json()["error"].is_string(), "{query}: {res:?}");
+    }
+    // Keyed by IP only: a `?key=` lookup could only ever answer "a fresh client".
+    let by_ip = Demo::start(&[("KEY_HEADER", "")]);
+    let res = by_ip.get("/status?key=alice", &[]);
+    assert_eq!(res.status, 400, "{res:?}");
+    assert!(res.body.contains("ip="), "{res:?}");
+}
+
+#[test]
+fn every_bad_setting_exits_2_with_one_message_format() {
+    let dir = std::env::temp_dir().join(format!("demo-exit-2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let two_tiers = dir.join("two-tiers.toml");
+    std::fs::write(
+        &two_tiers,
+        "[[tiers]]\nname = \"gold\"\nkeys = [\"alice\"]\nlimit = 10\n\
+         [[tiers]]\nname = \"silver\"\nkeys = [\"bob\", \"alice\"]\nlimit = 5\n",
+    )
+    .unwrap();
+    let bad_name = dir.join("bad-name.toml");
+    std::fs::write(
+        &bad_name,
+        "[[routes]]\npath = \"/acquire\"\nname = \"two words\"\nlimit = 5\n",
+    )
+    .unwrap();
+    let two_tiers = two_tiers.display().to_string();
+    let bad_name = bad_name.display().to_string();
+    for (vars, setting, value) in [
+        (vec![("RATE_LIMIT", "abc")], "RATE_LIMIT".to_owned(), "abc"),
+        (
+            vec![("RATELIMIT_CONFIG", two_tiers.as_str())],
+            format!("tiers[1].keys in {two_tiers}"),
+            "alice",
+        ),
+        (
+            vec![("RATELIMIT_CONFIG", bad_name.as_str())],
+            format!("routes[0].name in {bad_name}"),
+            "two words",
+        ),
+    ] {
+        let (code, text) = run_to_exit(&vars);
+        assert_eq!(code, Some(2), "{vars:?}: {text}");
+        let line = format!("demo: configuration error: invalid {setting} `{value}`: ");
+        assert!(text.contains(&line), "{vars:?}: no `{line}` in:\n{text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

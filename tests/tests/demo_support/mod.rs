@@ -13,8 +13,26 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-/// Every variable the demo reads, removed from the environment a test starts it with.
-pub const DEMO_VARS: [&str; 15] = examples::demo::config::SETTINGS;
+/// Every variable the demo reads, removed from the environment a test starts it with. The demo
+/// is an example target with no library to import its list from: keep this in step with
+/// `SETTINGS` in `examples/examples/demo/config.rs`.
+pub const DEMO_VARS: [&str; 15] = [
+    "PORT",
+    "REDIS_URL",
+    "REDIS_ADDR",
+    "REDIS_CLUSTER_NODES",
+    "RATE_LIMIT",
+    "RATE_LIMIT_WINDOW_SEC",
+    "RATE_LIMIT_BURST",
+    "RATE_LIMIT_ALGORITHM",
+    "RATE_LIMIT_MAX_KEYS",
+    "RATE_LIMIT_INSTANCES",
+    "FAILURE_MODE",
+    "REDIS_TIMEOUT_MS",
+    "KEY_HEADER",
+    "TRUSTED_PROXIES",
+    "RATELIMIT_CONFIG",
+];
 
 /// Builds `example` of the `examples` package with the cargo running the tests, and returns
 /// the executable cargo reports (wherever the target directory is).

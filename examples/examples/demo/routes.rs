@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /ratelimit` | charges 1 to the client: 200 or 429, JSON and rate-limit headers |
 //! | `POST /acquire` | charges `cost` from an optional JSON body `{"cost": n}` (default 1) |
-//! | `GET /status?key=K` | the client's state without charging, the backend and the circuit |
+//! | `GET /status?key=K`, `?ip=A` | the client's state without charging, the backend and the circuit |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | 200 |
 //!
@@ -14,6 +14,8 @@
 //! small middleware outside the layer, which buffers the body and puts a [`Cost`] into the
 //! extensions, where the layer's cost hook finds it.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -34,13 +36,14 @@ use tower_ratelimit::{HeaderStyle, RateLimitLayer, Rejection, StoreFailure, head
 
 use super::client::{ClientKey, Policies};
 use super::store::DemoStore;
+use crate::redact::redact;
 
 /// The largest `/acquire` body read.
 const MAX_BODY: usize = 64 * 1024;
 
 /// What the routes share.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub(crate) struct AppState {
     store: DemoStore,
     policies: Arc<Policies>,
     key: Arc<ClientKey>,
@@ -49,7 +52,7 @@ pub struct AppState {
 
 impl AppState {
     /// The state for [`router`].
-    pub fn new(
+    pub(crate) fn new(
         store: DemoStore,
         policies: Policies,
         key: ClientKey,
@@ -66,22 +69,22 @@ impl AppState {
 
 /// The cost of an `/acquire` request, read from its body before the layer runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cost(pub NonZeroU32);
+pub(crate) struct Cost(pub(crate) NonZeroU32);
 
 /// The JSON of a decision: `/ratelimit`, `/acquire`, their 429s, and `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DecisionBody {
+pub(crate) struct DecisionBody {
     /// Whether the request was (or, for `/status`, would be) admitted.
-    pub allowed: bool,
+    pub(crate) allowed: bool,
     /// Capacity of the binding limit.
-    pub limit: u32,
+    pub(crate) limit: u32,
     /// What is left of it.
-    pub remaining: u32,
+    pub(crate) remaining: u32,
     /// Milliseconds until it is full again, rounded up.
-    pub reset_after_ms: u64,
+    pub(crate) reset_after_ms: u64,
     /// Milliseconds to wait before retrying, rounded up: 0 when allowed, `null` when no wait
     /// would help (the cost exceeds the capacity).
-    pub retry_after_ms: Option<u64>,
+    pub(crate) retry_after_ms: Option<u64>,
 }
 
 impl From<&Decision> for DecisionBody {
@@ -105,7 +108,7 @@ impl From<&Decision> for DecisionBody {
 }
 
 /// The whole demo application.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let policies = Arc::clone(&state.policies);
     // The policy hook always picks, so the layer's own default policy only needs a quota.
     let quota = *state.policies.default_limit().quota();
@@ -134,14 +137,14 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
 }
 
 /// The layer's rejections as JSON: 429 with the decision, 503, 400.
-pub fn reject(rejection: &Rejection<'_>) -> Response<Body> {
+pub(crate) fn reject(rejection: &Rejection<'_>) -> Response<Body> {
     match rejection {
         Rejection::Limited(decision) => {
             json_response(rejection.status(), &DecisionBody::from(*decision))
         }
         Rejection::StoreUnavailable(err) => json_response(
             rejection.status(),
-            &json!({ "error": "rate limit store unavailable", "detail": err.to_string() }),
+            &json!({ "error": "rate limit store unavailable", "detail": redact(&err.to_string()) }),
         ),
         Rejection::MissingKey => json_response(
             rejection.status(),
@@ -160,7 +163,7 @@ fn admitted(req: &Request) -> Response {
     let detail = req
         .extensions()
         .get::<StoreFailure>()
-        .map(|f| f.message().to_owned());
+        .map(|f| redact(f.message()));
     json_response(
         StatusCode::OK,
         &json!({
@@ -218,11 +221,6 @@ async fn read_cost(req: Request, next: Next) -> Response {
         .await
 }
 
-#[derive(Debug, Deserialize)]
-struct StatusQuery {
-    key: Option<String>,
-}
-
 #[derive(Debug, Serialize)]
 struct StatusBody {
     #[serde(flatten)]
@@ -231,18 +229,47 @@ struct StatusBody {
     circuit: &'static str,
 }
 
+/// The client `/status` asks about: `?key=` (a key-header value), `?ip=` (an address, keyed
+/// as the layer keys it: IPv6 by its /64), or, with neither, the caller itself. A query it
+/// cannot answer truthfully is refused with 400 rather than reported as a fresh client.
+fn status_key(
+    state: &AppState,
+    query: &HashMap<String, String>,
+    parts: &Parts,
+) -> Result<String, String> {
+    if let Some(other) = query.keys().find(|k| !matches!(k.as_str(), "key" | "ip")) {
+        return Err(format!(
+            "unknown query parameter `{other}`: use ?key=<client id> or ?ip=<address>"
+        ));
+    }
+    let refuse = |message: &str| Err(message.to_owned());
+    match (query.get("key"), query.get("ip")) {
+        (Some(_), Some(_)) => refuse("pass ?key= or ?ip=, not both"),
+        (Some(id), None) if id.is_empty() => refuse("?key= is empty"),
+        (Some(_), None) if !state.key.has_header() => {
+            refuse("clients are keyed by IP only here (KEY_HEADER is empty): use ?ip=<address>")
+        }
+        (Some(id), None) => Ok(ClientKey::for_id(id.as_bytes())),
+        (None, Some(ip)) => match ip.trim().parse::<IpAddr>() {
+            Ok(ip) => Ok(ClientKey::for_ip(ip)),
+            Err(_) => refuse("?ip= is not an IP address (expected e.g. 192.0.2.1 or 2001:db8::1)"),
+        },
+        (None, None) => match state.key.extract(parts) {
+            Some(key) => Ok(key),
+            None => refuse("no client key: pass ?key=, ?ip= or send the key header"),
+        },
+    }
+}
+
 /// The client's state under `/ratelimit`'s policy, without charging anything.
 async fn status(
     State(state): State<AppState>,
-    Query(query): Query<StatusQuery>,
+    Query(query): Query<HashMap<String, String>>,
     parts: Parts,
 ) -> Response {
-    let key = match query.key.filter(|k| !k.is_empty()) {
-        Some(id) => ClientKey::for_id(id.as_bytes()),
-        None => match state.key.extract(&parts) {
-            Some(key) => key,
-            None => return bad_request("no client key: pass ?key= or send the key header"),
-        },
+    let key = match status_key(&state, &query, &parts) {
+        Ok(key) => key,
+        Err(message) => return bad_request(&message),
     };
     let policy = state.policies.pick("/ratelimit", &key);
     let store_key = policy.store_key(&key);
@@ -268,7 +295,7 @@ async fn status(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({
                 "error": "rate limit store unavailable",
-                "detail": err.to_string(),
+                "detail": redact(&err.to_string()),
                 "backend": state.store.backend(),
                 "circuit": state.store.circuit(),
             }),
@@ -283,4 +310,79 @@ async fn metrics(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn app(vars: &[(&str, &str)]) -> Router {
+        let config = Config::from_vars(vars).unwrap();
+        router(AppState::new(
+            DemoStore::memory(&config),
+            Policies::from_config(&config).unwrap(),
+            ClientKey::from_config(&config),
+            PrometheusBuilder::new().build_recorder().handle(),
+        ))
+    }
+
+    async fn get(app: &Router, uri: &str, peer: &str) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::get(uri).body(Body::empty()).unwrap();
+        let peer: SocketAddr = peer.parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), MAX_BODY)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn status_finds_a_client_by_ip_with_ipv6_by_its_64() {
+        let app = app(&[("RATE_LIMIT", "5"), ("RATE_LIMIT_WINDOW_SEC", "86400")]);
+        for peer in ["[2001:db8:0:7::1]:9", "[2001:db8:0:7::2]:9", "192.0.2.1:9"] {
+            assert_eq!(get(&app, "/ratelimit", peer).await.0, StatusCode::OK);
+        }
+        for (uri, remaining) in [
+            ("/status?ip=2001:db8:0:7::ffff", 3),
+            ("/status?ip=2001:db8:0:8::1", 5),
+            ("/status?ip=192.0.2.1", 4),
+            ("/status?ip=192.0.2.2", 5),
+        ] {
+            let (status, json) = get(&app, uri, "198.51.100.1:9").await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {json}");
+            assert_eq!(json["remaining"], remaining, "{uri}: {json}");
+        }
+    }
+
+    #[tokio::test]
+    async fn status_refuses_what_it_cannot_answer() {
+        let app_with_header = app(&[]);
+        let by_ip_only = app(&[("KEY_HEADER", "")]);
+        for (app, uri) in [
+            (&app_with_header, "/status?ip=nope"),
+            (&app_with_header, "/status?ip="),
+            (&app_with_header, "/status?key="),
+            (&app_with_header, "/status?client=alice"),
+            (&app_with_header, "/status?key=a&ip=192.0.2.1"),
+            (&by_ip_only, "/status?key=alice"),
+        ] {
+            let (status, json) = get(app, uri, "192.0.2.9:9").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {json}");
+            assert!(json["error"].is_string(), "{uri}: {json}");
+        }
+        // What it can answer: by key, and the caller itself.
+        for uri in ["/status?key=alice", "/status"] {
+            let (status, json) = get(&app_with_header, uri, "192.0.2.9:9").await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {json}");
+        }
+    }
 }

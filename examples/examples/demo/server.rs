@@ -18,12 +18,12 @@ use super::routes::{AppState, router};
 use super::store::{DemoStore, StoreStartError};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the demo could not start or serve.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum StartError {
+pub(crate) enum StartError {
     /// A setting is invalid.
     Config(ConfigError),
     /// The store could not be set up.
@@ -62,7 +62,10 @@ impl From<ConfigError> for StartError {
 /// # Errors
 ///
 /// See [`StartError`].
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+pub(crate) async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let policies = Policies::from_config(&config)?;
     let key = ClientKey::from_config(&config);
     let metrics = prometheus()?
@@ -85,7 +88,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         .map_err(|e| StartError::Io(String::from("cannot read the bound address"), e))?;
     tracing::info!(
         %local,
-        backend = store.backend(),
+        backend = %config.backend.describe(),
         limit = %config.limit,
         "demo listening"
     );
@@ -127,7 +130,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 /// # Errors
 ///
 /// The buckets are refused (never: they are a fixed, non-empty list).
-pub fn prometheus() -> Result<PrometheusBuilder, StartError> {
+pub(crate) fn prometheus() -> Result<PrometheusBuilder, StartError> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(STORE_DURATION_SECONDS.to_owned()),

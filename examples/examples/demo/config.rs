@@ -22,10 +22,14 @@
 //! window_sec = 60
 //! ```
 //!
-//! A bad value is a [`ConfigError`] naming the variable (or the file key) and the value. With a
-//! Redis backend, so is a limit Redis cannot decide exactly (a `sliding_window` limit whose
-//! `RATE_LIMIT × RATE_LIMIT_WINDOW_SEC` in microseconds reaches 2^53): the demo stops at start-up
-//! rather than failing every request.
+//! A bad value is a [`ConfigError`] naming the variable (or the file key, with its entry:
+//! `tiers[1].keys in demo.toml`) and that one value, any password in it masked. A wrong TOML
+//! type, an unknown key, a key in two tiers, two policies with one name and two backends at once
+//! are errors too (the file is read in [`file`]). With a Redis backend, so is a limit Redis
+//! cannot decide exactly (a `sliding_window` limit whose `RATE_LIMIT × RATE_LIMIT_WINDOW_SEC` in
+//! microseconds reaches 2^53): the demo stops at start-up rather than failing every request.
+
+mod file;
 
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -35,14 +39,18 @@ use std::time::Duration;
 use http::HeaderName;
 use rate_limit_core::resilience::local_share;
 use rate_limit_core::{Algorithm, ConfigError, Limit, Quota, RedisStore};
-use serde::Deserialize;
+use redis::IntoConnectionInfo;
 use tower_ratelimit::key::Cidr;
 
+use file::FileSettings;
+
+use crate::redact::{redact, remember_secret};
+
 /// The endpoints a `[[routes]]` entry may give their own policy.
-pub const LIMITED_ROUTES: [&str; 2] = ["/ratelimit", "/acquire"];
+pub(crate) const LIMITED_ROUTES: [&str; 2] = ["/ratelimit", "/acquire"];
 
 /// Every scalar setting, by environment variable name. The file uses the lower-case names.
-pub const SETTINGS: [&str; 15] = [
+pub(crate) const SETTINGS: [&str; 15] = [
     "PORT",
     "REDIS_URL",
     "REDIS_ADDR",
@@ -63,7 +71,7 @@ pub const SETTINGS: [&str; 15] = [
 /// Where rate-limit state lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Backend {
+pub(crate) enum Backend {
     /// An in-process [`MemoryStore`](rate_limit_core::MemoryStore): one budget per instance.
     Memory,
     /// One Redis server, by URL: one budget shared by every instance.
@@ -73,12 +81,12 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// `memory`, `redis` or `cluster`, as `/status` reports it.
-    pub fn name(&self) -> &'static str {
+    /// Where state lives, for the log: `memory`, or the URL(s) with any password masked.
+    pub(crate) fn describe(&self) -> String {
         match self {
-            Self::Memory => "memory",
-            Self::Redis(_) => "redis",
-            Self::Cluster(_) => "cluster",
+            Self::Memory => String::from("memory"),
+            Self::Redis(url) => redact(url),
+            Self::Cluster(nodes) => redact(&nodes.join(",")),
         }
     }
 }
@@ -86,7 +94,7 @@ impl Backend {
 /// What happens to a request when Redis cannot decide (`FAILURE_MODE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub enum FailureSetting {
+pub(crate) enum FailureSetting {
     /// Let the request through.
     Open,
     /// Answer `503 Service Unavailable`.
@@ -98,7 +106,7 @@ pub enum FailureSetting {
 
 impl FailureSetting {
     /// `open`, `closed` or `local`, as `FAILURE_MODE` spells it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Open => "open",
             Self::Closed => "closed",
@@ -123,55 +131,55 @@ impl FromStr for FailureSetting {
 
 /// A per-route policy from the file: the limit for one of [`LIMITED_ROUTES`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteLimit {
+pub(crate) struct RouteLimit {
     /// The path, `/ratelimit` or `/acquire`.
-    pub path: String,
+    pub(crate) path: String,
     /// The policy name (headers, metrics, store keys).
-    pub name: String,
+    pub(crate) name: String,
     /// The limit.
-    pub limit: Limit,
+    pub(crate) limit: Limit,
 }
 
 /// A tier from the file: clients (values of the key header) with their own limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tier {
+pub(crate) struct Tier {
     /// The policy name.
-    pub name: String,
+    pub(crate) name: String,
     /// The key-header values that belong to the tier.
-    pub keys: Vec<String>,
+    pub(crate) keys: Vec<String>,
     /// The limit.
-    pub limit: Limit,
+    pub(crate) limit: Limit,
 }
 
 /// The demo's whole configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Config {
+pub(crate) struct Config {
     /// Listen port on every interface; 0 picks a free one (the demo prints it).
-    pub port: u16,
+    pub(crate) port: u16,
     /// Where state lives.
-    pub backend: Backend,
+    pub(crate) backend: Backend,
     /// The default limit: `RATE_LIMIT` per `RATE_LIMIT_WINDOW_SEC`, burst `RATE_LIMIT_BURST`,
     /// with `RATE_LIMIT_ALGORITHM`.
-    pub limit: Limit,
+    pub(crate) limit: Limit,
     /// Bound of the in-memory store (and of the local fallback).
-    pub max_keys: NonZeroUsize,
+    pub(crate) max_keys: NonZeroUsize,
     /// What happens when Redis cannot decide.
-    pub failure_mode: FailureSetting,
+    pub(crate) failure_mode: FailureSetting,
     /// How many instances share Redis (`RATE_LIMIT_INSTANCES`, default 1): with
     /// `FAILURE_MODE=local`, each admits `1/instances` of every quota while Redis is away, and
     /// every limit (and bucket burst) must be at least this, or the demo does not start.
-    pub instances: NonZeroU32,
+    pub(crate) instances: NonZeroU32,
     /// Time budget of one Redis call.
-    pub redis_timeout: Duration,
+    pub(crate) redis_timeout: Duration,
     /// The header naming the client; `None` (an empty `KEY_HEADER`) keys by IP only.
-    pub key_header: Option<HeaderName>,
+    pub(crate) key_header: Option<HeaderName>,
     /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<Cidr>,
+    pub(crate) trusted_proxies: Vec<Cidr>,
     /// Per-route policies (file only).
-    pub routes: Vec<RouteLimit>,
+    pub(crate) routes: Vec<RouteLimit>,
     /// Per-key tiers (file only).
-    pub tiers: Vec<Tier>,
+    pub(crate) tiers: Vec<Tier>,
 }
 
 impl Config {
@@ -180,7 +188,7 @@ impl Config {
     /// # Errors
     ///
     /// A variable or file value is invalid, not UTF-8, or the file cannot be read or parsed.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub(crate) fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| match std::env::var(name) {
             Ok(v) => Ok(Some(v)),
             Err(std::env::VarError::NotPresent) => Ok(None),
@@ -193,11 +201,12 @@ impl Config {
     }
 
     /// Reads `vars` as if they were the whole environment (for tests).
+    #[cfg(test)]
     ///
     /// # Errors
     ///
     /// As for [`from_env`](Self::from_env).
-    pub fn from_vars(vars: &[(&str, &str)]) -> Result<Self, ConfigError> {
+    pub(crate) fn from_vars(vars: &[(&str, &str)]) -> Result<Self, ConfigError> {
         Self::from_lookup(|name| {
             Ok(vars
                 .iter()
@@ -212,7 +221,7 @@ impl Config {
     /// # Errors
     ///
     /// As for [`from_env`](Self::from_env).
-    pub fn from_lookup(
+    pub(crate) fn from_lookup(
         lookup: impl Fn(&str) -> Result<Option<String>, ConfigError>,
     ) -> Result<Self, ConfigError> {
         let mut env = BTreeMap::new();
@@ -236,8 +245,13 @@ struct Setting {
 }
 
 impl Setting {
+    /// The error naming this setting and its value (any password in it masked).
     fn error(&self, reason: impl Into<String>) -> ConfigError {
-        ConfigError::new(self.name.as_str(), &self.value, reason)
+        ConfigError::new(
+            self.name.as_str(),
+            redact(&self.value),
+            redact(&reason.into()),
+        )
     }
 
     /// The same error, blamed on this setting instead of the name a library used.
@@ -329,10 +343,13 @@ impl Sources {
             None => Vec::new(),
         };
         let (routes, tiers) = match &self.file {
-            Some(file) => (
-                file.routes(window_secs, algorithm)?,
-                file.tiers(window_secs, algorithm)?,
-            ),
+            Some(file) => {
+                let mut taken = vec![String::from("default")];
+                (
+                    file.routes(window_secs, algorithm, &mut taken)?,
+                    file.tiers(window_secs, algorithm, &mut taken)?,
+                )
+            }
             None => (Vec::new(), Vec::new()),
         };
         let backend = self.backend()?;
@@ -443,7 +460,10 @@ impl Sources {
 
     fn backend(&self) -> Result<Backend, ConfigError> {
         let url = match (self.get("REDIS_URL"), self.get("REDIS_ADDR")) {
-            (Some(s), _) => Some(redis_url(&s, s.value.trim())?),
+            (Some(_), Some(s)) => {
+                return Err(s.error("set either REDIS_URL or REDIS_ADDR, not both"));
+            }
+            (Some(s), None) => Some(redis_url(&s, s.value.trim())?),
             (None, Some(s)) => Some(redis_addr(&s)?),
             (None, None) => None,
         };
@@ -490,14 +510,21 @@ fn positive_u64(s: &Setting) -> Result<u64, ConfigError> {
         .ok_or_else(|| s.error("expected a positive integer"))
 }
 
+/// `url`, if the Redis client can use it. Its password, if any, is remembered first, so that
+/// no message quotes it.
 fn redis_url(s: &Setting, url: &str) -> Result<String, ConfigError> {
+    remember_secret(url);
     if url.starts_with("rediss://") {
         return Err(s.error("TLS (rediss://) is not enabled in the demo; use redis://"));
     }
     match url.strip_prefix("redis://") {
-        Some(rest) if !rest.is_empty() => Ok(url.to_owned()),
-        _ => Err(s.error("expected a URL like redis://127.0.0.1:6379")),
+        Some(rest) if !rest.is_empty() => {}
+        _ => return Err(s.error("expected a URL like redis://[:password@]127.0.0.1:6379[/db]")),
     }
+    // The client's own parser: a database that is not a number, a bad port, ...
+    url.into_connection_info()
+        .map_err(|e| s.error(format!("not a Redis URL the client accepts: {e}")))?;
+    Ok(url.to_owned())
 }
 
 fn redis_addr(s: &Setting) -> Result<String, ConfigError> {
@@ -510,184 +537,11 @@ fn redis_addr(s: &Setting) -> Result<String, ConfigError> {
     }
 }
 
-/// What the TOML file holds: scalar settings as text, and the route and tier tables.
-struct FileSettings {
-    path: String,
-    scalars: BTreeMap<String, String>,
-    routes: Vec<toml::Value>,
-    tiers: Vec<toml::Value>,
-}
-
-/// A `[[routes]]` or `[[tiers]]` entry before validation.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLimit {
-    path: Option<String>,
-    name: Option<String>,
-    #[serde(default)]
-    keys: Vec<String>,
-    limit: u64,
-    window_sec: Option<u64>,
-    burst: Option<u64>,
-    algorithm: Option<String>,
-}
-
-impl FileSettings {
-    fn read(path: &str) -> Result<Self, ConfigError> {
-        let blame = |reason: String| ConfigError::new("RATELIMIT_CONFIG", path, reason);
-        let text = std::fs::read_to_string(path).map_err(|e| blame(e.to_string()))?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| blame(e.to_string()))?;
-        let mut file = Self {
-            path: path.to_owned(),
-            scalars: BTreeMap::new(),
-            routes: Vec::new(),
-            tiers: Vec::new(),
-        };
-        for (key, value) in table {
-            match key.as_str() {
-                "routes" | "tiers" => {
-                    let toml::Value::Array(entries) = value else {
-                        return Err(blame(format!("`{key}` must be an array of tables")));
-                    };
-                    if key == "routes" {
-                        file.routes = entries;
-                    } else {
-                        file.tiers = entries;
-                    }
-                }
-                "ratelimit_config" => {
-                    return Err(blame(String::from("a file cannot name another")));
-                }
-                _ if SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(&key)) => {
-                    let text = match value {
-                        toml::Value::String(s) => s,
-                        toml::Value::Array(items) => items
-                            .iter()
-                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        other => other.to_string(),
-                    };
-                    file.scalars.insert(key, text);
-                }
-                _ => return Err(blame(format!("unknown setting `{key}`"))),
-            }
-        }
-        Ok(file)
-    }
-
-    fn entry(&self, what: &str, i: usize, value: &toml::Value) -> Result<FileLimit, ConfigError> {
-        FileLimit::deserialize(value.clone()).map_err(|e| {
-            ConfigError::new(
-                format!("{what}[{i}] in {}", self.path),
-                value,
-                e.to_string(),
-            )
-        })
-    }
-
-    fn limit(
-        &self,
-        what: &str,
-        i: usize,
-        entry: &FileLimit,
-        window_secs: u64,
-        algorithm: Algorithm,
-    ) -> Result<Limit, ConfigError> {
-        let field = |name: &str, value: &dyn std::fmt::Display, reason: &str| {
-            ConfigError::new(
-                format!("{what}[{i}].{name} in {}", self.path),
-                value,
-                reason,
-            )
-        };
-        let limit = u32::try_from(entry.limit)
-            .ok()
-            .and_then(NonZeroU32::new)
-            .ok_or_else(|| field("limit", &entry.limit, "expected a positive integer"))?;
-        let window = entry.window_sec.unwrap_or(window_secs);
-        let mut quota = Quota::with_period(limit, Duration::from_secs(window))
-            .map_err(|e| field("window_sec", &window, e.reason()))?;
-        if let Some(burst) = entry.burst {
-            let n = u32::try_from(burst)
-                .ok()
-                .and_then(NonZeroU32::new)
-                .ok_or_else(|| field("burst", &burst, "expected a positive integer"))?;
-            quota = quota
-                .burst(n)
-                .map_err(|e| field("burst", &burst, e.reason()))?;
-        }
-        let algorithm = match &entry.algorithm {
-            Some(a) => a
-                .parse::<Algorithm>()
-                .map_err(|e| field("algorithm", a, e.reason()))?,
-            None => algorithm,
-        };
-        Ok(Limit::new(quota, algorithm))
-    }
-
-    fn routes(
-        &self,
-        window_secs: u64,
-        algorithm: Algorithm,
-    ) -> Result<Vec<RouteLimit>, ConfigError> {
-        let mut routes: Vec<RouteLimit> = Vec::new();
-        for (i, value) in self.routes.iter().enumerate() {
-            let entry = self.entry("routes", i, value)?;
-            let blame = |reason: &str| {
-                ConfigError::new(format!("routes[{i}].path in {}", self.path), value, reason)
-            };
-            let Some(path) = entry.path.clone() else {
-                return Err(blame("a route needs a path"));
-            };
-            if !LIMITED_ROUTES.contains(&path.as_str()) {
-                return Err(blame("expected /ratelimit or /acquire"));
-            }
-            if routes.iter().any(|r| r.path == path) {
-                return Err(blame("this path already has a policy"));
-            }
-            let name = entry
-                .name
-                .clone()
-                .unwrap_or_else(|| path.trim_start_matches('/').to_owned());
-            let limit = self.limit("routes", i, &entry, window_secs, algorithm)?;
-            routes.push(RouteLimit { path, name, limit });
-        }
-        Ok(routes)
-    }
-
-    fn tiers(&self, window_secs: u64, algorithm: Algorithm) -> Result<Vec<Tier>, ConfigError> {
-        let mut tiers = Vec::new();
-        for (i, value) in self.tiers.iter().enumerate() {
-            let entry = self.entry("tiers", i, value)?;
-            let blame = |reason: &str| {
-                ConfigError::new(format!("tiers[{i}] in {}", self.path), value, reason)
-            };
-            let Some(name) = entry.name.clone() else {
-                return Err(blame("a tier needs a name"));
-            };
-            if entry.keys.is_empty() {
-                return Err(blame("a tier needs at least one key"));
-            }
-            if entry.path.is_some() {
-                return Err(blame("a tier applies to every route: remove `path`"));
-            }
-            let limit = self.limit("tiers", i, &entry, window_secs, algorithm)?;
-            tiers.push(Tier {
-                name,
-                keys: entry.keys,
-                limit,
-            });
-        }
-        Ok(tiers)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn err(vars: &[(&str, &str)]) -> ConfigError {
+    pub(super) fn err(vars: &[(&str, &str)]) -> ConfigError {
         Config::from_vars(vars).unwrap_err()
     }
 
@@ -736,7 +590,7 @@ mod tests {
             "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
         )])
         .unwrap();
-        assert_eq!(c.backend.name(), "cluster");
+        assert!(matches!(c.backend, Backend::Cluster(ref n) if n.len() == 2));
     }
 
     #[test]
@@ -818,21 +672,21 @@ mod tests {
         assert_eq!(c.key_header, None);
     }
 
-    fn file(text: &str) -> (tempfile_path::Guard, String) {
+    pub(super) fn file(text: &str) -> (tempfile_path::Guard, String) {
         let guard = tempfile_path::Guard::new(text);
         let path = guard.0.display().to_string();
         (guard, path)
     }
 
     /// A file removed on drop, without a dependency for it.
-    mod tempfile_path {
+    pub(super) mod tempfile_path {
         use std::path::PathBuf;
         use std::sync::atomic::{AtomicU32, Ordering};
 
-        pub(super) struct Guard(pub(super) PathBuf);
+        pub(in crate::config) struct Guard(pub(in crate::config) PathBuf);
 
         impl Guard {
-            pub(super) fn new(text: &str) -> Self {
+            pub(in crate::config) fn new(text: &str) -> Self {
                 static N: AtomicU32 = AtomicU32::new(0);
                 let n = N.fetch_add(1, Ordering::Relaxed);
                 let path = std::env::temp_dir()
@@ -922,32 +776,75 @@ limit = 1000
     }
 
     #[test]
-    fn bad_file_values_name_the_key_and_file() {
-        let (_g, path) = file("rate_limit = 0\n");
-        let e = err(&[("RATELIMIT_CONFIG", &path)]);
-        assert_eq!(e.setting(), format!("rate_limit in {path}"));
-        assert_eq!(e.value(), "0");
+    fn every_kind_of_bad_environment_setting_names_the_variable_and_value() {
+        for (vars, setting, value) in [
+            (vec![("RATE_LIMIT", "")], "RATE_LIMIT", ""),
+            (vec![("RATE_LIMIT", "1.5")], "RATE_LIMIT", "1.5"),
+            (
+                vec![("RATE_LIMIT_INSTANCES", "0")],
+                "RATE_LIMIT_INSTANCES",
+                "0",
+            ),
+            (vec![("REDIS_TIMEOUT_MS", "0")], "REDIS_TIMEOUT_MS", "0"),
+            (vec![("PORT", "-1")], "PORT", "-1"),
+            (
+                vec![("REDIS_URL", "redis://h:1/x")],
+                "REDIS_URL",
+                "redis://h:1/x",
+            ),
+            (
+                vec![("REDIS_URL", "redis://h:99999")],
+                "REDIS_URL",
+                "redis://h:99999",
+            ),
+            (
+                vec![("REDIS_URL", "redis://h:1"), ("REDIS_ADDR", "h:1")],
+                "REDIS_ADDR",
+                "h:1",
+            ),
+            (vec![("REDIS_ADDR", "h:0")], "REDIS_ADDR", "h:0"),
+            (
+                vec![("REDIS_CLUSTER_NODES", "redis://h:1,nope")],
+                "REDIS_CLUSTER_NODES",
+                "redis://h:1,nope",
+            ),
+            (
+                vec![("TRUSTED_PROXIES", "10.0.0.0/8,x")],
+                "TRUSTED_PROXIES",
+                "10.0.0.0/8,x",
+            ),
+            (vec![("KEY_HEADER", "a:b")], "KEY_HEADER", "a:b"),
+        ] {
+            let e = err(&vars);
+            assert_eq!((e.setting(), e.value()), (setting, value), "{vars:?}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("invalid {setting} `{value}`: ")),
+                "{e}"
+            );
+        }
+    }
 
-        let (_g, path) = file("rate_limt = 5\n");
-        let e = err(&[("RATELIMIT_CONFIG", &path)]);
-        assert!(e.reason().contains("rate_limt"), "{e}");
+    #[test]
+    fn a_password_in_a_bad_redis_setting_is_masked() {
+        for (var, value) in [
+            ("REDIS_URL", "rediss://:pa55word@h:1"),
+            ("REDIS_URL", "redis://u:pa55word@h:1/x"),
+            (
+                "REDIS_CLUSTER_NODES",
+                "redis://:pa55word@h:1,http://:pa55word@h:2",
+            ),
+        ] {
+            let e = err(&[(var, value)]);
+            assert_eq!(e.setting(), var, "{e}");
+            assert!(!e.to_string().contains("pa55word"), "{e}");
+            assert!(e.value().contains(":***@h:"), "{e}");
+        }
+    }
 
-        let (_g, path) = file("[[routes]]\npath = \"/healthz\"\nlimit = 1\n");
-        let e = err(&[("RATELIMIT_CONFIG", &path)]);
-        assert!(e.setting().starts_with("routes[0].path"), "{e}");
-
-        let (_g, path) = file("[[tiers]]\nname = \"x\"\nkeys = [\"a\"]\nlimit = 0\n");
-        let e = err(&[("RATELIMIT_CONFIG", &path)]);
-        assert!(e.setting().starts_with("tiers[0].limit"), "{e}");
-
-        let (_g, path) = file("[[tiers]]\nname = \"x\"\nkeys = [\"a\"]\nlimit = 1\nsurprise = 1\n");
-        let e = err(&[("RATELIMIT_CONFIG", &path)]);
-        assert!(e.reason().contains("surprise"), "{e}");
-
-        let (_g, path) = file("this is not toml");
-        assert_eq!(
-            err(&[("RATELIMIT_CONFIG", &path)]).setting(),
-            "RATELIMIT_CONFIG"
-        );
+    #[test]
+    fn a_backend_is_described_without_its_password() {
+        let c = Config::from_vars(&[("REDIS_URL", "redis://u:s3cr3t-pw@h:1/2")]).unwrap();
+        assert_eq!(c.backend.describe(), "redis://u:***@h:1/2");
     }
 }

@@ -1,6 +1,7 @@
 //! Who a request is charged to, and which policy it is charged against.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderName;
 use http::request::Parts;
@@ -16,7 +17,7 @@ use super::config::Config;
 /// The prefixes keep the two apart, so a client cannot spend another address's budget by
 /// sending that address as its id.
 #[derive(Debug, Clone)]
-pub struct ClientKey {
+pub(crate) struct ClientKey {
     header: Option<HeaderName>,
     ip: IpKey,
 }
@@ -29,7 +30,7 @@ enum IpKey {
 
 impl ClientKey {
     /// The key the configuration asks for.
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         let ip = if config.trusted_proxies.is_empty() {
             IpKey::Peer(PeerIp::new())
         } else {
@@ -45,9 +46,27 @@ impl ClientKey {
         }
     }
 
+    /// Whether clients can name themselves with a key header (`KEY_HEADER` is not empty).
+    pub(crate) fn has_header(&self) -> bool {
+        self.header.is_some()
+    }
+
+    /// The key of a client the demo keys by its address `ip`, as [`extract`](Self::extract)
+    /// makes it: the layer's own IP key (IPv4 as it is, IPv6 by its /64; both `PeerIp` and
+    /// `ForwardedIp` key that way), prefixed `ip:`.
+    pub(crate) fn for_ip(ip: IpAddr) -> String {
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(SocketAddr::new(ip, 0));
+        let (parts, ()) = req.into_parts();
+        let key = PeerIp::new()
+            .extract(&parts)
+            .unwrap_or_else(|| ip.to_string());
+        compact_bytes(format!("ip:{key}").as_bytes())
+    }
+
     /// The key of a client that names itself `id` (the key header's value, or `?key=`), in the
     /// compact form the layer hands to the policy hook.
-    pub fn for_id(id: &[u8]) -> String {
+    pub(crate) fn for_id(id: &[u8]) -> String {
         let key = format!("id:{}", compact_bytes(id));
         compact_bytes(key.as_bytes())
     }
@@ -67,7 +86,7 @@ impl KeyExtractor for ClientKey {
             IpKey::Peer(peer) => peer.extract(parts),
             IpKey::Forwarded(fwd) => fwd.extract(parts),
         }?;
-        Some(format!("ip:{ip}"))
+        Some(compact_bytes(format!("ip:{ip}").as_bytes()))
     }
 }
 
@@ -76,7 +95,7 @@ impl KeyExtractor for ClientKey {
 /// A client in a tier gets the tier's policy on every route; otherwise a route with its own
 /// policy uses it; otherwise the default applies. Each policy is a separate budget.
 #[derive(Debug, Clone)]
-pub struct Policies {
+pub(crate) struct Policies {
     default_limit: Limit,
     default: Policy,
     routes: HashMap<String, Policy>,
@@ -89,7 +108,7 @@ impl Policies {
     /// # Errors
     ///
     /// A route or tier name is not a valid policy name.
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+    pub(crate) fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let default = Policy::new("default", [config.limit])?;
         let mut routes = HashMap::new();
         for route in &config.routes {
@@ -114,12 +133,12 @@ impl Policies {
     }
 
     /// The default limit (`RATE_LIMIT` per `RATE_LIMIT_WINDOW_SEC`).
-    pub fn default_limit(&self) -> &Limit {
+    pub(crate) fn default_limit(&self) -> &Limit {
         &self.default_limit
     }
 
     /// The policy for a request to `path` from the client whose (compact) key is `key`.
-    pub fn pick(&self, path: &str, key: &str) -> &Policy {
+    pub(crate) fn pick(&self, path: &str, key: &str) -> &Policy {
         self.tiers
             .get(key)
             .or_else(|| self.routes.get(path))
@@ -130,7 +149,6 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
 
     fn parts(header: Option<&str>, peer: Option<[u8; 4]>) -> Parts {
         let mut req = http::Request::get("/ratelimit");
@@ -156,6 +174,29 @@ mod tests {
             Some("ip:1.2.3.4".into())
         );
         assert_eq!(key.extract(&parts(Some(""), None)), None);
+    }
+
+    #[test]
+    fn an_ip_is_keyed_as_a_request_from_it_is() {
+        let key = ClientKey::from_config(&Config::from_vars(&[]).unwrap());
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let from = |ip: IpAddr| {
+            let mut req = http::Request::get("/ratelimit").body(()).unwrap();
+            req.extensions_mut().insert(SocketAddr::new(ip, 9));
+            key.extract(&req.into_parts().0).unwrap()
+        };
+        for ip in ["1.2.3.4", "2001:db8:1:2::5", "::ffff:10.0.0.1"] {
+            assert_eq!(ClientKey::for_ip(v6(ip)), from(v6(ip)), "{ip}");
+        }
+        // One /64, one client.
+        assert_eq!(
+            ClientKey::for_ip(v6("2001:db8:1:2::5")),
+            ClientKey::for_ip(v6("2001:db8:1:2:ffff::1"))
+        );
+        assert_ne!(
+            ClientKey::for_ip(v6("2001:db8:1:2::5")),
+            ClientKey::for_ip(v6("2001:db8:1:3::5"))
+        );
     }
 
     #[test]
