@@ -14,7 +14,7 @@
 local TOTAL_MOD = 4294967296
 
 local function log_entry(text)
-  local t, c, total = string.match(text, '^(%d+):(%d+):(%d+)$')
+  local t, c, total = match(text, '^(%d+):(%d+):(%d+)$')
   return tonumber(t), tonumber(c), tonumber(total)
 end
 
@@ -25,7 +25,7 @@ end
 
 -- Whether the entry at index i of the list at `key` passes the test of `first_passing`.
 local function log_passes(key, i, field, bound, head_c, head_total)
-  local t, _, total = log_entry(redis.call('LINDEX', key, i))
+  local t, _, total = log_entry(call('LINDEX', key, i))
   if field == 1 then
     return t >= bound
   end
@@ -42,12 +42,12 @@ local function first_passing(key, lo, hi, field, bound, head_c, head_total)
   local probe = lo
   while probe < hi and not log_passes(key, probe, field, bound, head_c, head_total) do
     lo = probe + 1
-    probe = math.min(probe + step, hi)
+    probe = min(probe + step, hi)
     step = step * 2
   end
   hi = probe
   while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
+    local mid = floor((lo + hi) / 2)
     if log_passes(key, mid, field, bound, head_c, head_total) then
       hi = mid
     else
@@ -58,26 +58,26 @@ local function first_passing(key, lo, hi, field, bound, head_c, head_total)
 end
 
 local function sliding_window_log(key, now, p, cost, commit)
-  local n = redis.call('LLEN', key)
+  local n = call('LLEN', key)
   local last_t, last_c, last_total
   local first_t, first_c, first_total
   local live = false
   if n > 0 then
-    last_t, last_c, last_total = log_entry(redis.call('LINDEX', key, -1))
+    last_t, last_c, last_total = log_entry(call('LINDEX', key, -1))
     -- A clock that goes back is treated as standing still at the newest entry.
-    now = math.max(now, last_t)
+    now = max(now, last_t)
     if last_t + p.period <= now then
       -- Every entry has left the window.
-      redis.call('DEL', key)
+      call('DEL', key)
     else
       live = true
-      first_t, first_c, first_total = log_entry(redis.call('LINDEX', key, 0))
+      first_t, first_c, first_total = log_entry(call('LINDEX', key, 0))
       if first_t + p.period <= now then
         -- Drop the entries older than one period (tidying never changes a later decision).
         local keep = first_passing(key, 1, n - 1, 1, now - p.period + 1)
-        redis.call('LTRIM', key, keep, -1)
+        call('LTRIM', key, keep, -1)
         n = n - keep
-        first_t, first_c, first_total = log_entry(redis.call('LINDEX', key, 0))
+        first_t, first_c, first_total = log_entry(call('LINDEX', key, 0))
       end
     end
   end
@@ -93,7 +93,7 @@ local function sliding_window_log(key, now, p, cost, commit)
     local at = first_t
     if first_c < to_free then
       local i = first_passing(key, 1, n - 1, 3, to_free, first_c, first_total)
-      at = log_entry(redis.call('LINDEX', key, i))
+      at = log_entry(call('LINDEX', key, i))
     end
     retry = at + p.period - now
   end
@@ -103,22 +103,22 @@ local function sliding_window_log(key, now, p, cost, commit)
   end
   if allowed and commit then
     if live and last_t == now then
-      redis.call('LSET', key, -1,
-        string.format('%d:%d:%d', now, last_c + cost, (last_total + cost) % TOTAL_MOD))
+      call('LSET', key, -1,
+        format('%d:%d:%d', now, last_c + cost, (last_total + cost) % TOTAL_MOD))
     else
       local total = cost
       if live then
         total = (last_total + cost) % TOTAL_MOD
       end
-      redis.call('RPUSH', key, string.format('%d:%d:%d', now, cost, total))
+      call('RPUSH', key, format('%d:%d:%d', now, cost, total))
     end
     used = used + cost
     newest = now
-    redis.call('PEXPIRE', key, ttl_ms(p.period))
+    call('PEXPIRE', key, ttl_ms(p.period))
   end
   local reset = 0
   if newest then
     reset = newest + p.period - now
   end
-  return allowed, p.limit, p.limit - math.min(used, p.limit), reset, retry
+  return allowed, p.limit, p.limit - min(used, p.limit), reset, retry
 end
