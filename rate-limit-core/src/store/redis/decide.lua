@@ -158,7 +158,7 @@ local function decide(keys, args)
   if not call then
     bind_globals()
   end
-  states, state_order, journal, replies = {}, {}, nil, {}
+  states, state_order, journal, replies, logs = {}, {}, nil, {}, {}
   if ARGV[1] == '' then
     local t = call('TIME')
     now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -214,8 +214,9 @@ local function decide(keys, args)
     k = k + n
   end
   flush_states()
+  flush_logs()
   local reply = concat(replies)
   -- Nothing of the call is kept: the tables go with it.
-  states, state_order, replies = nil, nil, nil
+  states, state_order, replies, logs = nil, nil, nil, nil
   return reply
 end
