@@ -73,11 +73,13 @@ pub use builder::RedisStoreBuilder;
 /// (callgrind; the figures are in `bench/README.md`); `bench/redis_client_instructions.sh`
 /// counts the client's side.
 ///
-/// Inside one call, the script reads each text state once (`GET`), lets the checks read and
-/// update it in a table, and writes it once at the end (`SET`, expiring at `PXAT` on the
-/// server's time, after `PX` on a client's clock; or `DEL` when it is full again), only if it
-/// changed: 32 concurrent checks of one hot key cost one `GET` and one `SET`.
-/// The sliding window log, a list, is updated in place.
+/// Inside one call, the script reads each state once (`GET`: one to three integers, stored as
+/// little-endian doubles, exact below 2^53), lets the checks read and update it in a table, and
+/// writes it once at the end (`SET`, expiring at `PXAT` on the server's time, after `PX` on a
+/// client's clock; or `DEL` when it is full again), only if it changed: 32 concurrent checks of
+/// one hot key cost one `GET` and one `SET`.
+/// The sliding window log, a list, is trimmed in place; its size and ends are read once per
+/// call, and its newest entry is written once, with the expiry, at the end of the call.
 ///
 /// This changes no decision. A script runs alone on the server, so the checks of one call are
 /// decided serially, each on the state the one before left, as if each had been a call of its
