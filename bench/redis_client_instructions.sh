@@ -92,7 +92,7 @@ for shape in $SHAPES; do
   small=$(count "$shape" "$CHECKS")
   large=$(count "$shape" $((2 * CHECKS)))
   calls=$(redis-cli -p "$PORT" INFO commandstats |
-    sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p')
+    sed -n 's/^cmdstat_fcall:calls=\([0-9]*\),.*/\1/p')
   per_call=$(awk -v c="$((3 * CHECKS))" -v n="${calls:-0}" 'BEGIN { if (n > 0) printf "%.1f", c / n; else print "n/a" }')
   echo "| $shape | $(((large - small) / CHECKS)) | $per_call |"
 done

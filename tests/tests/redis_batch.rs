@@ -25,7 +25,7 @@ async fn mux(server: &RedisServer) -> MultiplexedConnection {
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
-/// How many times the server has run `command` (`evalsha`, `get`, `set`), scripts included.
+/// How many times the server has run `command` (`fcall`, `get`, `set`), scripts included.
 fn calls(server: &RedisServer, command: &str) -> u64 {
     let prefix = format!("cmdstat_{command}:calls=");
     server
@@ -77,7 +77,7 @@ async fn hammer<S: Store>(
     (admitted, cached)
 }
 
-/// Loads the script, so that later counts hold no `NOSCRIPT` retry.
+/// Loads the library, so that later counts hold no call that found it missing.
 async fn warm_up<C>(store: &RedisStore<C>)
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -106,11 +106,11 @@ async fn coalesced_checks_of_one_hot_key_admit_exactly_the_quota() {
     let quota = Quota::per_hour(nz(100));
     for alg in Algorithm::ALL {
         let limit = [Limit::new(quota, alg)];
-        let (evalsha, gets) = (calls(&server, "evalsha"), calls(&server, "get"));
+        let (fcalls, gets) = (calls(&server, "fcall"), calls(&server, "get"));
         let (admitted, cached) = hammer(&stores, &format!("hot-{alg}"), &limit, 64, 3).await;
         assert_eq!(cached, 0);
-        let (evalsha, gets) = (
-            calls(&server, "evalsha") - evalsha,
+        let (fcalls, gets) = (
+            calls(&server, "fcall") - fcalls,
             calls(&server, "get") - gets,
         );
         match alg {
@@ -124,9 +124,9 @@ async fn coalesced_checks_of_one_hot_key_admit_exactly_the_quota() {
         }
         // 576 checks in fewer calls, and one GET per call at most, however many checks of
         // the key it carried (the log is a list: no GET).
-        assert!(evalsha <= 576 / 4, "{alg}: {evalsha} calls for 576 checks");
-        assert!(gets <= evalsha, "{alg}: {gets} GETs in {evalsha} calls");
-        eprintln!("{alg}: 576 checks, {evalsha} calls, {gets} GETs");
+        assert!(fcalls <= 576 / 4, "{alg}: {fcalls} calls for 576 checks");
+        assert!(gets <= fcalls, "{alg}: {gets} GETs in {fcalls} calls");
+        eprintln!("{alg}: 576 checks, {fcalls} calls, {gets} GETs");
     }
 }
 
@@ -178,7 +178,7 @@ async fn coalesced_checks_decide_as_the_transitions_in_turn() {
             // the transitions run one after the other give the same decisions.
             let k = 1 + rng.below(24);
             let cost = nz(1 + u32::try_from(rng.below(u64::from(capacity / 2 + 1))).unwrap());
-            let before = calls(&server, "evalsha");
+            let before = calls(&server, "fcall");
             let handles: Vec<_> = (0..k)
                 .map(|_| {
                     let (redis, key, limits) = (Arc::clone(&redis), key.clone(), limits.clone());
@@ -189,7 +189,7 @@ async fn coalesced_checks_decide_as_the_transitions_in_turn() {
             for h in handles {
                 got.push(h.await.unwrap());
             }
-            batched += usize::from(calls(&server, "evalsha") - before < k);
+            batched += usize::from(calls(&server, "fcall") - before < k);
             let mut want = Vec::new();
             for _ in 0..k {
                 want.push(memory.check(&key, limits, cost).await.unwrap());
@@ -263,7 +263,7 @@ where
         Quota::per_second(nz(1_000_000)),
         Algorithm::TokenBucket,
     )];
-    let before = calls(server, "evalsha");
+    let before = calls(server, "fcall");
     let handles: Vec<_> = (0..n)
         .map(|i| {
             let store = Arc::clone(&store);
@@ -276,7 +276,7 @@ where
     for h in handles {
         assert!(h.await.unwrap());
     }
-    calls(server, "evalsha") - before
+    calls(server, "fcall") - before
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,9 +287,9 @@ async fn concurrent_checks_share_calls_unless_max_batch_is_one() {
     let server = RedisServer::start();
     let batched = RedisStore::builder(mux(&server).await).build().unwrap();
     assert_eq!(batched.max_batch(), 128);
-    let evalsha = concurrent_checks(&server, batched, 640).await;
-    eprintln!("640 concurrent checks: {evalsha} calls");
-    assert!(evalsha <= 640 / 4, "{evalsha} calls for 640 checks");
+    let fcalls = concurrent_checks(&server, batched, 640).await;
+    eprintln!("640 concurrent checks: {fcalls} calls");
+    assert!(fcalls <= 640 / 4, "{fcalls} calls for 640 checks");
 
     let single = RedisStore::builder(mux(&server).await)
         .max_batch(NonZeroUsize::MIN)
@@ -318,7 +318,7 @@ async fn a_check_that_fails_in_the_script_fails_alone_in_its_call() {
 
     // Two calls in flight on a stopped server hold the dispatcher's two slots, so that every
     // check spawned next waits in the queue, and goes in one call when the server resumes.
-    let before = calls(&server, "evalsha");
+    let before = calls(&server, "fcall");
     server.pause();
     let mut blockers = Vec::new();
     for i in 0..2 {
@@ -378,8 +378,8 @@ async fn a_check_that_fails_in_the_script_fails_alone_in_its_call() {
     // The blockers took one or two calls, so the fourteen checks went in one or two calls of
     // consecutive arrivals: at least one call carried failing and succeeding checks together,
     // and identical checks in a row (sent once, with a count) that each failed or succeeded.
-    let evalsha = calls(&server, "evalsha") - before;
-    assert!((2..=3).contains(&evalsha), "{evalsha} calls");
+    let fcalls = calls(&server, "fcall") - before;
+    assert!((2..=3).contains(&fcalls), "{fcalls} calls");
     // The pair failed on its second limit: its first was not charged.
     let d = store.peek("bad-pair", &[bucket], nz(5)).await.unwrap();
     assert!(d.allowed() && d.remaining() == 5, "{d:?}");
@@ -406,7 +406,7 @@ async fn denials_are_answered_locally_until_their_deadline() {
     let denied = store.check("k", &limit, nz(1)).await.unwrap();
     assert_eq!(denied.retry_after(), Some(Duration::from_secs(10)));
 
-    let before = calls(&server, "evalsha");
+    let before = calls(&server, "fcall");
     for _ in 0..100 {
         let d = store.try_check_now("k", &limit, nz(1)).unwrap().unwrap();
         assert_eq!(d, denied);
@@ -414,7 +414,7 @@ async fn denials_are_answered_locally_until_their_deadline() {
         // A greater cost is denied too.
         assert!(!store.check("k", &limit, nz(2)).await.unwrap().allowed());
     }
-    assert_eq!(calls(&server, "evalsha"), before, "the cache called Redis");
+    assert_eq!(calls(&server, "fcall"), before, "the cache called Redis");
 
     // Time goes by: the waits shrink with it.
     clock.advance(Duration::from_secs(4));
@@ -427,13 +427,13 @@ async fn denials_are_answered_locally_until_their_deadline() {
     // A peek asks Redis.
     let peeked = store.peek("k", &limit, nz(1)).await.unwrap();
     assert_eq!(peeked.retry_after(), Some(Duration::from_secs(6)));
-    assert_eq!(calls(&server, "evalsha"), before + 1);
+    assert_eq!(calls(&server, "fcall"), before + 1);
 
     // At the deadline, the check goes to Redis, which admits it.
     clock.advance(Duration::from_secs(6));
     assert!(store.try_check_now("k", &limit, nz(1)).is_none());
     assert!(store.check("k", &limit, nz(1)).await.unwrap().allowed());
-    assert_eq!(calls(&server, "evalsha"), before + 2);
+    assert_eq!(calls(&server, "fcall"), before + 2);
 
     // Another key, and the same key with other limits, are not denied by it.
     assert!(store.check("k2", &limit, nz(1)).await.unwrap().allowed());
@@ -464,18 +464,18 @@ async fn a_smaller_cost_than_the_denied_one_asks_redis() {
         .unwrap();
     let limit = [Limit::new(Quota::per_hour(nz(5)), Algorithm::TokenBucket)];
     assert!(store.check("k", &limit, nz(4)).await.unwrap().allowed());
-    let before = calls(&server, "evalsha");
+    let before = calls(&server, "fcall");
     assert!(!store.check("k", &limit, nz(3)).await.unwrap().allowed());
     assert!(!store.check("k", &limit, nz(3)).await.unwrap().allowed());
-    assert_eq!(calls(&server, "evalsha"), before + 1);
+    assert_eq!(calls(&server, "fcall"), before + 1);
     // One unit is left: a cost of 1 is not answered by the denial of 3, and passes.
     assert!(store.try_check_now("k", &limit, nz(1)).is_none());
     let d = store.check("k", &limit, nz(1)).await.unwrap();
     assert!(d.allowed() && d.remaining() == 0, "{d:?}");
-    assert_eq!(calls(&server, "evalsha"), before + 2);
+    assert_eq!(calls(&server, "fcall"), before + 2);
     // The admission cleared the key's entry: the next denial comes from Redis again.
     assert!(!store.check("k", &limit, nz(3)).await.unwrap().allowed());
-    assert_eq!(calls(&server, "evalsha"), before + 3);
+    assert_eq!(calls(&server, "fcall"), before + 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,3 +51,58 @@ async fn keys_spread_over_masters_and_each_is_exact() {
         assert_eq!(slots.len(), 1, "{key:?}: {slots:?}");
     }
 }
+
+/// Whether `node` holds a rate-limit library.
+fn has_library(node: &integration_tests::RedisServer) -> bool {
+    node.cli(&["FUNCTION", "LIST"]).contains("ratelimit_")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_is_loaded_on_every_master_and_again_after_a_flush() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let store = cluster.connect_store().await;
+    let limit = [Limit::new(Quota::per_hour(nz(5)), Algorithm::Gcra)];
+    // One key per master: each key's slot on its own node.
+    let mut keys: Vec<Option<String>> = vec![None; cluster.nodes().len()];
+    for i in 0.. {
+        let key = format!("client-{i}");
+        let node = cluster.node_of(&store.state_key(&key, &limit[0]));
+        keys[node].get_or_insert(key);
+        if keys.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let keys: Vec<String> = keys.into_iter().flatten().collect();
+    // The first call loads the library on every master, not only on the one it went to.
+    assert!(
+        store
+            .check(&keys[0], &limit, nz(1))
+            .await
+            .unwrap()
+            .allowed()
+    );
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        assert!(has_library(node), "master {i} has no library");
+    }
+    for key in &keys {
+        assert!(store.check(key, &limit, nz(1)).await.unwrap().allowed());
+    }
+    // Flushed everywhere: every master's keys are decided again, on the state they had.
+    for node in cluster.nodes() {
+        assert_eq!(node.cli(&["FUNCTION", "FLUSH"]), "OK");
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let d = store.check(key, &limit, nz(1)).await.unwrap();
+        let charged_before = if i == 0 { 2 } else { 1 };
+        assert_eq!(d.remaining(), 5 - charged_before - 1, "{key}");
+    }
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        assert!(
+            has_library(node),
+            "master {i} has no library after the flush"
+        );
+    }
+}

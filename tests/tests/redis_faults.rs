@@ -40,14 +40,14 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     assert!(store.check(key, &limit(), nz(1)).await.unwrap().allowed());
-    let before = proxy.forwarded("EVALSHA");
-    proxy.inject("EVALSHA", Fault::DropReply);
+    let before = proxy.forwarded("FCALL");
+    proxy.inject("FCALL", Fault::DropReply);
     let got = store.check(key, &limit(), nz(1)).await.map(|d| d.allowed());
     assert!(
         proxy.wait_fired(1, Duration::from_secs(5)),
         "no reply withheld"
     );
-    let sent = proxy.forwarded("EVALSHA") - before;
+    let sent = proxy.forwarded("FCALL") - before;
     let left = direct.peek(key, &limit(), nz(1)).await.unwrap().remaining();
     (got, sent, 100 - left)
 }

@@ -4,7 +4,7 @@
 //! Cost: a denial, a peek and an admission that drops many expired entries must cost about
 //! what an admission costs, not time in proportion to the log (200,000 entries here). Redis's
 //! own accounting is the measure: `INFO commandstats` gives, per command, the calls and the
-//! microseconds spent in them (`EVALSHA` includes the whole script), and the calls the script
+//! microseconds spent in them (`FCALL` includes the whole script), and the calls the script
 //! made (`LINDEX`, `LRANGE`, ...). The bounds are generous ratios between phases of one run on
 //! one server, a regression guard against work that grows with the log, not a timing.
 
@@ -56,7 +56,7 @@ async fn fill(conn: &mut MultiplexedConnection, key: &str, n: u64) {
     }
 }
 
-/// Per command name (`evalsha`, `lindex`, ...): calls and microseconds since the last reset.
+/// Per command name (`fcall`, `lindex`, ...): calls and microseconds since the last reset.
 async fn command_stats(conn: &mut MultiplexedConnection) -> BTreeMap<String, (u64, u64)> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -95,9 +95,9 @@ async fn reset_stats(conn: &mut MultiplexedConnection) {
 #[derive(Debug)]
 struct Cost {
     calls: u64,
-    /// Microseconds in `EVALSHA` per call.
+    /// Microseconds in `FCALL` per call.
     usec_per_call: f64,
-    /// Commands the script issued per call (every command but `EVALSHA` itself).
+    /// Commands the script issued per call (every command but `FCALL` itself).
     commands_per_call: f64,
     /// `LRANGE` calls in the phase.
     lranges: u64,
@@ -106,10 +106,10 @@ struct Cost {
 impl Cost {
     async fn of(conn: &mut MultiplexedConnection) -> Cost {
         let stats = command_stats(conn).await;
-        let (calls, usec) = stats.get("evalsha").copied().unwrap_or_default();
+        let (calls, usec) = stats.get("fcall").copied().unwrap_or_default();
         let inner: u64 = stats
             .iter()
-            .filter(|(name, _)| !matches!(name.as_str(), "evalsha" | "info" | "config|resetstat"))
+            .filter(|(name, _)| !matches!(name.as_str(), "fcall" | "info" | "config|resetstat"))
             .map(|(_, (c, _))| c)
             .sum();
         #[allow(clippy::cast_precision_loss)]
@@ -234,7 +234,7 @@ async fn a_long_log_costs_redis_about_what_an_admission_costs() {
         ("admitted, dropping 100,001 expired", &trimmed),
     ] {
         println!(
-            "{phase}: {} calls, {:.1} µs each in EVALSHA, {:.1} commands each, {} LRANGE",
+            "{phase}: {} calls, {:.1} µs each in FCALL, {:.1} commands each, {} LRANGE",
             cost.calls, cost.usec_per_call, cost.commands_per_call, cost.lranges
         );
     }

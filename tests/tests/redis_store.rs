@@ -142,7 +142,7 @@ async fn stores_on_server_time_share_one_budget_whatever_their_clocks() {
 }
 
 #[tokio::test]
-async fn script_flush_between_calls_is_recovered_by_reloading() {
+async fn function_flush_between_calls_is_recovered_by_reloading() {
     if !redis_available() {
         return;
     }
@@ -152,29 +152,34 @@ async fn script_flush_between_calls_is_recovered_by_reloading() {
         Quota::per_hour(nz(5)),
         Algorithm::SlidingWindowLog,
     )];
-    // A fresh server does not know the script: the first call loads it.
+    // A fresh server does not have the library: the first call loads it.
     let d = store.check("k", &limit, nz(1)).await.unwrap();
     assert_eq!(d.remaining(), 4);
-    assert_eq!(script_loads(&server), 1);
+    assert_eq!(function_loads(&server), 1);
+    assert!(server.cli(&["FUNCTION", "LIST"]).contains("ratelimit_"));
     for (left, loads) in [(3, 2), (2, 3)] {
-        assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+        assert_eq!(server.cli(&["FUNCTION", "FLUSH"]), "OK");
         let d = store.check("k", &limit, nz(1)).await.unwrap();
         assert!(d.allowed());
-        // The state survived: the reloaded script charged the same key.
+        // The state survived: the reloaded library charged the same key.
         assert_eq!(d.remaining(), left);
-        assert_eq!(script_loads(&server), loads, "NOSCRIPT must reload once");
+        assert_eq!(
+            function_loads(&server),
+            loads,
+            "a missing function must reload once"
+        );
     }
     // Without a flush, no reload.
     store.check("k", &limit, nz(1)).await.unwrap();
-    assert_eq!(script_loads(&server), 3);
+    assert_eq!(function_loads(&server), 3);
 }
 
-/// How many `SCRIPT LOAD`s the server has run.
-fn script_loads(server: &RedisServer) -> u64 {
+/// How many `FUNCTION LOAD`s the server has run.
+fn function_loads(server: &RedisServer) -> u64 {
     let stats = server.cli(&["INFO", "commandstats"]);
     stats
         .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_script|load:calls="))
+        .find_map(|l| l.strip_prefix("cmdstat_function|load:calls="))
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
@@ -340,7 +345,7 @@ async fn failures_have_the_kind_a_breaker_counts() {
     let err = store.check("k", &limit, nz(1)).await.unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::Connection, "{err}");
 
-    // Restarted (empty, no script loaded): the manager reconnects and NOSCRIPT is recovered.
+    // Restarted (empty, no library loaded): the manager reconnects and the library is reloaded.
     server.restart();
     let mut ok = false;
     for _ in 0..20 {

@@ -3,12 +3,13 @@
 //!
 //! A call whose reply never came (a dropped connection, a timeout) may have run: sending it
 //! again could charge its checks twice, so it fails instead. What proves the script did not
-//! run is a reply the server gives before running it: `NOSCRIPT` (the script is loaded, and
-//! the call sent again), and on Redis Cluster a redirect, `MOVED` (sent again, to the node the
+//! run is a reply the server gives before running it: `Function not found` (the library is
+//! loaded, on every master of a cluster, and the call sent again), and on Redis Cluster a redirect, `MOVED` (sent again, to the node the
 //! connection's refreshed slot map names) or `ASK` (sent to the node it names, after
 //! `ASKING`), at most [`MAX_REDIRECTS`] times.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -22,6 +23,15 @@ use crate::error::StoreError;
 /// `MOVED` while it migrates); the others cover a slot map refreshed from a node that had not
 /// yet heard of the move.
 const MAX_REDIRECTS: u32 = 3;
+
+/// Library loads this process has completed. A call that finds the library missing after
+/// another call's load completed (since it was sent) tries again once without loading it.
+static LOADS: AtomicU64 = AtomicU64::new(0);
+
+/// Held while the library loads: the calls of many lanes (one per cluster slot) that find it
+/// missing at once, on a new server, load it once rather than each compiling it on every
+/// master.
+static LOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One answer per check, or the error that failed the whole call.
 pub(crate) type Answers = Result<Vec<Result<Decision, StoreError>>, RedisError>;
@@ -60,6 +70,9 @@ where
     // The node an `ASK` named, until the call is sent there.
     let mut asked: Option<(String, u16)> = None;
     let (mut loaded, mut redirects) = (false, 0);
+    // The loads completed before the call was sent; once the call has tried again after
+    // another's load, it loads the library itself.
+    let mut loads_seen = Some(LOADS.load(Ordering::Acquire));
     loop {
         let reply = match &asked {
             None => cmd.query_async(&mut conn).await,
@@ -70,13 +83,20 @@ where
             Err(e) => e,
         };
         match e.kind() {
-            // After a restart or `SCRIPT FLUSH`: load the script and send the call again.
-            ErrorKind::Server(ServerErrorKind::NoScript) if !loaded => {
-                loaded = true;
-                script::DECIDE
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await?;
+            // On a new server, after a restart or `FUNCTION FLUSH`: load the library (on a
+            // cluster, on every master) and send the call again.
+            _ if !loaded && is_missing_function(&e) => {
+                let _one_load = LOADING.lock().await;
+                match loads_seen.take() {
+                    // Loaded by another call meanwhile (on this server, most likely): try
+                    // again, and load it if it is still missing.
+                    Some(seen) if seen != LOADS.load(Ordering::Acquire) => {}
+                    _ => {
+                        loaded = true;
+                        let _: Value = script::load_command().query_async(&mut conn).await?;
+                        LOADS.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
             }
             // The slot is served elsewhere. The cluster connection refreshes its slot map on
             // this reply, before it routes the next call.
@@ -96,6 +116,13 @@ where
             _ => return Err(e),
         }
     }
+}
+
+/// Whether `e` is the server's answer to an `FCALL` of a function it does not have: given before
+/// anything runs.
+fn is_missing_function(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+        && e.detail().map(str::trim) == Some("Function not found")
 }
 
 /// `host` and `port` of `host:port`.

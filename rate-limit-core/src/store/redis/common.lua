@@ -9,6 +9,24 @@
 -- microseconds (most quotas) keeps every time whole and runs the same arithmetic in plain
 -- integers, which costs Redis less.
 
+-- A function library reads a global (math, string, tonumber, ...) through its environment's
+-- metatable, at a cost of hundreds of instructions of Redis per read (callgrind): every global
+-- the script uses is read once, into a local. Not when the library loads, since its code then
+-- runs where none of them is defined, but at its first call (`bind_globals`, called by
+-- `decide`).
+local floor, ceil, max, min
+local format, gmatch, match, concat
+local tonumber, tostring, pcall, type, pairs, ipairs, unpack
+local call, pack, sunpack
+
+local function bind_globals()
+  floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
+  format, gmatch, match, concat = string.format, string.gmatch, string.match, table.concat
+  tonumber, tostring, pcall, type = _G.tonumber, _G.tostring, _G.pcall, _G.type
+  pairs, ipairs, unpack = _G.pairs, _G.ipairs, _G.unpack
+  call, pack, sunpack = redis.call, struct.pack, struct.unpack
+end
+
 -- a + b.
 local function ns_add(ah, al, bh, bl)
   local l = al + bl
@@ -49,14 +67,14 @@ end
 -- algorithms form (at most a full bucket, which a Quota bounds).
 local function ns_mul(n, bh, bl)
   local nl = n * bl
-  local carry = math.floor(nl / 1000)
+  local carry = floor(nl / 1000)
   return n * bh + carry, nl - carry * 1000
 end
 
 -- floor(a / b), for b > 0 and a quotient of at most a bucket's burst (a u32). The quotient of
 -- the doubles is within one of it; the products that check it are exact.
 local function ns_div(ah, al, bh, bl)
-  local q = math.floor((ah * 1000 + al) / (bh * 1000 + bl))
+  local q = floor((ah * 1000 + al) / (bh * 1000 + bl))
   local ph, pl = ns_mul(q, bh, bl)
   if ns_lt(ah, al, ph, pl) then
     return q - 1
@@ -76,7 +94,8 @@ local function ns_ceil(h, l)
   return h
 end
 
--- The states stored as text (every algorithm but the sliding window log), cached for one call:
+-- The states stored as strings (every algorithm but the sliding window log, each of whose files
+-- names its integers in order, as "a:b"; see `LAYOUTS`), cached for one call:
 -- the first read of a key does the GET; later reads and writes in the same call work here;
 -- `flush_states` writes each key whose final text differs from what was read, once. So the
 -- checks of one call on one hot key cost one GET and at most one SET, and each check sees the
@@ -93,22 +112,33 @@ local state_order = {}
 -- of one limit needs none: its algorithm writes only once it has read and computed everything.
 local journal = nil
 
+-- A state's integers (one to three) are stored as little-endian doubles, 8 bytes each: every
+-- one is below 2^53, so exact, and reading or writing them costs Redis far less than decimal
+-- text (no parsing, no formatting). Anything else is no state of this script: the check fails.
+local LAYOUTS = { [8] = '<d', [16] = '<dd', [24] = '<ddd' }
+
 local function parse_fields(text)
   if not text then
     return false
   end
-  local fields = {}
-  for n in string.gmatch(text, '%d+') do
-    fields[#fields + 1] = tonumber(n)
+  local n = #text
+  if n == 8 then
+    return { (sunpack('<d', text)) }
+  elseif n == 16 then
+    local a, b = sunpack('<dd', text)
+    return { a, b }
+  elseif n == 24 then
+    local a, b, c = sunpack('<ddd', text)
+    return { a, b, c }
   end
-  return fields
+  error('rate-limit: the value at this key is not a state of this limit', 0)
 end
 
 local function state_of(key)
   local s = states[key]
   if not s then
     -- GET answers false for a missing key.
-    local text = redis.call('GET', key)
+    local text = call('GET', key)
     s = { read = text, fields = parse_fields(text), ttl = 0, saved = false }
     states[key] = s
     state_order[#state_order + 1] = key
@@ -116,7 +146,7 @@ local function state_of(key)
   return s
 end
 
--- Reads a state stored as integers joined by ':'. Returns the integers (not to be modified),
+-- Reads a state (see `LAYOUTS`). Returns the integers (not to be modified),
 -- or nil when there is no state.
 local function load_fields(key)
   local fields = state_of(key).fields
@@ -128,7 +158,7 @@ end
 
 -- Milliseconds for PEXPIRE from ticks: rounded up, at least 1, so a key outlives its state.
 local function ttl_ms(ticks)
-  return string.format('%d', math.max(1, math.ceil(ticks / 1000)))
+  return format('%d', max(1, ceil(ticks / 1000)))
 end
 
 -- Records the state a transition left, as the Rust transitions assign `*state`: nil (the state
@@ -156,23 +186,26 @@ local function rollback_states()
   end
 end
 
--- The stored text of a state: its integers joined by ':', formatted with %d, since Lua's
--- default formatting keeps only 14 significant digits.
-local formats = { '%d', '%d:%d', '%d:%d:%d' }
+-- The stored bytes of a state (see `LAYOUTS`). `+ 0` turns a -0 into 0, so that a state equal to
+-- the one read is stored as the same bytes, and not written again (see `flush_states`).
 local function state_text(fields)
-  local format = formats[#fields]
-  if format then
-    return string.format(format, unpack(fields))
+  local n = #fields
+  if n == 1 then
+    return pack('<d', fields[1] + 0)
+  elseif n == 2 then
+    return pack('<dd', fields[1] + 0, fields[2] + 0)
   end
-  local parts = {}
-  for i, n in ipairs(fields) do
-    parts[i] = string.format('%d', n)
-  end
-  return table.concat(parts, ':')
+  return pack('<ddd', fields[1] + 0, fields[2] + 0, fields[3] + 0)
 end
 
+-- The server's time in ticks when the call reads it (TIME), for `flush_states`; false when the
+-- client's clock gives the time, which the server's expiry cannot be set against.
+local server_now = false
+
 -- Writes every state saved during the call whose text changed: `SET` with the last TTL computed
--- for it, or `DEL` if it is full again. A state equal to the text read is not rewritten: its
+-- for it, or `DEL` if it is full again. On the server's time, the expiry is set as an instant
+-- (`PXAT`, rounded up to the millisecond): a relative `PX` costs Redis more, since it rewrites
+-- the command to an instant for replicas. A state equal to the text read is not rewritten: its
 -- expiry is already right (a state is full again at an instant its text fixes).
 local function flush_states()
   for _, key in ipairs(state_order) do
@@ -184,9 +217,16 @@ local function flush_states()
       end
       if text ~= s.read then
         if text then
-          redis.call('SET', key, text, 'PX', ttl_ms(s.ttl))
+          if server_now then
+            -- At least the next millisecond, as `ttl_ms` gives at least one: an instant that
+            -- has come would delete the key.
+            local at = max(ceil((server_now + s.ttl) / 1000), floor(server_now / 1000) + 1)
+            call('SET', key, text, 'PXAT', at)
+          else
+            call('SET', key, text, 'PX', ttl_ms(s.ttl))
+          end
         else
-          redis.call('DEL', key)
+          call('DEL', key)
         end
       end
     end

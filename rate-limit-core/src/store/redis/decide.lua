@@ -1,13 +1,17 @@
--- The entry point: decides a batch of checks, one after the other in the order given, all at
--- one instant, exactly as separate calls at that instant would.
+-- The entry point, registered as the library's one function: decides a batch of checks, one
+-- after the other in the order given, all at one instant, exactly as separate calls at that
+-- instant would.
 --
--- KEYS: the state keys of every check, in order: one per limit. The keys of one check share a
+-- keys: the state keys of every check, in order: one per limit. The keys of one check share a
 -- hash tag; a key may appear in several checks.
--- ARGV: now in ticks ('' to read the server's TIME, once for the whole call), then for each
--- entry: its number of limits n, cost, commit ('1' or '0'), repeat count r, then six integers
--- per limit: algorithm code, limit, burst, period in ticks, and the emission interval in
--- nanoseconds as whole microseconds and the nanoseconds left. An entry stands for r identical
--- checks in a row, decided one after the other; its keys are sent once.
+-- args: now in ticks ('' to read the server's TIME, once for the whole call), then one argument
+-- per entry, its integers separated by spaces: its number of limits n, cost, commit (1 or 0),
+-- repeat count r, then six integers per limit: algorithm code, limit, burst, period in ticks,
+-- and the emission interval in nanoseconds as whole microseconds and the nanoseconds left. An
+-- entry stands for r identical checks in a row, decided one after the other; its keys are sent
+-- once. One argument per entry, because Redis spends about a thousand instructions on each
+-- argument of a call (reading it, and making a Lua string of it), and an entry read before is
+-- found by its string alone (see `entries`).
 -- Returns one binary string, the records of every check in order: per limit, 'D' and five
 -- little-endian doubles (allowed 1/0, capacity, remaining, reset after, retry after or -1); or,
 -- if that check failed, 'E', the length of its error message as a double, and the message.
@@ -16,6 +20,11 @@
 -- most 2^53, so its double is exact.
 -- A check that fails (a key of the wrong type, ...) leaves the text states as they were before
 -- it, and the other checks of the call are decided as if it had not been sent.
+--
+-- The library's code runs once, when it is loaded; a call runs only `decide`. What lives at the
+-- library's level from call to call (`entries`) depends only on the argument it is found by.
+local KEYS, ARGV
+
 -- Each is called as algorithm(key, now, p, cost, commit) and returns five values (not a table,
 -- which would cost an allocation per check; only a check of several limits keeps each limit's
 -- answer in a table until all are decided): allowed, capacity, remaining, reset after, and
@@ -24,67 +33,62 @@ local algorithms = {
   token_bucket, leaky_bucket, fixed_window, sliding_window_log, sliding_window, gcra,
 }
 
--- The answers: per check in order, one record per limit, or one error record.
-local replies = {}
-local pack = struct.pack
+-- The answers of the call: per check in order, one record per limit, or one error record.
+local replies
 -- A limit's record: 'D' (68), then its five values as little-endian doubles.
 local RECORD = '<Bddddd'
 
+-- The call's instant in ticks.
 local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
 
--- The limit whose six integers start after ARGV[b], as its algorithm and parameters, or nil and
--- a message for an unknown algorithm. Checks of
--- one call mostly repeat the same limits: the last limit read at each position in a check is
--- kept, and reused when its six arguments are the same strings (Lua strings are interned, so
--- comparing them costs no more than comparing numbers).
-local last_limits = {}
-local function limit_at(i, b)
-  local code, limit, burst, period, interval_us, interval_ns =
-    ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
-  local last = last_limits[i]
-  if last and last.code == code and last.limit == limit and last.burst == burst
-    and last.period == period and last.interval_us == interval_us
-    and last.interval_ns == interval_ns then
-    return last.algorithm, last.p
-  end
-  local algorithm = algorithms[tonumber(code)]
-  if not algorithm then
-    return nil, 'rate-limit: unknown algorithm code ' .. tostring(code)
-  end
-  -- The interval (ih, il) and a full bucket, tau = burst * interval (th, tl), in nanoseconds.
-  local p = {
-    limit = tonumber(limit),
-    burst = tonumber(burst),
-    period = tonumber(period),
-    ih = tonumber(interval_us),
-    il = tonumber(interval_ns),
-  }
-  p.th, p.tl = ns_mul(p.burst, p.ih, p.il)
-  last_limits[i] = {
-    code = code, limit = limit, burst = burst, period = period, interval_us = interval_us,
-    interval_ns = interval_ns, algorithm = algorithm, p = p,
-  }
-  return algorithm, p
-end
+-- The entries read so far, by their argument: { n, cost, commit, repeats, fns, ps, err }, err
+-- the message when a limit cannot be decided (an unknown algorithm), or false when n is not
+-- even readable. Kept from call to call: checks mostly repeat the
+-- same few entries (a hot key's, every client's one limit), and a Lua string is interned, so
+-- finding an entry costs one table lookup where reading it costs parsing ten integers. The
+-- parameters are only read, never changed. Emptied when it holds `MAX_ENTRIES`.
+local entries = {}
+local entry_count = 0
+local MAX_ENTRIES = 256
 
--- The algorithms and parameters of the n limits whose integers start after ARGV[a], read once
--- for every check of an entry; or nil and a message.
-local function entry_limits(a, n)
+-- The entry whose argument is `spec` (see `decide`), read and kept in `entries`.
+local function read_entry(spec)
+  local v = {}
+  for d in gmatch(spec, '%d+') do
+    v[#v + 1] = tonumber(d)
+  end
+  local n = v[1]
+  if not n or n < 1 or #v ~= 4 + 6 * n then
+    return false
+  end
   local fns, ps = {}, {}
   for i = 1, n do
-    local fn, p = limit_at(i, a + (i - 1) * 6)
+    local b = 4 + (i - 1) * 6
+    local fn = algorithms[v[b + 1]]
     if not fn then
-      return nil, p
+      local err = 'rate-limit: unknown algorithm code ' .. tostring(v[b + 1])
+      return { n, v[2], v[3] == 1, v[4], nil, nil, err }
     end
+    -- The interval (ih, il) and a full bucket, tau = burst * interval (th, tl), in
+    -- nanoseconds.
+    local p = { limit = v[b + 2], burst = v[b + 3], period = v[b + 4], ih = v[b + 5], il = v[b + 6] }
+    p.th, p.tl = ns_mul(p.burst, p.ih, p.il)
     fns[i], ps[i] = fn, p
   end
-  return fns, ps
+  return { n, v[2], v[3] == 1, v[4], fns, ps, false }
+end
+
+local function entry_of(spec)
+  local e = entries[spec]
+  if not e then
+    if entry_count >= MAX_ENTRIES then
+      entries, entry_count = {}, 0
+    end
+    e = read_entry(spec)
+    entries[spec] = e
+    entry_count = entry_count + 1
+  end
+  return e
 end
 
 -- Sets record m + 1 to one limit's answer (68 is 'D').
@@ -149,21 +153,39 @@ local function message(err)
   return tostring(err)
 end
 
-local k, a = 0, 1
-while a < #ARGV do
-  local n = tonumber(ARGV[a + 1])
-  local cost = tonumber(ARGV[a + 2])
-  local commit = ARGV[a + 3] == '1'
-  local repeats = tonumber(ARGV[a + 4])
-  if n == 1 then
-    -- One limit: its algorithm writes its state only once it has read and computed all, so a
-    -- failure leaves nothing to undo.
-    local fn, p = limit_at(1, a + 4)
-    local key = KEYS[k + 1]
-    for _ = 1, repeats do
-      if not fn then
-        fail(#replies, p)
-      else
+local function decide(keys, args)
+  KEYS, ARGV = keys, args
+  if not call then
+    bind_globals()
+  end
+  states, state_order, journal, replies, logs = {}, {}, nil, {}, {}
+  if ARGV[1] == '' then
+    local t = call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    server_now = now
+  else
+    now = tonumber(ARGV[1])
+    server_now = false
+  end
+  local k = 0
+  for a = 2, #ARGV do
+    local e = entry_of(ARGV[a])
+    if not e then
+      -- Not even its number of limits: one error record, and the keys that follow are not
+      -- known (the client reads a reply that does not line up).
+      fail(#replies, 'rate-limit: a malformed entry')
+      break
+    end
+    local n, cost, commit, repeats, fns, ps = e[1], e[2], e[3], e[4], e[5], e[6]
+    if e[7] then
+      for _ = 1, repeats do
+        fail(#replies, e[7])
+      end
+    elseif n == 1 then
+      -- One limit: its algorithm writes its state only once it has read and computed all, so
+      -- a failure leaves nothing to undo.
+      local fn, p, key = fns[1], ps[1], KEYS[k + 1]
+      for _ = 1, repeats do
         -- The five values of the answer, or false and the error; packed here rather than
         -- through push, which would cost this, the hot path, a table or a call per check.
         local done, allowed, capacity, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
@@ -174,14 +196,9 @@ while a < #ARGV do
           fail(#replies, message(allowed))
         end
       end
-    end
-  else
-    local fns, ps = entry_limits(a + 4, n)
-    for _ = 1, repeats do
-      local m = #replies
-      if not fns then
-        fail(m, ps)
-      else
+    else
+      for _ = 1, repeats do
+        local m = #replies
         local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
         if not done then
           -- Undo its states and drop its partial answer; its answer is the message.
@@ -191,12 +208,15 @@ while a < #ARGV do
           end
           fail(m, message(err))
         end
+        journal = nil
       end
-      journal = nil
     end
+    k = k + n
   end
-  k = k + n
-  a = a + 4 + n * 6
+  flush_states()
+  flush_logs()
+  local reply = concat(replies)
+  -- Nothing of the call is kept: the tables go with it.
+  states, state_order, replies, logs = nil, nil, nil, nil
+  return reply
 end
-flush_states()
-return table.concat(replies)

@@ -13,7 +13,7 @@ end
 
 -- Whole units of cost free at `now` when the theoretical arrival time is the tick `at`.
 local function gcra_remaining_us(now, p, at)
-  return math.floor(math.max(now + p.th - at, 0) / p.ih)
+  return floor(max(now + p.th - at, 0) / p.ih)
 end
 
 -- An interval of whole microseconds (most quotas) keeps the TAT whole: the same arithmetic in
@@ -21,7 +21,7 @@ end
 local function gcra_us(key, now, p, s, cost, commit)
   local tat = now
   if s then
-    tat = math.max(s[1], now)
+    tat = max(s[1], now)
   end
   if tat <= now then
     save_fields(key, nil, 0)
@@ -31,7 +31,7 @@ local function gcra_us(key, now, p, s, cost, commit)
     return false, p.burst, remaining(now, p, tat), tat - now, -1
   end
   local new_tat = tat + cost * p.ih
-  local allow_at = math.max(new_tat - p.th, 0)
+  local allow_at = max(new_tat - p.th, 0)
   if allow_at <= now then
     if commit then
       tat = new_tat

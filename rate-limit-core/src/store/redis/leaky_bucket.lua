@@ -6,8 +6,8 @@
 local function leaky_bucket_us(key, now, p, s, cost, commit)
   local level, at = 0, now
   if s then
-    at = math.max(now, s[2])
-    level = math.max(s[1] - (at - s[2]), 0)
+    at = max(now, s[2])
+    level = max(s[1] - (at - s[2]), 0)
   end
   local lag = at - now
   -- Only read when cost <= burst, where cost * interval <= tau is exact.
@@ -27,7 +27,7 @@ local function leaky_bucket_us(key, now, p, s, cost, commit)
     reset = level + lag
   end
   save_fields(key, state, reset)
-  return allowed, p.burst, math.floor((p.th - math.min(level, p.th)) / p.ih), reset, retry
+  return allowed, p.burst, floor((p.th - min(level, p.th)) / p.ih), reset, retry
 end
 
 local function leaky_bucket(key, now, p, cost, commit)
@@ -38,7 +38,7 @@ local function leaky_bucket(key, now, p, cost, commit)
   local lh, ll, at = 0, 0, now
   if s then
     -- Nothing drains before the state's time; every wait adds the caller's lag behind it.
-    at = math.max(now, s[2])
+    at = max(now, s[2])
     lh, ll = ns_sub_sat(s[1], s[3] or 0, at - s[2], 0)
   end
   local lag = at - now

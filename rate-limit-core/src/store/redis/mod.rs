@@ -31,16 +31,18 @@ pub use builder::RedisStoreBuilder;
 ///
 /// A check first looks in the [deny cache](#deny-cache): a recent denial that still holds
 /// answers at once, with no call to Redis. Otherwise it joins the store's queue, and one
-/// `EVALSHA` decides it, together with the other checks that queued meanwhile (see
+/// `FCALL` decides it, together with the other checks that queued meanwhile (see
 /// [batching](#batching-and-coalescing)). The script (one Lua function per algorithm, each the
 /// twin of its Rust transition, plus an entry point) runs the checks of a call one after the
 /// other, in arrival order, at one instant: exactly as separate calls at that instant would.
 /// For each check it decides every limit without charging, then charges every limit only if all
 /// allow: several limits are all-or-nothing, and limits of one request may use different
 /// algorithms. A check that fails in the script (a key holding another type, `WRONGTYPE`) gets
-/// its error; the others in the same call get their decisions. When the server does not know
-/// the script (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`), it is loaded and the call is
-/// sent again; no other failure is retried (see
+/// its error; the others in the same call get their decisions. The script is a Redis Functions
+/// library, loaded once per server (`FUNCTION LOAD`; on Redis Cluster, on every master), so a
+/// call runs the entry point alone, not the definitions of every algorithm. When the server
+/// does not have it (`Function not found`: a new server, a restart, `FUNCTION FLUSH`), it is
+/// loaded and the call is sent again; no other failure is retried (see
 /// [failures](#failures-timeouts-and-retries)).
 ///
 /// # Batching and coalescing
@@ -66,15 +68,18 @@ pub use builder::RedisStoreBuilder;
 /// repeated. The reply is one binary string: per check, a record of five doubles per limit
 /// (every value an integer below 2^53, so exact), or a record holding the check's error
 /// message. Redis converts each element of a reply table at a cost of its own, and the client
-/// reads the string in place instead of building a value per integer. Counted by
-/// `bench/redis_instructions.sh` (callgrind, instructions in redis-server): 32 checks of one key
-/// in one call cost about 16,500 instructions per check, against 38,700 when each was sent on
-/// its own in the same call; `bench/redis_client_instructions.sh` counts the client's side.
+/// reads the string in place instead of building a value per integer. What a decision costs
+/// redis-server, by shape and algorithm, is counted by `bench/redis_instructions.sh`
+/// (callgrind; the figures are in `bench/README.md`); `bench/redis_client_instructions.sh`
+/// counts the client's side.
 ///
-/// Inside one call, the script reads each text state once (`GET`), lets the checks read and
-/// update it in a table, and writes it once at the end (`SET ... PX`, or `DEL` when it is full
-/// again), only if it changed: 32 concurrent checks of one hot key cost one `GET` and one `SET`.
-/// The sliding window log, a list, is updated in place.
+/// Inside one call, the script reads each state once (`GET`: one to three integers, stored as
+/// little-endian doubles, exact below 2^53), lets the checks read and update it in a table, and
+/// writes it once at the end (`SET`, expiring at `PXAT` on the server's time, after `PX` on a
+/// client's clock; or `DEL` when it is full again), only if it changed: 32 concurrent checks of
+/// one hot key cost one `GET` and one `SET`.
+/// The sliding window log, a list, is trimmed in place; its size and ends are read once per
+/// call, and its newest entry is written once, with the expiry, at the end of the call.
 ///
 /// This changes no decision. A script runs alone on the server, so the checks of one call are
 /// decided serially, each on the state the one before left, as if each had been a call of its
@@ -161,7 +166,8 @@ pub use builder::RedisStoreBuilder;
 ///
 /// # Servers
 ///
-/// Tested against Redis 7.0 (Debian's `redis-server`), standalone and Cluster. The script reads
+/// Needs Redis 7.0 or later, for Redis Functions (`FUNCTION LOAD`, `FCALL`); tested against
+/// Redis 7.0 (Debian's `redis-server`), standalone and Cluster. The script reads
 /// `TIME` before it writes, which needs effects replication (the default since Redis 5), and
 /// packs its reply with the `struct` library that Redis bundles with its Lua interpreter; a
 /// Redis-compatible server without `struct` answers every call with a script error.
@@ -192,8 +198,8 @@ pub use builder::RedisStoreBuilder;
 /// A call whose reply never came (a dropped connection, a timeout) may have run on the server:
 /// it is never sent again, since running the script twice would charge its checks twice. It
 /// fails, and a check that failed this way may or may not have been charged. A call is sent
-/// again only after a reply the server gives before it runs a script: `NOSCRIPT` (the script
-/// is loaded first), and on Redis Cluster the redirects `MOVED` (the connection has refreshed
+/// again only after a reply the server gives before it runs a script: `Function not found`
+/// (the library is loaded first, on every master of a cluster), and on Redis Cluster the redirects `MOVED` (the connection has refreshed
 /// its slot map) and `ASK` (the call goes to the node it names, after `ASKING`; through a
 /// `ClusterConnection` only), at most three redirects per call. Other cluster answers
 /// (`TRYAGAIN`, `CLUSTERDOWN`, ...) fail the call at once rather than wait inside it.

@@ -1,5 +1,7 @@
 //! The Lua script: one file per algorithm, each the twin of its Rust transition, and an entry
 //! point that decides a batch of checks in one call, each all-or-nothing across its limits.
+//! It is a Redis Functions library ([`LIBRARY`], Redis 7.0 or later): loaded once per server,
+//! so that a call runs only the entry point, not the definitions of every algorithm.
 //!
 //! Ticks are microseconds: now since the epoch (about 1.8e15 µs) plus any span a [`Quota`] can
 //! hold (at most [`MAX_SPAN`](crate::MAX_SPAN), about 3.2e15 µs) stays below 2^53, where Lua's
@@ -39,8 +41,8 @@ const FAILED: u8 = b'E';
 /// Bytes of a limit's record: the tag and five doubles.
 const RECORD: usize = 1 + 8 * REPLY_WIDTH;
 
-/// The source: shared helpers (the call's state cache), one function per algorithm, then the
-/// entry point.
+/// The library's code: shared helpers (the call's state cache), one function per algorithm,
+/// then the entry point, `decide`.
 pub(crate) const SOURCE: &str = concat!(
     include_str!("common.lua"),
     include_str!("token_bucket.lua"),
@@ -52,8 +54,33 @@ pub(crate) const SOURCE: &str = concat!(
     include_str!("decide.lua"),
 );
 
-/// The script, hashed once; invoked by `EVALSHA` ([`command`]), loaded on `NOSCRIPT`.
-pub(crate) static DECIDE: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCE));
+/// The Redis Functions library that holds the script, loaded once per server (`FUNCTION
+/// LOAD`): its code is defined then, and each call (`FCALL`) runs only the entry point.
+pub(crate) struct Library {
+    /// The library's name, which is also its one function's: `ratelimit_` and the SHA-1 of
+    /// [`SOURCE`], so that a server holding another version's library (instances of two
+    /// versions sharing it) never runs it with this version's arguments.
+    pub(crate) name: String,
+    /// What `FUNCTION LOAD` is given: the shebang naming the library, the source, and the
+    /// registration of `decide` under the library's name.
+    pub(crate) code: String,
+}
+
+/// The library of this version of the script.
+pub(crate) static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
+    // The redis crate's script hash: the SHA-1 of the source, in hex.
+    let name = format!("ratelimit_{}", Script::new(SOURCE).get_hash());
+    let code = format!("#!lua name={name}\n{SOURCE}\nredis.register_function('{name}', decide)\n");
+    Library { name, code }
+});
+
+/// `FUNCTION LOAD REPLACE` of [`LIBRARY`]: on Redis Cluster, the connection sends it to every
+/// master. `REPLACE`, so that two clients loading it at once both succeed.
+pub(crate) fn load_command() -> redis::Cmd {
+    let mut cmd = redis::cmd("FUNCTION");
+    cmd.arg("LOAD").arg("REPLACE").arg(LIBRARY.code.as_str());
+    cmd
+}
 
 /// The entry point's code for an algorithm (its index in `algorithms`, from 1).
 fn code(algorithm: Algorithm) -> u8 {
@@ -178,9 +205,11 @@ impl Check {
     }
 }
 
-/// The command that decides `checks` in order: `EVALSHA` of [`DECIDE`] with every entry's keys,
-/// then now (empty for the server's `TIME`) and, per entry, its number of limits, cost, commit,
-/// repeat count and six integers per limit.
+/// The command that decides `checks` in order: `FCALL` of [`LIBRARY`]'s function with every
+/// entry's keys, then now (empty for the server's `TIME`) and one argument per entry, its
+/// integers separated by spaces: its number of limits, cost, commit, repeat count and six
+/// integers per limit. One argument, since Redis spends about a thousand instructions on each
+/// argument of a call, and the script finds an entry it has read before by its text alone.
 ///
 /// An entry is a run of identical checks in a row (the same keys, limits, cost and commit): a hot
 /// key's checks in one batch are sent once, with a count, and the script decides each of them in
@@ -192,8 +221,8 @@ pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
     // tenth of its client instructions (callgrind, `bench/redis_client_instructions.sh`).
     let (args, bytes) = command_size(&runs);
     let mut cmd = redis::Cmd::with_capacity(args, bytes);
-    cmd.arg("EVALSHA")
-        .arg(DECIDE.get_hash())
+    cmd.arg("FCALL")
+        .arg(LIBRARY.name.as_str())
         .arg(runs.iter().map(|(c, _)| c.keys.len()).sum::<usize>());
     for (check, _) in &runs {
         for key in &check.keys {
@@ -204,33 +233,70 @@ pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
         Some(now) => cmd.arg(now),
         None => cmd.arg(""),
     };
+    let mut entry = Vec::with_capacity(
+        ENTRY_HEAD + runs.first().map_or(0, |(c, _)| c.limits.len()) * ENTRY_LIMIT,
+    );
     for (check, repeat) in &runs {
-        cmd.arg(check.limits.len())
-            .arg(check.cost)
-            .arg(u8::from(check.commit))
-            .arg(*repeat);
-        for l in &check.limits {
-            cmd.arg(code(l.algorithm))
-                .arg(l.p.limit)
-                .arg(l.p.burst)
-                .arg(l.p.period)
-                .arg(l.interval_nanos / 1_000)
-                .arg(l.interval_nanos % 1_000);
+        entry.clear();
+        push_int(&mut entry, check.limits.len() as u64);
+        for n in [
+            u64::from(check.cost),
+            u64::from(check.commit),
+            *repeat as u64,
+        ] {
+            entry.push(b' ');
+            push_int(&mut entry, n);
         }
+        for l in &check.limits {
+            for n in [
+                u64::from(code(l.algorithm)),
+                l.p.limit,
+                l.p.burst,
+                l.p.period,
+                l.interval_nanos / 1_000,
+                l.interval_nanos % 1_000,
+            ] {
+                entry.push(b' ');
+                push_int(&mut entry, n);
+            }
+        }
+        cmd.arg(entry.as_slice());
     }
     cmd
+}
+
+/// Bytes of an entry's four integers, at most: each at its widest (20 digits), and a space.
+const ENTRY_HEAD: usize = 4 * 21;
+
+/// Bytes of a limit's six integers in an entry, at most.
+const ENTRY_LIMIT: usize = 6 * 21;
+
+/// Appends `n` in decimal.
+fn push_int(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        // A digit: below 10.
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Arguments and bytes, at most, of the command for `runs`: every integer counted at its
 /// widest (20 digits).
 fn command_size(runs: &[(&Check, usize)]) -> (usize, usize) {
     const INT: usize = 20;
-    // EVALSHA, the hash, the number of keys, now.
-    let (mut args, mut bytes) = (4, "EVALSHA".len() + 40 + 3 * INT);
+    // FCALL, the function, the number of keys, now.
+    let (mut args, mut bytes) = (4, "FCALL".len() + LIBRARY.name.len() + 3 * INT);
     for (check, _) in runs {
         let n = check.keys.len();
-        args += n + 4 + 6 * n;
-        bytes += check.keys.iter().map(String::len).sum::<usize>() + (4 + 6 * n) * INT;
+        args += n + 1;
+        bytes += check.keys.iter().map(String::len).sum::<usize>() + ENTRY_HEAD + n * ENTRY_LIMIT;
     }
     (args, bytes)
 }
@@ -441,12 +507,12 @@ mod tests {
         let l = Limit::new(Quota::per_second(nz(3)), Algorithm::TokenBucket);
         let c = Check::new("rl", "k", &[l], 1, true).unwrap();
         let a = args(&command(None, &[&c]));
-        assert_eq!(a[a.len() - 2..], ["333333", "334"]);
+        assert!(a[a.len() - 1].ends_with(" 333333 334"), "{a:?}");
         // 10^9/s: 1 ns.
         let l = Limit::new(Quota::per_second(nz(1_000_000_000)), Algorithm::Gcra);
         let c = Check::new("rl", "k", &[l], 1, true).unwrap();
         let a = args(&command(None, &[&c]));
-        assert_eq!(a[a.len() - 2..], ["0", "1"]);
+        assert!(a[a.len() - 1].ends_with(" 0 1"), "{a:?}");
         // A window of 1.0000005 s cannot be counted in microseconds; a bucket on it can.
         let odd = Quota::with_period(nz(3), Duration::from_nanos(1_000_000_500)).unwrap();
         for a in Algorithm::ALL {
@@ -614,26 +680,34 @@ mod tests {
             v.join(" ")
         };
         let a = args(&command(Some(42), &checks));
-        assert_eq!(a[0], "EVALSHA");
-        assert_eq!(a[1], DECIDE.get_hash());
+        assert_eq!(a[0], "FCALL");
+        assert_eq!(a[1], LIBRARY.name);
         // One key per entry, then now, then each entry's header and limit.
         assert_eq!(a[2], "5");
         let hot_key = hot.keys[0].as_str();
         let other_key = other.keys[0].as_str();
         assert_eq!(&a[3..8], [hot_key, hot_key, hot_key, other_key, hot_key]);
         assert_eq!(a[8], "42");
-        let entries = a[9..].join(" ");
+        // One argument per entry.
         let want = [
             limit_args("1", "1", "3"),
             limit_args("1", "0", "1"),
             limit_args("2", "1", "1"),
             limit_args("1", "1", "1"),
             limit_args("1", "1", "1"),
-        ]
-        .join(" ");
-        assert_eq!(entries, want);
+        ];
+        assert_eq!(a[9..], want);
         // Server time: now is sent empty.
         assert_eq!(args(&command(None, &[&hot]))[4], "");
+    }
+
+    #[test]
+    fn integers_are_written_in_decimal() {
+        for n in [0, 7, 10, 999, 1_000_000_000, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_int(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]

@@ -29,11 +29,11 @@ local function sliding_window(key, now, p, cost, commit)
   if not allowed and cost <= p.limit then
     if cur + cost <= p.limit then
       -- Later in this window, once prev's weight has dropped far enough.
-      local k = math.floor((p.limit - cur - cost) * p.period / prev)
+      local k = floor((p.limit - cur - cost) * p.period / prev)
       retry = p.period - k - elapsed + lag
     else
       -- In the next window, where cur becomes the weighted previous count.
-      local k = math.floor((p.limit - cost) * p.period / cur)
+      local k = floor((p.limit - cost) * p.period / cur)
       retry = 2 * p.period - k - elapsed + lag
     end
   end
@@ -41,7 +41,7 @@ local function sliding_window(key, now, p, cost, commit)
   if allowed and commit then
     cur = cur + cost
   end
-  local weighted_prev = math.ceil(carried / p.period)
+  local weighted_prev = ceil(carried / p.period)
   local reset = 0
   if cur > 0 then
     reset = stop + p.period - now + lag
@@ -53,5 +53,5 @@ local function sliding_window(key, now, p, cost, commit)
     state = { start, cur, prev }
   end
   save_fields(key, state, reset)
-  return allowed, p.limit, math.max(p.limit - (weighted_prev + cur), 0), reset, retry
+  return allowed, p.limit, max(p.limit - (weighted_prev + cur), 0), reset, retry
 end

@@ -7,14 +7,14 @@
 -- cost of the entries from i to j is `total_j - total_i + cost_i` (mod 2^32), and the cost in
 -- the window is read from its two ends.
 --
--- Work per call: LLEN, the two ends, and the write. Dropping k expired entries finds the
--- first live one in O(log k) LINDEX calls and drops them with one LTRIM; a denial finds the
--- entry whose expiry frees enough in O(log i) LINDEX calls, i its position. LINDEX walks the
+-- Work per call and key: LLEN, the two ends, and one write (see `logs`). Dropping k expired
+-- entries finds the first live one in O(log k) LINDEX calls and drops them with one LTRIM; a
+-- denial finds the entry whose expiry frees enough in O(log i) LINDEX calls, i its position. LINDEX walks the
 -- list from its nearer end in nodes of some hundred entries, so no call reads the whole list.
 local TOTAL_MOD = 4294967296
 
 local function log_entry(text)
-  local t, c, total = string.match(text, '^(%d+):(%d+):(%d+)$')
+  local t, c, total = match(text, '^(%d+):(%d+):(%d+)$')
   return tonumber(t), tonumber(c), tonumber(total)
 end
 
@@ -25,7 +25,7 @@ end
 
 -- Whether the entry at index i of the list at `key` passes the test of `first_passing`.
 local function log_passes(key, i, field, bound, head_c, head_total)
-  local t, _, total = log_entry(redis.call('LINDEX', key, i))
+  local t, _, total = log_entry(call('LINDEX', key, i))
   if field == 1 then
     return t >= bound
   end
@@ -42,12 +42,12 @@ local function first_passing(key, lo, hi, field, bound, head_c, head_total)
   local probe = lo
   while probe < hi and not log_passes(key, probe, field, bound, head_c, head_total) do
     lo = probe + 1
-    probe = math.min(probe + step, hi)
+    probe = min(probe + step, hi)
     step = step * 2
   end
   hi = probe
   while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
+    local mid = floor((lo + hi) / 2)
     if log_passes(key, mid, field, bound, head_c, head_total) then
       hi = mid
     else
@@ -57,27 +57,79 @@ local function first_passing(key, lo, hi, field, bound, head_c, head_total)
   return lo
 end
 
+-- The logs read during the call, by key: { n, first_t, first_c, first_total, last_t, last_c,
+-- last_total, write, ttl }, what the list holds as the checks before saw it (n = 0: empty).
+-- Only the newest entry may be ahead of the list: `write` is 'RPUSH' when it is still to be
+-- pushed, 'LSET' when it is to be rewritten, false when the list holds it; `flush_logs` writes
+-- it once at the end of the call, with the expiry (`ttl` ticks). So checks of one hot key in one
+-- call read the list's ends once and write once. The searches (`first_passing`) never read the
+-- newest entry (it is their known end), so they read only entries the list holds.
+local logs = {}
+
+local function read_log(key)
+  local n = call('LLEN', key)
+  if n == 0 then
+    return { 0 }
+  end
+  local l = { n }
+  l[5], l[6], l[7] = log_entry(call('LINDEX', key, -1))
+  if n == 1 then
+    l[2], l[3], l[4] = l[5], l[6], l[7]
+  else
+    l[2], l[3], l[4] = log_entry(call('LINDEX', key, 0))
+  end
+  l[8] = false
+  return l
+end
+
+local function flush_logs()
+  for key, l in pairs(logs) do
+    if l[8] then
+      local entry = format('%d:%d:%d', l[5], l[6], l[7])
+      if l[8] == 'RPUSH' then
+        call('RPUSH', key, entry)
+      else
+        call('LSET', key, -1, entry)
+      end
+      call('PEXPIRE', key, ttl_ms(l[9]))
+    end
+  end
+end
+
 local function sliding_window_log(key, now, p, cost, commit)
-  local n = redis.call('LLEN', key)
-  local last_t, last_c, last_total
-  local first_t, first_c, first_total
+  local l = logs[key]
+  if not l then
+    l = read_log(key)
+    logs[key] = l
+  end
+  local n = l[1]
+  local first_t, first_c, first_total = l[2], l[3], l[4]
+  local last_t, last_c, last_total = l[5], l[6], l[7]
   local live = false
   if n > 0 then
-    last_t, last_c, last_total = log_entry(redis.call('LINDEX', key, -1))
     -- A clock that goes back is treated as standing still at the newest entry.
-    now = math.max(now, last_t)
+    now = max(now, last_t)
     if last_t + p.period <= now then
       -- Every entry has left the window.
-      redis.call('DEL', key)
+      call('DEL', key)
+      n = 0
+      l[1], l[8] = 0, false
     else
       live = true
-      first_t, first_c, first_total = log_entry(redis.call('LINDEX', key, 0))
       if first_t + p.period <= now then
         -- Drop the entries older than one period (tidying never changes a later decision).
+        -- The newest entry is live, so it stays: the search never reads it.
         local keep = first_passing(key, 1, n - 1, 1, now - p.period + 1)
-        redis.call('LTRIM', key, keep, -1)
+        -- Also right when the list does not hold the newest entry yet: the indexes below it
+        -- are the same.
+        call('LTRIM', key, keep, -1)
         n = n - keep
-        first_t, first_c, first_total = log_entry(redis.call('LINDEX', key, 0))
+        if n == 1 then
+          first_t, first_c, first_total = last_t, last_c, last_total
+        else
+          first_t, first_c, first_total = log_entry(call('LINDEX', key, 0))
+        end
+        l[1], l[2], l[3], l[4] = n, first_t, first_c, first_total
       end
     end
   end
@@ -93,7 +145,11 @@ local function sliding_window_log(key, now, p, cost, commit)
     local at = first_t
     if first_c < to_free then
       local i = first_passing(key, 1, n - 1, 3, to_free, first_c, first_total)
-      at = log_entry(redis.call('LINDEX', key, i))
+      if i == n - 1 then
+        at = last_t
+      else
+        at = log_entry(call('LINDEX', key, i))
+      end
     end
     retry = at + p.period - now
   end
@@ -103,22 +159,38 @@ local function sliding_window_log(key, now, p, cost, commit)
   end
   if allowed and commit then
     if live and last_t == now then
-      redis.call('LSET', key, -1,
-        string.format('%d:%d:%d', now, last_c + cost, (last_total + cost) % TOTAL_MOD))
+      l[6], l[7] = last_c + cost, (last_total + cost) % TOTAL_MOD
+      l[8] = l[8] or 'LSET'
+      if n == 1 then
+        l[3], l[4] = l[6], l[7]
+      end
     else
       local total = cost
       if live then
         total = (last_total + cost) % TOTAL_MOD
       end
-      redis.call('RPUSH', key, string.format('%d:%d:%d', now, cost, total))
+      if l[8] == 'RPUSH' or l[8] == 'LSET' then
+        -- The entry ahead of the list is written before a newer one follows it.
+        local entry = format('%d:%d:%d', l[5], l[6], l[7])
+        if l[8] == 'RPUSH' then
+          call('RPUSH', key, entry)
+        else
+          call('LSET', key, -1, entry)
+        end
+      end
+      n = n + 1
+      l[1], l[5], l[6], l[7], l[8] = n, now, cost, total, 'RPUSH'
+      if n == 1 then
+        l[2], l[3], l[4] = now, cost, total
+      end
     end
+    l[9] = p.period
     used = used + cost
     newest = now
-    redis.call('PEXPIRE', key, ttl_ms(p.period))
   end
   local reset = 0
   if newest then
     reset = newest + p.period - now
   end
-  return allowed, p.limit, p.limit - math.min(used, p.limit), reset, retry
+  return allowed, p.limit, p.limit - min(used, p.limit), reset, retry
 end

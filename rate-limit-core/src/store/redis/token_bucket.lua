@@ -8,8 +8,8 @@ local function token_bucket_us(key, now, p, s, cost, commit)
   local interval = p.ih
   local tokens, last = p.burst, now
   if s then
-    local add = math.floor(math.max(now - s[2], 0) / interval)
-    tokens = math.min(s[1] + add, p.burst)
+    local add = floor(max(now - s[2], 0) / interval)
+    tokens = min(s[1] + add, p.burst)
     if tokens < p.burst then
       last = s[2] + add * interval
     end
@@ -22,7 +22,7 @@ local function token_bucket_us(key, now, p, s, cost, commit)
   if allowed and commit then
     tokens = tokens - cost
   end
-  local reset = math.max(last + (p.burst - tokens) * interval - now, 0)
+  local reset = max(last + (p.burst - tokens) * interval - now, 0)
   local state = nil
   if tokens < p.burst then
     state = { tokens, last }
@@ -49,7 +49,7 @@ local function token_bucket(key, now, p, cost, commit)
         add = p.burst
       end
     end
-    tokens = math.min(s[1] + add, p.burst)
+    tokens = min(s[1] + add, p.burst)
     if tokens < p.burst then
       lh, ll = ns_add(sh, sl, ns_mul(add, p.ih, p.il))
     end
