@@ -10,7 +10,6 @@
 //! instead of the default empty 429; the layer still adds `Retry-After` and the rate-limit
 //! headers to it.
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::Router;
@@ -51,8 +50,7 @@ fn problem(rejection: &Rejection<'_>) -> Response<Body> {
 }
 
 fn app() -> Router {
-    let two = NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN);
-    let quota = match Quota::with_period(two, Duration::from_secs(10)) {
+    let quota = match Quota::with_period(2, Duration::from_secs(10)) {
         Ok(quota) => quota,
         Err(err) => panic!("{err}"),
     };

@@ -12,7 +12,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 
 use http::request::Parts;
 use http::{Request, Response};
@@ -42,7 +41,7 @@ fn client(parts: &Parts) -> Option<String> {
 
 /// Serves `listener` until the task is dropped, every connection sharing one limiter.
 async fn serve(listener: TcpListener) -> std::io::Result<()> {
-    let quota = Quota::per_minute(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN));
+    let quota = Quota::per_minute(3);
     let layer = RateLimitLayer::new(MemoryStore::new(), quota).key(client);
     let svc: RateLimit<_> = ServiceBuilder::new()
         .layer(layer)

@@ -26,20 +26,21 @@
 //! let store = MemoryStore::builder().clock(clock.clone()).build();
 //! // 10 per second and 100 per hour, both at once.
 //! let limits = [
-//!     Limit::new(Quota::per_second(NonZeroU32::new(10).unwrap()), Algorithm::Gcra),
-//!     Limit::new(Quota::per_hour(NonZeroU32::new(100).unwrap()), Algorithm::SlidingWindow),
+//!     Limit::new(Quota::per_second(10), Algorithm::Gcra),
+//!     Limit::new(Quota::per_hour(100), Algorithm::SlidingWindow),
 //! ];
 //! let cost = NonZeroU32::new(10).unwrap();
 //! let d = store.check("client-1", &limits, cost).await.unwrap();
-//! assert!(d.allowed());
+//! assert!(d.is_allowed());
 //! let d = store.check("client-1", &limits, NonZeroU32::MIN).await.unwrap();
-//! assert!(!d.allowed());
+//! assert!(!d.is_allowed());
 //! assert_eq!(d.retry_after(), Some(Duration::from_millis(100)));
 //! clock.advance(Duration::from_millis(100));
-//! assert!(store.check("client-1", &limits, NonZeroU32::MIN).await.unwrap().allowed());
+//! assert!(store.check("client-1", &limits, NonZeroU32::MIN).await.unwrap().is_allowed());
 //! # }
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod algorithm;
 mod clock;
@@ -58,10 +59,14 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, Snapshot};
 pub use error::{ConfigError, StoreError, StoreErrorKind};
 pub use limit::Limit;
-pub use quota::{MAX_SPAN, Quota};
+pub use quota::{Count, MAX_SPAN, Quota};
 pub use store::memory::{METRIC_MEMORY_STORE_FULL, MemoryStore, MemoryStoreBuilder, WhenFull};
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};
+/// The `redis` crate this crate was built with: its `Client`, connections and settings are what
+/// [`RedisStore::builder`] and [`RedisStore::connect_with`] take.
+#[cfg(feature = "redis")]
+pub use redis;
 pub use store::{BoxFuture, Store};
 
 /// The per-algorithm state types held inside [`State`]. Opaque: only transitions read them.

@@ -180,7 +180,7 @@ impl Shared {
             tracing::debug!(
                 policy = policy.name(),
                 backend = self.backend,
-                allowed = d.allowed(),
+                allowed = d.is_allowed(),
                 remaining = d.remaining(),
                 "rate limit decided in place"
             );
@@ -230,7 +230,7 @@ impl Shared {
                 observe::store_duration(&duration_key, clock.now().saturating_sub(start));
                 if let Ok(d) = &result {
                     tracing::debug!(
-                        allowed = d.allowed(),
+                        allowed = d.is_allowed(),
                         remaining = d.remaining(),
                         "rate limit decided"
                     );

@@ -26,7 +26,6 @@ const DEFAULT_NAME: &str = "default";
 /// Builder methods consume and return the layer; call them before handing it to a router.
 ///
 /// ```
-/// use std::num::NonZeroU32;
 /// use axum::{Router, body::Body, routing::{get, post}};
 /// use http::Request;
 /// use rate_limit_core::{Algorithm, MemoryStore, Quota};
@@ -37,7 +36,7 @@ const DEFAULT_NAME: &str = "default";
 /// # async fn main() {
 /// let store = std::sync::Arc::new(MemoryStore::new());
 /// let per_client = |n| {
-///     RateLimitLayer::new(store.clone(), Quota::per_minute(NonZeroU32::new(n).unwrap()))
+///     RateLimitLayer::new(store.clone(), Quota::per_minute(n))
 ///         .algorithm(Algorithm::Gcra)
 ///         .key(Header::new("x-client-id"))
 /// };
@@ -63,6 +62,7 @@ const DEFAULT_NAME: &str = "default";
 /// assert_eq!(res.headers()["ratelimit-policy"], r#""api";q=100;w=60"#);
 /// # }
 /// ```
+#[must_use = "a layer does nothing until it wraps a service (`.layer(..)`)"]
 pub struct RateLimitLayer<R = DefaultRejection> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) rejection: Arc<R>,
@@ -155,11 +155,10 @@ impl<R> RateLimitLayer<R> {
     /// it, rather than failing every request.
     ///
     /// ```
-    /// use std::num::NonZeroU32;
     /// use rate_limit_core::{MemoryStore, Quota};
     /// use tower_ratelimit::RateLimitLayer;
     ///
-    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(NonZeroU32::MIN));
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(1));
     /// layer.validate()?;
     /// # Ok::<(), rate_limit_core::ConfigError>(())
     /// ```

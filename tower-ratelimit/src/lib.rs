@@ -7,7 +7,6 @@
 //! carries the remaining budget in headers.
 //!
 //! ```
-//! use std::num::NonZeroU32;
 //! use std::time::Duration;
 //! use http::{Request, Response, StatusCode};
 //! use rate_limit_core::{ManualClock, MemoryStore, Quota};
@@ -20,7 +19,7 @@
 //! let store = MemoryStore::builder().clock(clock.clone()).build();
 //! let svc = ServiceBuilder::new()
 //!     .layer(
-//!         RateLimitLayer::new(store, Quota::per_minute(NonZeroU32::new(2).unwrap()))
+//!         RateLimitLayer::new(store, Quota::per_minute(2))
 //!             .name("api")
 //!             .key(key::Header::new("x-client-id")),
 //!     )
@@ -125,6 +124,7 @@
 //! Without it, insert the peer's `SocketAddr` into the request extensions in your hyper
 //! `service_fn`.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
@@ -149,4 +149,19 @@ pub use policy::Policy;
 pub use rejection::{DefaultRejection, RejectResponse, Rejection, StoreFailure};
 pub use service::RateLimit;
 
-pub use rate_limit_core::{Algorithm, Decision, Limit, Quota, Store, StoreError};
+// Everything an application needs, so that `tower-ratelimit` is its only dependency.
+pub use rate_limit_core::{
+    Algorithm, BoxFuture, Clock, ConfigError, Count, Decision, Limit, MAX_SPAN,
+    METRIC_MEMORY_STORE_FULL, ManualClock, MemoryStore, MemoryStoreBuilder, Quota, Snapshot,
+    Store, StoreError, StoreErrorKind, SystemClock, WhenFull,
+};
+#[cfg(feature = "redis")]
+pub use rate_limit_core::{RedisStore, RedisStoreBuilder, redis};
+/// Stores that wrap stores: a [`Timeout`](resilience::Timeout), a
+/// [`CircuitBreaker`](resilience::CircuitBreaker) and a local [`Fallback`](resilience::Fallback).
+/// Re-exported from `rate_limit_core::resilience`.
+#[cfg(feature = "resilience")]
+pub use rate_limit_core::resilience;
+/// The engine under this crate (algorithms, stores, clocks), for what the re-exports above leave
+/// out.
+pub use rate_limit_core;
