@@ -113,6 +113,7 @@ impl RateLimitLayer {
                 policy,
                 policy_fn: None,
                 cost: None,
+                skip: None,
                 headers: HeaderSettings {
                     style: HeaderStyle::default(),
                     reset: ResetStyle::default(),
@@ -215,16 +216,74 @@ impl<R> RateLimitLayer<R> {
     /// # Panics
     ///
     /// If `name` is not 1 to 64 ASCII letters, digits, `-`, `_` or `.` (see [`Policy::new`]).
+    /// This is a name fixed in the program; use [`try_name`](Self::try_name) for one read from
+    /// configuration.
     #[must_use]
+    #[track_caller]
     pub fn name(self, name: &str) -> Self {
-        let limits = self.shared.policy.limits().to_vec();
-        self.set_policy(name, limits)
+        match self.try_name(name) {
+            Ok(layer) => layer,
+            Err(err) => panic!("{err}"),
+        }
     }
 
-    /// Who requests are charged to (default [`Global`]: one budget for everyone).
+    /// As [`name`](Self::name), for a name read at run time.
+    ///
+    /// ```
+    /// use tower_ratelimit::{MemoryStore, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(5));
+    /// let err = layer.try_name("bad name").unwrap_err();
+    /// assert_eq!((err.setting(), err.value()), ("policy name", "bad name"));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `name` is not 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
+    pub fn try_name(self, name: &str) -> Result<Self, ConfigError> {
+        let policy = Policy::new(name, self.shared.policy.limits().iter().copied())?;
+        Ok(self.set(|s| s.policy = policy))
+    }
+
+    /// Who requests are charged to (default [`Global`]: one budget for everyone): a
+    /// [`KeyExtractor`] from the [`key`](crate::key) module, or a closure whose parameter is
+    /// annotated (`|parts: &Parts| ..`). For a closure, [`key_fn`](Self::key_fn) needs no
+    /// annotation.
     #[must_use]
     pub fn key(self, key: impl KeyExtractor) -> Self {
         self.set(|s| s.key = Arc::new(key))
+    }
+
+    /// Charges requests to the key a closure finds in the request head; `None` is no key (see
+    /// [`on_missing_key`](Self::on_missing_key)). The closure's types are inferred.
+    ///
+    /// ```
+    /// use tower_ratelimit::{MemoryStore, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(5))
+    ///     .key_fn(|parts| Some(parts.uri.path().to_owned()));
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn key_fn(self, key: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.key(key)
+    }
+
+    /// Lets the requests for which `skip` returns `true` through unlimited, uncounted and
+    /// without rate-limit headers: CORS preflights, health checks, internal callers. The
+    /// predicate runs first, before the key is extracted.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_ratelimit::{MemoryStore, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(5))
+    ///     .skip(|parts| parts.method == Method::OPTIONS || parts.uri.path() == "/healthz");
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn skip(self, skip: impl Fn(&Parts) -> bool + Send + Sync + 'static) -> Self {
+        self.set(|s| s.skip = Some(Arc::new(skip)))
     }
 
     /// How much a request costs (default 1). A cost of 0 lets the request through uncounted.
