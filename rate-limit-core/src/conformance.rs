@@ -457,8 +457,8 @@ fn compare(d: &Decision, step: &Step) -> Option<String> {
                 .map(|r| ms(r + Duration::from_nanos(999_999))),
         })
         .collect();
-    (d.is_allowed() != step.allowed || d.binding_index() != step.binding || got != step.expect).then(
-        || {
+    (d.is_allowed() != step.allowed || d.binding_index() != step.binding || got != step.expect)
+        .then(|| {
             format!(
                 "expected allowed={} binding={} {:?}, got allowed={} binding={} {:?}",
                 step.allowed,
@@ -468,6 +468,5 @@ fn compare(d: &Decision, step: &Step) -> Option<String> {
                 d.binding_index(),
                 got
             )
-        },
-    )
+        })
 }

@@ -60,13 +60,13 @@ pub use decision::{Decision, Snapshot};
 pub use error::{ConfigError, StoreError, StoreErrorKind};
 pub use limit::Limit;
 pub use quota::{Count, MAX_SPAN, Quota};
-pub use store::memory::{METRIC_MEMORY_STORE_FULL, MemoryStore, MemoryStoreBuilder, WhenFull};
-#[cfg(feature = "redis")]
-pub use store::redis::{RedisStore, RedisStoreBuilder};
 /// The `redis` crate this crate was built with: its `Client`, connections and settings are what
 /// [`RedisStore::builder`] and [`RedisStore::connect_with`] take.
 #[cfg(feature = "redis")]
 pub use redis;
+pub use store::memory::{METRIC_MEMORY_STORE_FULL, MemoryStore, MemoryStoreBuilder, WhenFull};
+#[cfg(feature = "redis")]
+pub use store::redis::{RedisStore, RedisStoreBuilder};
 pub use store::{BoxFuture, Store};
 
 /// The per-algorithm state types held inside [`State`]. Opaque: only transitions read them.

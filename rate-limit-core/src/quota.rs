@@ -157,7 +157,10 @@ impl Quota {
     ///
     /// `limit` is zero.
     pub fn try_per_hour(limit: impl Count) -> Result<Self, ConfigError> {
-        Ok(Self::of(nonzero("limit", limit)?, Duration::from_secs(3600)))
+        Ok(Self::of(
+            nonzero("limit", limit)?,
+            Duration::from_secs(3600),
+        ))
     }
 
     const fn of(limit: NonZeroU32, period: Duration) -> Self {

@@ -533,7 +533,8 @@ async fn a_flood_of_denied_keys_keeps_the_deny_cache_at_its_size() {
                 for k in (t..keys).step_by(tasks) {
                     let key = format!("flood-{k}");
                     assert!(store.check(&key, &limit, nz(1)).await.unwrap().is_allowed());
-                    denied += u32::from(!store.check(&key, &limit, nz(1)).await.unwrap().is_allowed());
+                    denied +=
+                        u32::from(!store.check(&key, &limit, nz(1)).await.unwrap().is_allowed());
                 }
                 denied
             })

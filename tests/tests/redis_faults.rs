@@ -39,10 +39,19 @@ async fn lose_one_reply<C>(
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    assert!(store.check(key, &limit(), nz(1)).await.unwrap().is_allowed());
+    assert!(
+        store
+            .check(key, &limit(), nz(1))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
     let before = proxy.forwarded("EVALSHA");
     proxy.inject("EVALSHA", Fault::DropReply);
-    let got = store.check(key, &limit(), nz(1)).await.map(|d| d.is_allowed());
+    let got = store
+        .check(key, &limit(), nz(1))
+        .await
+        .map(|d| d.is_allowed());
     assert!(
         proxy.wait_fired(1, Duration::from_secs(5)),
         "no reply withheld"

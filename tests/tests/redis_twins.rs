@@ -186,7 +186,12 @@ async fn twins(server: &RedisServer, deny_cache: usize, compare: Compare) -> (us
             match compare {
                 Compare::Whole => assert_eq!(micros(&m), micros(&r), "{}", context()),
                 Compare::Allowed => {
-                    assert_eq!(m.is_allowed(), r.is_allowed(), "{}: {m:?} vs {r:?}", context());
+                    assert_eq!(
+                        m.is_allowed(),
+                        r.is_allowed(),
+                        "{}: {m:?} vs {r:?}",
+                        context()
+                    );
                 }
             }
             // Expiry runs on the server's real time, not on this manual clock: keep every key

@@ -25,7 +25,8 @@ fn memory(clock: &ManualClock) -> MemoryStore<ManualClock> {
 #[tokio::test]
 async fn plain_integers_build_a_quota_and_a_layer() {
     let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
-    let layer = RateLimitLayer::new(memory(&clock), Quota::per_minute(2)).limit(Quota::per_hour(100));
+    let layer =
+        RateLimitLayer::new(memory(&clock), Quota::per_minute(2)).limit(Quota::per_hour(100));
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
     assert_eq!(send(&svc, get("/")).await.status(), StatusCode::OK);
     assert_eq!(send(&svc, get("/")).await.status(), StatusCode::OK);
@@ -49,7 +50,10 @@ fn settings_read_at_run_time_are_errors_not_panics() {
     let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(1));
     let err = layer.clone().try_name("bad name").unwrap_err();
     assert_eq!((err.setting(), err.value()), ("policy name", "bad name"));
-    assert_eq!(layer.try_name("api").unwrap().default_policy().name(), "api");
+    assert_eq!(
+        layer.try_name("api").unwrap().default_policy().name(),
+        "api"
+    );
 }
 
 #[tokio::test]
@@ -88,7 +92,10 @@ async fn skipped_requests_pass_uncounted_and_without_headers() {
     let res = send(&svc, get("/")).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(header(&res, "x-ratelimit-remaining"), Some("0"));
-    assert_eq!(send(&svc, get("/")).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        send(&svc, get("/")).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
     // Still exempt once the budget is spent.
     assert_eq!(send(&svc, preflight()).await.status(), StatusCode::OK);
 }

@@ -11,7 +11,10 @@ fn rust_blocks() -> Vec<(&'static str, Vec<&'static str>)> {
         let Some(info) = line.strip_prefix("```") else {
             continue;
         };
-        let body: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+        let body: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
         if info.starts_with("rust") {
             blocks.push((info, body));
         }
@@ -33,7 +36,8 @@ fn rust_blocks_are_whole_programs_without_hidden_lines() {
             assert!(!hidden, "a hidden line shows on GitHub: {line:?}");
         }
         assert!(
-            body.iter().any(|l| l.starts_with("fn main") || l.starts_with("async fn main")),
+            body.iter()
+                .any(|l| l.starts_with("fn main") || l.starts_with("async fn main")),
             "a block without its main is not a complete program: {body:?}"
         );
     }
@@ -42,7 +46,11 @@ fn rust_blocks_are_whole_programs_without_hidden_lines() {
 #[test]
 fn the_served_app_uses_connect_info_and_only_this_crate() {
     let served = &rust_blocks()[0].1;
-    assert!(served.iter().any(|l| l.contains("into_make_service_with_connect_info")));
+    assert!(
+        served
+            .iter()
+            .any(|l| l.contains("into_make_service_with_connect_info"))
+    );
     for (_, body) in rust_blocks() {
         assert!(!body.iter().any(|l| l.contains("rate_limit_core")));
     }

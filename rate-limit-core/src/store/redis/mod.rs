@@ -537,7 +537,6 @@ impl<C> RedisStore<C> {
     pub fn state_key(&self, key: &str, limit: &Limit) -> String {
         RedisStore::key_layout(&self.prefix, key, limit)
     }
-
 }
 
 impl<C> RedisStore<C>
