@@ -13,6 +13,20 @@
 //! - `resilience` (feature `resilience`): a timeout, a circuit breaker and a local fallback, as
 //!   stores that wrap stores.
 //!
+//! Counts are plain integers or `NonZeroU32` ([`Count`]): `Quota::per_minute(100)`.
+//!
+//! # Features
+//!
+//! | Feature | Enables |
+//! |---|---|
+//! | `redis` | `RedisStore` and `RedisStoreBuilder`, on a single node or a `ConnectionManager`; the `redis` crate, re-exported |
+//! | `cluster` | `RedisStore` over Redis Cluster (implies `redis`) |
+//! | `tls` | `rediss://` URLs, with rustls (implies `redis`) |
+//! | `resilience` | the `resilience` module: `Timeout`, `CircuitBreaker`, `Fallback` |
+//! | `conformance` | the `conformance` module: a table of cases every `Store` must pass |
+//!
+//! None is on by default. docs.rs shows every feature; items that need one say so.
+//!
 //! # Example
 //!
 //! ```

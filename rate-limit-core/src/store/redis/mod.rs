@@ -63,13 +63,8 @@ pub use builder::RedisStoreBuilder;
 /// Identical checks in a row in a batch (the same key, limits, cost and commit, as a hot
 /// key's are) are sent once with a count, and the script decides each of them in turn: the
 /// call's size and the script's work per check no longer grow with the arguments every check
-/// repeated. The reply is one binary string: per check, a record of five doubles per limit
-/// (every value an integer below 2^53, so exact), or a record holding the check's error
-/// message. Redis converts each element of a reply table at a cost of its own, and the client
-/// reads the string in place instead of building a value per integer. Counted by
-/// `bench/redis_instructions.sh` (callgrind, instructions in redis-server): 32 checks of one key
-/// in one call cost about 16,500 instructions per check, against 38,700 when each was sent on
-/// its own in the same call; `bench/redis_client_instructions.sh` counts the client's side.
+/// repeated, and the reply is one compact string the client reads in place. What a check costs
+/// redis-server and the client, per call shape, is measured in `bench/README.md`.
 ///
 /// Inside one call, the script reads each text state once (`GET`), lets the checks read and
 /// update it in a table, and writes it once at the end (`SET ... PX`, or `DEL` when it is full
