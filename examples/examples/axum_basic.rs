@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use rate_limit_core::{MemoryStore, Quota};
-use tower_ratelimit::{RateLimitLayer, key};
+use tower_ratelimit::{MemoryStore, Quota, RateLimitLayer, key};
 
 /// The app: one route, 3 requests per 10 s per client IP.
 fn app() -> Router {

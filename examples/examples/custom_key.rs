@@ -17,8 +17,7 @@ use axum::body::Body;
 use axum::routing::get;
 use http::request::Parts;
 use http::{Response, header};
-use rate_limit_core::{MemoryStore, Quota};
-use tower_ratelimit::{MissingKey, RateLimitLayer, Rejection};
+use tower_ratelimit::{MemoryStore, MissingKey, Quota, RateLimitLayer, Rejection};
 
 /// `acme` for `/tenants/acme/...`.
 fn tenant(parts: &Parts) -> Option<String> {

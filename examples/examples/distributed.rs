@@ -17,10 +17,9 @@ use std::process::ExitCode;
 
 use axum::Router;
 use axum::routing::get;
-use rate_limit_core::{Quota, RedisStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower_ratelimit::{FailureMode, RateLimitLayer, key};
+use tower_ratelimit::{FailureMode, Quota, RateLimitLayer, RedisStore, key};
 
 /// One instance: its own Redis connection, the shared quota.
 async fn instance(url: &str) -> Result<SocketAddr, Box<dyn std::error::Error>> {

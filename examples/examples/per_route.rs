@@ -20,8 +20,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 use http::request::Parts;
-use rate_limit_core::{Algorithm, ConfigError, Limit, MemoryStore, Quota, Store};
-use tower_ratelimit::{Policy, RateLimitLayer, key};
+use tower_ratelimit::{
+    Algorithm, ConfigError, Limit, MemoryStore, Policy, Quota, RateLimitLayer, Store, key,
+};
 
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(n)

@@ -19,11 +19,10 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use rate_limit_core::{MemoryStore, Quota};
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_ratelimit::key::{self, KeyExtractor};
-use tower_ratelimit::{RateLimit, RateLimitLayer};
+use tower_ratelimit::{MemoryStore, Quota, RateLimit, RateLimitLayer};
 
 async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"hello\n"))))
