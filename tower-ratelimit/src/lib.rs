@@ -161,6 +161,9 @@ pub use rejection::{DefaultRejection, RejectResponse, Rejection, StoreFailure};
 pub use service::RateLimit;
 
 // Everything an application needs, so that `tower-ratelimit` is its only dependency.
+/// The `http` crate whose types this crate's signatures use (`Parts`, `Response`,
+/// `HeaderName`, `HeaderMap`); axum re-exports the same as `axum::http`.
+pub use http;
 /// The engine under this crate (algorithms, stores, clocks), for what the re-exports above leave
 /// out.
 pub use rate_limit_core;
