@@ -9,18 +9,15 @@
 //! `ConnectInfo`, so the app is served with `into_make_service_with_connect_info`.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use rate_limit_core::{MemoryStore, Quota};
-use tower_ratelimit::{RateLimitLayer, key};
+use tower_ratelimit::{MemoryStore, Quota, RateLimitLayer, key};
 
 /// The app: one route, 3 requests per 10 s per client IP.
 fn app() -> Router {
-    let three = NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN);
-    let quota = match Quota::with_period(three, Duration::from_secs(10)) {
+    let quota = match Quota::with_period(3, Duration::from_secs(10)) {
         Ok(quota) => quota,
         Err(err) => panic!("{err}"),
     };

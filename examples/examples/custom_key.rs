@@ -10,7 +10,6 @@
 //! instead of the default empty 429; the layer still adds `Retry-After` and the rate-limit
 //! headers to it.
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,8 +17,7 @@ use axum::body::Body;
 use axum::routing::get;
 use http::request::Parts;
 use http::{Response, header};
-use rate_limit_core::{MemoryStore, Quota};
-use tower_ratelimit::{MissingKey, RateLimitLayer, Rejection};
+use tower_ratelimit::{MemoryStore, MissingKey, Quota, RateLimitLayer, Rejection};
 
 /// `acme` for `/tenants/acme/...`.
 fn tenant(parts: &Parts) -> Option<String> {
@@ -51,8 +49,7 @@ fn problem(rejection: &Rejection<'_>) -> Response<Body> {
 }
 
 fn app() -> Router {
-    let two = NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN);
-    let quota = match Quota::with_period(two, Duration::from_secs(10)) {
+    let quota = match Quota::with_period(2, Duration::from_secs(10)) {
         Ok(quota) => quota,
         Err(err) => panic!("{err}"),
     };

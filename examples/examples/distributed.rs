@@ -13,20 +13,18 @@
 //! the example leaves nothing but keys that expire within a minute.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::process::ExitCode;
 
 use axum::Router;
 use axum::routing::get;
-use rate_limit_core::{Quota, RedisStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower_ratelimit::{FailureMode, RateLimitLayer, key};
+use tower_ratelimit::{FailureMode, Quota, RateLimitLayer, RedisStore, key};
 
 /// One instance: its own Redis connection, the shared quota.
 async fn instance(url: &str) -> Result<SocketAddr, Box<dyn std::error::Error>> {
     let store = RedisStore::connect(url).await?;
-    let quota = Quota::per_minute(NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN));
+    let quota = Quota::per_minute(5);
     let layer = RateLimitLayer::new(store, quota)
         .name("distributed-example")
         .key(key::Header::new("x-client-id"))

@@ -15,17 +15,17 @@
 //! - `/health` is not limited.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
 use http::request::Parts;
-use rate_limit_core::{Algorithm, ConfigError, Limit, MemoryStore, Quota, Store};
-use tower_ratelimit::{Policy, RateLimitLayer, key};
+use tower_ratelimit::{
+    Algorithm, ConfigError, Limit, MemoryStore, Policy, Quota, RateLimitLayer, Store, key,
+};
 
 fn per_minute(n: u32) -> Quota {
-    Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+    Quota::per_minute(n)
 }
 
 /// The app, with one store shared by both routes' layers.

@@ -12,7 +12,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 
 use http::request::Parts;
 use http::{Request, Response};
@@ -20,11 +19,10 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use rate_limit_core::{MemoryStore, Quota};
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_ratelimit::key::{self, KeyExtractor};
-use tower_ratelimit::{RateLimit, RateLimitLayer};
+use tower_ratelimit::{MemoryStore, Quota, RateLimit, RateLimitLayer};
 
 async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"hello\n"))))
@@ -42,7 +40,7 @@ fn client(parts: &Parts) -> Option<String> {
 
 /// Serves `listener` until the task is dropped, every connection sharing one limiter.
 async fn serve(listener: TcpListener) -> std::io::Result<()> {
-    let quota = Quota::per_minute(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN));
+    let quota = Quota::per_minute(3);
     let layer = RateLimitLayer::new(MemoryStore::new(), quota).key(client);
     let svc: RateLimit<_> = ServiceBuilder::new()
         .layer(layer)

@@ -448,7 +448,7 @@ fn compare(d: &Decision, step: &Step) -> Option<String> {
         .snapshots()
         .iter()
         .map(|s| Expect {
-            allowed: s.allowed(),
+            allowed: s.is_allowed(),
             remaining: s.remaining(),
             // Stores may count in finer ticks; the table is in whole milliseconds, rounded up.
             reset_ms: ms(s.reset_after() + Duration::from_nanos(999_999)),
@@ -457,17 +457,16 @@ fn compare(d: &Decision, step: &Step) -> Option<String> {
                 .map(|r| ms(r + Duration::from_nanos(999_999))),
         })
         .collect();
-    (d.allowed() != step.allowed || d.binding_index() != step.binding || got != step.expect).then(
-        || {
+    (d.is_allowed() != step.allowed || d.binding_index() != step.binding || got != step.expect)
+        .then(|| {
             format!(
                 "expected allowed={} binding={} {:?}, got allowed={} binding={} {:?}",
                 step.allowed,
                 step.binding,
                 step.expect,
-                d.allowed(),
+                d.is_allowed(),
                 d.binding_index(),
                 got
             )
-        },
-    )
+        })
 }

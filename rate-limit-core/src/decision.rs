@@ -16,8 +16,65 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// A snapshot from its parts. Stores build these; `retry_after` is ignored when `allowed`.
-    pub fn new(
+    /// An admitting snapshot of a limit of capacity `limit`, full (`remaining == limit`, reset
+    /// now) until [`with_remaining`](Self::with_remaining) and
+    /// [`with_reset_after`](Self::with_reset_after) say otherwise. Stores build these.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rate_limit_core::Snapshot;
+    ///
+    /// let s = Snapshot::allowed(10).with_remaining(9).with_reset_after(Duration::from_millis(100));
+    /// assert!(s.is_allowed());
+    /// assert_eq!((s.limit(), s.remaining()), (10, 9));
+    ///
+    /// let s = Snapshot::denied(10).with_remaining(0).with_retry_after(Some(Duration::from_secs(1)));
+    /// assert!(!s.is_allowed() && !s.is_never());
+    /// // Denied with no wait that would help: the cost is above the capacity.
+    /// assert!(Snapshot::denied(10).is_never());
+    /// ```
+    pub fn allowed(limit: u32) -> Self {
+        Self::new(true, limit, limit, Duration::ZERO, None)
+    }
+
+    /// A denying snapshot of a limit of capacity `limit`, with nothing remaining and no
+    /// [`retry_after`](Self::retry_after) (so [`is_never`](Self::is_never)) until the `with_`
+    /// setters say otherwise.
+    pub fn denied(limit: u32) -> Self {
+        Self::new(false, limit, 0, Duration::ZERO, None)
+    }
+
+    /// The same snapshot with `remaining` left (at most the capacity).
+    #[must_use]
+    pub fn with_remaining(self, remaining: u32) -> Self {
+        Self {
+            remaining: remaining.min(self.limit),
+            ..self
+        }
+    }
+
+    /// The same snapshot, full again after `reset_after`.
+    #[must_use]
+    pub fn with_reset_after(self, reset_after: Duration) -> Self {
+        Self {
+            reset_after,
+            ..self
+        }
+    }
+
+    /// The same snapshot with the time after which the request would be admitted; ignored on
+    /// an admitting snapshot.
+    #[must_use]
+    pub fn with_retry_after(self, retry_after: Option<Duration>) -> Self {
+        Self {
+            retry_after: if self.allowed { None } else { retry_after },
+            ..self
+        }
+    }
+
+    /// A snapshot from its parts, as the stores of this crate build them; `retry_after` is
+    /// ignored when `allowed`.
+    pub(crate) fn new(
         allowed: bool,
         limit: u32,
         remaining: u32,
@@ -34,7 +91,7 @@ impl Snapshot {
     }
 
     /// Whether this limit admitted the request.
-    pub fn allowed(&self) -> bool {
+    pub fn is_allowed(&self) -> bool {
         self.allowed
     }
 
@@ -83,10 +140,10 @@ enum Snapshots {
 /// use std::time::Duration;
 /// use rate_limit_core::{Decision, Snapshot};
 ///
-/// let per_sec = Snapshot::new(true, 10, 9, Duration::from_millis(100), None);
-/// let per_hour = Snapshot::new(true, 1000, 5, Duration::from_secs(17), None);
+/// let per_sec = Snapshot::allowed(10).with_remaining(9).with_reset_after(Duration::from_millis(100));
+/// let per_hour = Snapshot::allowed(1000).with_remaining(5).with_reset_after(Duration::from_secs(17));
 /// let d = Decision::from_snapshots(vec![per_sec, per_hour]);
-/// assert!(d.allowed());
+/// assert!(d.is_allowed());
 /// assert_eq!(d.remaining(), 5);
 /// assert_eq!(d.binding_index(), 1);
 /// assert_eq!(d.snapshots().len(), 2);
@@ -145,7 +202,7 @@ impl Decision {
         if snapshots.len() == 1 {
             return Self::single(snapshots[0]);
         }
-        let allowed = snapshots.iter().all(Snapshot::allowed);
+        let allowed = snapshots.iter().all(Snapshot::is_allowed);
         let binding = binding_index(&snapshots, allowed);
         Self {
             allowed,
@@ -182,12 +239,11 @@ impl Decision {
     /// snapshots describe (response headers should describe these too). `None` otherwise.
     ///
     /// ```
-    /// use std::num::NonZeroU32;
     /// use std::time::Duration;
     /// use rate_limit_core::{Algorithm, Decision, Limit, Quota, Snapshot};
     ///
-    /// let share = Limit::new(Quota::per_minute(NonZeroU32::new(25).unwrap()), Algorithm::Gcra);
-    /// let d = Decision::single(Snapshot::new(true, 25, 24, Duration::from_millis(2400), None));
+    /// let share = Limit::new(Quota::per_minute(25), Algorithm::Gcra);
+    /// let d = Decision::single(Snapshot::allowed(25).with_remaining(24).with_reset_after(Duration::from_millis(2400)));
     /// assert!(d.is_backend_answer() && d.local_limits().is_none());
     /// let local = d.clone().mark_local(vec![share]);
     /// assert_eq!(local.local_limits(), Some(&[share][..]));
@@ -207,7 +263,7 @@ impl Decision {
     }
 
     /// Whether the request was admitted (and charged against every limit).
-    pub fn allowed(&self) -> bool {
+    pub fn is_allowed(&self) -> bool {
         self.allowed
     }
 
@@ -304,7 +360,7 @@ mod tests {
         let b = Snapshot::new(true, 100, 50, ms(500), None);
         let c = Snapshot::new(false, 1000, 0, ms(9000), Some(ms(3000)));
         let d = Decision::from_snapshots(vec![a, b, c]);
-        assert!(!d.allowed());
+        assert!(!d.is_allowed());
         assert_eq!(d.binding_index(), 2);
         assert_eq!(d.retry_after(), Some(ms(3000)));
     }
@@ -324,7 +380,7 @@ mod tests {
         let b = Snapshot::new(true, 100, 3, ms(5000), None);
         let c = Snapshot::new(true, 100, 7, ms(5000), None);
         let d = Decision::from_snapshots(vec![a, b, c]);
-        assert!(d.allowed());
+        assert!(d.is_allowed());
         assert_eq!(d.binding_index(), 1);
         assert_eq!(d.retry_after(), None);
     }

@@ -10,11 +10,10 @@ use std::fmt;
 /// It names the setting and the value so that a start-up failure says what to fix.
 ///
 /// ```
-/// use std::num::NonZeroU32;
 /// use std::time::Duration;
 /// use rate_limit_core::Quota;
 ///
-/// let err = Quota::with_period(NonZeroU32::MIN, Duration::ZERO).unwrap_err();
+/// let err = Quota::with_period(1, Duration::ZERO).unwrap_err();
 /// assert_eq!(err.setting(), "period");
 /// assert_eq!(err.to_string(), "invalid period `0ns`: must be at least 1ns");
 /// ```

@@ -13,6 +13,20 @@
 //! - `resilience` (feature `resilience`): a timeout, a circuit breaker and a local fallback, as
 //!   stores that wrap stores.
 //!
+//! Counts are plain integers or `NonZeroU32` ([`Count`]): `Quota::per_minute(100)`.
+//!
+//! # Features
+//!
+//! | Feature | Enables |
+//! |---|---|
+//! | `redis` | `RedisStore` and `RedisStoreBuilder`, on a single node or a `ConnectionManager`; the `redis` crate, re-exported |
+//! | `cluster` | `RedisStore` over Redis Cluster (implies `redis`) |
+//! | `tls` | `rediss://` URLs, with rustls (implies `redis`) |
+//! | `resilience` | the `resilience` module: `Timeout`, `CircuitBreaker`, `Fallback` |
+//! | `conformance` | the `conformance` module: a table of cases every `Store` must pass |
+//!
+//! None is on by default. docs.rs shows every feature; items that need one say so.
+//!
 //! # Example
 //!
 //! ```
@@ -26,20 +40,21 @@
 //! let store = MemoryStore::builder().clock(clock.clone()).build();
 //! // 10 per second and 100 per hour, both at once.
 //! let limits = [
-//!     Limit::new(Quota::per_second(NonZeroU32::new(10).unwrap()), Algorithm::Gcra),
-//!     Limit::new(Quota::per_hour(NonZeroU32::new(100).unwrap()), Algorithm::SlidingWindow),
+//!     Limit::new(Quota::per_second(10), Algorithm::Gcra),
+//!     Limit::new(Quota::per_hour(100), Algorithm::SlidingWindow),
 //! ];
 //! let cost = NonZeroU32::new(10).unwrap();
 //! let d = store.check("client-1", &limits, cost).await.unwrap();
-//! assert!(d.allowed());
+//! assert!(d.is_allowed());
 //! let d = store.check("client-1", &limits, NonZeroU32::MIN).await.unwrap();
-//! assert!(!d.allowed());
+//! assert!(!d.is_allowed());
 //! assert_eq!(d.retry_after(), Some(Duration::from_millis(100)));
 //! clock.advance(Duration::from_millis(100));
-//! assert!(store.check("client-1", &limits, NonZeroU32::MIN).await.unwrap().allowed());
+//! assert!(store.check("client-1", &limits, NonZeroU32::MIN).await.unwrap().is_allowed());
 //! # }
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod algorithm;
 mod clock;
@@ -58,7 +73,11 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, Snapshot};
 pub use error::{ConfigError, StoreError, StoreErrorKind};
 pub use limit::Limit;
-pub use quota::{MAX_SPAN, Quota};
+pub use quota::{Count, MAX_SPAN, Quota};
+/// The `redis` crate this crate was built with: its `Client`, connections and settings are what
+/// [`RedisStore::builder`] and [`RedisStore::connect_with`] take.
+#[cfg(feature = "redis")]
+pub use redis;
 pub use store::memory::{METRIC_MEMORY_STORE_FULL, MemoryStore, MemoryStoreBuilder, WhenFull};
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};

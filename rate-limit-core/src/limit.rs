@@ -12,10 +12,9 @@ use crate::quota::{Params, Quota};
 /// on the same key (10/s and 1000/h) keep separate states.
 ///
 /// ```
-/// use std::num::NonZeroU32;
 /// use rate_limit_core::{Algorithm, Limit, Quota};
 ///
-/// let q = Quota::per_second(NonZeroU32::new(10).unwrap());
+/// let q = Quota::per_second(10);
 /// let a = Limit::new(q, Algorithm::Gcra);
 /// assert_eq!(a.id(), Limit::new(q, Algorithm::Gcra).id());
 /// assert_ne!(a.id(), Limit::new(q, Algorithm::FixedWindow).id());

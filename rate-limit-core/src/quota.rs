@@ -11,6 +11,57 @@ use crate::error::ConfigError;
 /// Bounding it keeps every sum of a timestamp and a span inside `u64` nanoseconds.
 pub const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// A count given to a constructor: a plain `u32` (`Quota::per_minute(100)`) or a
+/// [`NonZeroU32`].
+///
+/// Sealed: implemented for `u32` and `NonZeroU32` only. A plain zero has no meaning as a limit, a
+/// burst or a number of instances: constructors that return a `Result` refuse it with a
+/// [`ConfigError`]; the infallible ones (such as [`Quota::per_minute`]) panic, as documented
+/// under their `# Panics`, and have a `try_` form for values read from configuration.
+pub trait Count: sealed::Sealed {}
+
+impl Count for u32 {}
+impl Count for NonZeroU32 {}
+
+pub(crate) mod sealed {
+    use std::num::NonZeroU32;
+
+    /// Keeps [`Count`](super::Count) to the two types it is implemented for.
+    pub trait Sealed: Copy + std::fmt::Display {
+        /// The count, `None` for zero.
+        fn to_nonzero(self) -> Option<NonZeroU32>;
+    }
+
+    impl Sealed for u32 {
+        fn to_nonzero(self) -> Option<NonZeroU32> {
+            NonZeroU32::new(self)
+        }
+    }
+
+    impl Sealed for NonZeroU32 {
+        fn to_nonzero(self) -> Option<NonZeroU32> {
+            Some(self)
+        }
+    }
+}
+
+/// `count` as a `NonZeroU32`, or a [`ConfigError`] naming `setting` when it is zero.
+pub(crate) fn nonzero(setting: &str, count: impl Count) -> Result<NonZeroU32, ConfigError> {
+    count
+        .to_nonzero()
+        .ok_or_else(|| ConfigError::new(setting, count, "must be at least 1"))
+}
+
+/// `count` as a `NonZeroU32`; panics naming `setting` when it is zero (the documented `# Panics`
+/// of infallible constructors).
+#[track_caller]
+pub(crate) fn nonzero_or_panic(setting: &str, count: impl Count) -> NonZeroU32 {
+    match nonzero(setting, count) {
+        Ok(n) => n,
+        Err(err) => panic!("{err}"),
+    }
+}
+
 /// A rate: `limit` units of cost per `period`, with at most `burst` at once.
 ///
 /// The burst defaults to the limit. Bucket algorithms (token bucket, leaky bucket, GCRA) refill
@@ -18,21 +69,27 @@ pub const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// (fixed window, sliding window log, sliding window counter) admit `limit` per `period` and
 /// ignore the burst.
 ///
-/// A `Quota` cannot be invalid: the limit and burst are [`NonZeroU32`], and constructors that
-/// could overflow return a [`ConfigError`].
+/// A `Quota` cannot be invalid: the limit and burst are [`NonZeroU32`] inside. Constructors take
+/// a plain `u32` or a `NonZeroU32` (see [`Count`]); the presets ([`per_second`](Self::per_second),
+/// [`per_minute`](Self::per_minute), [`per_hour`](Self::per_hour)) panic on a plain zero, and
+/// their `try_` forms, [`with_period`](Self::with_period) and [`burst`](Self::burst) return a
+/// [`ConfigError`] for it (and for a span that could overflow).
 ///
 /// ```
-/// use std::num::NonZeroU32;
 /// use std::time::Duration;
 /// use rate_limit_core::Quota;
 ///
-/// let q = Quota::per_minute(NonZeroU32::new(100).unwrap());
+/// let q = Quota::per_minute(100);
 /// assert_eq!(q.period(), Duration::from_secs(60));
 /// assert_eq!(q.emission_interval(), Duration::from_millis(600));
 /// assert_eq!(q.burst_size().get(), 100);
 ///
-/// let q = q.burst(NonZeroU32::new(150).unwrap())?;
+/// let q = q.burst(150)?;
 /// assert_eq!(q.burst_size().get(), 150);
+///
+/// // A value from a configuration file: zero is an error naming the setting.
+/// let from_config: u32 = 0;
+/// assert_eq!(Quota::try_per_minute(from_config).unwrap_err().setting(), "limit");
 /// # Ok::<(), rate_limit_core::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,18 +101,66 @@ pub struct Quota {
 
 impl Quota {
     /// `limit` per second, burst `limit`.
-    pub const fn per_second(limit: NonZeroU32) -> Self {
-        Self::of(limit, Duration::from_secs(1))
+    ///
+    /// # Panics
+    ///
+    /// If `limit` is a plain `0`; [`try_per_second`](Self::try_per_second) returns an error
+    /// instead.
+    #[track_caller]
+    pub fn per_second(limit: impl Count) -> Self {
+        Self::of(nonzero_or_panic("limit", limit), Duration::from_secs(1))
     }
 
     /// `limit` per minute, burst `limit`.
-    pub const fn per_minute(limit: NonZeroU32) -> Self {
-        Self::of(limit, Duration::from_secs(60))
+    ///
+    /// # Panics
+    ///
+    /// If `limit` is a plain `0`; [`try_per_minute`](Self::try_per_minute) returns an error
+    /// instead.
+    #[track_caller]
+    pub fn per_minute(limit: impl Count) -> Self {
+        Self::of(nonzero_or_panic("limit", limit), Duration::from_secs(60))
     }
 
     /// `limit` per hour, burst `limit`.
-    pub const fn per_hour(limit: NonZeroU32) -> Self {
-        Self::of(limit, Duration::from_secs(3600))
+    ///
+    /// # Panics
+    ///
+    /// If `limit` is a plain `0`; [`try_per_hour`](Self::try_per_hour) returns an error
+    /// instead.
+    #[track_caller]
+    pub fn per_hour(limit: impl Count) -> Self {
+        Self::of(nonzero_or_panic("limit", limit), Duration::from_secs(3600))
+    }
+
+    /// `limit` per second, burst `limit`.
+    ///
+    /// # Errors
+    ///
+    /// `limit` is zero.
+    pub fn try_per_second(limit: impl Count) -> Result<Self, ConfigError> {
+        Ok(Self::of(nonzero("limit", limit)?, Duration::from_secs(1)))
+    }
+
+    /// `limit` per minute, burst `limit`.
+    ///
+    /// # Errors
+    ///
+    /// `limit` is zero.
+    pub fn try_per_minute(limit: impl Count) -> Result<Self, ConfigError> {
+        Ok(Self::of(nonzero("limit", limit)?, Duration::from_secs(60)))
+    }
+
+    /// `limit` per hour, burst `limit`.
+    ///
+    /// # Errors
+    ///
+    /// `limit` is zero.
+    pub fn try_per_hour(limit: impl Count) -> Result<Self, ConfigError> {
+        Ok(Self::of(
+            nonzero("limit", limit)?,
+            Duration::from_secs(3600),
+        ))
     }
 
     const fn of(limit: NonZeroU32, period: Duration) -> Self {
@@ -70,8 +175,9 @@ impl Quota {
     ///
     /// # Errors
     ///
-    /// The period is zero or longer than [`MAX_SPAN`].
-    pub fn with_period(limit: NonZeroU32, period: Duration) -> Result<Self, ConfigError> {
+    /// `limit` is zero, or the period is zero or longer than [`MAX_SPAN`].
+    pub fn with_period(limit: impl Count, period: Duration) -> Result<Self, ConfigError> {
+        let limit = nonzero("limit", limit)?;
         if period.is_zero() {
             return Err(ConfigError::new(
                 "period",
@@ -93,8 +199,10 @@ impl Quota {
     ///
     /// # Errors
     ///
-    /// A full bucket (`burst` emission intervals) would last longer than [`MAX_SPAN`].
-    pub fn burst(self, burst: NonZeroU32) -> Result<Self, ConfigError> {
+    /// `burst` is zero, or a full bucket (`burst` emission intervals) would last longer than
+    /// [`MAX_SPAN`].
+    pub fn burst(self, burst: impl Count) -> Result<Self, ConfigError> {
+        let burst = nonzero("burst", burst)?;
         let span = u128::from(burst.get()) * u128::from(self.interval_nanos());
         if span > MAX_SPAN.as_nanos() {
             return Err(ConfigError::new(
@@ -239,6 +347,37 @@ mod tests {
         let q = Quota::with_period(nz(10), Duration::from_nanos(10)).unwrap();
         let p = q.params(1000);
         assert_eq!((p.period, p.interval), (1, 1));
+    }
+
+    #[test]
+    fn plain_integers_and_nonzero_give_the_same_quota() {
+        assert_eq!(Quota::per_minute(100), Quota::per_minute(nz(100)));
+        assert_eq!(Quota::per_second(7), Quota::try_per_second(nz(7)).unwrap());
+        assert_eq!(
+            Quota::with_period(3, Duration::from_secs(2)).unwrap(),
+            Quota::with_period(nz(3), Duration::from_secs(2)).unwrap()
+        );
+        assert_eq!(Quota::per_hour(5).burst(9), Quota::per_hour(5).burst(nz(9)));
+    }
+
+    #[test]
+    fn a_plain_zero_is_a_config_error_in_fallible_forms() {
+        for err in [
+            Quota::try_per_second(0).unwrap_err(),
+            Quota::try_per_minute(0).unwrap_err(),
+            Quota::try_per_hour(0).unwrap_err(),
+            Quota::with_period(0, Duration::from_secs(1)).unwrap_err(),
+        ] {
+            assert_eq!((err.setting(), err.value()), ("limit", "0"));
+        }
+        let err = Quota::per_second(1).burst(0).unwrap_err();
+        assert_eq!((err.setting(), err.value()), ("burst", "0"));
+    }
+
+    #[test]
+    #[should_panic(expected = "limit")]
+    fn a_plain_zero_panics_in_a_preset() {
+        let _ = Quota::per_minute(0);
     }
 
     #[test]

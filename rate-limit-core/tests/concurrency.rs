@@ -27,7 +27,7 @@ fn eight_threads_on_one_key_admit_exactly_the_quota() {
                         let d = store
                             .check_now("hot", &limits[..], NonZeroU32::MIN)
                             .unwrap();
-                        if d.allowed() {
+                        if d.is_allowed() {
                             admitted.fetch_add(1, Ordering::Relaxed);
                         }
                     }

@@ -42,7 +42,7 @@ fn admitted(alg: Algorithm, q: &Quota, arrivals: &[(u64, u32)]) -> Vec<(u64, u64
         now += gap_us * 1000;
         let (d, s) = alg.transition(state, Duration::from_nanos(now), q, nz(cost), true);
         state = s;
-        if d.allowed() {
+        if d.is_allowed() {
             out.push((now, u64::from(cost)));
         }
     }
@@ -134,10 +134,10 @@ proptest! {
                     prop_assert!(!wait.is_zero());
                     let before = at + wait - Duration::from_nanos(1);
                     let (early, _) = alg.transition(state.clone(), before, &q, nz(cost), false);
-                    prop_assert!(!early.allowed(), "{alg}: allowed 1ns before retry_after");
+                    prop_assert!(!early.is_allowed(), "{alg}: allowed 1ns before retry_after");
                     let (on_time, _) = alg.transition(state.clone(), at + wait, &q, nz(cost), false);
-                    prop_assert!(on_time.allowed(), "{alg}: denied at retry_after {wait:?}");
-                } else if !d.allowed() {
+                    prop_assert!(on_time.is_allowed(), "{alg}: denied at retry_after {wait:?}");
+                } else if !d.is_allowed() {
                     // Never: the cost is above the capacity.
                     let cap = if alg.is_bucket() { q.burst_size() } else { q.limit() };
                     prop_assert!(cost > cap.get());
@@ -168,9 +168,9 @@ proptest! {
             let at = Duration::from_nanos(now);
             let (p1, _) = alg1.transition(s1.clone(), at, &q1, nz(cost), false);
             let (p2, _) = alg2.transition(s2.clone(), at, &q2, nz(cost), false);
-            let both = p1.allowed() && p2.allowed();
+            let both = p1.is_allowed() && p2.is_allowed();
             let got = store.check_now("k", &limits, nz(cost)).unwrap();
-            prop_assert_eq!(got.allowed(), both);
+            prop_assert_eq!(got.is_allowed(), both);
             if both {
                 s1 = alg1.transition(s1, at, &q1, nz(cost), true).1;
                 s2 = alg2.transition(s2, at, &q2, nz(cost), true).1;

@@ -37,15 +37,21 @@ async fn redis_refuses_what_it_cannot_count_through_every_wrapper() {
     let stores: Vec<(&str, Arc<dyn Store>)> = vec![
         ("redis", Arc::new(redis())),
         ("boxed", Arc::new(Box::new(redis()) as Box<dyn Store>)),
-        ("timeout", Arc::new(Timeout::new(redis()))),
+        (
+            "timeout",
+            Arc::new(Timeout::new(redis(), Duration::from_millis(50))),
+        ),
         (
             "breaker",
-            Arc::new(CircuitBreaker::new(Timeout::new(redis()))),
+            Arc::new(CircuitBreaker::new(Timeout::new(
+                redis(),
+                Duration::from_millis(50),
+            ))),
         ),
         (
             "fallback",
             Arc::new(Fallback::new(
-                CircuitBreaker::new(Timeout::new(redis())),
+                CircuitBreaker::new(Timeout::new(redis(), Duration::from_millis(50))),
                 MemoryStore::new(),
                 nz(4),
             )),

@@ -29,7 +29,7 @@ pub async fn admitted_per_key<S: Store>(
                 let mut admitted = 0;
                 for _ in 0..each {
                     let d = store.check(&key, &limits, NonZeroU32::MIN).await;
-                    admitted += u32::from(d.unwrap_or_else(|e| panic!("{key}: {e}")).allowed());
+                    admitted += u32::from(d.unwrap_or_else(|e| panic!("{key}: {e}")).is_allowed());
                 }
                 (key, admitted)
             }));

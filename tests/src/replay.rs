@@ -37,7 +37,7 @@ pub fn snapshot_micros(d: &Decision) -> Vec<SnapshotMicros> {
         .iter()
         .map(|s| {
             (
-                s.allowed(),
+                s.is_allowed(),
                 s.limit(),
                 s.remaining(),
                 us(s.reset_after()),

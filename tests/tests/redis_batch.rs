@@ -62,7 +62,7 @@ async fn hammer<S: Store>(
                         }
                         None => s.check(&key, &limits, nz(1)).await,
                     };
-                    admitted += u32::from(d.unwrap().allowed());
+                    admitted += u32::from(d.unwrap().is_allowed());
                 }
                 (admitted, cached)
             }));
@@ -96,7 +96,7 @@ async fn coalesced_checks_of_one_hot_key_admit_exactly_the_quota() {
     let mut stores = Vec::new();
     for _ in 0..3 {
         let store = RedisStore::builder(mux(&server).await)
-            .deny_cache(0)
+            .deny_cache(None)
             .build()
             .unwrap();
         warm_up(&store).await;
@@ -143,7 +143,7 @@ async fn coalesced_checks_decide_as_the_transitions_in_turn() {
     let redis = Arc::new(
         RedisStore::builder(mux(&server).await)
             .clock(clock.clone())
-            .deny_cache(0)
+            .deny_cache(None)
             .build()
             .unwrap(),
     );
@@ -201,7 +201,7 @@ async fn coalesced_checks_decide_as_the_transitions_in_turn() {
             assert_eq!(got_us, want_us, "{limits:?}: {k} checks of cost {cost}");
             // A round that charged rewrote the state once, with the expiry of the last state:
             // the time until it is full again, which the most charged decision reports.
-            if limits.len() == 1 && got.iter().any(Decision::allowed) {
+            if limits.len() == 1 && got.iter().any(Decision::is_allowed) {
                 let reset = got.iter().map(Decision::reset_after).max().unwrap();
                 let want_ms = i64::try_from(reset.as_micros().div_ceil(1000)).unwrap();
                 let pttl: i64 = server
@@ -269,7 +269,7 @@ where
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 let key = format!("c-{}", i % 64);
-                store.check(&key, &limit, nz(1)).await.unwrap().allowed()
+                store.check(&key, &limit, nz(1)).await.unwrap().is_allowed()
             })
         })
         .collect();
@@ -356,14 +356,14 @@ async fn a_check_that_fails_in_the_script_fails_alone_in_its_call() {
     tokio::time::sleep(Duration::from_millis(30)).await;
     server.resume();
     for b in blockers {
-        assert!(b.await.unwrap().unwrap().allowed());
+        assert!(b.await.unwrap().unwrap().is_allowed());
     }
     let mut good = Vec::new();
     for ((key, _), h) in cases.iter().zip(handles) {
         let got = h.await.unwrap();
         match *key {
-            "good" => good.push(got.unwrap().allowed()),
-            "other" => assert!(got.unwrap().allowed()),
+            "good" => good.push(got.unwrap().is_allowed()),
+            "other" => assert!(got.unwrap().is_allowed()),
             bad => {
                 let err = got.unwrap_err();
                 assert_eq!(err.kind(), StoreErrorKind::Backend, "{bad}: {err}");
@@ -382,7 +382,7 @@ async fn a_check_that_fails_in_the_script_fails_alone_in_its_call() {
     assert!((2..=3).contains(&fcalls), "{fcalls} calls");
     // The pair failed on its second limit: its first was not charged.
     let d = store.peek("bad-pair", &[bucket], nz(5)).await.unwrap();
-    assert!(d.allowed() && d.remaining() == 5, "{d:?}");
+    assert!(d.is_allowed() && d.remaining() == 5, "{d:?}");
 }
 
 #[tokio::test]
@@ -396,11 +396,11 @@ async fn denials_are_answered_locally_until_their_deadline() {
         .clock(clock.clone())
         .build()
         .unwrap();
-    assert_eq!(store.deny_cache_capacity(), 4096);
+    assert_eq!(store.deny_cache_capacity().map(usize::from), Some(4096));
     // 6 per minute: one every 10 s, a burst of 6.
     let limit = [Limit::new(Quota::per_minute(nz(6)), Algorithm::Gcra)];
     for _ in 0..6 {
-        assert!(store.check("k", &limit, nz(1)).await.unwrap().allowed());
+        assert!(store.check("k", &limit, nz(1)).await.unwrap().is_allowed());
     }
     assert!(store.try_check_now("k", &limit, nz(1)).is_none());
     let denied = store.check("k", &limit, nz(1)).await.unwrap();
@@ -412,7 +412,7 @@ async fn denials_are_answered_locally_until_their_deadline() {
         assert_eq!(d, denied);
         assert_eq!(store.check("k", &limit, nz(1)).await.unwrap(), denied);
         // A greater cost is denied too.
-        assert!(!store.check("k", &limit, nz(2)).await.unwrap().allowed());
+        assert!(!store.check("k", &limit, nz(2)).await.unwrap().is_allowed());
     }
     assert_eq!(calls(&server, "fcall"), before, "the cache called Redis");
 
@@ -432,22 +432,22 @@ async fn denials_are_answered_locally_until_their_deadline() {
     // At the deadline, the check goes to Redis, which admits it.
     clock.advance(Duration::from_secs(6));
     assert!(store.try_check_now("k", &limit, nz(1)).is_none());
-    assert!(store.check("k", &limit, nz(1)).await.unwrap().allowed());
+    assert!(store.check("k", &limit, nz(1)).await.unwrap().is_allowed());
     assert_eq!(calls(&server, "fcall"), before + 2);
 
     // Another key, and the same key with other limits, are not denied by it.
-    assert!(store.check("k2", &limit, nz(1)).await.unwrap().allowed());
+    assert!(store.check("k2", &limit, nz(1)).await.unwrap().is_allowed());
     let other = [Limit::new(Quota::per_minute(nz(7)), Algorithm::Gcra)];
-    assert!(store.check("k", &other, nz(1)).await.unwrap().allowed());
+    assert!(store.check("k", &other, nz(1)).await.unwrap().is_allowed());
 
     // Off: nothing is answered locally.
     let off = RedisStore::builder(mux(&server).await)
         .clock(clock.clone())
-        .deny_cache(0)
+        .deny_cache(None)
         .build()
         .unwrap();
-    assert_eq!(off.deny_cache_capacity(), 0);
-    assert!(!off.check("k", &limit, nz(1)).await.unwrap().allowed());
+    assert_eq!(off.deny_cache_capacity(), None);
+    assert!(!off.check("k", &limit, nz(1)).await.unwrap().is_allowed());
     assert!(off.try_check_now("k", &limit, nz(1)).is_none());
 }
 
@@ -463,18 +463,18 @@ async fn a_smaller_cost_than_the_denied_one_asks_redis() {
         .build()
         .unwrap();
     let limit = [Limit::new(Quota::per_hour(nz(5)), Algorithm::TokenBucket)];
-    assert!(store.check("k", &limit, nz(4)).await.unwrap().allowed());
+    assert!(store.check("k", &limit, nz(4)).await.unwrap().is_allowed());
     let before = calls(&server, "fcall");
-    assert!(!store.check("k", &limit, nz(3)).await.unwrap().allowed());
-    assert!(!store.check("k", &limit, nz(3)).await.unwrap().allowed());
+    assert!(!store.check("k", &limit, nz(3)).await.unwrap().is_allowed());
+    assert!(!store.check("k", &limit, nz(3)).await.unwrap().is_allowed());
     assert_eq!(calls(&server, "fcall"), before + 1);
     // One unit is left: a cost of 1 is not answered by the denial of 3, and passes.
     assert!(store.try_check_now("k", &limit, nz(1)).is_none());
     let d = store.check("k", &limit, nz(1)).await.unwrap();
-    assert!(d.allowed() && d.remaining() == 0, "{d:?}");
+    assert!(d.is_allowed() && d.remaining() == 0, "{d:?}");
     assert_eq!(calls(&server, "fcall"), before + 2);
     // The admission cleared the key's entry: the next denial comes from Redis again.
-    assert!(!store.check("k", &limit, nz(3)).await.unwrap().allowed());
+    assert!(!store.check("k", &limit, nz(3)).await.unwrap().is_allowed());
     assert_eq!(calls(&server, "fcall"), before + 3);
 }
 
@@ -517,7 +517,7 @@ async fn a_flood_of_denied_keys_keeps_the_deny_cache_at_its_size() {
     let store = Arc::new(
         RedisStore::builder(mux(&server).await)
             .clock(clock.clone())
-            .deny_cache(1024)
+            .deny_cache(std::num::NonZeroUsize::new(1024))
             .build()
             .unwrap(),
     );
@@ -532,8 +532,9 @@ async fn a_flood_of_denied_keys_keeps_the_deny_cache_at_its_size() {
                 let mut denied = 0;
                 for k in (t..keys).step_by(tasks) {
                     let key = format!("flood-{k}");
-                    assert!(store.check(&key, &limit, nz(1)).await.unwrap().allowed());
-                    denied += u32::from(!store.check(&key, &limit, nz(1)).await.unwrap().allowed());
+                    assert!(store.check(&key, &limit, nz(1)).await.unwrap().is_allowed());
+                    denied +=
+                        u32::from(!store.check(&key, &limit, nz(1)).await.unwrap().is_allowed());
                 }
                 denied
             })
@@ -544,7 +545,7 @@ async fn a_flood_of_denied_keys_keeps_the_deny_cache_at_its_size() {
         denied += h.await.unwrap();
     }
     assert_eq!(denied, 100_000);
-    assert_eq!(store.deny_cache_capacity(), 1024);
+    assert_eq!(store.deny_cache_capacity().map(usize::from), Some(1024));
     let len = store.deny_cache_len();
     // Every slot taken (the odds that one of 1,024 slots got none of 100,000 denials are
     // below 1e-39), and no more.
@@ -553,7 +554,7 @@ async fn a_flood_of_denied_keys_keeps_the_deny_cache_at_its_size() {
     let mut hits = 0;
     for k in 0..keys {
         if let Some(d) = store.try_check_now(&format!("flood-{k}"), &limit, nz(1)) {
-            assert!(!d.unwrap().allowed());
+            assert!(!d.unwrap().is_allowed());
             hits += 1;
         }
     }

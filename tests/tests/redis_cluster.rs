@@ -82,13 +82,13 @@ async fn the_library_is_loaded_on_every_master_and_again_after_a_flush() {
             .check(&keys[0], &limit, nz(1))
             .await
             .unwrap()
-            .allowed()
+            .is_allowed()
     );
     for (i, node) in cluster.nodes().iter().enumerate() {
         assert!(has_library(node), "master {i} has no library");
     }
     for key in &keys {
-        assert!(store.check(key, &limit, nz(1)).await.unwrap().allowed());
+        assert!(store.check(key, &limit, nz(1)).await.unwrap().is_allowed());
     }
     // Flushed everywhere: every master's keys are decided again, on the state they had.
     for node in cluster.nodes() {

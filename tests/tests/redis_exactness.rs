@@ -27,7 +27,7 @@ async fn store(
     RedisStore::builder(conn)
         .prefix(prefix)
         .clock(clock.clone())
-        .deny_cache(deny_cache)
+        .deny_cache(std::num::NonZeroUsize::new(deny_cache))
         .build()
         .unwrap()
 }
@@ -60,7 +60,7 @@ async fn a_cost_above_capacity_is_never_with_or_without_the_deny_cache() {
         let key = alg.name();
         let mut answers = Vec::new();
         for store in [&cached, &uncached] {
-            assert!(check(store, key, &limits, 4).await.allowed(), "{alg}");
+            assert!(check(store, key, &limits, 4).await.is_allowed(), "{alg}");
             // Denied with a wait: the cached store keeps this denial.
             let denied = check(store, key, &limits, 1).await;
             assert!(denied.retry_after().is_some(), "{alg}: {denied:?}");
@@ -136,8 +136,8 @@ async fn memory_and_redis_agree_at_the_edges_of_a_quota() {
                     .await
                     .unwrap();
                 assert_eq!(
-                    (m.allowed(), snapshot_micros(&m)),
-                    (r.allowed(), snapshot_micros(&r)),
+                    (m.is_allowed(), snapshot_micros(&m)),
+                    (r.is_allowed(), snapshot_micros(&r)),
                     "{q} {alg}, step {i}: memory vs redis"
                 );
             }

@@ -39,10 +39,19 @@ async fn lose_one_reply<C>(
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    assert!(store.check(key, &limit(), nz(1)).await.unwrap().allowed());
+    assert!(
+        store
+            .check(key, &limit(), nz(1))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
     let before = proxy.forwarded("FCALL");
     proxy.inject("FCALL", Fault::DropReply);
-    let got = store.check(key, &limit(), nz(1)).await.map(|d| d.allowed());
+    let got = store
+        .check(key, &limit(), nz(1))
+        .await
+        .map(|d| d.is_allowed());
     assert!(
         proxy.wait_fired(1, Duration::from_secs(5)),
         "no reply withheld"
@@ -156,7 +165,7 @@ async fn one_hung_master_does_not_stop_the_others() {
     // A node timeout far beyond the pause: the others never mark the paused master failing,
     // so the cluster stays up (and, without replicas, nothing fails over).
     let cluster = RedisCluster::start_with_node_timeout(Duration::from_secs(60));
-    let store = Arc::new(Timeout::new(cluster.connect_store().await).budget(BUDGET));
+    let store = Arc::new(Timeout::new(cluster.connect_store().await, BUDGET));
     let limit = [Limit::new(Quota::per_hour(nz(1_000_000)), Algorithm::Gcra)];
     // Eight keys on each master.
     let mut keys: [Vec<String>; 3] = Default::default();
@@ -172,7 +181,7 @@ async fn one_hung_master_does_not_stop_the_others() {
     }
     // Every master has the script and a connection.
     for key in keys.iter().flatten() {
-        assert!(store.check(key, &limit, nz(1)).await.unwrap().allowed());
+        assert!(store.check(key, &limit, nz(1)).await.unwrap().is_allowed());
     }
 
     const HUNG: usize = 1;
@@ -206,7 +215,7 @@ async fn one_hung_master_does_not_stop_the_others() {
             total.slowest = total.slowest.max(took);
             match got {
                 Ok(d) => {
-                    assert!(d.allowed());
+                    assert!(d.is_allowed());
                     total.answered += 1;
                 }
                 Err(e) => {

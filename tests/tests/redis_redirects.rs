@@ -34,7 +34,13 @@ async fn a_migrating_slot_is_followed_through_ask_then_moved() {
         .map(|i| format!("stay-{i}"))
         .find(|k| cluster.node_of(&store.state_key(k, &limit[0])) == from)
         .unwrap();
-    assert!(store.check(&other, &limit, nz(1)).await.unwrap().allowed());
+    assert!(
+        store
+            .check(&other, &limit, nz(1))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
 
     // The slot starts migrating. The old master holds none of the client's keys, so it answers
     // ASK: the store sends the call to the new master after ASKING (loading the script there).

@@ -136,7 +136,7 @@ async fn a_long_log_costs_redis_about_what_an_admission_costs() {
     // No deny cache: every denial must reach Redis.
     let store = RedisStore::builder(conn.clone())
         .clock(clock.clone())
-        .deny_cache(0)
+        .deny_cache(None)
         .build()
         .unwrap();
     let l = limit();
@@ -155,19 +155,19 @@ async fn a_long_log_costs_redis_about_what_an_admission_costs() {
     // The script reads the prepared logs as the admissions they stand for: the full one
     // denies until its oldest entry leaves the window. (This also loads the script.)
     let d = store.peek("full", &l, one).await.unwrap();
-    assert!(!d.allowed());
+    assert!(!d.is_allowed());
     assert_eq!(d.remaining(), 0);
     assert_eq!(
         d.retry_after(),
         Some(START + Duration::from_secs(3600) - clock.now())
     );
     let d = store.peek("room", &l, one).await.unwrap();
-    assert_eq!((d.allowed(), d.remaining()), (true, 1_000));
+    assert_eq!((d.is_allowed(), d.remaining()), (true, 1_000));
 
     reset_stats(&mut conn).await;
     for _ in 0..CALLS {
         clock.advance(Duration::from_millis(1));
-        assert!(store.check("room", &l, one).await.unwrap().allowed());
+        assert!(store.check("room", &l, one).await.unwrap().is_allowed());
     }
     let admitted = Cost::of(&mut conn).await;
 
@@ -194,7 +194,7 @@ async fn a_long_log_costs_redis_about_what_an_admission_costs() {
             .peek("full", &l, cost(i + CALLS).unwrap())
             .await
             .unwrap();
-        assert!(!d.allowed());
+        assert!(!d.is_allowed());
     }
     let peeked = Cost::of(&mut conn).await;
 
@@ -207,7 +207,7 @@ async fn a_long_log_costs_redis_about_what_an_admission_costs() {
     reset_stats(&mut conn).await;
     for k in &keys {
         let d = store.check(k, &l, one).await.unwrap();
-        assert_eq!((d.allowed(), d.remaining()), (true, 100_000));
+        assert_eq!((d.is_allowed(), d.remaining()), (true, 100_000));
     }
     let trimmed = Cost::of(&mut conn).await;
     let len: u64 = redis::cmd("LLEN")
@@ -282,7 +282,7 @@ async fn long_logs_decide_exactly_as_the_rust_transition() {
     let clock = ManualClock::new(START);
     let redis = RedisStore::builder(conn.clone())
         .clock(clock.clone())
-        .deny_cache(0)
+        .deny_cache(None)
         .build()
         .unwrap();
     let memory = MemoryStore::builder().clock(clock.clone()).build();
@@ -335,7 +335,7 @@ async fn long_logs_decide_exactly_as_the_rust_transition() {
             "step {step} at {:?}, cost {cost}, peek {peek}: memory vs redis",
             clock.now() - START
         );
-        if m.allowed() {
+        if m.is_allowed() {
             allowed += 1;
         } else {
             denied += 1;
@@ -367,7 +367,7 @@ async fn a_clock_step_back_does_not_lock_out_a_client_with_budget_left() {
     let clock = ManualClock::new(START);
     let redis = RedisStore::builder(conn)
         .clock(clock.clone())
-        .deny_cache(0)
+        .deny_cache(None)
         .build()
         .unwrap();
     let memory = MemoryStore::builder().clock(clock.clone()).build();
@@ -380,16 +380,16 @@ async fn a_clock_step_back_does_not_lock_out_a_client_with_budget_left() {
     for store in [&redis as &dyn Store, &memory] {
         let backend = store.backend();
         clock.set(ahead);
-        assert!(store.check("k", &l, one).await.unwrap().allowed());
+        assert!(store.check("k", &l, one).await.unwrap().is_allowed());
         clock.set(START);
         for left in [1, 0] {
             let d = store.check("k", &l, one).await.unwrap();
-            assert_eq!((d.allowed(), d.remaining()), (true, left), "{backend}");
+            assert_eq!((d.is_allowed(), d.remaining()), (true, left), "{backend}");
             // Counted as at the newest entry: the log is full again a minute after it.
             assert_eq!(d.reset_after(), Duration::from_secs(60), "{backend}");
         }
         let d = store.check("k", &l, one).await.unwrap();
-        assert!(!d.allowed(), "{backend}");
+        assert!(!d.is_allowed(), "{backend}");
         assert_eq!(d.retry_after(), Some(Duration::from_secs(60)), "{backend}");
     }
 }
@@ -407,7 +407,7 @@ async fn entries_leave_the_window_exactly_one_period_after_they_came() {
     let clock = ManualClock::new(START);
     let redis = RedisStore::builder(conn)
         .clock(clock.clone())
-        .deny_cache(0)
+        .deny_cache(None)
         .build()
         .unwrap();
     let memory = MemoryStore::builder().clock(clock.clone()).build();
@@ -423,7 +423,7 @@ async fn entries_leave_the_window_exactly_one_period_after_they_came() {
         let backend = store.backend();
         for at in [0, 1, 2, 3] {
             clock.set(START + us(at));
-            assert!(store.check("k", &l, nz(1)).await.unwrap().allowed());
+            assert!(store.check("k", &l, nz(1)).await.unwrap().is_allowed());
         }
         // At one period and one µs, the entries of 0 and 1 have left, that of 2 has not.
         clock.set(START + us(period + 1));
@@ -434,7 +434,7 @@ async fn entries_leave_the_window_exactly_one_period_after_they_came() {
         assert_eq!(d.retry_after(), Some(us(2)), "{backend}");
         clock.set(START + us(period + 3));
         assert!(
-            store.check("k", &l, nz(4)).await.unwrap().allowed(),
+            store.check("k", &l, nz(4)).await.unwrap().is_allowed(),
             "{backend}"
         );
     }

@@ -49,7 +49,7 @@ async fn hammer<S: Store>(
                     if s.check(&key, &[limit], NonZeroU32::MIN)
                         .await
                         .unwrap()
-                        .allowed()
+                        .is_allowed()
                     {
                         admitted += 1;
                     }
@@ -115,7 +115,7 @@ async fn stores_on_server_time_share_one_budget_whatever_their_clocks() {
     let mut admitted = 0;
     for i in 0..20 {
         let s = if i % 2 == 0 { &a } else { &b };
-        admitted += u32::from(s.check("shared", &limit, nz(1)).await.unwrap().allowed());
+        admitted += u32::from(s.check("shared", &limit, nz(1)).await.unwrap().is_allowed());
     }
     assert_eq!(admitted, 10);
 
@@ -132,7 +132,7 @@ async fn stores_on_server_time_share_one_budget_whatever_their_clocks() {
     let mut admitted = 0;
     for s in [&a, &b] {
         for _ in 0..10 {
-            admitted += u32::from(s.check("skewed", &limit, nz(1)).await.unwrap().allowed());
+            admitted += u32::from(s.check("skewed", &limit, nz(1)).await.unwrap().is_allowed());
         }
     }
     assert_eq!(
@@ -160,7 +160,7 @@ async fn function_flush_between_calls_is_recovered_by_reloading() {
     for (left, loads) in [(3, 2), (2, 3)] {
         assert_eq!(server.cli(&["FUNCTION", "FLUSH"]), "OK");
         let d = store.check("k", &limit, nz(1)).await.unwrap();
-        assert!(d.allowed());
+        assert!(d.is_allowed());
         // The state survived: the reloaded library charged the same key.
         assert_eq!(d.remaining(), left);
         assert_eq!(
@@ -210,7 +210,7 @@ async fn idle_keys_expire_and_denials_do_not_extend_them() {
             .check(&format!("ttl-{i}"), &[*l], nz(10))
             .await
             .unwrap();
-        assert!(d.allowed(), "{l}");
+        assert!(d.is_allowed(), "{l}");
         let key = store.state_key(&format!("ttl-{i}"), l);
         let before: i64 = redis::cmd("PTTL")
             .arg(&key)
@@ -225,7 +225,7 @@ async fn idle_keys_expire_and_denials_do_not_extend_them() {
             .check(&format!("ttl-{i}"), &[*l], nz(1))
             .await
             .unwrap();
-        assert!(!d.allowed(), "{l}");
+        assert!(!d.is_allowed(), "{l}");
         let after: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query_async(&mut conn)
@@ -290,13 +290,13 @@ async fn hostile_keys_stay_in_their_braces_and_apart() {
     for key in hostile {
         for _ in 0..2 {
             assert!(
-                store.check(key, &limits, nz(1)).await.unwrap().allowed(),
+                store.check(key, &limits, nz(1)).await.unwrap().is_allowed(),
                 "{key:?}"
             );
         }
         // Each key has its own budget: none was charged by another key.
         assert!(
-            !store.check(key, &limits, nz(1)).await.unwrap().allowed(),
+            !store.check(key, &limits, nz(1)).await.unwrap().is_allowed(),
             "{key:?}"
         );
     }
@@ -331,7 +331,7 @@ async fn failures_have_the_kind_a_breaker_counts() {
         .unwrap();
     let store = RedisStore::builder(conn).build().unwrap();
     let limit = [Limit::new(Quota::per_hour(nz(100)), Algorithm::TokenBucket)];
-    assert!(store.check("k", &limit, nz(1)).await.unwrap().allowed());
+    assert!(store.check("k", &limit, nz(1)).await.unwrap().is_allowed());
 
     // A paused server answers nothing: a timeout.
     server.pause();
@@ -381,14 +381,14 @@ async fn connect_decides_and_names_its_backend() {
             .check("c", &limits, NonZeroU32::MIN)
             .await
             .unwrap()
-            .allowed()
+            .is_allowed()
     );
     assert!(
         !store
             .check("c", &limits, NonZeroU32::MIN)
             .await
             .unwrap()
-            .allowed()
+            .is_allowed()
     );
     let named = RedisStore::builder(mux(&server).await)
         .backend("cluster")
@@ -418,7 +418,7 @@ async fn a_lazy_store_starts_without_redis_and_decides_once_it_is_up() {
     for _ in 0..100 {
         match store.check("lazy", &[limit], NonZeroU32::MIN).await {
             Ok(d) => {
-                answers.push(d.allowed());
+                answers.push(d.is_allowed());
                 if answers.len() == 3 {
                     break;
                 }

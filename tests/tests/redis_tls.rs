@@ -42,14 +42,14 @@ async fn a_store_over_tls_decides_and_batches_exactly() {
             .check("alone", &limits, NonZeroU32::MIN)
             .await
             .unwrap();
-        assert!(d.allowed(), "check {i}");
+        assert!(d.is_allowed(), "check {i}");
         assert_eq!(d.remaining(), 4 - i);
     }
     let d = store
         .check("alone", &limits, NonZeroU32::MIN)
         .await
         .unwrap();
-    assert!(!d.allowed());
+    assert!(!d.is_allowed());
     assert!(d.retry_after().is_some());
 
     // 64 checks at once share calls over the one TLS connection: exactly the quota passes.
@@ -65,7 +65,7 @@ async fn a_store_over_tls_decides_and_batches_exactly() {
         .collect();
     let mut admitted = 0;
     for task in tasks {
-        admitted += usize::from(task.await.unwrap().unwrap().allowed());
+        admitted += usize::from(task.await.unwrap().unwrap().is_allowed());
     }
     assert_eq!(admitted, 20);
 
@@ -102,6 +102,6 @@ async fn connect_refuses_a_certificate_no_root_vouches_for() {
             .check("k", &limits, NonZeroU32::MIN)
             .await
             .unwrap()
-            .allowed()
+            .is_allowed()
     );
 }

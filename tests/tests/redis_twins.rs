@@ -65,7 +65,7 @@ fn limit_sets() -> Vec<Vec<Limit>> {
 
 /// A decision with its durations in whole microseconds (see [`snapshot_micros`]).
 fn micros(d: &Decision) -> (bool, usize, Vec<SnapshotMicros>) {
-    (d.allowed(), d.binding_index(), snapshot_micros(d))
+    (d.is_allowed(), d.binding_index(), snapshot_micros(d))
 }
 
 #[tokio::test]
@@ -118,7 +118,7 @@ async fn twins(server: &RedisServer, deny_cache: usize, compare: Compare) -> (us
     let redis = RedisStore::builder(conn)
         .prefix(format!("twins{deny_cache}"))
         .clock(clock.clone())
-        .deny_cache(deny_cache)
+        .deny_cache(std::num::NonZeroUsize::new(deny_cache))
         .build()
         .unwrap();
     let memory = MemoryStore::builder().clock(clock.clone()).build();
@@ -186,7 +186,12 @@ async fn twins(server: &RedisServer, deny_cache: usize, compare: Compare) -> (us
             match compare {
                 Compare::Whole => assert_eq!(micros(&m), micros(&r), "{}", context()),
                 Compare::Allowed => {
-                    assert_eq!(m.allowed(), r.allowed(), "{}: {m:?} vs {r:?}", context());
+                    assert_eq!(
+                        m.is_allowed(),
+                        r.is_allowed(),
+                        "{}: {m:?} vs {r:?}",
+                        context()
+                    );
                 }
             }
             // Expiry runs on the server's real time, not on this manual clock: keep every key

@@ -44,6 +44,7 @@ pub enum FailureMode {
 
 pub(crate) type PolicyFn = dyn Fn(&Parts, &str) -> Option<Policy> + Send + Sync;
 pub(crate) type CostFn = dyn Fn(&Parts) -> u32 + Send + Sync;
+pub(crate) type SkipFn = dyn Fn(&Parts) -> bool + Send + Sync;
 
 /// Everything a layer and its services share, behind one `Arc`.
 #[derive(Clone)]
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) policy: Policy,
     pub(crate) policy_fn: Option<Arc<PolicyFn>>,
     pub(crate) cost: Option<Arc<CostFn>>,
+    /// Requests that are not limited at all (preflights, health checks).
+    pub(crate) skip: Option<Arc<SkipFn>>,
     pub(crate) headers: HeaderSettings,
     pub(crate) missing: MissingKey,
     pub(crate) shadow: bool,
@@ -82,6 +85,9 @@ pub(crate) enum Plan {
 
 impl Shared {
     pub(crate) fn plan(&self, parts: &Parts) -> Plan {
+        if self.skip.as_ref().is_some_and(|skip| skip(parts)) {
+            return Plan::Pass;
+        }
         let Some(pick) = &self.policy_fn else {
             // The usual case: the key is written straight after the policy's prefix, so the
             // store key costs one allocation (room for a hashed key, 33 bytes, and more).
@@ -180,7 +186,7 @@ impl Shared {
             tracing::debug!(
                 policy = policy.name(),
                 backend = self.backend,
-                allowed = d.allowed(),
+                allowed = d.is_allowed(),
                 remaining = d.remaining(),
                 "rate limit decided in place"
             );
@@ -230,7 +236,7 @@ impl Shared {
                 observe::store_duration(&duration_key, clock.now().saturating_sub(start));
                 if let Ok(d) = &result {
                     tracing::debug!(
-                        allowed = d.allowed(),
+                        allowed = d.is_allowed(),
                         remaining = d.remaining(),
                         "rate limit decided"
                     );
@@ -249,6 +255,7 @@ impl fmt::Debug for Shared {
             .field("policy", &self.policy)
             .field("policy_fn", &self.policy_fn.is_some())
             .field("cost", &self.cost.is_some())
+            .field("skip", &self.skip.is_some())
             .field("headers", &self.headers)
             .field("missing", &self.missing)
             .field("shadow", &self.shadow)

@@ -201,7 +201,7 @@ where
     let backend = shared.backend;
     match result {
         Ok(decision) => {
-            let outcome = match (decision.allowed(), shared.shadow) {
+            let outcome = match (decision.is_allowed(), shared.shadow) {
                 (true, _) => Outcome::Allowed,
                 (false, true) => Outcome::ShadowDenied,
                 (false, false) => Outcome::Denied,

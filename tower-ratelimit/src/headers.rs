@@ -169,15 +169,15 @@ pub(crate) fn policy_field(members: &[String], limits: &[Limit]) -> Option<Heade
 /// Legacy fields already present are kept (as when layers nest); IETF fields are appended.
 ///
 /// ```
-/// use std::num::NonZeroU32;
 /// use std::time::Duration;
 /// use http::HeaderMap;
 /// use rate_limit_core::{Algorithm, Decision, Limit, Quota, Snapshot};
 /// use tower_ratelimit::{HeaderStyle, Policy, headers};
 ///
-/// let limit = Limit::new(Quota::per_minute(NonZeroU32::new(100).unwrap()), Algorithm::Gcra);
+/// let limit = Limit::new(Quota::per_minute(100), Algorithm::Gcra);
 /// let policy = Policy::new("api", [limit])?;
-/// let decision = Decision::single(Snapshot::new(true, 100, 42, Duration::from_millis(16_500), None));
+/// let snapshot = Snapshot::allowed(100).with_remaining(42).with_reset_after(Duration::from_millis(16_500));
+/// let decision = Decision::single(snapshot);
 /// let mut map = HeaderMap::new();
 /// headers::write_headers(&mut map, HeaderStyle::Both, &policy, &decision);
 /// assert_eq!(map["x-ratelimit-remaining"], "42");

@@ -13,6 +13,8 @@ use crate::key::{Global, KeyExtractor};
 use crate::observe;
 use crate::policy::Policy;
 use crate::rejection::DefaultRejection;
+#[cfg(feature = "axum")]
+use crate::rejection::{AxumRejection, Rejection};
 use crate::service::RateLimit;
 
 /// The policy name used until [`name`](RateLimitLayer::name) sets one.
@@ -26,7 +28,6 @@ const DEFAULT_NAME: &str = "default";
 /// Builder methods consume and return the layer; call them before handing it to a router.
 ///
 /// ```
-/// use std::num::NonZeroU32;
 /// use axum::{Router, body::Body, routing::{get, post}};
 /// use http::Request;
 /// use rate_limit_core::{Algorithm, MemoryStore, Quota};
@@ -37,7 +38,7 @@ const DEFAULT_NAME: &str = "default";
 /// # async fn main() {
 /// let store = std::sync::Arc::new(MemoryStore::new());
 /// let per_client = |n| {
-///     RateLimitLayer::new(store.clone(), Quota::per_minute(NonZeroU32::new(n).unwrap()))
+///     RateLimitLayer::new(store.clone(), Quota::per_minute(n))
 ///         .algorithm(Algorithm::Gcra)
 ///         .key(Header::new("x-client-id"))
 /// };
@@ -63,6 +64,7 @@ const DEFAULT_NAME: &str = "default";
 /// assert_eq!(res.headers()["ratelimit-policy"], r#""api";q=100;w=60"#);
 /// # }
 /// ```
+#[must_use = "a layer does nothing until it wraps a service (`.layer(..)`)"]
 pub struct RateLimitLayer<R = DefaultRejection> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) rejection: Arc<R>,
@@ -113,6 +115,7 @@ impl RateLimitLayer {
                 policy,
                 policy_fn: None,
                 cost: None,
+                skip: None,
                 headers: HeaderSettings {
                     style: HeaderStyle::default(),
                     reset: ResetStyle::default(),
@@ -155,11 +158,10 @@ impl<R> RateLimitLayer<R> {
     /// it, rather than failing every request.
     ///
     /// ```
-    /// use std::num::NonZeroU32;
     /// use rate_limit_core::{MemoryStore, Quota};
     /// use tower_ratelimit::RateLimitLayer;
     ///
-    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(NonZeroU32::MIN));
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(1));
     /// layer.validate()?;
     /// # Ok::<(), rate_limit_core::ConfigError>(())
     /// ```
@@ -186,7 +188,6 @@ impl<R> RateLimitLayer<R> {
 
     /// Enforces every limit with `algorithm`, including limits added later with
     /// [`limit`](Self::limit).
-    #[must_use]
     pub fn algorithm(self, algorithm: Algorithm) -> Self {
         let limits = self
             .shared
@@ -202,7 +203,6 @@ impl<R> RateLimitLayer<R> {
 
     /// Adds another limit, enforced together with the others (all-or-nothing): e.g. 10 per
     /// second *and* 1000 per hour.
-    #[must_use]
     pub fn limit(self, quota: Quota) -> Self {
         let mut limits = self.shared.policy.limits().to_vec();
         limits.push(Limit::new(quota, self.shared.algorithm));
@@ -216,27 +216,79 @@ impl<R> RateLimitLayer<R> {
     /// # Panics
     ///
     /// If `name` is not 1 to 64 ASCII letters, digits, `-`, `_` or `.` (see [`Policy::new`]).
-    #[must_use]
+    /// This is a name fixed in the program; use [`try_name`](Self::try_name) for one read from
+    /// configuration.
+    #[track_caller]
     pub fn name(self, name: &str) -> Self {
-        let limits = self.shared.policy.limits().to_vec();
-        self.set_policy(name, limits)
+        match self.try_name(name) {
+            Ok(layer) => layer,
+            Err(err) => panic!("{err}"),
+        }
     }
 
-    /// Who requests are charged to (default [`Global`]: one budget for everyone).
-    #[must_use]
+    /// As [`name`](Self::name), for a name read at run time.
+    ///
+    /// ```
+    /// use tower_ratelimit::{MemoryStore, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(5));
+    /// let err = layer.try_name("bad name").unwrap_err();
+    /// assert_eq!((err.setting(), err.value()), ("policy name", "bad name"));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `name` is not 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
+    pub fn try_name(self, name: &str) -> Result<Self, ConfigError> {
+        let policy = Policy::new(name, self.shared.policy.limits().iter().copied())?;
+        Ok(self.set(|s| s.policy = policy))
+    }
+
+    /// Who requests are charged to (default [`Global`]: one budget for everyone): a
+    /// [`KeyExtractor`] from the [`key`](crate::key) module, or a closure whose parameter is
+    /// annotated (`|parts: &Parts| ..`). For a closure, [`key_fn`](Self::key_fn) needs no
+    /// annotation.
     pub fn key(self, key: impl KeyExtractor) -> Self {
         self.set(|s| s.key = Arc::new(key))
     }
 
+    /// Charges requests to the key a closure finds in the request head; `None` is no key (see
+    /// [`on_missing_key`](Self::on_missing_key)). The closure's types are inferred.
+    ///
+    /// ```
+    /// use tower_ratelimit::{MemoryStore, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(5))
+    ///     .key_fn(|parts| Some(parts.uri.path().to_owned()));
+    /// # let _ = layer;
+    /// ```
+    pub fn key_fn(self, key: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.key(key)
+    }
+
+    /// Lets the requests for which `skip` returns `true` through unlimited, uncounted and
+    /// without rate-limit headers: CORS preflights, health checks, internal callers. The
+    /// predicate runs first, before the key is extracted.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_ratelimit::{MemoryStore, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(5))
+    ///     .skip(|parts| parts.method == Method::OPTIONS || parts.uri.path() == "/healthz");
+    /// # let _ = layer;
+    /// ```
+    pub fn skip(self, skip: impl Fn(&Parts) -> bool + Send + Sync + 'static) -> Self {
+        self.set(|s| s.skip = Some(Arc::new(skip)))
+    }
+
     /// How much a request costs (default 1). A cost of 0 lets the request through uncounted.
-    #[must_use]
     pub fn cost(self, cost: impl Fn(&Parts) -> u32 + Send + Sync + 'static) -> Self {
         self.set(|s| s.cost = Some(Arc::new(cost)))
     }
 
     /// Picks the policy per request from its head and its (compacted) key: per-route limits,
     /// or tiers such as premium API keys. `None` uses the [default policy](Self::default_policy).
-    #[must_use]
     pub fn policy(
         self,
         pick: impl Fn(&Parts, &str) -> Option<Policy> + Send + Sync + 'static,
@@ -245,49 +297,95 @@ impl<R> RateLimitLayer<R> {
     }
 
     /// Which rate-limit headers responses carry (default [`HeaderStyle::Both`]).
-    #[must_use]
     pub fn headers(self, style: HeaderStyle) -> Self {
         self.set(|s| s.headers.style = style)
     }
 
     /// How `X-RateLimit-Reset` is written (default [`ResetStyle::DeltaSeconds`]).
-    #[must_use]
     pub fn reset(self, style: ResetStyle) -> Self {
         self.set(|s| s.headers.reset = style)
     }
 
     /// What to do when no key can be extracted (default [`MissingKey::Reject`]).
-    #[must_use]
     pub fn on_missing_key(self, missing: MissingKey) -> Self {
         self.set(|s| s.missing = missing)
     }
 
     /// Shadow mode: decide, charge, count and set headers, but never block a request.
-    #[must_use]
     pub fn shadow(self, shadow: bool) -> Self {
         self.set(|s| s.shadow = shadow)
     }
 
     /// What to do when the store fails (default [`FailureMode::Open`]).
-    #[must_use]
     pub fn on_store_error(self, mode: FailureMode) -> Self {
         self.set(|s| s.failure = mode)
     }
 
     /// The clock for Unix-time `X-RateLimit-Reset` values and store latency (default
     /// [`SystemClock`]). Decisions use the store's own clock.
-    #[must_use]
     pub fn clock(self, clock: impl Clock) -> Self {
         self.set(|s| s.clock = Arc::new(clock))
     }
 
-    /// Builds rejection responses (429, 503, 400) with `rejection` instead of an empty body.
-    /// See [`RejectResponse`](crate::RejectResponse).
-    pub fn with_rejection<R2>(self, rejection: R2) -> RateLimitLayer<R2> {
+    /// Builds rejection responses (429, 503, 400) with `rejection` instead of an empty body:
+    /// a closure `Fn(&Rejection<'_>) -> Response<B>` whose `B` is the inner service's body
+    /// type, or any [`RejectResponse`](crate::RejectResponse). In axum,
+    /// [`with_axum_rejection`](Self::with_axum_rejection) takes what a handler returns.
+    pub fn with_rejection<R2>(self, rejection: R2) -> RateLimitLayer<R2>
+    where
+        R2: Send + Sync + 'static,
+    {
         RateLimitLayer {
             shared: self.shared,
             rejection: Arc::new(rejection),
         }
+    }
+
+    /// Builds rejection responses (429, 503, 400) with a closure that returns what an axum
+    /// handler would: anything [`IntoResponse`](axum::response::IntoResponse), such as
+    /// `(StatusCode, Json(..))` or `(StatusCode, &str)`. The closure's types are inferred, and a
+    /// return type that is not `IntoResponse` is an error here rather than at `.layer(..)`.
+    /// Rate-limit headers and `Retry-After` are added to what it returns.
+    ///
+    /// ```
+    /// use axum::{Router, body::Body, routing::get};
+    /// use http::{Request, StatusCode};
+    /// use tower::ServiceExt;
+    /// use tower_ratelimit::{MemoryStore, Quota, RateLimitLayer, Rejection};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(1))
+    ///     .with_axum_rejection(|rejection| match rejection {
+    ///         Rejection::Limited(_) => (StatusCode::TOO_MANY_REQUESTS, "slow down"),
+    ///         _ => (rejection.status(), "try again later"),
+    ///     });
+    /// let app = Router::new().route("/", get(|| async { "ok" })).layer(layer);
+    /// let req = || Request::get("/").body(Body::empty()).unwrap();
+    /// app.clone().oneshot(req()).await.unwrap();
+    /// let res = app.oneshot(req()).await.unwrap();
+    /// assert_eq!(res.status(), 429);
+    /// assert_eq!(res.headers()["retry-after"], "60");
+    /// let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+    /// assert_eq!(body, "slow down");
+    /// # }
+    /// ```
+    ///
+    /// A closure whose return is not a response fails to compile at this call:
+    ///
+    /// ```compile_fail
+    /// use tower_ratelimit::{MemoryStore, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(1))
+    ///     .with_axum_rejection(|_| 42_u8);
+    /// ```
+    #[cfg(feature = "axum")]
+    pub fn with_axum_rejection<F, T>(self, rejection: F) -> RateLimitLayer<AxumRejection<F>>
+    where
+        F: Fn(&Rejection<'_>) -> T + Send + Sync + 'static,
+        T: axum::response::IntoResponse,
+    {
+        self.with_rejection(AxumRejection(rejection))
     }
 }
 

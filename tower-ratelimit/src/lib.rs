@@ -6,13 +6,15 @@
 //! A spent budget is answered with `429 Too Many Requests` and `Retry-After`; every response
 //! carries the remaining budget in headers.
 //!
+//! This crate is the only one an application needs: it re-exports the stores
+//! ([`MemoryStore`], and `RedisStore` with the `redis` feature), the clocks, the errors and, with
+//! the `resilience` feature, the [`resilience`] wrappers. The [`guide`] shows the usual set-ups.
+//!
 //! ```
-//! use std::num::NonZeroU32;
 //! use std::time::Duration;
 //! use http::{Request, Response, StatusCode};
-//! use rate_limit_core::{ManualClock, MemoryStore, Quota};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_ratelimit::{RateLimitLayer, key};
+//! use tower_ratelimit::{ManualClock, MemoryStore, Quota, RateLimitLayer, key};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,7 +22,7 @@
 //! let store = MemoryStore::builder().clock(clock.clone()).build();
 //! let svc = ServiceBuilder::new()
 //!     .layer(
-//!         RateLimitLayer::new(store, Quota::per_minute(NonZeroU32::new(2).unwrap()))
+//!         RateLimitLayer::new(store, Quota::per_minute(2))
 //!             .name("api")
 //!             .key(key::Header::new("x-client-id")),
 //!     )
@@ -120,19 +122,26 @@
 //!
 //! | Feature | Enables |
 //! |---|---|
-//! | `axum` | [`key::PeerIp`] and [`key::ForwardedIp`] also read axum's `ConnectInfo<SocketAddr>` |
+//! | `axum` | [`key::PeerIp`] and [`key::ForwardedIp`] also read axum's `ConnectInfo<SocketAddr>`; [`with_axum_rejection`](RateLimitLayer::with_axum_rejection) takes what an axum handler returns (`IntoResponse`) |
+//! | `redis` | `RedisStore` and `RedisStoreBuilder`: one budget per client shared through Redis; the `redis` crate, re-exported |
+//! | `cluster` | `RedisStore` over Redis Cluster (implies `redis`) |
+//! | `tls` | `rediss://` URLs, with rustls (implies `redis`) |
+//! | `resilience` | the [`resilience`] module: `Timeout`, `CircuitBreaker`, `Fallback` |
 //!
-//! Without it, insert the peer's `SocketAddr` into the request extensions in your hyper
-//! `service_fn`.
+//! Without `axum`, insert the peer's `SocketAddr` into the request extensions in your hyper
+//! `service_fn`. docs.rs shows every feature; items that need one say so.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+/// The README's examples, compiled (and run, unless they serve) as doctests. They need the
+/// features they document: `cargo test --workspace --all-features` builds them.
+#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "resilience"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
 mod config;
 mod future;
+pub mod guide;
 pub mod headers;
 pub mod key;
 mod layer;
@@ -146,7 +155,27 @@ pub use future::ResponseFuture;
 pub use headers::{HeaderStyle, ResetStyle};
 pub use layer::RateLimitLayer;
 pub use policy::Policy;
+#[cfg(feature = "axum")]
+pub use rejection::AxumRejection;
 pub use rejection::{DefaultRejection, RejectResponse, Rejection, StoreFailure};
 pub use service::RateLimit;
 
-pub use rate_limit_core::{Algorithm, Decision, Limit, Quota, Store, StoreError};
+// Everything an application needs, so that `tower-ratelimit` is its only dependency.
+/// The `http` crate whose types this crate's signatures use (`Parts`, `Response`,
+/// `HeaderName`, `HeaderMap`); axum re-exports the same as `axum::http`.
+pub use http;
+/// The engine under this crate (algorithms, stores, clocks), for what the re-exports above leave
+/// out.
+pub use rate_limit_core;
+/// Stores that wrap stores: a [`Timeout`](resilience::Timeout), a
+/// [`CircuitBreaker`](resilience::CircuitBreaker) and a local [`Fallback`](resilience::Fallback).
+/// Re-exported from `rate_limit_core::resilience`.
+#[cfg(feature = "resilience")]
+pub use rate_limit_core::resilience;
+pub use rate_limit_core::{
+    Algorithm, BoxFuture, Clock, ConfigError, Count, Decision, Limit, MAX_SPAN,
+    METRIC_MEMORY_STORE_FULL, ManualClock, MemoryStore, MemoryStoreBuilder, Quota, Snapshot, Store,
+    StoreError, StoreErrorKind, SystemClock, WhenFull,
+};
+#[cfg(feature = "redis")]
+pub use rate_limit_core::{RedisStore, RedisStoreBuilder, redis};

@@ -20,7 +20,6 @@
 //! `_bucket` series sum over instances:
 //!
 //! ```
-//! use std::num::NonZeroU32;
 //! use http::Request;
 //! use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 //! use rate_limit_core::{MemoryStore, Quota};
@@ -37,7 +36,7 @@
 //!     .build_recorder(); // an application calls `install_recorder()` instead
 //! let handle = recorder.handle();
 //! metrics::with_local_recorder(&recorder, || {
-//!     let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(NonZeroU32::MIN));
+//!     let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(1));
 //!     let svc = ServiceBuilder::new().layer(layer).service(service_fn(|_: Request<()>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(()))
 //!     }));

@@ -19,12 +19,11 @@ const MAX_NAME_LEN: usize = 64;
 /// ones a [policy hook](crate::RateLimitLayer::policy) picks from once, at start-up.
 ///
 /// ```
-/// use std::num::NonZeroU32;
 /// use rate_limit_core::{Algorithm, Limit, Quota};
 /// use tower_ratelimit::Policy;
 ///
-/// let per_sec = Limit::new(Quota::per_second(NonZeroU32::new(10).unwrap()), Algorithm::Gcra);
-/// let per_hour = Limit::new(Quota::per_hour(NonZeroU32::new(1000).unwrap()), Algorithm::Gcra);
+/// let per_sec = Limit::new(Quota::per_second(10), Algorithm::Gcra);
+/// let per_hour = Limit::new(Quota::per_hour(1000), Algorithm::Gcra);
 /// let premium = Policy::new("premium", [per_sec, per_hour])?;
 /// assert_eq!(premium.name(), "premium");
 /// assert_eq!(premium.limits().len(), 2);
@@ -108,9 +107,8 @@ impl Policy {
     /// name share one budget per key; a status page peeks the store with this key.
     ///
     /// ```
-    /// # use std::num::NonZeroU32;
     /// # use rate_limit_core::{Algorithm, Limit, Quota};
-    /// # let limit = Limit::new(Quota::per_second(NonZeroU32::MIN), Algorithm::Gcra);
+    /// # let limit = Limit::new(Quota::per_second(1), Algorithm::Gcra);
     /// let api = tower_ratelimit::Policy::new("api", [limit])?;
     /// assert_eq!(api.store_key("client-1"), "api:client-1");
     /// # Ok::<(), rate_limit_core::ConfigError>(())

@@ -64,6 +64,31 @@ where
     }
 }
 
+/// A rejection built by a closure that returns what an axum handler would return (anything that
+/// is [`IntoResponse`](axum::response::IntoResponse)): made by
+/// [`RateLimitLayer::with_axum_rejection`](crate::RateLimitLayer::with_axum_rejection).
+#[cfg(feature = "axum")]
+#[derive(Clone, Copy)]
+pub struct AxumRejection<F>(pub(crate) F);
+
+#[cfg(feature = "axum")]
+impl<F> std::fmt::Debug for AxumRejection<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AxumRejection").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<F, T> RejectResponse<axum::body::Body> for AxumRejection<F>
+where
+    F: Fn(&Rejection<'_>) -> T + Send + Sync + 'static,
+    T: axum::response::IntoResponse,
+{
+    fn response(&self, rejection: &Rejection<'_>) -> Response<axum::body::Body> {
+        axum::response::IntoResponse::into_response((self.0)(rejection))
+    }
+}
+
 /// The default rejection: the [status](Rejection::status) and an empty body (`B::default()`),
 /// as tower-http's middleware do.
 #[derive(Debug, Clone, Copy, Default)]

@@ -24,6 +24,7 @@ use crate::rejection::{DefaultRejection, RejectResponse, Rejection};
 ///
 /// Rate-limit headers are added to the inner service's response; with nested layers the inner
 /// layer's legacy headers are kept and the IETF fields list every layer's policies.
+#[must_use = "a service does nothing until it is called"]
 pub struct RateLimit<S, R = DefaultRejection> {
     inner: S,
     shared: Arc<Shared>,

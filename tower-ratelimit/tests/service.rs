@@ -273,7 +273,7 @@ async fn shadow_mode_never_blocks_but_reports() {
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(res.body(), "ok");
         let decision = res.extensions().get::<Decision>().unwrap();
-        if !decision.allowed() {
+        if !decision.is_allowed() {
             denied_in_shadow += 1;
             assert_eq!(header(&res, "x-ratelimit-remaining"), Some("0"));
             assert_eq!(header(&res, "retry-after"), None);

@@ -190,7 +190,7 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
             let conn = redis::Client::open(url)?.get_connection_manager().await?;
             let store = RedisStore::builder(conn)
                 .max_batch(NonZeroUsize::MIN)
-                .deny_cache(0)
+                .deny_cache(None)
                 .build()?;
             router.layer(ours(store, style))
         }

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             "lone" => {
                 let mut allowed = 0;
                 for _ in 0..count {
-                    if store.check("hot", &limit, one).await.ok()?.allowed() {
+                    if store.check("hot", &limit, one).await.ok()?.is_allowed() {
                         allowed += 1;
                     }
                 }
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
                         tokio::spawn(async move {
                             let mut allowed = 0;
                             for _ in 0..n {
-                                if store.check("hot", &limit, one).await.ok()?.allowed() {
+                                if store.check("hot", &limit, one).await.ok()?.is_allowed() {
                                     allowed += 1;
                                 }
                             }

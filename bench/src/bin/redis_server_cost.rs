@@ -106,7 +106,7 @@ async fn run(
         .await
         .map_err(|e| format!("cannot connect to {url}: {e}"))?;
     let store = RedisStore::builder(conn)
-        .deny_cache(0)
+        .deny_cache(None)
         .max_batch(NonZeroUsize::new(ROUND).ok_or("no batch")?)
         .response_timeout(Duration::from_secs(600))
         .build()
@@ -137,7 +137,7 @@ async fn run(
                 .check(key, &limit, NonZeroU32::MIN)
                 .await
                 .map_err(|e| e.to_string())?;
-            if d.allowed() {
+            if d.is_allowed() {
                 return Err("the full log still admits".to_owned());
             }
         }
@@ -167,7 +167,7 @@ async fn run(
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-            allowed += usize::from(decision.allowed());
+            allowed += usize::from(decision.is_allowed());
         }
     }
     println!("done {allowed}");

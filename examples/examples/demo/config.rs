@@ -383,7 +383,7 @@ impl Sources {
         routes: &[RouteLimit],
         tiers: &[Tier],
     ) -> Result<(), ConfigError> {
-        if let Err(e) = RedisStore::<()>::validate_limit(limit) {
+        if let Err(e) = RedisStore::validate_limit(limit) {
             // The limit, then the window, then the algorithm: the first one set is blamed.
             let setting = [
                 "RATE_LIMIT",
@@ -403,7 +403,7 @@ impl Sources {
         let mut counts = BTreeMap::new();
         for (what, limit) in file_limits {
             let i = counts.entry(what).or_insert(0);
-            if let Err(e) = RedisStore::<()>::validate_limit(limit) {
+            if let Err(e) = RedisStore::validate_limit(limit) {
                 let setting = format!("{what}[{i}].limit in {file}");
                 return Err(ConfigError::new(setting, limit.quota().limit(), e.reason()));
             }

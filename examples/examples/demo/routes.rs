@@ -94,11 +94,11 @@ impl From<&Decision> for DecisionBody {
             u64::try_from(ms).unwrap_or(u64::MAX)
         };
         Self {
-            allowed: d.allowed(),
+            allowed: d.is_allowed(),
             limit: d.limit(),
             remaining: d.remaining(),
             reset_after_ms: ms(d.reset_after()),
-            retry_after_ms: if d.allowed() {
+            retry_after_ms: if d.is_allowed() {
                 Some(0)
             } else {
                 d.retry_after().map(ms)

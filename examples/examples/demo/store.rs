@@ -98,7 +98,7 @@ impl DemoStore {
     /// modes; `local` decides with an in-memory store on `1/RATE_LIMIT_INSTANCES` of each quota
     /// while Redis is away (and answers 503 only if that fails too).
     fn remote(config: &Config, store: impl Store, backend: &'static str) -> Self {
-        let timed = Timeout::new(store).budget(config.redis_timeout);
+        let timed = Timeout::new(store, config.redis_timeout);
         let breaker = Arc::new(CircuitBreaker::new(timed));
         let probe = Arc::clone(&breaker);
         let circuit: Arc<CircuitFn> = Arc::new(move || probe.state().as_str());

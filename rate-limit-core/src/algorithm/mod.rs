@@ -127,15 +127,15 @@ impl Algorithm {
     /// use std::time::Duration;
     /// use rate_limit_core::{Algorithm, Quota};
     ///
-    /// let quota = Quota::per_second(NonZeroU32::new(2).unwrap());
+    /// let quota = Quota::per_second(2);
     /// let one = NonZeroU32::MIN;
     /// let t0 = Duration::from_secs(1_000);
     /// let (d, s) = Algorithm::Gcra.transition(None, t0, &quota, one, true);
-    /// assert!(d.allowed());
+    /// assert!(d.is_allowed());
     /// let (d, s) = Algorithm::Gcra.transition(s, t0, &quota, one, true);
-    /// assert!(d.allowed());
+    /// assert!(d.is_allowed());
     /// let (d, _) = Algorithm::Gcra.transition(s, t0, &quota, one, true);
-    /// assert!(!d.allowed());
+    /// assert!(!d.is_allowed());
     /// assert_eq!(d.retry_after(), Some(Duration::from_millis(500)));
     /// ```
     pub fn transition(
@@ -289,6 +289,6 @@ mod tests {
         let t = Duration::from_secs(10);
         let (_, s) = Algorithm::Gcra.transition(None, t, &q, NonZeroU32::MIN, true);
         let (d, _) = Algorithm::FixedWindow.transition(s, t, &q, NonZeroU32::MIN, true);
-        assert!(d.allowed());
+        assert!(d.is_allowed());
     }
 }

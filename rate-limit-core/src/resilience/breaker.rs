@@ -126,10 +126,16 @@ impl<S: Store> CircuitBreaker<S, SystemClock> {
 }
 
 impl<S, C: Clock> CircuitBreaker<S, C> {
-    /// Consecutive infrastructure failures that open the breaker. Default 3.
+    /// Consecutive infrastructure failures that open the breaker, a plain `u32` or a
+    /// `NonZeroU32`. Default 3.
+    ///
+    /// # Panics
+    ///
+    /// If `failures` is a plain `0`.
     #[must_use]
-    pub fn failure_threshold(mut self, failures: NonZeroU32) -> Self {
-        self.threshold = failures.get();
+    #[track_caller]
+    pub fn failure_threshold(mut self, failures: impl crate::Count) -> Self {
+        self.threshold = crate::quota::nonzero_or_panic("failure_threshold", failures).get();
         self
     }
 
@@ -651,7 +657,7 @@ mod tests {
         inner.push([Script::AllowAfter(Duration::from_millis(10))]);
         let probe = tokio::spawn({
             let b = Arc::clone(&b);
-            async move { call(&b).await.map(|d| d.allowed()) }
+            async move { call(&b).await.map(|d| d.is_allowed()) }
         });
         tokio::task::yield_now().await;
         assert_eq!(b.state(), CircuitState::HalfOpen);
@@ -739,7 +745,7 @@ mod tests {
         inner.push([Script::Cached, Script::Cached]);
         for _ in 0..2 {
             let d = call(&b).await.unwrap();
-            assert!(!d.allowed() && d.is_cached());
+            assert!(!d.is_allowed() && d.is_cached());
             assert_eq!(b.state(), CircuitState::HalfOpen);
         }
         // Still half-open, no new cool-down: the next call probes, and a real answer closes it.

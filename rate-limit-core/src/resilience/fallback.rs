@@ -130,7 +130,16 @@ impl<P: Store, L> Fallback<P, L> {
     ///
     /// Describes its metric to the recorder installed now, and creates its series for the
     /// primary's backend at 0.
-    pub fn new(primary: P, local: L, instances: NonZeroU32) -> Self {
+    ///
+    /// `instances` is a plain `u32` or a `NonZeroU32` (see [`Count`](crate::Count)).
+    ///
+    /// # Panics
+    ///
+    /// If `instances` is a plain `0` (a number read from configuration is checked with
+    /// `NonZeroU32::new` or `NonZeroU32::try_from` first).
+    #[track_caller]
+    pub fn new(primary: P, local: L, instances: impl crate::Count) -> Self {
+        let instances = crate::quota::nonzero_or_panic("instances", instances);
         super::register_fallback_series(primary.backend());
         Self {
             primary,
@@ -186,7 +195,7 @@ impl<P, L, C> Fallback<P, L, C> {
     ///
     /// let ten = NonZeroU32::new(10).unwrap();
     /// let store = Fallback::new(MemoryStore::new(), MemoryStore::new(), ten);
-    /// let hourly = |n| Limit::new(Quota::per_hour(NonZeroU32::new(n).unwrap()), Algorithm::Gcra);
+    /// let hourly = |n| Limit::new(Quota::per_hour(n), Algorithm::Gcra);
     /// assert!(store.validate_limits(&[hourly(100)]).is_ok());
     /// let err = store.validate_limits(&[hourly(100), hourly(1)]).unwrap_err();
     /// assert_eq!(err.to_string(), "invalid instances `10`: 1 per 3600s (gcra) cannot be split \
@@ -352,7 +361,7 @@ impl<P: Store, L: Store, C: Clock> Fallback<P, L, C> {
         let decision = decision.mark_local(local);
         if charge {
             self.local_decisions.fetch_add(1, Ordering::Relaxed);
-            let outcome = if decision.allowed() {
+            let outcome = if decision.is_allowed() {
                 "allowed"
             } else {
                 "denied"
@@ -507,7 +516,7 @@ mod tests {
             let (d, by) = store.check_traced("k", &l, NonZeroU32::MIN).await.unwrap();
             assert_eq!(by, DecidedBy::Local);
             assert_eq!(d.limit(), 2); // 10 / 4, rounded down
-            seen.push(d.allowed());
+            seen.push(d.is_allowed());
         }
         assert_eq!(seen, [true, true, false, false]);
         let (d, _) = store.check_traced("k", &l, NonZeroU32::MIN).await.unwrap();
@@ -539,7 +548,7 @@ mod tests {
                     .check("k", &l, NonZeroU32::MIN)
                     .await
                     .unwrap()
-                    .allowed()
+                    .is_allowed()
             );
         }
         let err = store.check("k", &l, NonZeroU32::MIN).await.unwrap_err();
@@ -550,7 +559,7 @@ mod tests {
                 .check("k", &l, NonZeroU32::MIN)
                 .await
                 .unwrap()
-                .allowed()
+                .is_allowed()
         );
         assert_eq!(store.local_decisions(), 3);
         assert_eq!(store.local().len(), 1);
@@ -563,14 +572,14 @@ mod tests {
         let l = limits(5);
         for _ in 0..2 {
             let d = store.peek("k", &l, NonZeroU32::MIN).await.unwrap();
-            assert!(d.allowed() && d.limit() == 1);
+            assert!(d.is_allowed() && d.limit() == 1);
         }
         assert!(
             store
                 .check("k", &l, NonZeroU32::MIN)
                 .await
                 .unwrap()
-                .allowed()
+                .is_allowed()
         );
         assert_eq!(store.local_decisions(), 1);
     }
@@ -632,7 +641,7 @@ mod tests {
         let mut admitted = 0;
         for instance in fleet.iter().chain(&fleet) {
             let d = instance.check("k", &hourly, NonZeroU32::MIN).await.unwrap();
-            admitted += u32::from(d.allowed());
+            admitted += u32::from(d.is_allowed());
         }
         assert_eq!(admitted, 10);
     }
@@ -656,7 +665,7 @@ mod tests {
                 .check_traced("k", &[limit], NonZeroU32::MIN)
                 .await
                 .unwrap();
-            if d.allowed() {
+            if d.is_allowed() {
                 admitted.push((tick * 100, by == DecidedBy::Local));
             }
             clock.advance(Duration::from_millis(100));

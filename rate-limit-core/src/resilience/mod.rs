@@ -110,17 +110,17 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
-//! let guarded = CircuitBreaker::new(Timeout::new(Down)).clock(clock.clone());
+//! let guarded = CircuitBreaker::new(Timeout::new(Down, Duration::from_millis(50))).clock(clock.clone());
 //! let local = MemoryStore::builder().clock(clock.clone()).build();
 //! let store = Fallback::new(guarded, local, NonZeroU32::new(4).unwrap());
 //!
 //! // 100 per minute for the whole fleet: 25 per minute for this instance while Redis is away.
-//! let limits = [Limit::new(Quota::per_minute(NonZeroU32::new(100).unwrap()), Algorithm::Gcra)];
+//! let limits = [Limit::new(Quota::per_minute(100), Algorithm::Gcra)];
 //! let mut admitted = 0;
 //! for _ in 0..40 {
 //!     let d = store.check("client-1", &limits, NonZeroU32::MIN).await.unwrap();
 //!     assert_eq!(d.limit(), 25);
-//!     admitted += u32::from(d.allowed());
+//!     admitted += u32::from(d.is_allowed());
 //! }
 //! assert_eq!(admitted, 25);
 //! assert_eq!(store.local_decisions(), 40);

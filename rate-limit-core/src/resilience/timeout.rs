@@ -9,8 +9,9 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::limit::Limit;
 use crate::store::{BoxFuture, Store};
 
-/// Bounds every call to the store inside by a time budget ([`DEFAULT_BUDGET`](Self::DEFAULT_BUDGET),
-/// 50 ms, unless set with [`budget`](Self::budget)).
+/// Bounds every call to the store inside by a time budget, given to [`new`](Self::new) as
+/// tower's `Timeout` takes its duration ([`DEFAULT_BUDGET`](Self::DEFAULT_BUDGET), 50 ms, is a
+/// sensible one).
 ///
 /// A call that has not answered within the budget fails with
 /// [`StoreErrorKind::Timeout`], an infrastructure error that a
@@ -42,10 +43,10 @@ use crate::store::{BoxFuture, Store};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let store = Timeout::new(MemoryStore::new()).budget(Duration::from_millis(20));
-/// assert_eq!(store.get_budget(), Duration::from_millis(20));
-/// let limits = [Limit::new(Quota::per_second(NonZeroU32::new(5).unwrap()), Algorithm::Gcra)];
-/// assert!(store.check("k", &limits, NonZeroU32::MIN).await.unwrap().allowed());
+/// let store = Timeout::new(MemoryStore::new(), Duration::from_millis(20));
+/// assert_eq!(store.budget(), Duration::from_millis(20));
+/// let limits = [Limit::new(Quota::per_second(5), Algorithm::Gcra)];
+/// assert!(store.check("k", &limits, NonZeroU32::MIN).await.unwrap().is_allowed());
 /// # }
 /// ```
 #[derive(Clone)]
@@ -55,27 +56,17 @@ pub struct Timeout<S> {
 }
 
 impl<S> Timeout<S> {
-    /// The budget unless [`budget`](Self::budget) says otherwise: 50 ms, far above a Redis round
-    /// trip on a local network and far below what a user notices.
+    /// A sensible budget: 50 ms, far above a Redis round trip on a local network and far below
+    /// what a user notices.
     pub const DEFAULT_BUDGET: Duration = Duration::from_millis(50);
 
-    /// Wraps `inner` with the [default budget](Self::DEFAULT_BUDGET).
-    pub fn new(inner: S) -> Self {
-        Self {
-            inner,
-            budget: Self::DEFAULT_BUDGET,
-        }
-    }
-
-    /// Sets the time budget of each call.
-    #[must_use]
-    pub fn budget(mut self, budget: Duration) -> Self {
-        self.budget = budget;
-        self
+    /// Wraps `inner`, bounding each of its calls by `budget`.
+    pub fn new(inner: S, budget: Duration) -> Self {
+        Self { inner, budget }
     }
 
     /// The time budget of each call.
-    pub fn get_budget(&self) -> Duration {
+    pub fn budget(&self) -> Duration {
         self.budget
     }
 
@@ -166,7 +157,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_that_never_answers_times_out_at_the_budget() {
         let inner = Arc::new(Scripted::new([Script::Hang]));
-        let store = Timeout::new(Arc::clone(&inner)).budget(Duration::from_millis(40));
+        let store = Timeout::new(Arc::clone(&inner), Duration::from_millis(40));
         let start = tokio::time::Instant::now();
         let err = store
             .check("k", &limits(10), NonZeroU32::MIN)
@@ -191,15 +182,15 @@ mod tests {
             Script::Fail(StoreErrorKind::Connection),
             Script::Deny,
         ]);
-        let store = Timeout::new(inner);
-        assert_eq!(store.get_budget(), Duration::from_millis(50));
+        let store = Timeout::new(inner, Duration::from_millis(50));
+        assert_eq!(store.budget(), Duration::from_millis(50));
         let l = limits(10);
         assert!(
             store
                 .check("k", &l, NonZeroU32::MIN)
                 .await
                 .unwrap()
-                .allowed()
+                .is_allowed()
         );
         let err = store.peek("k", &l, NonZeroU32::MIN).await.unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::Connection);
@@ -208,7 +199,7 @@ mod tests {
                 .check("k", &l, NonZeroU32::MIN)
                 .await
                 .unwrap()
-                .allowed()
+                .is_allowed()
         );
         assert_eq!(store.backend(), "scripted");
     }

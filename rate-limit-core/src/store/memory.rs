@@ -48,12 +48,12 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// let store = MemoryStore::new();
 /// let limit = [Limit::new(Quota::per_minute(NonZeroU32::new(2).unwrap()), Algorithm::Gcra)];
 /// let one = NonZeroU32::MIN;
-/// assert!(store.check("alice", &limit, one).await.unwrap().allowed());
-/// assert!(store.check("alice", &limit, one).await.unwrap().allowed());
+/// assert!(store.check("alice", &limit, one).await.unwrap().is_allowed());
+/// assert!(store.check("alice", &limit, one).await.unwrap().is_allowed());
 /// let denied = store.check("alice", &limit, one).await.unwrap();
-/// assert!(!denied.allowed());
+/// assert!(!denied.is_allowed());
 /// assert!(denied.retry_after().is_some());
-/// assert!(store.check("bob", &limit, one).await.unwrap().allowed());
+/// assert!(store.check("bob", &limit, one).await.unwrap().is_allowed());
 /// # }
 /// ```
 ///
@@ -724,15 +724,15 @@ mod tests {
         let per_sec = Limit::new(Quota::per_second(nz(3)), Algorithm::Gcra);
         let per_min = Limit::new(Quota::per_minute(nz(4)), Algorithm::FixedWindow);
         let both = [per_sec, per_min];
-        assert!(check(&s, "k", &both, 3).allowed());
+        assert!(check(&s, "k", &both, 3).is_allowed());
         // Per-second denies: the per-minute window must not be charged.
         let d = check(&s, "k", &both, 1);
-        assert!(!d.allowed());
+        assert!(!d.is_allowed());
         assert_eq!(d.binding_index(), 0);
         assert_eq!(d.snapshots()[1].remaining(), 1);
         clock.advance(Duration::from_secs(1));
         let d = check(&s, "k", &both, 1);
-        assert!(d.allowed());
+        assert!(d.is_allowed());
         assert_eq!((d.remaining(), d.binding_index()), (0, 1));
     }
 
@@ -745,11 +745,11 @@ mod tests {
             Algorithm::SlidingWindowLog,
         )];
         for _ in 0..3 {
-            assert!(s.decide("k", &l, nz(1), false).unwrap().allowed());
+            assert!(s.decide("k", &l, nz(1), false).unwrap().is_allowed());
         }
         assert!(s.is_empty());
-        assert!(check(&s, "k", &l, 1).allowed());
-        assert!(!s.decide("k", &l, nz(1), false).unwrap().allowed());
+        assert!(check(&s, "k", &l, 1).is_allowed());
+        assert!(!s.decide("k", &l, nz(1), false).unwrap().is_allowed());
     }
 
     #[test]
@@ -830,17 +830,17 @@ mod tests {
         let long = "x".repeat(INLINE_KEY + 1);
         let keys = ["", "a", &long[..INLINE_KEY], &long, "é\u{0}z"];
         for k in keys {
-            assert!(check(&s, k, &l, 1).allowed(), "{k:?}");
+            assert!(check(&s, k, &l, 1).is_allowed(), "{k:?}");
         }
         for k in keys {
-            assert!(!check(&s, k, &l, 1).allowed(), "{k:?}");
+            assert!(!check(&s, k, &l, 1).is_allowed(), "{k:?}");
         }
         // Growth rehashes every entry: inline and boxed keys must hash as they were looked up.
         for i in 0..90 {
             check(&s, &format!("grow-{i}-{long}"), &l, 1);
         }
         for k in keys {
-            assert!(!check(&s, k, &l, 1).allowed(), "{k:?}");
+            assert!(!check(&s, k, &l, 1).is_allowed(), "{k:?}");
         }
     }
 

@@ -68,10 +68,9 @@ pub trait Store: Send + Sync + 'static {
     /// they wrap.
     ///
     /// ```
-    /// use std::num::NonZeroU32;
     /// use rate_limit_core::{Algorithm, Limit, MemoryStore, Quota, Store};
     ///
-    /// let limit = Limit::new(Quota::per_second(NonZeroU32::new(10).unwrap()), Algorithm::Gcra);
+    /// let limit = Limit::new(Quota::per_second(10), Algorithm::Gcra);
     /// assert!(MemoryStore::new().validate(&limit).is_ok());
     /// ```
     ///
@@ -95,11 +94,11 @@ pub trait Store: Send + Sync + 'static {
     /// use rate_limit_core::{Algorithm, Limit, MemoryStore, Quota, Store};
     ///
     /// let store = MemoryStore::new();
-    /// let limits = [Limit::new(Quota::per_second(NonZeroU32::MIN), Algorithm::Gcra)];
+    /// let limits = [Limit::new(Quota::per_second(1), Algorithm::Gcra)];
     /// let first = store.try_check_now("k", &limits, NonZeroU32::MIN);
-    /// assert!(first.unwrap().unwrap().allowed());
+    /// assert!(first.unwrap().unwrap().is_allowed());
     /// let second = store.try_check_now("k", &limits, NonZeroU32::MIN);
-    /// assert!(!second.unwrap().unwrap().allowed());
+    /// assert!(!second.unwrap().unwrap().is_allowed());
     /// ```
     fn try_check_now(
         &self,

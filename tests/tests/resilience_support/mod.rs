@@ -108,7 +108,7 @@ pub async fn redis(server: &RedisServer, name: &'static str) -> Redis {
 }
 
 pub fn guard(redis: Redis) -> Guarded {
-    CircuitBreaker::new(Timeout::new(redis).budget(BUDGET))
+    CircuitBreaker::new(Timeout::new(redis, BUDGET))
         .cool_down(Duration::from_millis(250))
         .max_cool_down(Duration::from_secs(2))
 }

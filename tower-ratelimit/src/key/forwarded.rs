@@ -10,17 +10,21 @@ use super::KeyExtractor;
 use super::ip::{Cidr, ip_key, peer_ip};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     XForwardedFor,
     Forwarded,
+    XRealIp,
 }
 
-/// The client address as reported by trusted reverse proxies, in `X-Forwarded-For` or the
-/// RFC 7239 `Forwarded` header.
+/// The client address as reported by trusted reverse proxies, in `X-Forwarded-For`, the
+/// RFC 7239 `Forwarded` header, or the single address of `X-Real-IP`.
 ///
-/// Only proxies whose address is in a [trusted](Self::trust) range are believed. The extractor
+/// Only trusted proxies are believed: those whose address is in a [trusted](Self::trust) range,
+/// and the [last `n` hops](Self::trust_hops) of the chain when you know how many proxies stand
+/// in front of the application but not their addresses (a cloud load balancer). The extractor
 /// starts at the peer of the connection and walks the forwarding chain from the right, past every
 /// trusted hop; the first hop that is not trusted is the client. Without trusted proxies (or when
 /// the peer itself is not trusted) the peer address is the key, so a client that sends its own
@@ -49,6 +53,8 @@ enum Source {
 #[derive(Debug, Clone)]
 pub struct ForwardedIp {
     trusted: Vec<Cidr>,
+    /// The number of hops, counting the peer, that are proxies whatever their address.
+    hops: usize,
     source: Source,
     v6_prefix: u8,
 }
@@ -58,6 +64,7 @@ impl ForwardedIp {
     pub fn new() -> Self {
         Self {
             trusted: Vec::new(),
+            hops: 0,
             source: Source::XForwardedFor,
             v6_prefix: 64,
         }
@@ -70,10 +77,57 @@ impl ForwardedIp {
         self
     }
 
+    /// Reads `X-Real-IP` instead: the one client address a proxy such as nginx writes
+    /// (`proxy_set_header X-Real-IP $remote_addr`). It is believed only when the peer is a
+    /// trusted proxy; otherwise, or when it cannot be read, the peer is the client.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use tower_ratelimit::key::{ForwardedIp, KeyExtractor};
+    ///
+    /// let key = ForwardedIp::new().real_ip().trust("10.0.0.0/8".parse()?);
+    /// let mut req = http::Request::get("/").header("x-real-ip", "203.0.113.9").body(()).unwrap();
+    /// req.extensions_mut().insert(SocketAddr::from(([10, 0, 0, 1], 80)));
+    /// let (parts, ()) = req.into_parts();
+    /// assert_eq!(key.extract(&parts).as_deref(), Some("203.0.113.9"));
+    /// # Ok::<(), tower_ratelimit::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn real_ip(mut self) -> Self {
+        self.source = Source::XRealIp;
+        self
+    }
+
     /// Trusts the proxies in `range`.
     #[must_use]
     pub fn trust(mut self, range: Cidr) -> Self {
         self.trusted.push(range);
+        self
+    }
+
+    /// Trusts the last `n` hops, whatever their addresses: the peer of the connection and the
+    /// `n - 1` rightmost entries of the chain are proxies, so the client is the `n`-th entry
+    /// from the right (`1`: the peer is your only proxy and the rightmost entry is the client).
+    /// Hops in a [trusted range](Self::trust) are passed as well. With `X-Real-IP`, any `n` of
+    /// at least 1 trusts the peer.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use tower_ratelimit::key::{ForwardedIp, KeyExtractor};
+    ///
+    /// // A load balancer, then an ingress proxy, then the application.
+    /// let key = ForwardedIp::new().trust_hops(2);
+    /// let mut req = http::Request::get("/")
+    ///     .header("x-forwarded-for", "6.6.6.6, 203.0.113.9, 172.16.0.4")
+    ///     .body(())
+    ///     .unwrap();
+    /// req.extensions_mut().insert(SocketAddr::from(([172, 16, 0, 5], 80)));
+    /// let (parts, ()) = req.into_parts();
+    /// assert_eq!(key.extract(&parts).as_deref(), Some("203.0.113.9"));
+    /// ```
+    #[must_use]
+    pub fn trust_hops(mut self, n: usize) -> Self {
+        self.hops = n;
         self
     }
 
@@ -87,13 +141,17 @@ impl ForwardedIp {
     /// The client address for this request, or `None` when the peer address is unknown.
     pub fn client_ip(&self, parts: &Parts) -> Option<IpAddr> {
         let peer = peer_ip(parts)?;
-        if !self.is_trusted(peer) {
+        if !self.is_trusted(peer, 0) {
             return Some(peer);
         }
         let mut nearest = peer;
         let name = match self.source {
             Source::XForwardedFor => &X_FORWARDED_FOR,
             Source::Forwarded => &FORWARDED,
+            Source::XRealIp => {
+                let real = parts.headers.get(X_REAL_IP).map(|v| v.as_bytes());
+                return Some(real.and_then(parse_node).unwrap_or(peer));
+            }
         };
         // Header lines in order, each split at commas; walked from the right.
         let hops = parts
@@ -102,13 +160,13 @@ impl ForwardedIp {
             .iter()
             .rev()
             .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','));
-        for hop in hops {
+        for (position, hop) in (1..).zip(hops) {
             let ip = match self.source {
-                Source::XForwardedFor => parse_node(hop),
+                Source::XForwardedFor | Source::XRealIp => parse_node(hop),
                 Source::Forwarded => forwarded_for(hop),
             };
             match ip {
-                Some(ip) if self.is_trusted(ip) => nearest = ip,
+                Some(ip) if self.is_trusted(ip, position) => nearest = ip,
                 Some(ip) => return Some(ip),
                 None => return Some(nearest),
             }
@@ -116,8 +174,9 @@ impl ForwardedIp {
         Some(nearest)
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|range| range.contains(ip))
+    /// Whether the hop at `position` from the right (the peer is 0) is a trusted proxy.
+    fn is_trusted(&self, ip: IpAddr, position: usize) -> bool {
+        position < self.hops || self.trusted.iter().any(|range| range.contains(ip))
     }
 }
 
@@ -246,6 +305,58 @@ mod tests {
     fn forwarded_unknown_stops_the_walk() {
         let p = parts([10, 0, 0, 1], &[("forwarded", b"for=1.2.3.4, for=unknown")]);
         assert_eq!(proxies().forwarded().client_ip(&p), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn trusting_the_last_hops_skips_that_many_whatever_their_address() {
+        let xff: &[u8] = b"6.6.6.6, 203.0.113.9, 198.51.100.20";
+        let p = parts([198, 51, 100, 10], &[("x-forwarded-for", xff)]);
+        assert_eq!(
+            ForwardedIp::new().trust_hops(0).client_ip(&p),
+            ip("198.51.100.10")
+        );
+        assert_eq!(
+            ForwardedIp::new().trust_hops(1).client_ip(&p),
+            ip("198.51.100.20")
+        );
+        assert_eq!(
+            ForwardedIp::new().trust_hops(2).client_ip(&p),
+            ip("203.0.113.9")
+        );
+        // A chain shorter than the hops trusted: its leftmost entry.
+        assert_eq!(
+            ForwardedIp::new().trust_hops(9).client_ip(&p),
+            ip("6.6.6.6")
+        );
+        // Hops and ranges together: one hop, then a proxy known by its range.
+        let both = ForwardedIp::new()
+            .trust_hops(1)
+            .trust("198.51.100.0/24".parse().unwrap());
+        assert_eq!(both.client_ip(&p), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn x_real_ip_is_believed_from_trusted_peers_only() {
+        let headers: &[(&str, &[u8])] = &[
+            ("x-real-ip", b"203.0.113.9"),
+            ("x-forwarded-for", b"6.6.6.6"),
+        ];
+        let trusted = parts([10, 0, 0, 1], headers);
+        let untrusted = parts([198, 51, 100, 1], headers);
+        let key = proxies().real_ip();
+        assert_eq!(key.client_ip(&trusted), ip("203.0.113.9"));
+        assert_eq!(key.client_ip(&untrusted), ip("198.51.100.1"));
+        assert_eq!(
+            ForwardedIp::new()
+                .real_ip()
+                .trust_hops(1)
+                .client_ip(&untrusted),
+            ip("203.0.113.9")
+        );
+        // Missing or unreadable: the peer.
+        let bad = parts([10, 0, 0, 1], &[("x-real-ip", b"nonsense")]);
+        assert_eq!(key.client_ip(&bad), ip("10.0.0.1"));
+        assert_eq!(key.client_ip(&parts([10, 0, 0, 1], &[])), ip("10.0.0.1"));
     }
 
     #[test]

@@ -18,8 +18,12 @@ use super::KeyExtractor;
 /// - a plain [`SocketAddr`] or [`IpAddr`] extension, which a hyper server inserts itself:
 ///   `req.extensions_mut().insert(peer_addr)` in its `service_fn`.
 ///
-/// Without either there is no key; under [`MissingKey::Reject`](crate::MissingKey::Reject) the
-/// layer answers 400 and logs once, at WARN, which of the two the server is missing.
+/// Without either there is no key; under [`MissingKey::Reject`](crate::MissingKey::Reject) (the
+/// default) the layer answers 400 and logs once, at WARN, which of the two the server is
+/// missing. The fix, in axum: serve with
+/// `axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())` and turn on
+/// this crate's `axum` feature; in hyper: insert the address the listener returned into each
+/// request's extensions.
 ///
 /// IPv6 peers are keyed by their /64 network by default, since one client usually holds a whole
 /// /64; IPv4-mapped IPv6 addresses count as IPv4.

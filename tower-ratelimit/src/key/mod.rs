@@ -26,7 +26,10 @@ pub const MAX_KEY_LEN: usize = 128;
 
 /// Finds the key a request is charged to.
 ///
-/// Implemented for closures, so `|parts: &Parts| Some(String::from("k"))` is an extractor.
+/// Implemented for closures, so `|parts: &Parts| Some(String::from("k"))` is an extractor. Such a
+/// closure needs its parameter's type written out, because Rust infers a closure's signature
+/// only from a direct `Fn` bound; [`RateLimitLayer::key_fn`](crate::RateLimitLayer::key_fn) is
+/// that bound, so `.key_fn(|parts| ..)` needs none.
 ///
 /// ```
 /// use http::request::Parts;
@@ -117,6 +120,7 @@ impl Header {
     ///
     /// If `name` is not a valid header name. This is a setting fixed in the program; use
     /// [`try_new`](Self::try_new) for names read at run time.
+    #[track_caller]
     pub fn new(name: &str) -> Self {
         match Self::try_new(name) {
             Ok(header) => header,
@@ -124,7 +128,15 @@ impl Header {
         }
     }
 
-    /// Keys by the header `name` (any case).
+    /// Keys by the header `name` (any case), read at run time (also `Header::try_from(name)`).
+    ///
+    /// ```
+    /// use tower_ratelimit::key::Header;
+    ///
+    /// let err = Header::try_new("bad name").unwrap_err();
+    /// assert_eq!((err.setting(), err.value()), ("key header", "bad name"));
+    /// assert!(Header::try_from("x-client-id").is_ok());
+    /// ```
     ///
     /// # Errors
     ///
@@ -135,9 +147,24 @@ impl Header {
             .map_err(|_| ConfigError::new("key header", name, "not a valid header name"))
     }
 
-    /// Keys by the header `name`.
+    /// Keys by the header `name`, already validated (also `Header::from(name)`).
     pub fn from_name(name: HeaderName) -> Self {
         Self { name }
+    }
+}
+
+impl From<HeaderName> for Header {
+    fn from(name: HeaderName) -> Self {
+        Self::from_name(name)
+    }
+}
+
+impl TryFrom<&str> for Header {
+    type Error = ConfigError;
+
+    /// As [`Header::try_new`].
+    fn try_from(name: &str) -> Result<Self, ConfigError> {
+        Self::try_new(name)
     }
 }
 

@@ -30,10 +30,10 @@ pub const METRIC_MEMORY_STORE_FULL: &str = "ratelimit_memory_store_full_total";
 ///     .build();
 /// let limit = [Limit::new(Quota::per_minute(NonZeroU32::new(5).unwrap()), Algorithm::Gcra)];
 /// let one = NonZeroU32::MIN;
-/// assert!(store.check_now("alice", &limit, one).unwrap().allowed());
+/// assert!(store.check_now("alice", &limit, one).unwrap().is_allowed());
 /// // Alice's state fills the store: a new key is refused, alice keeps her count.
 /// let bob = store.check_now("bob", &limit, one).unwrap();
-/// assert!(!bob.allowed());
+/// assert!(!bob.is_allowed());
 /// // Bob may retry when alice's state is full again (after 12 s, one emission interval).
 /// assert_eq!(bob.retry_after(), Some(Duration::from_secs(12)));
 /// assert_eq!(store.check_now("alice", &limit, one).unwrap().remaining(), 3);
@@ -209,7 +209,7 @@ mod tests {
                 let clock = ManualClock::new(Duration::from_secs(1_000));
                 let s = store(64, when_full, &clock);
                 let l = per_hour(100, alg);
-                assert!(check(&s, "heavy", &l, 100).allowed(), "{alg}");
+                assert!(check(&s, "heavy", &l, 100).is_allowed(), "{alg}");
                 // Fresh keys under the same limit, each one request in, a little later: their
                 // states are full again no earlier than the heavy user's.
                 clock.advance(Duration::from_secs(1));
@@ -218,7 +218,7 @@ mod tests {
                     assert!(s.len() <= 64, "{alg}");
                 }
                 let d = check(&s, "heavy", &l, 1);
-                if d.allowed() {
+                if d.is_allowed() {
                     reset.push(format!("{alg} {when_full:?} ({} left)", d.remaining()));
                 }
                 assert_eq!(s.evictions(), 0);
@@ -249,7 +249,7 @@ mod tests {
                 let counts = counted(|| {
                     for n in 1..=3 {
                         let d = check(&s, "new", &heavy, 1);
-                        assert!(d.allowed(), "{alg} {when_full:?}");
+                        assert!(d.is_allowed(), "{alg} {when_full:?}");
                         // Tracked: it took the light key's place and counts.
                         assert_eq!(d.remaining(), 10 - n, "{alg} {when_full:?}");
                     }
@@ -258,7 +258,7 @@ mod tests {
                 assert!(counts.names().is_empty(), "{:?}", counts.names());
                 assert_eq!(s.evictions(), 0);
                 for k in ["h1", "h2", "h3"] {
-                    assert!(!check(&s, k, &heavy, 1).allowed(), "{alg} {when_full:?}");
+                    assert!(!check(&s, k, &heavy, 1).is_allowed(), "{alg} {when_full:?}");
                 }
             }
         }
@@ -319,16 +319,16 @@ mod tests {
             let counts = counted(|| {
                 for _ in 0..20 {
                     let d = check(&s, "new", &l, 3);
-                    assert_eq!((d.allowed(), d.remaining()), (true, 7), "{alg}");
+                    assert_eq!((d.is_allowed(), d.remaining()), (true, 7), "{alg}");
                 }
                 // A peek counts nothing; a cost above the capacity is still never allowed.
-                assert!(s.peek_now("new", &l, nz(3)).unwrap().allowed());
-                assert!(!check(&s, "new", &l, 11).allowed());
+                assert!(s.peek_now("new", &l, nz(3)).unwrap().is_allowed());
+                assert!(!check(&s, "new", &l, 11).is_allowed());
             });
             assert_eq!(counts.full("untracked"), 20, "{alg}");
             assert_eq!(counts.names().len(), 1, "{:?}", counts.names());
             assert_eq!(s.len(), 2);
-            assert!(!check(&s, "h1", &l, 1).allowed(), "{alg}");
+            assert!(!check(&s, "h1", &l, 1).is_allowed(), "{alg}");
         }
     }
 
@@ -345,20 +345,20 @@ mod tests {
             let free_at = clock.now() + s.peek_now("m", &minute, nz(1)).unwrap().reset_after();
             let counts = counted(|| {
                 let d = check(&s, "new", &l, 1);
-                assert!(!d.allowed(), "{alg}");
+                assert!(!d.is_allowed(), "{alg}");
                 assert_eq!(d.retry_after(), Some(free_at - clock.now()), "{alg}");
-                assert!(!s.peek_now("new", &l, nz(1)).unwrap().allowed());
+                assert!(!s.peek_now("new", &l, nz(1)).unwrap().is_allowed());
                 // Several limits, one held and one new: denied, and the held one not charged.
                 let both = [minute[0], l[0]];
-                assert!(!check(&s, "m", &both, 1).allowed());
+                assert!(!check(&s, "m", &both, 1).is_allowed());
             });
             assert_eq!(counts.full("denied"), 3, "{alg}");
             assert_eq!(counts.names().len(), 1, "{:?}", counts.names());
             assert_eq!(s.peek_now("m", &minute, nz(1)).unwrap().remaining(), 9);
             clock.set(free_at);
-            assert!(check(&s, "new", &l, 1).allowed(), "{alg}");
+            assert!(check(&s, "new", &l, 1).is_allowed(), "{alg}");
             assert_eq!(check(&s, "new", &l, 1).remaining(), 8, "{alg}");
-            assert!(!check(&s, "h1", &l, 1).allowed(), "{alg}");
+            assert!(!check(&s, "h1", &l, 1).is_allowed(), "{alg}");
         }
     }
 
@@ -376,7 +376,7 @@ mod tests {
             check(&s, "b", &per_hour(1, Algorithm::Gcra), 1);
             // One free entry: the first pass finds room for each limit, and the check stores all
             // three (two past the bound) rather than half of them.
-            assert!(check(&s, "k", &limits, 1).allowed());
+            assert!(check(&s, "k", &limits, 1).is_allowed());
             assert_eq!(s.len(), 5, "{when_full:?}");
             let d = check(&s, "k", &limits, 1);
             let left: Vec<u32> = d.snapshots().iter().map(|s| s.remaining()).collect();
@@ -402,7 +402,7 @@ mod tests {
         }
         let counts = counted(|| {
             for i in 0..1000 {
-                assert!(check(&s, &format!("flood{i}"), &light, 1).allowed());
+                assert!(check(&s, &format!("flood{i}"), &light, 1).is_allowed());
                 assert!(s.len() <= 64);
             }
         });

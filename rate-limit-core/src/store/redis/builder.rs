@@ -27,7 +27,7 @@ pub struct RedisStoreBuilder<C> {
     backend: &'static str,
     max_batch: NonZeroUsize,
     response_timeout: Duration,
-    deny_cache: usize,
+    deny_cache: Option<NonZeroUsize>,
     per_slot: bool,
 }
 
@@ -41,7 +41,7 @@ impl<C> RedisStoreBuilder<C> {
             backend: "redis",
             max_batch: DEFAULT_MAX_BATCH,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
-            deny_cache: deny_cache::DEFAULT_CAPACITY,
+            deny_cache: Some(deny_cache::DEFAULT_CAPACITY),
             per_slot,
         }
     }
@@ -102,10 +102,10 @@ impl<C> RedisStoreBuilder<C> {
     /// let conn = client.get_multiplexed_async_connection().await?;
     /// let store = RedisStore::builder(conn)
     ///     .max_batch(NonZeroUsize::new(32).unwrap())
-    ///     .deny_cache(0)
+    ///     .deny_cache(None)
     ///     .build()?;
     /// assert_eq!(store.max_batch(), 32);
-    /// assert_eq!(store.deny_cache_capacity(), 0);
+    /// assert_eq!(store.deny_cache_capacity(), None);
     /// # Ok(())
     /// # }
     /// ```
@@ -154,8 +154,8 @@ impl<C> RedisStoreBuilder<C> {
         self
     }
 
-    /// The number of slots of the [deny cache](RedisStore#deny-cache), 4096 by default; `0`
-    /// turns it off.
+    /// The number of slots of the [deny cache](RedisStore#deny-cache), 4096 by default; `None`
+    /// turns it off (`NonZeroUsize::new(n)` maps a configured `0` to off).
     ///
     /// Each slot holds at most one recent denial (a client key, its limits, the cost and the
     /// decision): memory stays bounded whatever the number of client keys, and a new denial
@@ -164,7 +164,7 @@ impl<C> RedisStoreBuilder<C> {
     /// A state deleted out of band (an administrator resetting a client with `DEL`) is seen by
     /// this instance only once the cached denial's wait is over.
     #[must_use]
-    pub fn deny_cache(mut self, capacity: usize) -> Self {
+    pub fn deny_cache(mut self, capacity: Option<NonZeroUsize>) -> Self {
         self.deny_cache = capacity;
         self
     }
@@ -189,7 +189,7 @@ impl<C> RedisStoreBuilder<C> {
 
     /// The store, with settings known to be valid.
     pub(super) fn assemble(self) -> RedisStore<C> {
-        let deny_cache = NonZeroUsize::new(self.deny_cache).map(|capacity| {
+        let deny_cache = self.deny_cache.map(|capacity| {
             let clock: Arc<dyn Clock> = match &self.clock {
                 Some(clock) => Arc::clone(clock),
                 None => Arc::new(SystemClock::new()),

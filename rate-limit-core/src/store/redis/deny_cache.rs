@@ -28,7 +28,10 @@ use crate::decision::{Decision, Snapshot};
 use crate::limit::Limit;
 
 /// Slots unless the builder says otherwise.
-pub(crate) const DEFAULT_CAPACITY: usize = 4096;
+pub(crate) const DEFAULT_CAPACITY: NonZeroUsize = match NonZeroUsize::new(4096) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
 
 /// One denial: who, what, for how long.
 struct Entry {
@@ -172,7 +175,7 @@ impl DenyCache {
         sent_at: u64,
         decision: &Decision,
     ) {
-        if decision.allowed() {
+        if decision.is_allowed() {
             // Nothing kept here: nothing to clear, and no lock taken.
             if slot.until.load(Ordering::Acquire) == 0 {
                 return;
@@ -215,7 +218,7 @@ fn aged(decision: &Decision, elapsed: Duration) -> Decision {
         .iter()
         .map(|s| {
             Snapshot::new(
-                s.allowed(),
+                s.is_allowed(),
                 s.limit(),
                 s.remaining(),
                 s.reset_after().saturating_sub(elapsed),
@@ -269,7 +272,7 @@ mod tests {
         let l = limit();
         c.record_key("k", &l, nz(2), 10 * SEC, &denial(250));
         let d = c.get_key("k", &l, nz(2), 10 * SEC + SEC / 10).unwrap();
-        assert!(!d.allowed());
+        assert!(!d.is_allowed());
         assert_eq!(d.retry_after(), Some(Duration::from_millis(150)));
         assert_eq!(d.reset_after(), Duration::from_millis(800));
         // A greater cost is denied too; a smaller one may pass, so it goes to Redis.
@@ -350,7 +353,7 @@ mod tests {
         let c_ = Snapshot::new(false, 10, 0, ms(9000), Some(ms(3000)));
         let d = Decision::from_snapshots(vec![a, b, c_]);
         let old = aged(&d, ms(200));
-        assert!(!old.allowed());
+        assert!(!old.is_allowed());
         assert_eq!(old.binding_index(), 2);
         assert_eq!(old.retry_after(), Some(ms(2800)));
         assert_eq!(

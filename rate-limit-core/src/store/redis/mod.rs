@@ -4,7 +4,7 @@
 //! exactness, keys, connections, failures and retries.
 
 use std::fmt;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -65,13 +65,8 @@ pub use builder::RedisStoreBuilder;
 /// Identical checks in a row in a batch (the same key, limits, cost and commit, as a hot
 /// key's are) are sent once with a count, and the script decides each of them in turn: the
 /// call's size and the script's work per check no longer grow with the arguments every check
-/// repeated. The reply is one binary string: per check, a record of five doubles per limit
-/// (every value an integer below 2^53, so exact), or a record holding the check's error
-/// message. Redis converts each element of a reply table at a cost of its own, and the client
-/// reads the string in place instead of building a value per integer. What a decision costs
-/// redis-server, by shape and algorithm, is counted by `bench/redis_instructions.sh`
-/// (callgrind; the figures are in `bench/README.md`); `bench/redis_client_instructions.sh`
-/// counts the client's side.
+/// repeated, and the reply is one compact string the client reads in place. What a check costs
+/// redis-server and the client, per call shape, is measured in `bench/README.md`.
 ///
 /// Inside one call, the script reads each state once (`GET`: one to three integers, stored as
 /// little-endian doubles, exact below 2^53), lets the checks read and update it in a table, and
@@ -245,9 +240,9 @@ pub use builder::RedisStoreBuilder;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
-/// let limits = [Limit::new(Quota::per_minute(NonZeroU32::new(100).unwrap()), Algorithm::Gcra)];
+/// let limits = [Limit::new(Quota::per_minute(100), Algorithm::Gcra)];
 /// let d = store.check("client-1", &limits, NonZeroU32::MIN).await?;
-/// assert!(d.allowed());
+/// assert!(d.is_allowed());
 /// assert_eq!(d.limit(), 100);
 /// # Ok(())
 /// # }
@@ -354,7 +349,7 @@ impl RedisStore<ConnectionManager> {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// // Port 1: nothing listens there.
     /// let store = RedisStore::connect_lazy("redis://127.0.0.1:1")?;
-    /// let limits = [Limit::new(Quota::per_second(NonZeroU32::MIN), Algorithm::Gcra)];
+    /// let limits = [Limit::new(Quota::per_second(1), Algorithm::Gcra)];
     /// let err = store.check("k", &limits, NonZeroU32::MIN).await.unwrap_err();
     /// assert_eq!(err.kind(), StoreErrorKind::Connection);
     /// assert!(RedisStore::connect_lazy("not a url").is_err());
@@ -440,6 +435,55 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
     }
 }
 
+/// Functions of the store's layout and scripts that need no store: `RedisStore::key_layout(..)`
+/// and `RedisStore::validate_limit(..)` are called without naming a connection type.
+impl RedisStore {
+    /// The Redis key holding `limit`'s state for `key`, as this store lays keys out.
+    ///
+    /// ```
+    /// use rate_limit_core::{Algorithm, Limit, Quota, RedisStore};
+    ///
+    /// let limit = Limit::new(Quota::per_minute(100), Algorithm::TokenBucket);
+    /// let key = RedisStore::key_layout("rl", "a{b}", &limit);
+    /// assert_eq!(key, "rl:{a%7Bb%7D}:4877b29fe38dc867");
+    /// ```
+    pub fn key_layout(prefix: &str, key: &str, limit: &Limit) -> String {
+        keys::state_key(prefix, &keys::tag(key), limit.id())
+    }
+
+    /// Whether the script decides `limit` exactly; see [exactness](RedisStore#exactness).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rate_limit_core::{Algorithm, Limit, Quota, RedisStore};
+    ///
+    /// let per_hour = Quota::per_hour(1_000_000);
+    /// assert!(RedisStore::validate_limit(&Limit::new(per_hour, Algorithm::SlidingWindow)).is_ok());
+    /// let day = Duration::from_secs(86_400);
+    /// let per_day = Quota::with_period(1_000_000, day)?;
+    /// let err = RedisStore::validate_limit(&Limit::new(per_day, Algorithm::SlidingWindow));
+    /// assert_eq!(err.unwrap_err().setting(), "limit");
+    /// // Buckets count in nanoseconds: a billion per second is exact.
+    /// let fast = Quota::per_second(1_000_000_000);
+    /// assert!(RedisStore::validate_limit(&Limit::new(fast, Algorithm::Gcra)).is_ok());
+    /// // Windows count in microseconds.
+    /// let odd = Quota::with_period(3, Duration::from_nanos(1_500))?;
+    /// assert!(RedisStore::validate_limit(&Limit::new(odd, Algorithm::FixedWindow)).is_err());
+    /// # Ok::<(), rate_limit_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A window algorithm whose period is not a whole number of microseconds, or a sliding
+    /// window counter whose `limit × period in µs` reaches 2^53.
+    pub fn validate_limit(limit: &Limit) -> Result<(), ConfigError> {
+        match script::refusal(limit) {
+            Some(why) => Err(ConfigError::new("limit", limit, why)),
+            None => Ok(()),
+        }
+    }
+}
+
 impl<C> RedisStore<C> {
     /// The key prefix.
     pub fn prefix(&self) -> &str {
@@ -476,9 +520,11 @@ impl<C> RedisStore<C> {
         self.dispatcher.queued()
     }
 
-    /// The number of slots of the [deny cache](RedisStore#deny-cache), `0` when it is off.
-    pub fn deny_cache_capacity(&self) -> usize {
-        self.deny_cache.as_ref().map_or(0, DenyCache::capacity)
+    /// The number of slots of the [deny cache](RedisStore#deny-cache), `None` when it is off.
+    pub fn deny_cache_capacity(&self) -> Option<NonZeroUsize> {
+        self.deny_cache
+            .as_ref()
+            .and_then(|cache| NonZeroUsize::new(cache.capacity()))
     }
 
     /// The number of denials the [deny cache](RedisStore#deny-cache) holds now, at most its
@@ -488,56 +534,9 @@ impl<C> RedisStore<C> {
         self.deny_cache.as_ref().map_or(0, DenyCache::len)
     }
 
-    /// The Redis key holding `limit`'s state for `key`, as this store lays keys out.
-    ///
-    /// ```
-    /// use std::num::NonZeroU32;
-    /// use rate_limit_core::{Algorithm, Limit, Quota, RedisStore};
-    ///
-    /// let limit = Limit::new(Quota::per_minute(NonZeroU32::new(100).unwrap()), Algorithm::TokenBucket);
-    /// let key = RedisStore::<()>::key_layout("rl", "a{b}", &limit);
-    /// assert_eq!(key, "rl:{a%7Bb%7D}:4877b29fe38dc867");
-    /// ```
-    pub fn key_layout(prefix: &str, key: &str, limit: &Limit) -> String {
-        keys::state_key(prefix, &keys::tag(key), limit.id())
-    }
-
     /// The key of `limit`'s state for `key` in this store.
     pub fn state_key(&self, key: &str, limit: &Limit) -> String {
-        Self::key_layout(&self.prefix, key, limit)
-    }
-
-    /// Whether the script decides `limit` exactly; see [exactness](RedisStore#exactness).
-    ///
-    /// ```
-    /// use std::num::NonZeroU32;
-    /// use std::time::Duration;
-    /// use rate_limit_core::{Algorithm, Limit, Quota, RedisStore};
-    ///
-    /// let per_hour = Quota::per_hour(NonZeroU32::new(1_000_000).unwrap());
-    /// assert!(RedisStore::<()>::validate_limit(&Limit::new(per_hour, Algorithm::SlidingWindow)).is_ok());
-    /// let day = Duration::from_secs(86_400);
-    /// let per_day = Quota::with_period(NonZeroU32::new(1_000_000).unwrap(), day)?;
-    /// let err = RedisStore::<()>::validate_limit(&Limit::new(per_day, Algorithm::SlidingWindow));
-    /// assert_eq!(err.unwrap_err().setting(), "limit");
-    /// // Buckets count in nanoseconds: a billion per second is exact.
-    /// let fast = Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap());
-    /// assert!(RedisStore::<()>::validate_limit(&Limit::new(fast, Algorithm::Gcra)).is_ok());
-    /// // Windows count in microseconds.
-    /// let odd = Quota::with_period(NonZeroU32::new(3).unwrap(), Duration::from_nanos(1_500))?;
-    /// assert!(RedisStore::<()>::validate_limit(&Limit::new(odd, Algorithm::FixedWindow)).is_err());
-    /// # Ok::<(), rate_limit_core::ConfigError>(())
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// A window algorithm whose period is not a whole number of microseconds, or a sliding
-    /// window counter whose `limit × period in µs` reaches 2^53.
-    pub fn validate_limit(limit: &Limit) -> Result<(), ConfigError> {
-        match script::refusal(limit) {
-            Some(why) => Err(ConfigError::new("limit", limit, why)),
-            None => Ok(()),
-        }
+        RedisStore::key_layout(&self.prefix, key, limit)
     }
 }
 
@@ -602,7 +601,7 @@ where
     /// Refuses what the script cannot count exactly: see
     /// [`validate_limit`](RedisStore::validate_limit).
     fn validate(&self, limit: &Limit) -> Result<(), ConfigError> {
-        Self::validate_limit(limit)
+        RedisStore::validate_limit(limit)
     }
 
     /// A denial from the [deny cache](RedisStore#deny-cache) that still holds; `None` when

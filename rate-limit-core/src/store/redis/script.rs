@@ -574,7 +574,7 @@ mod tests {
         assert_eq!(err.kind(), StoreErrorKind::Backend);
         assert!(err.to_string().contains("WRONGTYPE"), "{err}");
         let third = answers[2].as_ref().unwrap();
-        assert!(!third.allowed());
+        assert!(!third.is_allowed());
         assert_eq!(third.retry_after(), Some(Duration::from_millis(250)));
         // Two limits: two records, the binding one the tighter.
         let d = answers[3].as_ref().unwrap();
