@@ -107,13 +107,13 @@ where
                 return ResponseFuture::respond(self.rejection.response(&Rejection::MissingKey));
             }
         };
-        let req = Request::from_parts(parts, body);
+        let mut req = Request::from_parts(parts, body);
         // A store that can decide in place (memory, a remote store's deny cache) costs no
         // future, and the inner service that was polled ready is called right away.
         if let Some(result) = self.shared.check_now(&key, &policy, cost) {
             let shared = Arc::clone(&self.shared);
-            return match resolve(result, req, policy, shared, &*self.rejection) {
-                Next::Call(req, after) => {
+            return match resolve(result, &mut req, policy, shared, &*self.rejection) {
+                Next::Call(after) => {
                     ResponseFuture::calling(self.inner.call(req), Some(after))
                 }
                 Next::Respond(res) => ResponseFuture::respond(res),
