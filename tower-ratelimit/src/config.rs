@@ -1,5 +1,6 @@
 //! The settings a layer shares with its services, and what they decide before the store call.
 
+use std::cell::Cell;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -69,61 +70,82 @@ pub(crate) struct Shared {
     pub(crate) log: Arc<LayerLog>,
 }
 
+thread_local! {
+    /// The store key buffer of the requests decided on this thread: a key decided in place
+    /// (memory store, deny cache) is only borrowed by the store, so one buffer serves them all
+    /// and a request allocates no key. One that goes to the store's future takes the buffer
+    /// with it; the next request on the thread starts a new one.
+    static KEY_BUFFER: Cell<String> = const { Cell::new(String::new()) };
+}
+
+/// Room a new key buffer starts with: a policy name, `:` and a hashed key (33 bytes) fit.
+const KEY_BUFFER_START: usize = 64;
+
+/// A buffer larger than this is not kept for the next request (a long key, before hashing).
+const KEY_BUFFER_KEEP: usize = 512;
+
+/// An empty store key buffer: this thread's, or a new one.
+pub(crate) fn take_key_buffer() -> String {
+    let mut key = KEY_BUFFER.try_with(Cell::take).unwrap_or_default();
+    if key.capacity() == 0 {
+        key.reserve(KEY_BUFFER_START);
+    }
+    key
+}
+
+/// Gives `key` back to this thread's buffer, for the next request.
+pub(crate) fn return_key_buffer(mut key: String) {
+    if key.capacity() <= KEY_BUFFER_KEEP {
+        key.clear();
+        // During the thread's teardown there is no buffer to give it back to.
+        let _ = KEY_BUFFER.try_with(|buffer| buffer.set(key));
+    }
+}
+
 /// What to do with a request, decided from its head before any I/O.
 pub(crate) enum Plan {
     /// Not limited: call the inner service.
     Pass,
     /// No key and [`MissingKey::Reject`].
     MissingKey,
-    /// Ask the store.
-    Check {
-        key: String,
-        policy: Policy,
-        cost: NonZeroU32,
-    },
+    /// Ask the store, with the store key written into the caller's buffer.
+    Check { policy: Policy, cost: NonZeroU32 },
 }
 
 impl Shared {
-    pub(crate) fn plan(&self, parts: &Parts) -> Plan {
+    /// Plans the request, writing its store key (`{policy}:{key}`) into `store_key`, which
+    /// the caller passes empty: a buffer it reuses, so that a key costs no allocation.
+    pub(crate) fn plan(&self, parts: &Parts, store_key: &mut String) -> Plan {
         if self.skip.as_ref().is_some_and(|skip| skip(parts)) {
             return Plan::Pass;
         }
         let Some(pick) = &self.policy_fn else {
-            // The usual case: the key is written straight after the policy's prefix, so the
-            // store key costs one allocation (room for a hashed key, 33 bytes, and more).
+            // The usual case: the key is written straight after the policy's prefix.
             let policy = self.policy.clone();
-            let mut store_key = policy.store_key_prefix(40);
-            if !self.extract_into(parts, &mut store_key) {
+            policy.push_store_key_prefix(store_key);
+            let start = store_key.len();
+            if !self.extract_into(parts, store_key, start) {
                 return self.missing_plan();
             }
             let Some(cost) = self.cost(parts) else {
                 return Plan::Pass;
             };
-            return Plan::Check {
-                key: store_key,
-                policy,
-                cost,
-            };
+            return Plan::Check { policy, cost };
         };
-        let mut key = String::new();
-        if !self.extract_into(parts, &mut key) {
+        if !self.extract_into(parts, store_key, 0) {
             return self.missing_plan();
         }
-        let policy = pick(parts, &key).unwrap_or_else(|| self.policy.clone());
+        let policy = pick(parts, store_key).unwrap_or_else(|| self.policy.clone());
         let Some(cost) = self.cost(parts) else {
             return Plan::Pass;
         };
-        Plan::Check {
-            key: policy.store_key(&key),
-            policy,
-            cost,
-        }
+        policy.prefix_store_key(store_key);
+        Plan::Check { policy, cost }
     }
 
     /// Appends the request's compacted key to `out`, or the shared key of
     /// [`MissingKey::Shared`]; `false` when there is neither.
-    fn extract_into(&self, parts: &Parts, out: &mut String) -> bool {
-        let start = out.len();
+    fn extract_into(&self, parts: &Parts, out: &mut String, start: usize) -> bool {
         if self.key.extract_into(parts, out) && key::compact_tail(out, start) {
             return true;
         }
@@ -171,17 +193,18 @@ impl Shared {
         }
     }
 
-    /// The store's answer without a future, if it can give one ([`Store::try_check_now`]),
-    /// timed as [`check`](Self::check) times it. The key is never logged.
+    /// The store's answer without a future, if it can give one ([`Store::try_check_now`]).
+    /// Not timed: such an answer waits for nothing (a memory store's check takes well under a
+    /// microsecond, below the histogram's first bucket), and two clock reads would cost more
+    /// than the decision; `ratelimit_store_duration_seconds` times the calls that wait. The key
+    /// is never logged.
     pub(crate) fn check_now(
         &self,
         key: &str,
         policy: &Policy,
         cost: NonZeroU32,
     ) -> Option<Result<Decision, StoreError>> {
-        let start = self.clock.now();
         let result = self.store.try_check_now(key, policy.limits(), cost)?;
-        observe::store_duration(&self.duration_key, self.clock.now().saturating_sub(start));
         if let Ok(d) = &result {
             tracing::debug!(
                 policy = policy.name(),

@@ -141,13 +141,13 @@ where
                     };
                     let Pending {
                         mut inner,
-                        req,
+                        mut req,
                         policy,
                         shared,
                         rejection,
                     } = pending;
-                    let next = match resolve(result, req, policy, shared, &*rejection) {
-                        Next::Call(req, after) => State::Calling {
+                    let next = match resolve(result, &mut req, policy, shared, &*rejection) {
+                        Next::Call(after) => State::Calling {
                             future: inner.call(req),
                             after: Some(after),
                         },
@@ -178,23 +178,24 @@ where
 /// What the store's answer leads to.
 #[allow(
     clippy::large_enum_variant,
-    reason = "returned and matched at once; boxing the request would cost an allocation"
+    reason = "returned and matched at once; boxing the response would cost an allocation"
 )]
-pub(crate) enum Next<ReqBody, ResBody> {
-    /// Call the inner service with this request; `After` then writes the response's headers.
-    Call(Request<ReqBody>, After),
+pub(crate) enum Next<ResBody> {
+    /// Call the inner service with the request; `After` then writes the response's headers.
+    Call(After),
     /// Answer with this response (429 or 503) without calling the inner service.
     Respond(Response<ResBody>),
 }
 
-/// Turns the store's answer into a call of the inner service or a response of our own.
+/// Turns the store's answer into a call of the inner service or a response of our own. The
+/// request is borrowed, not moved in and out: it is large, and each move is a copy.
 pub(crate) fn resolve<ReqBody, ResBody, R>(
     result: Result<Decision, StoreError>,
-    mut req: Request<ReqBody>,
+    req: &mut Request<ReqBody>,
     policy: Policy,
     shared: Arc<Shared>,
     rejection: &R,
-) -> Next<ReqBody, ResBody>
+) -> Next<ResBody>
 where
     R: RejectResponse<ResBody>,
 {
@@ -228,7 +229,7 @@ where
                 policy,
                 shared,
             };
-            Next::Call(req, after)
+            Next::Call(after)
         }
         Err(err) => {
             shared.log_failure(&policy, &err);
@@ -248,7 +249,7 @@ where
                 policy,
                 shared,
             };
-            Next::Call(req, after)
+            Next::Call(after)
         }
     }
 }

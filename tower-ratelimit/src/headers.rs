@@ -1,6 +1,7 @@
 //! Response headers: legacy `X-RateLimit-*`, the IETF `RateLimit` and `RateLimit-Policy` fields,
 //! and `Retry-After`.
 
+use std::cell::Cell;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -260,8 +261,7 @@ pub(crate) fn set_rate_limit_headers(
             }
         }
         let members = policy.members();
-        let len: usize = members.iter().map(|m| m.len() + 2 + 26).sum();
-        let mut field = Vec::with_capacity(len);
+        let mut field = take_field_buffer();
         for (member, snapshot) in members.iter().zip(decision.snapshots()) {
             if !field.is_empty() {
                 field.extend_from_slice(b", ");
@@ -272,9 +272,31 @@ pub(crate) fn set_rate_limit_headers(
             field.extend_from_slice(b";t=");
             push_decimal(&mut field, ceil_secs(snapshot.reset_after()));
         }
-        if let Ok(value) = HeaderValue::try_from(field) {
+        // Copied into a value of its own length: one allocation. (A `Vec` handed over with
+        // room to spare would cost a second one, for the shared buffer it becomes.)
+        if let Ok(value) = HeaderValue::from_bytes(&field) {
             headers.append(RATELIMIT, value);
         }
+        return_field_buffer(field);
+    }
+}
+
+thread_local! {
+    /// Where this thread writes the `RateLimit` field before it is copied into its value.
+    static FIELD_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// An empty field buffer: this thread's, or a new one.
+fn take_field_buffer() -> Vec<u8> {
+    FIELD_BUFFER.try_with(Cell::take).unwrap_or_default()
+}
+
+/// Gives `field` back to this thread, unless a field of many limits made it large.
+fn return_field_buffer(mut field: Vec<u8>) {
+    if field.capacity() <= 1024 {
+        field.clear();
+        // During the thread's teardown there is no buffer to give it back to.
+        let _ = FIELD_BUFFER.try_with(|buffer| buffer.set(field));
     }
 }
 

@@ -110,7 +110,9 @@
 //! `ratelimit_decisions_total{policy, outcome, backend}` (outcome `allowed`, `denied`,
 //! `shadow_denied`, `failed_open`, `failed_closed`, and `missing_key` for a 400 under
 //! [`MissingKey::Reject`], counted under the default policy) and the histogram
-//! `ratelimit_store_duration_seconds{backend}` (timed with the layer's [clock](RateLimitLayer::clock)).
+//! `ratelimit_store_duration_seconds{backend}` (timed with the layer's [clock](RateLimitLayer::clock),
+//! for the store calls that wait: a decision made in place, such as a `MemoryStore` check, is
+//! [not timed](observe#store-latency)).
 //! Each store call runs in a `ratelimit.check` [`tracing`](https://docs.rs/tracing) span. A
 //! store failure is logged at WARN with its cause chain, at most once per
 //! [`FAILURE_LOG_INTERVAL`](observe::FAILURE_LOG_INTERVAL) (10 s) per layer, counting the

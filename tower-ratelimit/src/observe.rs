@@ -4,30 +4,54 @@
 //! | name | kind | labels | meaning |
 //! |------|------|--------|---------|
 //! | `ratelimit_decisions_total` | counter | `policy`, `outcome`, `backend` | requests by outcome: `allowed`, `denied`, `shadow_denied`, `failed_open`, `failed_closed`, `missing_key` |
-//! | `ratelimit_store_duration_seconds` | histogram | `backend` | time of each store call |
+//! | `ratelimit_store_duration_seconds` | histogram | `backend` | time of each store call that waits (see below) |
 //!
 //! Both are described when a layer is built (install the recorder first). Metric keys (name
 //! and labels) are built once, when a policy first reports to a backend, and reused: a request
 //! allocates nothing here. Handles are not cached, so a recorder installed later (or a
 //! thread-local one in a test) still sees every decision.
 //!
-//! # Store latency in Prometheus
+//! # Store latency
+//!
+//! The histogram times the store calls that wait for their answer (a Redis round trip, a
+//! timeout). A decision the store makes in place ([`Store::try_check_now`]: every
+//! `MemoryStore` check, a `RedisStore` deny-cache hit) waits for nothing, takes well under a
+//! microsecond, and is not timed: its two clock reads would cost more than the decision.
+//! Such decisions are counted in `ratelimit_decisions_total` like any other; a layer on a
+//! `MemoryStore` has no latency series.
+//!
+//! [`Store::try_check_now`]: rate_limit_core::Store::try_check_now
+//!
+//! ## In Prometheus
 //!
 //! `metrics-exporter-prometheus` renders a histogram as a summary (quantiles over a sliding
 //! window, which cannot be aggregated across instances) unless it is given buckets for it. Give
 //! `ratelimit_store_duration_seconds` buckets, such as [`STORE_DURATION_BUCKETS`] (50 µs to
 //! 1 s, around the 50 ms default budget of a store call), and it is a histogram whose
-//! `_bucket` series sum over instances:
+//! `_bucket` series sum over instances (here with a store that answers only through its
+//! future, as a remote store does):
 //!
 //! ```
 //! use http::Request;
 //! use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 //! use rate_limit_core::{MemoryStore, Quota};
+//! # use std::num::NonZeroU32;
+//! # use rate_limit_core::{BoxFuture, Decision, Limit, Store, StoreError};
+//! # /// A memory store that decides only through its future, as a remote store does.
+//! # struct Remote(MemoryStore);
+//! # impl Store for Remote {
+//! #     fn check<'a>(&'a self, key: &'a str, limits: &'a [Limit], cost: NonZeroU32)
+//! #         -> BoxFuture<'a, Result<Decision, StoreError>> { self.0.check(key, limits, cost) }
+//! #     fn peek<'a>(&'a self, key: &'a str, limits: &'a [Limit], cost: NonZeroU32)
+//! #         -> BoxFuture<'a, Result<Decision, StoreError>> { self.0.peek(key, limits, cost) }
+//! #     fn backend(&self) -> &'static str { "remote" }
+//! # }
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_ratelimit::RateLimitLayer;
 //! use tower_ratelimit::observe::{STORE_DURATION_BUCKETS, STORE_DURATION_SECONDS};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let remote_store = Remote(MemoryStore::new());
 //! let recorder = PrometheusBuilder::new()
 //!     .set_buckets_for_metric(
 //!         Matcher::Full(STORE_DURATION_SECONDS.to_owned()),
@@ -36,7 +60,7 @@
 //!     .build_recorder(); // an application calls `install_recorder()` instead
 //! let handle = recorder.handle();
 //! metrics::with_local_recorder(&recorder, || {
-//!     let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_second(1));
+//!     let layer = RateLimitLayer::new(remote_store, Quota::per_second(1));
 //!     let svc = ServiceBuilder::new().layer(layer).service(service_fn(|_: Request<()>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(()))
 //!     }));
@@ -46,9 +70,9 @@
 //! })?;
 //! let text = handle.render();
 //! assert!(text.contains("# TYPE ratelimit_store_duration_seconds histogram"));
-//! assert!(text.contains(r#"ratelimit_store_duration_seconds_bucket{backend="memory",le="0.00005"}"#));
-//! assert!(text.contains(r#"ratelimit_store_duration_seconds_bucket{backend="memory",le="+Inf"} 1"#));
-//! assert!(text.contains(r#"ratelimit_decisions_total{policy="default",outcome="allowed",backend="memory"} 1"#));
+//! assert!(text.contains(r#"ratelimit_store_duration_seconds_bucket{backend="remote",le="0.00005"}"#));
+//! assert!(text.contains(r#"ratelimit_store_duration_seconds_bucket{backend="remote",le="+Inf"} 1"#));
+//! assert!(text.contains(r#"ratelimit_decisions_total{policy="default",outcome="allowed",backend="remote"} 1"#));
 //! # Ok(())
 //! # }
 //! ```
@@ -63,7 +87,8 @@ use metrics::{Key, Label, Level, Metadata};
 
 /// Counter of decisions, labelled `policy`, `outcome` and `backend`.
 pub const DECISIONS_TOTAL: &str = "ratelimit_decisions_total";
-/// Histogram of store call latency in seconds, labelled `backend`.
+/// Histogram of store call latency in seconds, labelled `backend`: the calls that wait, not
+/// the decisions a store makes in place (see [Store latency](self#store-latency)).
 pub const STORE_DURATION_SECONDS: &str = "ratelimit_store_duration_seconds";
 
 /// Bucket bounds, in seconds, for [`STORE_DURATION_SECONDS`] in a Prometheus exporter: an

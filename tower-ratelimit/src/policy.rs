@@ -114,19 +114,24 @@ impl Policy {
     /// # Ok::<(), rate_limit_core::ConfigError>(())
     /// ```
     pub fn store_key(&self, key: &str) -> String {
-        let mut out = self.store_key_prefix(key.len());
+        let mut out = String::with_capacity(self.name().len() + 1 + key.len());
+        self.push_store_key_prefix(&mut out);
         out.push_str(key);
         out
     }
 
-    /// The start of every [`store_key`](Self::store_key) of this policy, `{name}:`, with room
-    /// for `key_len` more bytes: the client key is appended to it.
-    pub(crate) fn store_key_prefix(&self, key_len: usize) -> String {
-        let name = self.name();
-        let mut out = String::with_capacity(name.len() + 1 + key_len);
-        out.push_str(name);
+    /// Appends the start of every [`store_key`](Self::store_key) of this policy, `{name}:`, to
+    /// `out`: the client key is appended after it.
+    pub(crate) fn push_store_key_prefix(&self, out: &mut String) {
+        out.push_str(self.name());
         out.push(':');
-        out
+    }
+
+    /// Turns the client key in `key` into its [`store_key`](Self::store_key), in place.
+    pub(crate) fn prefix_store_key(&self, key: &mut String) {
+        let name = self.name();
+        key.insert_str(0, name);
+        key.insert(name.len(), ':');
     }
 
     /// The limits, in order.

@@ -8,7 +8,7 @@ use http::{Request, Response};
 use rate_limit_core::{Quota, Store};
 use tower_service::Service;
 
-use crate::config::{Plan, Shared};
+use crate::config::{Plan, Shared, return_key_buffer, take_key_buffer};
 use crate::future::{Next, Pending, ResponseFuture, resolve};
 use crate::layer::RateLimitLayer;
 use crate::rejection::{DefaultRejection, RejectResponse, Rejection};
@@ -97,26 +97,28 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        let (key, policy, cost) = match self.shared.plan(&parts) {
-            Plan::Check { key, policy, cost } => (key, policy, cost),
+        let mut key = take_key_buffer();
+        let (policy, cost) = match self.shared.plan(&parts, &mut key) {
+            Plan::Check { policy, cost } => (policy, cost),
             Plan::Pass => {
+                return_key_buffer(key);
                 let req = Request::from_parts(parts, body);
                 return ResponseFuture::calling(self.inner.call(req), None);
             }
             Plan::MissingKey => {
+                return_key_buffer(key);
                 self.shared.missing_key(&parts);
                 return ResponseFuture::respond(self.rejection.response(&Rejection::MissingKey));
             }
         };
-        let req = Request::from_parts(parts, body);
+        let mut req = Request::from_parts(parts, body);
         // A store that can decide in place (memory, a remote store's deny cache) costs no
         // future, and the inner service that was polled ready is called right away.
         if let Some(result) = self.shared.check_now(&key, &policy, cost) {
+            return_key_buffer(key);
             let shared = Arc::clone(&self.shared);
-            return match resolve(result, req, policy, shared, &*self.rejection) {
-                Next::Call(req, after) => {
-                    ResponseFuture::calling(self.inner.call(req), Some(after))
-                }
+            return match resolve(result, &mut req, policy, shared, &*self.rejection) {
+                Next::Call(after) => ResponseFuture::calling(self.inner.call(req), Some(after)),
                 Next::Respond(res) => ResponseFuture::respond(res),
             };
         }

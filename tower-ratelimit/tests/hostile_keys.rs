@@ -8,16 +8,20 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use http::{HeaderName, HeaderValue, Request};
 use proptest::prelude::*;
-use rate_limit_core::{BoxFuture, Decision, Limit, MemoryStore, Quota, Store, StoreError};
+use rate_limit_core::{
+    Algorithm, BoxFuture, Decision, Limit, MemoryStore, Quota, Store, StoreError,
+};
 use tower::ServiceBuilder;
-use tower_ratelimit::RateLimitLayer;
 use tower_ratelimit::key::{ApiKey, ForwardedIp, Header, KeyExtractor, MAX_KEY_LEN, PeerIp};
+use tower_ratelimit::{Policy, RateLimitLayer};
 
-/// A memory store that remembers every key it was asked about.
+/// A memory store that remembers every key it was asked about. It decides through its future,
+/// or also in place (`try_check_now`) when built with `in_place`.
 #[derive(Clone)]
 struct Recording {
     inner: Arc<MemoryStore>,
     keys: Arc<Mutex<Vec<String>>>,
+    in_place: bool,
 }
 
 impl Recording {
@@ -25,6 +29,14 @@ impl Recording {
         Self {
             inner: Arc::new(MemoryStore::new()),
             keys: Arc::default(),
+            in_place: false,
+        }
+    }
+
+    fn in_place() -> Self {
+        Self {
+            in_place: true,
+            ..Self::new()
         }
     }
 
@@ -34,6 +46,19 @@ impl Recording {
 }
 
 impl Store for Recording {
+    fn try_check_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Option<Result<Decision, StoreError>> {
+        if !self.in_place {
+            return None;
+        }
+        self.keys.lock().unwrap().push(key.to_owned());
+        self.inner.try_check_now(key, limits, cost)
+    }
+
     fn check<'a>(
         &'a self,
         key: &'a str,
@@ -94,6 +119,37 @@ async fn ten_kilobyte_header_is_hashed_and_keeps_its_own_budget() {
     keys.iter().for_each(|k| assert_compact(k));
     assert_eq!(keys[0], keys[1]);
     assert_ne!(keys[0], keys[2]);
+}
+
+/// The layer reuses one key buffer for the requests it decides in place: no request's store
+/// key keeps anything of the one before, whichever path each took.
+#[tokio::test]
+async fn store_keys_carry_nothing_of_the_request_before() {
+    for rec in [Recording::new(), Recording::in_place()] {
+        let premium = Policy::new(
+            "premium",
+            [Limit::new(Quota::per_minute(nz(5)), Algorithm::Gcra)],
+        )
+        .unwrap();
+        let layer = RateLimitLayer::new(rec.clone(), Quota::per_minute(nz(5)))
+            .key(Header::new("x-client"))
+            .policy(move |_parts, key| (key == "vip").then(|| premium.clone()));
+        let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
+        let long = "a-rather-long-client-name-".repeat(30);
+        for value in [long.as_str(), "b", "vip", "c", "vip"] {
+            let res = send(&svc, get_with("/", "x-client", value.as_bytes())).await;
+            assert_eq!(res.status(), 200);
+        }
+        let keys = rec.keys();
+        assert_eq!(keys.len(), 5, "in place: {}", rec.in_place);
+        assert!(keys[0].starts_with("default:#"), "{}", keys[0]);
+        assert_eq!(
+            keys[1..],
+            ["default:b", "premium:vip", "default:c", "premium:vip"],
+            "in place: {}",
+            rec.in_place
+        );
+    }
 }
 
 #[tokio::test]

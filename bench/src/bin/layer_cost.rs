@@ -1,7 +1,7 @@
 //! Sends requests through an axum router in-process, with no socket and no runtime, so that
 //! a profiler sees only the router and the layer in front of it. `bench/instructions.sh` runs it
 //! under `valgrind --tool=callgrind` (instruction counts do not depend on what else the machine
-//! does) and divides by the request count.
+//! does), counting only the request loop, and divides by the request count.
 //!
 //! ```text
 //! cargo run --release -p bench --bin layer_cost -- memory:none hot 100000
@@ -90,6 +90,33 @@ fn keys(shape: &str) -> Option<Vec<HeaderValue>> {
     }
 }
 
+/// Sends `count` requests through `app`, taking `keys` in turn: the requests answered 200,
+/// and the number of rate-limit fields on the last response. `bench/instructions.sh` counts
+/// only the instructions under this function (`--toggle-collect`), so that what the program
+/// does once (building the layers, calibrating the clocks) stays out of the figures.
+#[inline(never)]
+fn send_all(app: &mut Router, keys: &[HeaderValue], count: usize) -> (usize, usize) {
+    let mut ok = 0usize;
+    let mut fields = 0;
+    for i in 0..count {
+        let req = Request::get("/")
+            .header(CLIENT_HEADER, keys[i % keys.len()].clone())
+            .body(Body::empty())
+            .unwrap_or_default();
+        match block_on(app.call(req)) {
+            Ok(res) if res.status().is_success() => {
+                ok += 1;
+                if i + 1 == count {
+                    fields = rate_limit_fields(res.headers());
+                }
+            }
+            Ok(_) => {}
+            Err(never) => match never {},
+        }
+    }
+    (ok, fields)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(layer), Some(shape), Some(count)) = (
@@ -113,24 +140,7 @@ fn main() -> ExitCode {
     };
     // As `axum::serve` does: handlers become routes once, not on every request.
     let mut app = app.with_state::<()>(());
-    let mut ok = 0usize;
-    let mut fields = 0;
-    for i in 0..count {
-        let req = Request::get("/")
-            .header(CLIENT_HEADER, keys[i % keys.len()].clone())
-            .body(Body::empty())
-            .unwrap_or_default();
-        match block_on(app.call(req)) {
-            Ok(res) if res.status().is_success() => {
-                ok += 1;
-                if i + 1 == count {
-                    fields = rate_limit_fields(res.headers());
-                }
-            }
-            Ok(_) => {}
-            Err(never) => match never {},
-        }
-    }
+    let (ok, fields) = send_all(&mut app, &keys, count);
     if ok != count {
         eprintln!("{} of {count} requests were not answered 200", count - ok);
         return ExitCode::FAILURE;
