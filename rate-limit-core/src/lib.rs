@@ -60,6 +60,8 @@ pub use error::{ConfigError, StoreError, StoreErrorKind};
 pub use limit::Limit;
 pub use quota::{MAX_SPAN, Quota};
 pub use store::memory::{METRIC_MEMORY_STORE_FULL, MemoryStore, MemoryStoreBuilder, WhenFull};
+#[cfg(feature = "sentinel")]
+pub use store::redis::SentinelConnection;
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};
 pub use store::{BoxFuture, Store};
