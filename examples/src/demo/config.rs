@@ -42,11 +42,13 @@ use tower_ratelimit::key::Cidr;
 pub const LIMITED_ROUTES: [&str; 2] = ["/ratelimit", "/acquire"];
 
 /// Every scalar setting, by environment variable name. The file uses the lower-case names.
-pub const SETTINGS: [&str; 15] = [
+pub const SETTINGS: [&str; 17] = [
     "PORT",
     "REDIS_URL",
     "REDIS_ADDR",
     "REDIS_CLUSTER_NODES",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
     "RATE_LIMIT",
     "RATE_LIMIT_WINDOW_SEC",
     "RATE_LIMIT_BURST",
@@ -70,15 +72,24 @@ pub enum Backend {
     Redis(String),
     /// A Redis Cluster, by the URLs of some of its nodes.
     Cluster(Vec<String>),
+    /// The master of a service Redis Sentinel monitors: the sentinels' URLs
+    /// (`REDIS_SENTINELS`, `host:port,...`) and the service name (`REDIS_SENTINEL_MASTER`).
+    Sentinel {
+        /// `redis://host:port` of each sentinel.
+        sentinels: Vec<String>,
+        /// The service (master) name.
+        master: String,
+    },
 }
 
 impl Backend {
-    /// `memory`, `redis` or `cluster`, as `/status` reports it.
+    /// `memory`, `redis`, `cluster` or `sentinel`, as `/status` reports it.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Memory => "memory",
             Self::Redis(_) => "redis",
             Self::Cluster(_) => "cluster",
+            Self::Sentinel { .. } => "sentinel",
         }
     }
 }
@@ -459,6 +470,15 @@ impl Sources {
             }
             None => None,
         };
+        if let (Some(sentinel), Some(s)) = (self.sentinel()?, self.get("REDIS_SENTINELS")) {
+            if url.is_some() || cluster.is_some() {
+                return Err(s.error(
+                    "set either REDIS_SENTINELS or REDIS_URL/REDIS_ADDR/REDIS_CLUSTER_NODES, \
+                     not both",
+                ));
+            }
+            return Ok(sentinel);
+        }
         match (url, cluster) {
             (Some(_), Some((s, _))) => {
                 Err(s.error("set either REDIS_CLUSTER_NODES or REDIS_URL/REDIS_ADDR, not both"))
@@ -467,6 +487,46 @@ impl Sources {
             (None, Some((_, nodes))) => Ok(Backend::Cluster(nodes)),
             (None, None) => Ok(Backend::Memory),
         }
+    }
+}
+
+impl Sources {
+    /// `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER`, which go together.
+    fn sentinel(&self) -> Result<Option<Backend>, ConfigError> {
+        match (
+            self.get("REDIS_SENTINELS"),
+            self.get("REDIS_SENTINEL_MASTER"),
+        ) {
+            (None, None) => Ok(None),
+            (Some(s), None) => Err(s.error("set REDIS_SENTINEL_MASTER too: the service name")),
+            (None, Some(m)) => Err(m.error("set REDIS_SENTINELS too: host:port,...")),
+            (Some(s), Some(m)) => {
+                let sentinels = list(&s.value)
+                    .map(|addr| host_port(&s, addr))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if sentinels.is_empty() {
+                    return Err(s.error("expected comma-separated host:port addresses"));
+                }
+                let master = m.value.trim();
+                if master.is_empty() {
+                    return Err(m.error("expected the name of the master service"));
+                }
+                Ok(Some(Backend::Sentinel {
+                    sentinels,
+                    master: master.to_owned(),
+                }))
+            }
+        }
+    }
+}
+
+/// `redis://host:port` from `host:port`.
+fn host_port(s: &Setting, addr: &str) -> Result<String, ConfigError> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(format!("redis://{addr}"))
+        }
+        _ => Err(s.error("expected host:port, e.g. 127.0.0.1:26379")),
     }
 }
 
@@ -737,6 +797,21 @@ mod tests {
         )])
         .unwrap();
         assert_eq!(c.backend.name(), "cluster");
+        let c = Config::from_vars(&[
+            ("REDIS_SENTINELS", "127.0.0.1:26379, 127.0.0.1:26380"),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.backend,
+            Backend::Sentinel {
+                sentinels: vec![
+                    "redis://127.0.0.1:26379".into(),
+                    "redis://127.0.0.1:26380".into()
+                ],
+                master: "mymaster".into(),
+            }
+        );
     }
 
     #[test]
@@ -757,6 +832,8 @@ mod tests {
             ("REDIS_URL", "http://x"),
             ("REDIS_ADDR", "nohost"),
             ("REDIS_CLUSTER_NODES", ","),
+            ("REDIS_SENTINELS", "nohost"),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
             ("RATELIMIT_CONFIG", "/nonexistent/demo.toml"),
         ] {
             let e = err(&[(var, value)]);

@@ -1,4 +1,4 @@
-//! The store the configuration asks for: in memory, Redis or Redis Cluster.
+//! The store the configuration asks for: in memory, Redis, Redis Cluster or Redis Sentinel.
 
 use std::fmt;
 use std::sync::Arc;
@@ -73,6 +73,31 @@ impl DemoStore {
                 let store = connect(&what, RedisStore::connect_cluster(&refs)).await?;
                 Ok(Self::remote(config, store, "cluster"))
             }
+            Backend::Sentinel { sentinels, master } => {
+                let refs: Vec<&str> = sentinels.iter().map(String::as_str).collect();
+                let what = format!("{} (sentinels {})", master, sentinels.join(","));
+                let node = redis::sentinel::SentinelNodeConnectionInfo::default();
+                let store = match connect(
+                    &what,
+                    RedisStore::connect_sentinel(&refs, master, node.clone()),
+                )
+                .await
+                {
+                    Ok(store) => store,
+                    Err(err) if config.failure_mode != FailureSetting::Closed => {
+                        eprintln!(
+                            "demo: {err}; starting anyway (FAILURE_MODE={}), Redis is used \
+                             once the sentinels name a master that answers",
+                            config.failure_mode.name()
+                        );
+                        RedisStore::connect_sentinel_lazy(&refs, master, node).map_err(|e| {
+                            StoreStartError(format!("cannot use Redis at {what}: {e}"))
+                        })?
+                    }
+                    Err(err) => return Err(err),
+                };
+                Ok(Self::remote(config, store, "sentinel"))
+            }
         }
     }
 
@@ -107,7 +132,7 @@ impl DemoStore {
         Arc::clone(&self.store)
     }
 
-    /// `memory`, `redis` or `cluster`.
+    /// `memory`, `redis`, `cluster` or `sentinel`.
     pub fn backend(&self) -> &'static str {
         self.backend
     }

@@ -14,7 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 /// Every variable the demo reads, removed from the environment a test starts it with.
-pub const DEMO_VARS: [&str; 15] = examples::demo::config::SETTINGS;
+pub const DEMO_VARS: [&str; 17] = examples::demo::config::SETTINGS;
 
 /// Builds `example` of the `examples` package with the cargo running the tests, and returns
 /// the executable cargo reports (wherever the target directory is).
