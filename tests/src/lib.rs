@@ -12,6 +12,7 @@
 
 mod fault_proxy;
 pub mod load;
+mod netns;
 mod redis_cluster;
 mod redis_sentinel;
 mod redis_server;
@@ -19,6 +20,7 @@ pub mod replay;
 mod tls;
 
 pub use fault_proxy::{Fault, FaultProxy};
+pub use netns::PartitionedRedis;
 pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::{MASTER_NAME, RedisSentinels};
 pub use redis_server::{RedisServer, redis_available};
