@@ -266,6 +266,13 @@ pub use sentinel::SentinelConnection;
 ///   no circuit breaker over a whole cluster: one master's failure would open it for every
 ///   key.
 ///
+/// Behind a slow or broken link (`tests/tests/redis_links.rs`): with 20 ms added to every
+/// reply, checks from four tasks stay exact, p50 about 46 ms and max about 70 ms (two calls in
+/// flight at most, so a check may wait two or three round trips); with replies stalled, or the
+/// link to a Redis in a network namespace taken down, a 100 ms timeout, a breaker and a local
+/// fallback decide every check within the budget (max about 102 ms), and Redis decides again
+/// 0.2 s (stall) and 0.5 s (partition, 200-400 ms cool-down) after the link is back.
+///
 /// `WAIT` could make a charge wait for a replica, but would put a replica's round trip on
 /// every check; the store does not use it.
 ///
