@@ -79,6 +79,8 @@ pub use quota::{Count, MAX_SPAN, Quota};
 #[cfg(feature = "redis")]
 pub use redis;
 pub use store::memory::{METRIC_MEMORY_STORE_FULL, MemoryStore, MemoryStoreBuilder, WhenFull};
+#[cfg(feature = "sentinel")]
+pub use store::redis::SentinelConnection;
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};
 pub use store::{BoxFuture, Store};

@@ -27,6 +27,17 @@ pub enum Fault {
     DropReply,
 }
 
+/// The state of the link every connection of a proxy goes through, set with
+/// [`FaultProxy::set_latency`] and [`FaultProxy::stall`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Link {
+    /// Added to every reply: each is held this long after it arrives, while the relay goes on
+    /// reading (a link's delay, not a queue).
+    latency: Duration,
+    /// Replies are not relayed (nor read from the server) until the stall ends.
+    stalled: bool,
+}
+
 /// A relay from `127.0.0.1:<port>` to a server on loopback, run on a thread of its own (a
 /// Tokio runtime independent of the test's). Stopped, with every connection it relays, on
 /// drop.
@@ -35,6 +46,7 @@ pub struct FaultProxy {
     port: u16,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+    link: watch::Sender<Link>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -74,6 +86,7 @@ impl FaultProxy {
             .port();
         let shared = Arc::new(Shared::default());
         let (stop, stopped) = watch::channel(false);
+        let (link, link_rx) = watch::channel(Link::default());
         let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream));
         let relay_shared = Arc::clone(&shared);
         let thread = thread::Builder::new()
@@ -85,7 +98,7 @@ impl FaultProxy {
                     .expect("a runtime for the proxy");
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(std_listener).expect("a Tokio listener");
-                    accept(listener, upstream, relay_shared, stopped).await;
+                    accept(listener, upstream, relay_shared, stopped, link_rx).await;
                 });
             })
             .expect("the proxy's thread");
@@ -93,8 +106,20 @@ impl FaultProxy {
             port,
             shared,
             stop,
+            link,
             thread: Some(thread),
         }
+    }
+
+    /// Holds every reply `latency` before relaying it (zero: none), on every connection.
+    pub fn set_latency(&self, latency: Duration) {
+        self.link.send_modify(|l| l.latency = latency);
+    }
+
+    /// While `stalled`, relays no reply: requests still reach the server, its answers wait in
+    /// the proxy's socket (a link that stopped delivering). Relayed again once unstalled.
+    pub fn stall(&self, stalled: bool) {
+        self.link.send_modify(|l| l.stalled = stalled);
     }
 
     /// The port clients connect to.
@@ -171,6 +196,7 @@ async fn accept(
     upstream: SocketAddr,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
+    link: watch::Receiver<Link>,
 ) {
     loop {
         tokio::select! {
@@ -180,7 +206,7 @@ async fn accept(
                 shared.lock().accepted += 1;
                 let Ok(server) = TcpStream::connect(upstream).await else { continue };
                 let (shared, stopped) = (Arc::clone(&shared), stopped.clone());
-                tokio::spawn(relay(client, server, shared, stopped));
+                tokio::spawn(relay(client, server, shared, stopped, link.clone()));
             }
         }
     }
@@ -193,15 +219,34 @@ async fn relay(
     mut server: TcpStream,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
+    mut link: watch::Receiver<Link>,
 ) {
     let (mut requests, mut replies) = (Vec::new(), Vec::new());
     // Requests forwarded and replies relayed on this connection; the reply that a
     // `DropReply` fault withholds, by its index.
     let (mut sent, mut answered) = (0u64, 0u64);
     let mut withhold: Option<u64> = None;
+    // Replies held for the link's latency, with when each is due, oldest first.
+    let mut held: VecDeque<(tokio::time::Instant, Vec<u8>)> = VecDeque::new();
     loop {
+        let next_due = held.front().map(|(due, _)| *due);
         tokio::select! {
             _ = stopped.changed() => return,
+            changed = link.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)),
+                if next_due.is_some() => {
+                let now = tokio::time::Instant::now();
+                while held.front().is_some_and(|(due, _)| *due <= now) {
+                    let Some((_, frame)) = held.pop_front() else { break };
+                    if client.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
             read = client.read_buf(&mut requests), if withhold.is_none() => {
                 if !matches!(read, Ok(n) if n > 0) {
                     return;
@@ -223,10 +268,12 @@ async fn relay(
                     }
                 }
             }
-            read = server.read_buf(&mut replies) => {
+            read = server.read_buf(&mut replies), if !link.borrow().stalled => {
                 if !matches!(read, Ok(n) if n > 0) {
                     return;
                 }
+                let latency = link.borrow().latency;
+                let due = tokio::time::Instant::now() + latency;
                 while let Some(end) = frame_end(&replies, 0) {
                     // RESP3 pushes answer no request.
                     let push = replies.first() == Some(&b'>');
@@ -235,8 +282,12 @@ async fn relay(
                         return;
                     }
                     let frame: Vec<u8> = replies.drain(..end).collect();
-                    if client.write_all(&frame).await.is_err() {
-                        return;
+                    if latency.is_zero() && held.is_empty() {
+                        if client.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        held.push_back((due, frame));
                     }
                     answered += u64::from(!push);
                 }

@@ -2,7 +2,8 @@
 //!
 //! Test support lives here: [`RedisServer`] starts a throwaway `redis-server` on a free loopback
 //! port (which a test may kill, pause, resume and restart), also over TLS with [`TestCerts`],
-//! and [`RedisCluster`] a three-master Redis Cluster. Neither touches a server it did not
+//! and [`RedisCluster`] a three-master Redis Cluster, [`RedisSentinels`] a master and replica
+//! under three sentinels. Neither touches a server it did not
 //! start. [`FaultProxy`] sits between a client and a server and can withhold a reply.
 //!
 //! Tests that need Redis call [`redis_available`] first: when `redis-server` is not on the
@@ -11,12 +12,16 @@
 
 mod fault_proxy;
 pub mod load;
+mod netns;
 mod redis_cluster;
+mod redis_sentinel;
 mod redis_server;
 pub mod replay;
 mod tls;
 
 pub use fault_proxy::{Fault, FaultProxy};
+pub use netns::PartitionedRedis;
 pub use redis_cluster::RedisCluster;
+pub use redis_sentinel::{MASTER_NAME, RedisSentinels};
 pub use redis_server::{RedisServer, redis_available};
 pub use tls::TestCerts;

@@ -1,4 +1,4 @@
-//! [`RedisCluster`]: three masters on loopback, no replicas.
+//! [`RedisCluster`]: three masters on loopback, with or without a replica each.
 
 use std::thread;
 use std::time::Duration;
@@ -33,8 +33,37 @@ impl RedisCluster {
     ///
     /// If the cluster does not form within about ten seconds.
     pub fn start_with_node_timeout(timeout: Duration) -> Self {
+        Self::create(timeout, 0)
+    }
+
+    /// Three masters with one replica each (six nodes), with `cluster-node-timeout` set to
+    /// `timeout`: a replica takes over its master's slots about that long after the master
+    /// stops answering. Waits until every replica has synced.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster does not form, or a replica does not sync, within about ten seconds.
+    pub fn start_with_replicas(timeout: Duration) -> Self {
+        let cluster = Self::create(timeout, 1);
+        for _ in 0..200 {
+            let synced = (0..cluster.nodes.len())
+                .filter(|&i| cluster.master_of(i).is_some())
+                .all(|i| {
+                    cluster.nodes[i]
+                        .cli(&["INFO", "replication"])
+                        .contains("master_link_status:up")
+                });
+            if synced && cluster.masters().len() == 3 {
+                return cluster;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the replicas did not sync");
+    }
+
+    fn create(timeout: Duration, replicas: usize) -> Self {
         let timeout = timeout.as_millis().to_string();
-        let nodes: Vec<RedisServer> = (0..3)
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(&[
                     "--cluster-enabled",
@@ -52,7 +81,8 @@ impl RedisCluster {
             .collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let replicas = replicas.to_string();
+        args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
         cli(nodes[0].port(), &args);
         let cluster = Self { nodes };
         for _ in 0..200 {
@@ -68,9 +98,36 @@ impl RedisCluster {
         panic!("the cluster did not reach cluster_state:ok");
     }
 
-    /// The nodes, each a master.
+    /// The nodes: each a master, or with [`start_with_replicas`](Self::start_with_replicas)
+    /// three masters and three replicas (see [`masters`](Self::masters),
+    /// [`master_of`](Self::master_of)).
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+
+    /// Node `i`, to kill or pause it.
+    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+
+    /// The indexes of the nodes that say they are masters now (`ROLE`).
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].cli(&["ROLE"]).lines().next().map(str::trim) == Some("master")
+            })
+            .collect()
+    }
+
+    /// The index of the master node `i` replicates, if it is a replica (`ROLE`).
+    pub fn master_of(&self, i: usize) -> Option<usize> {
+        let role = self.nodes[i].cli(&["ROLE"]);
+        let mut lines = role.lines().map(str::trim);
+        if lines.next() != Some("slave") {
+            return None;
+        }
+        let port: u16 = lines.nth(1)?.parse().ok()?;
+        self.nodes.iter().position(|n| n.port() == port)
     }
 
     /// The index in [`nodes`](Self::nodes) of the master serving `key`'s slot.

@@ -221,7 +221,7 @@ pub(crate) fn cli(port: u16, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn signal(pid: u32, sig: &str) -> bool {
+pub(crate) fn signal(pid: u32, sig: &str) -> bool {
     Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -230,7 +230,7 @@ fn signal(pid: u32, sig: &str) -> bool {
 }
 
 /// Sends `PING` every 20 ms, up to `tries` times, until `+PONG` comes back.
-fn wait_for_ping(port: u16, tries: u32) -> bool {
+pub(crate) fn wait_for_ping(port: u16, tries: u32) -> bool {
     for _ in 0..tries {
         if ping(port) {
             return true;
@@ -262,7 +262,7 @@ pub(crate) fn free_port() -> u16 {
     panic!("no free port pair found");
 }
 
-fn temp_dir(port: u16) -> PathBuf {
+pub(crate) fn temp_dir(port: u16) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     std::env::temp_dir().join(format!(
         "rl-redis-{}-{port}-{}",
