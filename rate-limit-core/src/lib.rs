@@ -63,6 +63,7 @@ pub mod conformance;
 mod decision;
 mod error;
 mod limit;
+pub mod logging;
 mod quota;
 #[cfg(feature = "resilience")]
 pub mod resilience;

@@ -12,8 +12,9 @@ use tracing::Instrument as _;
 
 use crate::headers::HeaderSettings;
 use crate::key::{self, KeyExtractor};
-use crate::observe::{self, Causes, LayerLog};
+use crate::observe::{self, LayerLog};
 use crate::policy::Policy;
+use rate_limit_core::logging::Causes;
 
 /// What to do with a request from which no key can be extracted.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -77,13 +77,12 @@
 //! # }
 //! ```
 
-use std::error::Error;
-use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{Key, Label, Level, Metadata};
+use rate_limit_core::logging::Throttle;
 
 /// Counter of decisions, labelled `policy`, `outcome` and `backend`.
 pub const DECISIONS_TOTAL: &str = "ratelimit_decisions_total";
@@ -210,67 +209,8 @@ pub(crate) fn store_duration(key: &Key, elapsed: Duration) {
     });
 }
 
-/// An error's sources, outermost first, joined by `: ` (empty when it has none): logged beside
-/// the error, whose own text names only the kind of failure. A refused TLS certificate, for
-/// one, is `invalid peer certificate: UnknownIssuer` here and only `connection failed: redis`
-/// in the error.
-pub(crate) struct Causes<'a>(pub(crate) &'a (dyn Error + 'static));
-
-impl fmt::Display for Causes<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut next = self.0.source();
-        let mut separator = "";
-        while let Some(cause) = next {
-            write!(f, "{separator}{cause}")?;
-            separator = ": ";
-            next = cause.source();
-        }
-        Ok(())
-    }
-}
-
 /// The least time between two logged store failures of one layer.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Lets one event through per interval and counts the ones it holds back.
-#[derive(Debug)]
-pub(crate) struct Throttle {
-    interval: u64,
-    /// Clock nanoseconds before which events are held back.
-    next: AtomicU64,
-    held: AtomicU64,
-}
-
-impl Throttle {
-    pub(crate) fn new(interval: Duration) -> Self {
-        Self {
-            interval: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
-            next: AtomicU64::new(0),
-            held: AtomicU64::new(0),
-        }
-    }
-
-    /// At `now` (clock nanoseconds): `Some(events held back since the last one let through)`
-    /// when this one may be logged, `None` when it is held back.
-    pub(crate) fn pass(&self, now: u64) -> Option<u64> {
-        let next = self.next.load(Ordering::Acquire);
-        if now >= next
-            && self
-                .next
-                .compare_exchange(
-                    next,
-                    now.saturating_add(self.interval),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-        {
-            return Some(self.held.swap(0, Ordering::AcqRel));
-        }
-        self.held.fetch_add(1, Ordering::AcqRel);
-        None
-    }
-}
 
 /// What a layer logs once, or once per interval: shared by the layer and its services.
 #[derive(Debug)]
@@ -286,41 +226,5 @@ impl LayerLog {
             failures: Throttle::new(FAILURE_LOG_INTERVAL),
             no_peer_address: AtomicBool::new(false),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rate_limit_core::{StoreError, StoreErrorKind};
-    use std::io;
-
-    #[test]
-    fn causes_list_the_sources_outermost_first() {
-        let none = StoreError::new(StoreErrorKind::Connection, "redis");
-        assert_eq!(Causes(&none).to_string(), "");
-
-        let tls = io::Error::other("invalid peer certificate: UnknownIssuer");
-        let one = StoreError::new(StoreErrorKind::Connection, "redis").with_source(tls);
-        assert_eq!(one.to_string(), "connection failed: redis");
-        assert_eq!(
-            Causes(&one).to_string(),
-            "invalid peer certificate: UnknownIssuer"
-        );
-
-        let inner =
-            StoreError::new(StoreErrorKind::Timeout, "inner").with_source(io::Error::other("deep"));
-        let two = StoreError::new(StoreErrorKind::Backend, "outer").with_source(inner);
-        assert_eq!(Causes(&two).to_string(), "timed out: inner: deep");
-    }
-
-    #[test]
-    fn a_throttle_lets_one_event_through_per_interval_and_counts_the_rest() {
-        const SEC: u64 = 1_000_000_000;
-        let t = Throttle::new(Duration::from_secs(10));
-        assert_eq!(t.pass(100 * SEC), Some(0));
-        assert_eq!(t.pass(100 * SEC), None);
-        assert_eq!(t.pass(109 * SEC), None);
-        assert_eq!(t.pass(110 * SEC), Some(2));
     }
 }

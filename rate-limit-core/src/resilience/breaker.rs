@@ -12,8 +12,9 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::limit::Limit;
 use crate::store::{BoxFuture, Store};
 
-use super::log::{Failure, Throttle};
+use super::log::Failure;
 use super::state::CircuitState;
+use crate::logging::Throttle;
 
 /// Counts consecutive infrastructure failures of the store inside and, past a threshold, stops
 /// calling it for a cool-down.
@@ -120,7 +121,7 @@ impl<S: Store> CircuitBreaker<S, SystemClock> {
                 failed_probes: 0,
                 log_probe: false,
             }),
-            probe_log: Throttle::new(),
+            probe_log: Throttle::new(super::LOG_INTERVAL),
         }
     }
 }

@@ -13,7 +13,8 @@ use crate::limit::Limit;
 use crate::quota::Quota;
 use crate::store::{BoxFuture, Store};
 
-use super::log::{Failure, Throttle};
+use super::log::Failure;
+use crate::logging::Throttle;
 
 /// Which store made a decision; see [`Fallback::check_traced`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,7 +151,7 @@ impl<P: Store, L> Fallback<P, L> {
             clock: SystemClock::new(),
             deciding_locally: AtomicBool::new(false),
             episode: Mutex::new(Episode::default()),
-            episode_log: Throttle::new(),
+            episode_log: Throttle::new(super::LOG_INTERVAL),
         }
     }
 }
