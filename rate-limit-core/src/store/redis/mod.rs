@@ -671,31 +671,11 @@ where
             None => None,
         };
         let check = script::Check::new(&self.prefix, key, limits, cost.get(), commit)?;
-        let decision = self.dispatcher.decide(check).await;
-        #[cfg(feature = "sentinel")]
-        if let Err(e) = &decision {
-            self.after_failure(e);
-        }
-        let decision = decision?;
+        let decision = self.dispatcher.decide(check).await?;
         if let Some((slot, sent_at)) = cached {
             DenyCache::record(slot, key, limits, cost, sent_at, &decision);
         }
         Ok(decision)
-    }
-}
-
-impl<C: 'static> RedisStore<C> {
-    /// A check answered `READONLY` ran on a node that was demoted to a replica: through
-    /// Sentinel, the next call asks the sentinels for the master again. (The script answers each
-    /// check's failure in its reply, so the connection does not see it.)
-    #[cfg(feature = "sentinel")]
-    fn after_failure(&self, e: &StoreError) {
-        let conn = &self.dispatcher.conn as &dyn std::any::Any;
-        if let Some(sentinel) = conn.downcast_ref::<SentinelConnection>()
-            && sentinel::is_readonly_answer(e)
-        {
-            sentinel.forget();
-        }
     }
 }
 

@@ -21,7 +21,8 @@ use crate::error::{StoreError, StoreErrorKind};
 /// that is not down and answers `ROLE` as a master wins), and keeps one multiplexed connection
 /// to it. That connection is given up, and the next call asks the sentinels again, when a call
 /// on it fails with a lost connection, a timeout, or a `READONLY` answer (the node was demoted
-/// to a replica: the script's first write was refused, so nothing was written), and when a call
+/// to a replica: a replica refuses a call of the store's library, a writing function, before
+/// it runs), and when a call
 /// is abandoned before its reply came (the store's response timeout). Sentinel itself closes
 /// the clients of a node it reconfigures (`CLIENT KILL TYPE normal`), so after a failover every
 /// instance's next call finds the promoted replica.
@@ -114,11 +115,6 @@ impl SentinelConnection {
     pub fn connections_made(&self) -> u64 {
         self.shared.made.load(Ordering::Relaxed)
     }
-
-    /// Gives up the current connection: the next call asks the sentinels again.
-    pub(crate) fn forget(&self) {
-        *self.shared.lock() = None;
-    }
 }
 
 /// The master connection's settings of [`SentinelConnection::open`]: at most 500 ms to
@@ -187,11 +183,6 @@ fn is_readonly(e: &RedisError) -> bool {
         e.kind(),
         ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
     )
-}
-
-/// Whether a check's error says the node it ran on is a replica (`READONLY`).
-pub(super) fn is_readonly_answer(e: &StoreError) -> bool {
-    e.to_string().contains("READONLY")
 }
 
 /// Gives up the connection of a call that is dropped before it ends: its reply did not come in
