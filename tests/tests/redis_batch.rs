@@ -25,18 +25,6 @@ async fn mux(server: &RedisServer) -> MultiplexedConnection {
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
-/// How many times the server has run `command` (`fcall`, `get`, `set`), scripts included.
-fn calls(server: &RedisServer, command: &str) -> u64 {
-    let prefix = format!("cmdstat_{command}:calls=");
-    server
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Admissions, and answers from the deny cache, out of `tasks` tasks per store, each doing
 /// `each` checks of `key` at cost 1, asking the deny cache first as the tower layer does.
 async fn hammer<S: Store>(
@@ -106,13 +94,10 @@ async fn coalesced_checks_of_one_hot_key_admit_exactly_the_quota() {
     let quota = Quota::per_hour(nz(100));
     for alg in Algorithm::ALL {
         let limit = [Limit::new(quota, alg)];
-        let (fcalls, gets) = (calls(&server, "fcall"), calls(&server, "get"));
+        let (fcalls, gets) = (server.calls("fcall"), server.calls("get"));
         let (admitted, cached) = hammer(&stores, &format!("hot-{alg}"), &limit, 64, 3).await;
         assert_eq!(cached, 0);
-        let (fcalls, gets) = (
-            calls(&server, "fcall") - fcalls,
-            calls(&server, "get") - gets,
-        );
+        let (fcalls, gets) = (server.calls("fcall") - fcalls, server.calls("get") - gets);
         match alg {
             // Its documented bound: never above the limit in one window.
             Algorithm::SlidingWindow => assert!(admitted <= 100, "{alg}: {admitted}"),
@@ -178,7 +163,7 @@ async fn coalesced_checks_decide_as_the_transitions_in_turn() {
             // the transitions run one after the other give the same decisions.
             let k = 1 + rng.below(24);
             let cost = nz(1 + u32::try_from(rng.below(u64::from(capacity / 2 + 1))).unwrap());
-            let before = calls(&server, "fcall");
+            let before = server.calls("fcall");
             let handles: Vec<_> = (0..k)
                 .map(|_| {
                     let (redis, key, limits) = (Arc::clone(&redis), key.clone(), limits.clone());
@@ -189,7 +174,7 @@ async fn coalesced_checks_decide_as_the_transitions_in_turn() {
             for h in handles {
                 got.push(h.await.unwrap());
             }
-            batched += usize::from(calls(&server, "fcall") - before < k);
+            batched += usize::from(server.calls("fcall") - before < k);
             let mut want = Vec::new();
             for _ in 0..k {
                 want.push(memory.check(&key, limits, cost).await.unwrap());
@@ -263,7 +248,7 @@ where
         Quota::per_second(nz(1_000_000)),
         Algorithm::TokenBucket,
     )];
-    let before = calls(server, "fcall");
+    let before = server.calls("fcall");
     let handles: Vec<_> = (0..n)
         .map(|i| {
             let store = Arc::clone(&store);
@@ -276,7 +261,7 @@ where
     for h in handles {
         assert!(h.await.unwrap());
     }
-    calls(server, "fcall") - before
+    server.calls("fcall") - before
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +303,7 @@ async fn a_check_that_fails_in_the_script_fails_alone_in_its_call() {
 
     // Two calls in flight on a stopped server hold the dispatcher's two slots, so that every
     // check spawned next waits in the queue, and goes in one call when the server resumes.
-    let before = calls(&server, "fcall");
+    let before = server.calls("fcall");
     server.pause();
     let mut blockers = Vec::new();
     for i in 0..2 {
@@ -378,7 +363,7 @@ async fn a_check_that_fails_in_the_script_fails_alone_in_its_call() {
     // The blockers took one or two calls, so the fourteen checks went in one or two calls of
     // consecutive arrivals: at least one call carried failing and succeeding checks together,
     // and identical checks in a row (sent once, with a count) that each failed or succeeded.
-    let fcalls = calls(&server, "fcall") - before;
+    let fcalls = server.calls("fcall") - before;
     assert!((2..=3).contains(&fcalls), "{fcalls} calls");
     // The pair failed on its second limit: its first was not charged.
     let d = store.peek("bad-pair", &[bucket], nz(5)).await.unwrap();
@@ -406,7 +391,7 @@ async fn denials_are_answered_locally_until_their_deadline() {
     let denied = store.check("k", &limit, nz(1)).await.unwrap();
     assert_eq!(denied.retry_after(), Some(Duration::from_secs(10)));
 
-    let before = calls(&server, "fcall");
+    let before = server.calls("fcall");
     for _ in 0..100 {
         let d = store.try_check_now("k", &limit, nz(1)).unwrap().unwrap();
         assert_eq!(d, denied);
@@ -414,7 +399,7 @@ async fn denials_are_answered_locally_until_their_deadline() {
         // A greater cost is denied too.
         assert!(!store.check("k", &limit, nz(2)).await.unwrap().is_allowed());
     }
-    assert_eq!(calls(&server, "fcall"), before, "the cache called Redis");
+    assert_eq!(server.calls("fcall"), before, "the cache called Redis");
 
     // Time goes by: the waits shrink with it.
     clock.advance(Duration::from_secs(4));
@@ -427,13 +412,13 @@ async fn denials_are_answered_locally_until_their_deadline() {
     // A peek asks Redis.
     let peeked = store.peek("k", &limit, nz(1)).await.unwrap();
     assert_eq!(peeked.retry_after(), Some(Duration::from_secs(6)));
-    assert_eq!(calls(&server, "fcall"), before + 1);
+    assert_eq!(server.calls("fcall"), before + 1);
 
     // At the deadline, the check goes to Redis, which admits it.
     clock.advance(Duration::from_secs(6));
     assert!(store.try_check_now("k", &limit, nz(1)).is_none());
     assert!(store.check("k", &limit, nz(1)).await.unwrap().is_allowed());
-    assert_eq!(calls(&server, "fcall"), before + 2);
+    assert_eq!(server.calls("fcall"), before + 2);
 
     // Another key, and the same key with other limits, are not denied by it.
     assert!(store.check("k2", &limit, nz(1)).await.unwrap().is_allowed());
@@ -464,18 +449,18 @@ async fn a_smaller_cost_than_the_denied_one_asks_redis() {
         .unwrap();
     let limit = [Limit::new(Quota::per_hour(nz(5)), Algorithm::TokenBucket)];
     assert!(store.check("k", &limit, nz(4)).await.unwrap().is_allowed());
-    let before = calls(&server, "fcall");
+    let before = server.calls("fcall");
     assert!(!store.check("k", &limit, nz(3)).await.unwrap().is_allowed());
     assert!(!store.check("k", &limit, nz(3)).await.unwrap().is_allowed());
-    assert_eq!(calls(&server, "fcall"), before + 1);
+    assert_eq!(server.calls("fcall"), before + 1);
     // One unit is left: a cost of 1 is not answered by the denial of 3, and passes.
     assert!(store.try_check_now("k", &limit, nz(1)).is_none());
     let d = store.check("k", &limit, nz(1)).await.unwrap();
     assert!(d.is_allowed() && d.remaining() == 0, "{d:?}");
-    assert_eq!(calls(&server, "fcall"), before + 2);
+    assert_eq!(server.calls("fcall"), before + 2);
     // The admission cleared the key's entry: the next denial comes from Redis again.
     assert!(!store.check("k", &limit, nz(3)).await.unwrap().is_allowed());
-    assert_eq!(calls(&server, "fcall"), before + 3);
+    assert_eq!(server.calls("fcall"), before + 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

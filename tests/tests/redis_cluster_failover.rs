@@ -86,17 +86,6 @@ async fn load(
     recs
 }
 
-fn stat(info: &str, name: &str, field: &str) -> u64 {
-    info.lines()
-        .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| {
-            v.split(',')
-                .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
-        })
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Kills one master under load: checks of the other masters' keys go on on Redis, those of
 /// the failed master's keys are decided locally until its replica is promoted and then on
 /// Redis again (the library present there, replicated or loaded when a call finds it missing), and no check is charged twice.
@@ -256,8 +245,7 @@ async fn a_killed_master_is_replaced_by_its_replica_under_load() {
             assert!(held >= answered, "{key}: {answered} admitted, {held} held");
         }
     }
-    let info = cluster.nodes()[replica].cli(&["INFO", "commandstats"]);
-    let fcalls = stat(&info, "cmdstat_fcall", "calls");
+    let fcalls = cluster.nodes()[replica].calls("fcall");
     let library = cluster.nodes()[replica].cli(&["FUNCTION", "LIST"]);
     println!(
         "cluster failover: {} checks, {failed} failed; failed master's keys: {} decided \

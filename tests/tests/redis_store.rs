@@ -155,7 +155,7 @@ async fn function_flush_between_calls_is_recovered_by_reloading() {
     // A fresh server does not have the library: the first call loads it.
     let d = store.check("k", &limit, nz(1)).await.unwrap();
     assert_eq!(d.remaining(), 4);
-    assert_eq!(function_loads(&server), 1);
+    assert_eq!(server.calls("function|load"), 1);
     assert!(server.cli(&["FUNCTION", "LIST"]).contains("ratelimit_"));
     for (left, loads) in [(3, 2), (2, 3)] {
         assert_eq!(server.cli(&["FUNCTION", "FLUSH"]), "OK");
@@ -164,25 +164,14 @@ async fn function_flush_between_calls_is_recovered_by_reloading() {
         // The state survived: the reloaded library charged the same key.
         assert_eq!(d.remaining(), left);
         assert_eq!(
-            function_loads(&server),
+            server.calls("function|load"),
             loads,
             "a missing function must reload once"
         );
     }
     // Without a flush, no reload.
     store.check("k", &limit, nz(1)).await.unwrap();
-    assert_eq!(function_loads(&server), 3);
-}
-
-/// How many `FUNCTION LOAD`s the server has run.
-fn function_loads(server: &RedisServer) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_function|load:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    assert_eq!(server.calls("function|load"), 3);
 }
 
 #[tokio::test]
