@@ -84,7 +84,7 @@ pub use store::memory::{METRIC_MEMORY_STORE_FULL, MemoryStore, MemoryStoreBuilde
 pub use store::redis::SentinelConnection;
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};
-pub use store::{BoxFuture, Store};
+pub use store::{BoxFuture, Charge, Store};
 
 /// The per-algorithm state types held inside [`State`]. Opaque: only transitions read them.
 pub mod state {

@@ -4,9 +4,10 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::decision::Decision;
-use crate::error::{ConfigError, StoreError};
+use crate::error::{ConfigError, StoreError, StoreErrorKind};
 use crate::limit::Limit;
 
 pub(crate) mod memory;
@@ -16,6 +17,69 @@ pub(crate) mod redis;
 /// A boxed, `Send` future: what [`Store`] methods return, so that stores can be used as
 /// `Arc<dyn Store>` and wrapped by other stores.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A charge to give back with [`Store::refund`]: what a check charged, how long ago, and which
+/// store decided it.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use std::time::Duration;
+/// use rate_limit_core::Charge;
+///
+/// let charge = Charge::new(NonZeroU32::MIN).elapsed(Duration::from_millis(30));
+/// assert_eq!(charge.cost().get(), 1);
+/// assert_eq!(charge.since(), Duration::from_millis(30));
+/// assert!(!charge.is_local());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    cost: NonZeroU32,
+    since: Duration,
+    local: bool,
+}
+
+impl Charge {
+    /// A charge of `cost`, made just now by the store itself.
+    pub const fn new(cost: NonZeroU32) -> Self {
+        Self {
+            cost,
+            since: Duration::ZERO,
+            local: false,
+        }
+    }
+
+    /// How long before the refund the check that charged was sent. Measure it from *before* the
+    /// check was sent: a window algorithm gives back to the window the charge fell in, and an
+    /// estimate that is early can only give back less, never to a window that was not charged.
+    #[must_use]
+    pub const fn elapsed(mut self, since: Duration) -> Self {
+        self.since = since;
+        self
+    }
+
+    /// Records which store decided `decision`, the check's answer: a decision made by a
+    /// [`Fallback`](crate::resilience::Fallback)'s local store is given back to that store.
+    #[must_use]
+    pub fn decided_by(mut self, decision: &Decision) -> Self {
+        self.local = decision.local_limits().is_some();
+        self
+    }
+
+    /// The cost to give back.
+    pub const fn cost(&self) -> NonZeroU32 {
+        self.cost
+    }
+
+    /// How long ago the check was sent.
+    pub const fn since(&self) -> Duration {
+        self.since
+    }
+
+    /// Whether a fallback's local store made the decision.
+    pub const fn is_local(&self) -> bool {
+        self.local
+    }
+}
 
 /// Keeps rate-limit state and decides on it.
 ///
@@ -52,6 +116,35 @@ pub trait Store: Send + Sync + 'static {
         limits: &'a [Limit],
         cost: NonZeroU32,
     ) -> BoxFuture<'a, Result<Decision, StoreError>>;
+
+    /// Gives back a [`Charge`] that a [`check`](Store::check) of `key` against `limits` made,
+    /// atomically for every limit, never above a limit's capacity (a full bucket, an empty
+    /// window). Returns what a [`peek`](Store::peek) of the charge's cost would answer right after
+    /// the refund, so that headers can show the budget after it.
+    ///
+    /// What each algorithm gives back is in [the algorithms' docs](crate::Algorithm).
+    ///
+    /// The default refuses with [`InvalidInput`](StoreErrorKind::InvalidInput): every store of
+    /// this crate implements it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`check`](Store::check).
+    fn refund<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        charge: Charge,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        let _ = (key, limits, charge);
+        let backend = self.backend();
+        Box::pin(async move {
+            Err(StoreError::new(
+                StoreErrorKind::InvalidInput,
+                format!("the {backend} store cannot give charges back"),
+            ))
+        })
+    }
 
     /// A short name of the backend for metrics and status (`memory`, `redis`, ...).
     fn backend(&self) -> &'static str;
@@ -140,6 +233,15 @@ macro_rules! forward_store {
                 cost: NonZeroU32,
             ) -> BoxFuture<'a, Result<Decision, StoreError>> {
                 (**self).peek(key, limits, cost)
+            }
+
+            fn refund<'a>(
+                &'a self,
+                key: &'a str,
+                limits: &'a [Limit],
+                charge: Charge,
+            ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+                (**self).refund(key, limits, charge)
             }
 
             fn backend(&self) -> &'static str {
