@@ -331,6 +331,12 @@ impl<R> RateLimitLayer<R> {
     /// a closure `Fn(&Rejection<'_>) -> Response<B>` whose `B` is the inner service's body
     /// type, or any [`RejectResponse`](crate::RejectResponse). In axum,
     /// [`with_axum_rejection`](Self::with_axum_rejection) takes what a handler returns.
+    ///
+    /// The two are separate methods on purpose: a `Response<B>` is itself `IntoResponse`, so one
+    /// method taking both kinds of closure could not tell which conversion a closure means, and
+    /// it could no longer infer the closure's argument type (`|rejection| ..` would need
+    /// `|rejection: &Rejection<'_>| ..`). Each method states its closure's bounds, so a closure
+    /// that fits neither is reported at the method, not at `.layer(..)`.
     pub fn with_rejection<R2>(self, rejection: R2) -> RateLimitLayer<R2>
     where
         R2: Send + Sync + 'static,
