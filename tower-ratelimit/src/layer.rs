@@ -335,8 +335,9 @@ impl<R> RateLimitLayer<R> {
     /// The two are separate methods on purpose: a `Response<B>` is itself `IntoResponse`, so one
     /// method taking both kinds of closure could not tell which conversion a closure means, and
     /// it could no longer infer the closure's argument type (`|rejection| ..` would need
-    /// `|rejection: &Rejection<'_>| ..`). Each method states its closure's bounds, so a closure
-    /// that fits neither is reported at the method, not at `.layer(..)`.
+    /// `|rejection: &Rejection<'_>| ..`). `with_axum_rejection` checks its closure where it is
+    /// called; this method can check a closure's response type only once the inner service's body
+    /// type is known, at `.layer(..)`.
     pub fn with_rejection<R2>(self, rejection: R2) -> RateLimitLayer<R2>
     where
         R2: Send + Sync + 'static,
