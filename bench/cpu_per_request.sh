@@ -6,8 +6,10 @@
 #
 # Modes are bench_server's (bench/src/bin/bench_server.rs); HEADER_STYLE is passed on to it.
 #
-# In redis mode it also prints how many checks each script call carried (requests over EVALSHA
-# calls, from INFO commandstats).
+# In the Redis modes (redis, redis-unbatched, trl-redis) it starts a redis-server of its own and
+# also prints how many checks each script call carried (requests over FCALL and EVALSHA calls,
+# from INFO commandstats). Compare trl-redis (tower-rate-limit-redis) with KEYS=random only: its
+# largest quota denies one hot key under load.
 # Each mode: the server (and redis-server) on CPU 0, wrk on CPU 1, a 2 s warm-up, then an 8 s
 # run whose CPU ticks are divided by the requests wrk completed. Settings (environment):
 # KEYS=hot (one key, default) or random (bench/random_keys.lua), CONNECTIONS (default 32),
@@ -41,10 +43,11 @@ source bench/ports.sh
 # The user and kernel CPU time of a process, in clock ticks.
 ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
 
-# EVALSHA calls served so far by the redis-server on port $1 (from INFO commandstats).
+# Script calls (FCALL and EVALSHA) served so far by the redis-server on port $1 (from INFO
+# commandstats).
 calls() {
   redis-cli -p "$1" info commandstats | tr -d '\r' |
-    awk -F'[=,]' '/^cmdstat_evalsha:/ { print $2; found = 1 } END { if (!found) print 0 }'
+    awk -F'[=,]' '/^cmdstat_(fcall|evalsha):/ { n += $2 } END { print n + 0 }'
 }
 
 pids=()
@@ -56,7 +59,7 @@ echo "| mode | keys | requests/s | server user µs/req | server kernel µs/req |
 echo "|---|---|---:|---:|---:|---:|---:|"
 for mode in "${MODES[@]}"; do
   redis_pid="" redis_url=""
-  if [[ $mode == redis ]]; then
+  if [[ $mode == redis* || $mode == trl-redis ]]; then
     rport=$(free_port)
     taskset -c 0 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
       --daemonize no --logfile /dev/null >/dev/null &

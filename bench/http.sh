@@ -9,8 +9,9 @@
 # MemoryStore), governor (tower_governor, keyed, the same never-denying quota, use_headers()),
 # governor-no-headers (the same without its headers), redis (our layer on a RedisStore, against
 # a redis-server this script starts on a free port), redis-unbatched (one EVALSHA per request)
-# and headers (no limiter: only the five rate-limit fields our layer writes by default, as fixed
-# values). A mode written NAME:STYLE (memory:none, redis:legacy) runs our layer with that
+# headers (no limiter: only the five rate-limit fields our layer writes by default, as fixed
+# values) and trl-redis (tower-rate-limit-redis, a one-key GCRA script per request, against the
+# same redis-server; its largest quota denies one hot key under load, so read its 10k-key rows). A mode written NAME:STYLE (memory:none, redis:legacy) runs our layer with that
 # HeaderStyle (none, legacy, ietf, both); without one, HEADER_STYLE from the environment, or both.
 # Each mode is loaded with one hot key and with 10,000 random keys (bench/random_keys.lua), in
 # ROUNDS interleaved rounds (round 1 runs every mode, then round 2 ...); the table shows the
@@ -78,7 +79,7 @@ if ! command -v wrk >/dev/null; then
 fi
 wants_redis=0
 for mode in $MODES; do
-  [[ ${mode%%@*} == redis* ]] && wants_redis=1
+  [[ ${mode%%@*} == redis* || ${mode%%@*} == trl-redis ]] && wants_redis=1
 done
 if ((wants_redis)) && ! command -v redis-server >/dev/null; then
   log "redis mode needs redis-server (apt-get install redis-server)"

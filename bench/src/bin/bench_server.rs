@@ -13,7 +13,9 @@
 //!   deny cache off: one `EVALSHA` per request), `governor` (tower_governor's keyed limiter with
 //!   `use_headers()`: two rate-limit fields), `governor-no-headers` (the same without them) or
 //!   `headers` (no limiter: only the five rate-limit fields our layer writes by default, as
-//!   fixed values, the least any layer that writes them can cost).
+//!   fixed values, the least any layer that writes them can cost), or `trl-redis`
+//!   (tower-rate-limit-redis 1.0, a one-key GCRA script per request, no headers; its largest
+//!   quota denies one hot client under load, so compare it with 10k random keys).
 //! - `HEADER_STYLE` (default `both`): the rate-limit headers our layer writes in `memory`,
 //!   `redis` and `redis-unbatched` modes: `none`, `legacy` (three fields), `ietf` (two) or
 //!   `both` (five). The other modes do not read it.
@@ -31,7 +33,9 @@ use std::process::ExitCode;
 
 use axum::Router;
 use axum::routing::get;
-use bench::{header_style, header_style_names, ours, with_fixed_fields, with_governor};
+use bench::{
+    header_style, header_style_names, ours, with_fixed_fields, with_governor, with_trl_redis,
+};
 use rate_limit_core::{MemoryStore, RedisStore};
 use tower_ratelimit::HeaderStyle;
 
@@ -45,10 +49,11 @@ enum Mode {
     Governor,
     GovernorNoHeaders,
     Headers,
+    TrlRedis,
 }
 
 impl Mode {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Bare,
         Self::Memory,
         Self::Redis,
@@ -56,6 +61,7 @@ impl Mode {
         Self::Governor,
         Self::GovernorNoHeaders,
         Self::Headers,
+        Self::TrlRedis,
     ];
 
     fn name(self) -> &'static str {
@@ -67,6 +73,7 @@ impl Mode {
             Self::Governor => "governor",
             Self::GovernorNoHeaders => "governor-no-headers",
             Self::Headers => "headers",
+            Self::TrlRedis => "trl-redis",
         }
     }
 }
@@ -137,7 +144,9 @@ impl Config {
             None => 3000,
         };
         let redis_url = var("REDIS_URL").filter(|url| !url.is_empty());
-        if matches!(mode, Mode::Redis | Mode::RedisUnbatched) && redis_url.is_none() {
+        if matches!(mode, Mode::Redis | Mode::RedisUnbatched | Mode::TrlRedis)
+            && redis_url.is_none()
+        {
             return Err(EnvError {
                 var: "REDIS_URL",
                 value: None,
@@ -193,6 +202,9 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
                 .deny_cache(None)
                 .build()?;
             router.layer(ours(store, style))
+        }
+        Mode::TrlRedis => {
+            with_trl_redis(router, config.redis_url.as_deref().unwrap_or_default()).await?
         }
         Mode::Governor => with_governor(router, true)?,
         Mode::GovernorNoHeaders => with_governor(router, false)?,
@@ -341,6 +353,11 @@ mod tests {
             assert_eq!(fields(mode, "both", &url).await, 5, "{mode}");
             assert_eq!(fields(mode, "legacy", &url).await, 3, "{mode}");
         }
+        // The peer writes no rate-limit fields, and decides in a script of its own.
+        let before = server.calls("evalsha") + server.calls("eval");
+        assert_eq!(fields("trl-redis", "both", &url).await, 0);
+        let after = server.calls("evalsha") + server.calls("eval");
+        assert!(after > before, "the peer's script never ran");
     }
 
     #[test]
