@@ -5,15 +5,18 @@
 //! where one script may only touch keys of one slot, each slot has a lane of its own, so that
 //! a slot whose master hangs holds up its own checks and no others.
 //!
-//! A check is queued with a oneshot sender for its answer. When its lane has fewer than
-//! [`MAX_IN_FLIGHT`] calls in flight, the check that queues starts a flush task
-//! (`tokio::spawn`): the task, not any caller, owns the batch, so a caller that gives up (a
+//! A check that finds its lane idle (nothing queued, no call in flight) is sent at once by its
+//! caller, in a call of its own counted as in flight: a lone check costs no task and no channel.
+//! A check that finds its lane busy is queued with a oneshot sender for its answer. When its
+//! lane has fewer than [`MAX_IN_FLIGHT`] calls in flight, the check that queues starts a flush
+//! task (`tokio::spawn`): the task, not any caller, owns the batch, so a caller that gives up (a
 //! `Timeout` dropping its future) cancels nothing but its own wait. A flush takes what its lane
 //! holds (up to the maximum batch), skips checks whose caller has gone, sends them in one call
 //! (bounded by the store's response timeout, see [`call`](super::call)), answers each caller,
 //! and goes on while checks keep arriving. A lone check is sent at once: no timer, no added
 //! wait.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -134,16 +137,42 @@ where
         } else {
             SHARED_LANE
         };
-        let (answer, wait) = oneshot::channel();
-        let start = {
+        let queued = {
             let mut lanes = self.lock();
-            let l = lanes.entry(lane).or_insert_with(Lane::new);
-            l.push(Request { check, answer });
-            let start = l.in_flight < MAX_IN_FLIGHT;
-            if start {
-                l.in_flight += 1;
+            match lanes.entry(lane) {
+                Entry::Vacant(idle) => {
+                    idle.insert(Lane::new()).in_flight = 1;
+                    Err(check)
+                }
+                Entry::Occupied(mut busy) => {
+                    let l = busy.get_mut();
+                    let (answer, wait) = oneshot::channel();
+                    l.push(Request { check, answer });
+                    let start = l.in_flight < MAX_IN_FLIGHT;
+                    if start {
+                        l.in_flight += 1;
+                    }
+                    Ok((start, wait))
+                }
             }
-            start
+        };
+        let (start, wait) = match queued {
+            Ok(queued) => queued,
+            Err(check) => {
+                // The lane was idle: this check is sent at once, by its caller, as one call
+                // counted in flight, so that checks arriving meanwhile queue and ride the next
+                // call. No flush task, no channel: the caller owns only its own check, and
+                // giving up cancels only its own call.
+                let _counted = InFlight {
+                    dispatcher: self.as_ref(),
+                    lane,
+                    armed: true,
+                };
+                return match self.call(&[&check]).await {
+                    Ok(mut answers) => answers.pop().unwrap_or_else(|| Err(lost())),
+                    Err(e) => Err(error::from_redis(e)),
+                };
+            }
         };
         if start {
             tokio::spawn(Arc::clone(self).flush(lane));
