@@ -473,18 +473,72 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
     ///
     /// A URL is invalid, or no node could be reached.
     pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, StoreError> {
-        let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
-            .retries(0)
-            .response_timeout(builder::DEFAULT_RESPONSE_TIMEOUT)
-            .connection_timeout(std::time::Duration::from_millis(500))
-            .build()
-            .map_err(error::from_redis)?;
-        let conn = client
+        let conn = cluster_client(nodes)?
             .get_async_connection()
             .await
             .map_err(error::from_redis)?;
         Ok(Self::builder(conn).backend("cluster").assemble())
     }
+
+    /// As [`connect_cluster`](Self::connect_cluster), without waiting for the cluster: the
+    /// store is built at once, and its connection connects to the nodes in the background
+    /// (the `redis` crate's `ClusterClient::get_pending_async_connection_with_config`).
+    ///
+    /// Until a node answers with the slot map, checks fail with a
+    /// [`Connection`](StoreErrorKind::Connection) error ("no connections found"), each of which
+    /// starts another attempt from the `nodes` given here; a fallback or the layer's failure
+    /// mode decides meanwhile, so an application can start, and serve, while the cluster is
+    /// down. Nothing is sent before the cluster is connected, and then each call is sent once,
+    /// as through `connect_cluster`.
+    ///
+    /// ```
+    /// use rate_limit_core::{Algorithm, Limit, Quota, RedisStore, Store, StoreErrorKind};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Port 1: nothing listens there.
+    /// let store = RedisStore::connect_cluster_lazy(&["redis://127.0.0.1:1"])?;
+    /// let limits = [Limit::new(Quota::per_second(1), Algorithm::Gcra)];
+    /// let err = store.check("k", &limits, 1.try_into()?).await.unwrap_err();
+    /// assert_eq!(err.kind(), StoreErrorKind::Connection);
+    /// assert!(RedisStore::connect_cluster_lazy(&["not a url"]).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A URL is invalid, or this is called outside a Tokio runtime (the connection's task
+    /// needs one).
+    pub fn connect_cluster_lazy(nodes: &[&str]) -> Result<Self, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidInput,
+                "RedisStore::connect_cluster_lazy needs a Tokio runtime",
+            ));
+        }
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(CLUSTER_CONNECTION_TIMEOUT)
+            .set_response_timeout(builder::DEFAULT_RESPONSE_TIMEOUT);
+        let conn = cluster_client(nodes)?.get_pending_async_connection_with_config(config);
+        Ok(Self::builder(conn).backend("cluster").assemble())
+    }
+}
+
+/// How long a cluster connection waits to connect to a node.
+#[cfg(feature = "cluster")]
+const CLUSTER_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The client of [`RedisStore::connect_cluster`] and [`RedisStore::connect_cluster_lazy`]: no
+/// re-sends, a response timeout, 500 ms to connect.
+#[cfg(feature = "cluster")]
+fn cluster_client(nodes: &[&str]) -> Result<redis::cluster::ClusterClient, StoreError> {
+    redis::cluster::ClusterClient::builder(nodes.to_vec())
+        .retries(0)
+        .response_timeout(builder::DEFAULT_RESPONSE_TIMEOUT)
+        .connection_timeout(CLUSTER_CONNECTION_TIMEOUT)
+        .build()
+        .map_err(error::from_redis)
 }
 
 /// Functions of the store's layout and scripts that need no store: `RedisStore::key_layout(..)`
