@@ -258,14 +258,33 @@ pub use sentinel::SentinelConnection;
 /// - **Cluster with replicas**: the same, per master: the keys of a lost master's slots fail
 ///   (or are decided by a fallback) until its replica is promoted, and charges not yet
 ///   replicated can be lost. Scripts are not replicated: the store loads its script on the
-///   promoted node at the first `NOSCRIPT`. Measured in `tests/tests/redis_cluster_failover.rs`
-///   (three masters and three replicas, `cluster-node-timeout` 1 s, two instances with a
-///   100 ms timeout and a local fallback, one master killed): no check failed, the failed
-///   master's keys back on Redis about 2.6 s after the kill, the slowest check 82 ms. Keys of
-///   the other masters were not all answered by Redis meanwhile: many of their checks missed
-///   the 100 ms budget too and were decided by the fallback, and the longest stretch with no
-///   Redis decision for them was 22 ms in one run, 1.1 s in another. Put no circuit breaker
-///   over a whole cluster: one master's failure would open it for every key.
+///   promoted node at the first `NOSCRIPT`. Set `cluster-require-full-coverage no` on the
+///   nodes: with Redis's default, `yes`, a slot that no working master serves takes the whole
+///   cluster down, and from the moment the lost master is flagged `FAIL` until its replica is
+///   promoted (at least 500 ms: a replica waits 500 ms plus up to 500 ms before it asks for
+///   votes), every node answers `CLUSTERDOWN` for every key, the healthy masters' too.
+///   Measured in `tests/tests/redis_cluster_failover.rs` (three masters and three replicas,
+///   `cluster-node-timeout` 1 s, two instances with a 100 ms timeout and a local fallback, one
+///   master killed): no check failed, the failed master's keys back on Redis about 2.7 s after
+///   the kill, the slowest check 100 ms; with `no`, no check of another master's keys fell back
+///   (the longest stretch without a Redis decision for them 137 ms); with `yes`, about 1,000 of
+///   them did, over a stretch of 1.15 s. Put no circuit breaker over a whole cluster: one
+///   master's failure would open it for every key.
+/// - **What remains from the `redis` crate** (1.8): while a master is down, its slots' calls
+///   reach its replica, which answers `MOVED` back to the lost master; each `MOVED` (and each
+///   call finding no connection) makes the `ClusterConnection` refresh its slot map, and while
+///   it does, it dispatches no call and delivers no reply, on any node
+///   (`ClusterConnInner::poll_flush` in `cluster_handling/async_connection/mod.rs` polls the
+///   recovery future first; `refresh_slots` holds the connection map's write lock, asks
+///   `CLUSTER SLOTS`, then pings every node and reconnects to those missing, the lost master
+///   included, in `refresh_connections_locked`). Under load this is a refresh every few
+///   milliseconds, each holding up the healthy masters' checks: 30 to 130 ms beside the test
+///   above (about 1,600 refreshes in 5 s), on loopback where connecting to the lost master is refused at once; a lost host
+///   that drops packets makes each refresh wait up to the 500 ms connection timeout. A hung
+///   master (stopped, not dead) is worse: a timeout makes the crate neither refresh nor
+///   reconnect, so its keys keep going to it after its replica is promoted (none came back to
+///   Redis within 20 s in the same test with the master stopped rather than killed), and are
+///   decided by the fallback until the node answers again or the store is rebuilt.
 ///
 /// Behind a slow or broken link (`tests/tests/redis_links.rs`): with 20 ms added to every
 /// reply, checks from four tasks stay exact, p50 about 46 ms and max about 70 ms (two calls in
