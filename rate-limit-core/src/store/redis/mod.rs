@@ -175,8 +175,11 @@ pub use sentinel::SentinelConnection;
 ///
 /// Any clonable `redis::aio::ConnectionLike` works: a reconnecting `ConnectionManager` (what
 /// [`RedisStore::connect`] builds), a `MultiplexedConnection`, or, with the `cluster` feature, a
-/// `ClusterConnection` ([`RedisStore::connect_cluster`]). Each call clones the handle, which is
-/// cheap: they multiplex one socket. A cluster connection of another type is recognised by the
+/// `ClusterConnection` ([`RedisStore::connect_cluster`], or
+/// [`connect_cluster_lazy`](RedisStore::connect_cluster_lazy), which does not wait for the
+/// cluster; [`connect_lazy`](RedisStore::connect_lazy) and
+/// [`connect_sentinel_lazy`](RedisStore::connect_sentinel_lazy) are the others'). Each call
+/// clones the handle, which is cheap: they multiplex one socket. A cluster connection of another type is recognised by the
 /// first `CROSSSLOT` answer, and the batch is sent again one call per slot; pass the
 /// `ClusterConnection` itself to get a queue per slot, and `ASK` redirects followed.
 ///
