@@ -5,7 +5,8 @@
 //! come back in request order on a connection), so a fault can target the reply of one
 //! request while the replies before it are relayed. Faults are one-shot rules matched on the
 //! request's command name; adding a fault (latency, a stall, a reset, a dropped request) is a
-//! variant of [`Fault`] and the code that applies it in `relay`.
+//! variant of [`Fault`] and the code that applies it in `relay`. Link-wide states (latency,
+//! stalled replies, every connection reset) apply to every connection until changed.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -36,6 +37,9 @@ struct Link {
     latency: Duration,
     /// Replies are not relayed (nor read from the server) until the stall ends.
     stalled: bool,
+    /// Every connection is reset (closed with an RST, the client's and the server's), and each
+    /// new one as soon as it is accepted, until the resets end.
+    reset: bool,
 }
 
 /// A relay from `127.0.0.1:<port>` to a server on loopback, run on a thread of its own (a
@@ -66,6 +70,8 @@ struct State {
     fired: usize,
     /// Client connections accepted so far.
     accepted: usize,
+    /// Connections reset so far.
+    resets: usize,
 }
 
 impl FaultProxy {
@@ -120,6 +126,18 @@ impl FaultProxy {
     /// the proxy's socket (a link that stopped delivering). Relayed again once unstalled.
     pub fn stall(&self, stalled: bool) {
         self.link.send_modify(|l| l.stalled = stalled);
+    }
+
+    /// While `reset`, resets every connection it relays (an RST to the client: a peer that
+    /// crashed, a middlebox that dropped the flow) and every new one as it is accepted; a
+    /// request already forwarded may have run, its reply is lost. Relays again once unset.
+    pub fn reset_connections(&self, reset: bool) {
+        self.link.send_modify(|l| l.reset = reset);
+    }
+
+    /// Connections reset so far, by [`reset_connections`](Self::reset_connections).
+    pub fn resets(&self) -> usize {
+        self.shared.lock().resets
     }
 
     /// The port clients connect to.
@@ -204,6 +222,10 @@ async fn accept(
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
                 shared.lock().accepted += 1;
+                if link.borrow().reset {
+                    reset(client, &shared);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(upstream).await else { continue };
                 let (shared, stopped) = (Arc::clone(&shared), stopped.clone());
                 tokio::spawn(relay(client, server, shared, stopped, link.clone()));
@@ -235,6 +257,10 @@ async fn relay(
             changed = link.changed() => {
                 if changed.is_err() {
                     return;
+                }
+                if link.borrow().reset {
+                    // The server connection closes on drop; the client sees an RST.
+                    return reset(client, &shared);
                 }
             }
             () = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)),
@@ -294,6 +320,15 @@ async fn relay(
             }
         }
     }
+}
+
+/// Closes `client` with an RST rather than a FIN: no linger, so the kernel discards what it
+/// had not sent and resets the connection.
+fn reset(client: TcpStream, shared: &Shared) {
+    // A socket that refuses the option is closed the ordinary way: still a lost connection.
+    let _ = client.set_zero_linger();
+    drop(client);
+    shared.lock().resets += 1;
 }
 
 /// The upper-case command name of a request: the first element of a RESP array, or the

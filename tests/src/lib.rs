@@ -4,7 +4,8 @@
 //! port (which a test may kill, pause, resume and restart), also over TLS with [`TestCerts`],
 //! and [`RedisCluster`] a three-master Redis Cluster, [`RedisSentinels`] a master and replica
 //! under three sentinels. Neither touches a server it did not
-//! start. [`FaultProxy`] sits between a client and a server and can withhold a reply.
+//! start. [`FaultProxy`] sits between a client and a server and can delay or stall replies,
+//! reset connections, and drop the reply of one request.
 //!
 //! Tests that need Redis call [`redis_available`] first: when `redis-server` is not on the
 //! `PATH` they print `SKIPPED: redis-server not found` and return, unless `CI=true`, where a

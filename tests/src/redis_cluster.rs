@@ -185,6 +185,19 @@ impl RedisCluster {
         panic!("the nodes did not learn node {i}'s announced port {port}");
     }
 
+    /// Sets `name` to `value` on every node (`CONFIG SET`), e.g.
+    /// `cluster-require-full-coverage no`.
+    ///
+    /// # Panics
+    ///
+    /// If a node refuses it.
+    pub fn config_set(&self, name: &str, value: &str) {
+        for node in &self.nodes {
+            let out = node.cli(&["CONFIG", "SET", name, value]);
+            assert_eq!(out, "OK", "CONFIG SET {name} {value} on {}", node.port());
+        }
+    }
+
     /// `redis://127.0.0.1:<port>` of every node.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use demo_support::{Demo, HttpResponse, counter, demo_command, head, read_response};
-use integration_tests::{RedisServer, redis_available};
+use integration_tests::{MASTER_NAME, RedisSentinels, RedisServer, redis_available};
 use rate_limit_core::{Clock, SystemClock};
 
 const ALGORITHMS: [&str; 6] = [
@@ -260,6 +260,8 @@ fn bad_settings_fail_fast_naming_the_variable_and_value() {
         ("KEY_HEADER", "not a header"),
         ("TRUSTED_PROXIES", "10.0.0.0/40"),
         ("REDIS_URL", "localhost:6379"),
+        ("REDIS_SENTINELS", "127.0.0.1:26379"),
+        ("REDIS_SENTINEL_MASTER", "mymaster"),
         ("RATELIMIT_CONFIG", "/nonexistent/ratelimit.toml"),
     ];
     for (var, value) in cases {
@@ -739,11 +741,148 @@ fn every_bad_setting_exits_2_with_one_message_format() {
             format!("routes[0].name in {bad_name}"),
             "two words",
         ),
+        (
+            vec![
+                ("REDIS_SENTINELS", "127.0.0.1:26379,nohost"),
+                ("REDIS_SENTINEL_MASTER", "mymaster"),
+            ],
+            "REDIS_SENTINELS".to_owned(),
+            "127.0.0.1:26379,nohost",
+        ),
+        (
+            vec![
+                ("REDIS_SENTINELS", "127.0.0.1:26379"),
+                ("REDIS_SENTINEL_MASTER", "redis://:s3cr3t-pw@mymaster:6379"),
+            ],
+            "REDIS_SENTINEL_MASTER".to_owned(),
+            "redis://:***@mymaster:6379",
+        ),
+        (
+            vec![
+                ("REDIS_SENTINELS", "127.0.0.1:26379"),
+                ("REDIS_SENTINEL_MASTER", "mymaster"),
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ],
+            "REDIS_SENTINELS".to_owned(),
+            "127.0.0.1:26379",
+        ),
     ] {
         let (code, text) = run_to_exit(&vars);
         assert_eq!(code, Some(2), "{vars:?}: {text}");
         let line = format!("demo: configuration error: invalid {setting} `{value}`: ");
         assert!(text.contains(&line), "{vars:?}: no `{line}` in:\n{text}");
+        assert!(
+            !text.contains("s3cr3t-pw"),
+            "{vars:?} printed a password:\n{text}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Three demos behind Redis Sentinel (`REDIS_SENTINELS`, `REDIS_SENTINEL_MASTER`): each asks
+/// the sentinels for the master, and they share its budget; `/status` says `sentinel`.
+#[test]
+fn demos_behind_sentinels_share_the_master_they_name() {
+    if !redis_available() {
+        return;
+    }
+    let sentinels = RedisSentinels::start();
+    // `host:port`, as an operator writes them.
+    let addrs: Vec<String> = sentinels
+        .sentinel_urls()
+        .iter()
+        .map(|u| u.trim_start_matches("redis://").to_owned())
+        .collect();
+    let addrs = addrs.join(",");
+    let vars = [
+        ("REDIS_SENTINELS", addrs.as_str()),
+        ("REDIS_SENTINEL_MASTER", MASTER_NAME),
+        // closed: Redis decides every request, or it is a 503.
+        ("FAILURE_MODE", "closed"),
+        ("RATE_LIMIT", "4"),
+        ("RATE_LIMIT_WINDOW_SEC", DAY),
+    ];
+    let demos: Vec<Demo> = (0..3).map(|_| Demo::start(&vars)).collect();
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| {
+            demos[i % 3]
+                .get("/ratelimit", &id("sentinel-client"))
+                .status
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 429, 429],
+        "{}",
+        demos[0].stderr()
+    );
+    for demo in &demos {
+        let s = status(demo, "sentinel-client");
+        assert_eq!(s["backend"], "sentinel", "{s}");
+        assert_eq!(s["remaining"], 0, "{s}");
+    }
+    // The state is on the master the sentinels name.
+    assert_ne!(sentinels.server(0).cli(&["DBSIZE"]), "0");
+    assert!(
+        demos[0].stderr().contains(MASTER_NAME),
+        "{}",
+        demos[0].stderr()
+    );
+}
+
+/// A Redis Cluster or a Sentinel set that cannot be reached at start-up (a port nothing listens
+/// on): with `open` or `local` the demo serves `/healthz` at once, as with a single node, and
+/// says at WARN why Redis is not in use; with `closed` it does not start.
+#[test]
+fn with_a_cluster_or_sentinels_unreachable_at_start_up_healthz_answers_at_once() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = format!("redis://127.0.0.1:{dead}");
+    let sentinel = format!("127.0.0.1:{dead}");
+    demo_support::example_exe("demo");
+    let backends: [Vec<(&str, &str)>; 2] = [
+        vec![("REDIS_CLUSTER_NODES", node.as_str())],
+        vec![
+            ("REDIS_SENTINELS", sentinel.as_str()),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+        ],
+    ];
+    for backend in &backends {
+        for mode in ["open", "local"] {
+            let mut vars = backend.clone();
+            vars.push(("FAILURE_MODE", mode));
+            let clock = SystemClock::new();
+            let started = clock.now();
+            let demo = Demo::start(&vars);
+            let res = demo.get("/healthz", &[]);
+            let took = clock.now().saturating_sub(started);
+            assert_eq!(res.status, 200, "{vars:?}: {res:?}");
+            println!(
+                "{} {mode}: /healthz answered {took:?} after the start",
+                backend[0].0
+            );
+            // Generous: a process start on a loaded machine; the old cluster start-up waited
+            // on the cluster first.
+            assert!(
+                took < Duration::from_secs(5),
+                "{vars:?}: /healthz first answered after {took:?}:\n{}",
+                demo.stderr()
+            );
+            assert_eq!(demo.get("/ratelimit", &id("a")).status, 200, "{vars:?}");
+            assert!(
+                wait_for_stderr(&demo, |l| l.contains("WARN")
+                    && l.contains("Redis is not in use")),
+                "{vars:?}: {}",
+                demo.stderr()
+            );
+        }
+        let mut vars = backend.clone();
+        vars.push(("FAILURE_MODE", "closed"));
+        let (code, text) = run_to_exit(&vars);
+        assert_eq!(code, Some(1), "{vars:?} started: {text}");
+        assert!(text.contains(&dead.to_string()), "{vars:?}: {text}");
+    }
 }

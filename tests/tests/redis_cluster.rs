@@ -3,10 +3,11 @@
 use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use integration_tests::load::admitted_per_key;
 use integration_tests::{RedisCluster, redis_available};
-use rate_limit_core::{Algorithm, Limit, Quota, Store};
+use rate_limit_core::{Algorithm, Limit, Quota, RedisStore, Store, StoreErrorKind};
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap()
@@ -105,4 +106,68 @@ async fn the_library_is_loaded_on_every_master_and_again_after_a_flush() {
             "master {i} has no library after the flush"
         );
     }
+}
+
+/// A store built with `connect_cluster_lazy` while every node is down: it is built at once and
+/// its checks fail with a `Connection` error; once the nodes are back (the same cluster, its
+/// configuration kept in each node's `nodes.conf`; `CLUSTERDOWN` until they agree), it connects
+/// and Redis decides, one charge per check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_cluster_store_decides_on_redis_once_the_cluster_is_up() {
+    if !redis_available() {
+        return;
+    }
+    let mut cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    for i in 0..cluster.nodes().len() {
+        cluster.node_mut(i).kill9();
+    }
+    let seeds: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = RedisStore::connect_cluster_lazy(&seeds).unwrap();
+    assert_eq!(store.backend(), "cluster");
+    let limits = [Limit::new(Quota::per_hour(nz(5)), Algorithm::Gcra)];
+    for _ in 0..3 {
+        let err = store.check("later", &limits, nz(1)).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Connection, "{err}");
+    }
+
+    for i in 0..cluster.nodes().len() {
+        cluster.node_mut(i).restart();
+    }
+    // The nodes find each other again from their `nodes.conf`; the store connects on a check
+    // after that.
+    let (mut decided, mut failed) = (None, 0);
+    for _ in 0..150 {
+        match store.check("later", &limits, nz(1)).await {
+            Ok(d) => {
+                decided = Some(d);
+                break;
+            }
+            Err(e) => {
+                failed += 1;
+                assert!(
+                    matches!(
+                        e.kind(),
+                        StoreErrorKind::Connection | StoreErrorKind::Backend
+                    ),
+                    "{e}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let decided = decided.expect("the store never decided on the cluster once it was up");
+    assert!(decided.is_allowed());
+    assert_eq!(decided.remaining(), 4, "charged once");
+    // The state is in the cluster, charged once: a store connected the ordinary way sees it.
+    let direct = cluster.connect_store().await;
+    assert_eq!(
+        direct
+            .peek("later", &limits, nz(1))
+            .await
+            .unwrap()
+            .remaining(),
+        4
+    );
+    println!("lazy cluster: decided on Redis after {failed} failed checks once the nodes were up");
 }

@@ -50,11 +50,13 @@ use crate::redact::{redact, remember_secret};
 pub(crate) const LIMITED_ROUTES: [&str; 2] = ["/ratelimit", "/acquire"];
 
 /// Every scalar setting, by environment variable name. The file uses the lower-case names.
-pub(crate) const SETTINGS: [&str; 15] = [
+pub(crate) const SETTINGS: [&str; 17] = [
     "PORT",
     "REDIS_URL",
     "REDIS_ADDR",
     "REDIS_CLUSTER_NODES",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
     "RATE_LIMIT",
     "RATE_LIMIT_WINDOW_SEC",
     "RATE_LIMIT_BURST",
@@ -78,6 +80,21 @@ pub(crate) enum Backend {
     Redis(String),
     /// A Redis Cluster, by the URLs of some of its nodes.
     Cluster(Vec<String>),
+    /// The master of a service that Redis Sentinel monitors (`REDIS_SENTINELS`,
+    /// `REDIS_SENTINEL_MASTER`), found again through the sentinels after a failover.
+    Sentinel(SentinelSettings),
+}
+
+/// Where the sentinels are and how to reach the master they name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SentinelSettings {
+    /// `redis://[user:password@]host:port` of each sentinel (its own AUTH).
+    pub(crate) sentinels: Vec<String>,
+    /// The service name the sentinels monitor.
+    pub(crate) master: String,
+    /// The master's AUTH and database, as `REDIS_SENTINEL_MASTER=redis://user:pw@name/db`
+    /// gives them; `None` for a bare name.
+    pub(crate) master_url: Option<String>,
 }
 
 impl Backend {
@@ -87,6 +104,11 @@ impl Backend {
             Self::Memory => String::from("memory"),
             Self::Redis(url) => redact(url),
             Self::Cluster(nodes) => redact(&nodes.join(",")),
+            Self::Sentinel(s) => redact(&format!(
+                "{} via sentinels {}",
+                s.master_url.as_deref().unwrap_or(&s.master),
+                s.sentinels.join(",")
+            )),
         }
     }
 }
@@ -479,6 +501,15 @@ impl Sources {
             }
             None => None,
         };
+        if let Some((s, sentinel)) = self.sentinel()? {
+            if url.is_some() || cluster.is_some() {
+                return Err(s.error(
+                    "set either REDIS_SENTINELS or REDIS_URL/REDIS_ADDR/REDIS_CLUSTER_NODES, \
+                     not both",
+                ));
+            }
+            return Ok(Backend::Sentinel(sentinel));
+        }
         match (url, cluster) {
             (Some(_), Some((s, _))) => {
                 Err(s.error("set either REDIS_CLUSTER_NODES or REDIS_URL/REDIS_ADDR, not both"))
@@ -487,6 +518,102 @@ impl Sources {
             (None, Some((_, nodes))) => Ok(Backend::Cluster(nodes)),
             (None, None) => Ok(Backend::Memory),
         }
+    }
+}
+
+impl Sources {
+    /// `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER`, which go together, with the setting
+    /// to blame for a conflict with another backend.
+    fn sentinel(&self) -> Result<Option<(Setting, SentinelSettings)>, ConfigError> {
+        let (s, m) = match (
+            self.get("REDIS_SENTINELS"),
+            self.get("REDIS_SENTINEL_MASTER"),
+        ) {
+            (None, None) => return Ok(None),
+            (Some(s), None) => {
+                return Err(s.error("set REDIS_SENTINEL_MASTER too: the service's name"));
+            }
+            (None, Some(m)) => {
+                return Err(m.error("set REDIS_SENTINELS too: host:port,host:port"));
+            }
+            (Some(s), Some(m)) => (s, m),
+        };
+        let sentinels = list(&s.value)
+            .map(|addr| sentinel_url(&s, addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        if sentinels.is_empty() {
+            return Err(s.error("expected comma-separated host:port addresses of sentinels"));
+        }
+        let (master, master_url) = master_name(&m)?;
+        Ok(Some((
+            s,
+            SentinelSettings {
+                sentinels,
+                master,
+                master_url,
+            },
+        )))
+    }
+}
+
+/// A sentinel's URL: `host:port` becomes `redis://host:port`; a `redis://` URL (the
+/// sentinel's own AUTH) is taken as the client parses it.
+fn sentinel_url(s: &Setting, addr: &str) -> Result<String, ConfigError> {
+    if addr.contains("://") {
+        let url = redis_url(s, addr)?;
+        let info = url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| s.error(format!("not a Redis URL the client accepts: {e}")))?;
+        if info.redis_settings().db() != 0 {
+            return Err(s.error(
+                "a sentinel has no database: give the master's in \
+                 REDIS_SENTINEL_MASTER=redis://[user:password@]name/db",
+            ));
+        }
+        return Ok(url);
+    }
+    host_port(addr)
+        .map(|addr| format!("redis://{addr}"))
+        .ok_or_else(|| s.error("expected host:port, e.g. 127.0.0.1:26379"))
+}
+
+/// The service name, from `name` or `redis://[user:password@]name[/db]` (the master's AUTH and
+/// database, as `REDIS_URL` gives a single node's).
+fn master_name(m: &Setting) -> Result<(String, Option<String>), ConfigError> {
+    let value = m.value.trim();
+    if !value.contains("://") {
+        let bad = value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '/');
+        if bad {
+            return Err(m.error("expected the service's name, e.g. mymaster"));
+        }
+        return Ok((value.to_owned(), None));
+    }
+    let url = redis_url(m, value)?;
+    // The name stands where a host would: after any `user:password@`, before any `/db`.
+    let authority = url["redis://".len()..]
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let name = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if name.is_empty() || name.contains(':') {
+        return Err(m.error(
+            "expected the service's name, or redis://[user:password@]name[/db] for the \
+             master's AUTH and database (no port: the sentinels give it)",
+        ));
+    }
+    Ok((name.to_owned(), Some(url)))
+}
+
+/// `host:port` with a host and a port from 1 to 65535.
+fn host_port(addr: &str) -> Option<&str> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Some(addr)
+        }
+        _ => None,
     }
 }
 
@@ -528,13 +655,9 @@ fn redis_url(s: &Setting, url: &str) -> Result<String, ConfigError> {
 }
 
 fn redis_addr(s: &Setting) -> Result<String, ConfigError> {
-    let addr = s.value.trim();
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-            Ok(format!("redis://{addr}"))
-        }
-        _ => Err(s.error("expected host:port, e.g. 127.0.0.1:6379")),
-    }
+    host_port(s.value.trim())
+        .map(|addr| format!("redis://{addr}"))
+        .ok_or_else(|| s.error("expected host:port, e.g. 127.0.0.1:6379"))
 }
 
 #[cfg(test)]
@@ -591,6 +714,133 @@ mod tests {
         )])
         .unwrap();
         assert!(matches!(c.backend, Backend::Cluster(ref n) if n.len() == 2));
+    }
+
+    #[test]
+    fn sentinels_and_a_master_name_select_sentinel() {
+        let c = Config::from_vars(&[
+            (
+                "REDIS_SENTINELS",
+                "127.0.0.1:26379, redis://:s3nt-pw@127.0.0.1:26380",
+            ),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+        ])
+        .unwrap();
+        let expected = SentinelSettings {
+            sentinels: vec![
+                "redis://127.0.0.1:26379".into(),
+                "redis://:s3nt-pw@127.0.0.1:26380".into(),
+            ],
+            master: "mymaster".into(),
+            master_url: None,
+        };
+        assert_eq!(c.backend, Backend::Sentinel(expected));
+        assert!(!c.backend.describe().contains("s3nt-pw"));
+        // The master's AUTH and database, as for a single node.
+        let c = Config::from_vars(&[
+            ("REDIS_SENTINELS", "127.0.0.1:26379"),
+            ("REDIS_SENTINEL_MASTER", "redis://app:m4ster-pw@mymaster/2"),
+        ])
+        .unwrap();
+        let Backend::Sentinel(s) = &c.backend else {
+            panic!("{:?}", c.backend)
+        };
+        assert_eq!(s.master, "mymaster");
+        assert_eq!(
+            s.master_url.as_deref(),
+            Some("redis://app:m4ster-pw@mymaster/2")
+        );
+        assert_eq!(
+            c.backend.describe(),
+            "redis://app:***@mymaster/2 via sentinels redis://127.0.0.1:26379"
+        );
+        // From the file, the sentinels as an array.
+        let (_g, path) = file(
+            "redis_sentinels = [\"127.0.0.1:26379\", \"127.0.0.1:26380\"]\n\
+             redis_sentinel_master = \"mymaster\"\n",
+        );
+        let c = Config::from_vars(&[("RATELIMIT_CONFIG", &path)]).unwrap();
+        assert!(matches!(c.backend, Backend::Sentinel(ref s) if s.sentinels.len() == 2));
+    }
+
+    #[test]
+    fn bad_sentinel_settings_name_the_setting_and_value() {
+        let master = ("REDIS_SENTINEL_MASTER", "mymaster");
+        let sentinels = ("REDIS_SENTINELS", "127.0.0.1:26379");
+        for (vars, setting, value) in [
+            (vec![sentinels], "REDIS_SENTINELS", "127.0.0.1:26379"),
+            (vec![master], "REDIS_SENTINEL_MASTER", "mymaster"),
+            (
+                vec![("REDIS_SENTINELS", "nohost"), master],
+                "REDIS_SENTINELS",
+                "nohost",
+            ),
+            (
+                vec![("REDIS_SENTINELS", " , "), master],
+                "REDIS_SENTINELS",
+                " , ",
+            ),
+            (
+                vec![("REDIS_SENTINELS", "127.0.0.1:0"), master],
+                "REDIS_SENTINELS",
+                "127.0.0.1:0",
+            ),
+            (
+                vec![("REDIS_SENTINELS", "redis://127.0.0.1:26379/3"), master],
+                "REDIS_SENTINELS",
+                "redis://127.0.0.1:26379/3",
+            ),
+            (
+                vec![sentinels, ("REDIS_SENTINEL_MASTER", "")],
+                "REDIS_SENTINEL_MASTER",
+                "",
+            ),
+            (
+                vec![sentinels, ("REDIS_SENTINEL_MASTER", "two words")],
+                "REDIS_SENTINEL_MASTER",
+                "two words",
+            ),
+            (
+                vec![
+                    sentinels,
+                    ("REDIS_SENTINEL_MASTER", "redis://mymaster:6379"),
+                ],
+                "REDIS_SENTINEL_MASTER",
+                "redis://mymaster:6379",
+            ),
+            (
+                vec![sentinels, master, ("REDIS_URL", "redis://127.0.0.1:6379")],
+                "REDIS_SENTINELS",
+                "127.0.0.1:26379",
+            ),
+            (
+                vec![
+                    sentinels,
+                    master,
+                    ("REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000"),
+                ],
+                "REDIS_SENTINELS",
+                "127.0.0.1:26379",
+            ),
+        ] {
+            let e = err(&vars);
+            assert_eq!((e.setting(), e.value()), (setting, value), "{vars:?}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("invalid {setting} `{value}`: ")),
+                "{e}"
+            );
+        }
+        // Passwords are masked in the errors.
+        for (var, value) in [
+            ("REDIS_SENTINELS", "redis://:pa55word@h:1/3"),
+            ("REDIS_SENTINEL_MASTER", "redis://:pa55word@mymaster:6379"),
+        ] {
+            let vars = [sentinels, master, (var, value)];
+            let e = err(&vars);
+            assert_eq!(e.setting(), var, "{e}");
+            assert!(!e.to_string().contains("pa55word"), "{e}");
+        }
     }
 
     #[test]

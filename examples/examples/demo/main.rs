@@ -30,6 +30,8 @@
 //! | `REDIS_URL` | unset: in memory | `redis://[user:password@]host:port[/db]` |
 //! | `REDIS_ADDR` | unset | `host:port`, the same as `REDIS_URL=redis://host:port`; not with `REDIS_URL` |
 //! | `REDIS_CLUSTER_NODES` | unset | comma-separated `redis://` URLs of some nodes of a Redis Cluster; not with `REDIS_URL`/`REDIS_ADDR` |
+//! | `REDIS_SENTINELS` | unset | comma-separated `host:port` (or `redis://[user:password@]host:port`, a sentinel's own AUTH) of Redis Sentinels; the master they name is used, and found again after a failover; not with the three above |
+//! | `REDIS_SENTINEL_MASTER` | unset | with `REDIS_SENTINELS`: the service's name, or `redis://[user:password@]name[/db]` for the master's AUTH and database |
 //! | `RATE_LIMIT` | 100 | requests per window |
 //! | `RATE_LIMIT_WINDOW_SEC` | 60 | window (refill period), seconds |
 //! | `RATE_LIMIT_BURST` | `RATE_LIMIT` | bucket capacity (token_bucket, leaky_bucket, gcra) |
@@ -42,8 +44,8 @@
 //! | `TRUSTED_PROXIES` | none | comma-separated addresses or CIDRs whose `X-Forwarded-For` is believed |
 //! | `RATELIMIT_CONFIG` | unset | the TOML file |
 //!
-//! In the file, numbers may be TOML integers, lists (`trusted_proxies`, `redis_cluster_nodes`)
-//! arrays of strings, and the file alone holds per-route policies and per-key tiers:
+//! In the file, numbers may be TOML integers, lists (`trusted_proxies`, `redis_cluster_nodes`,
+//! `redis_sentinels`) arrays of strings, and the file alone holds per-route policies and per-key tiers:
 //!
 //! ```toml
 //! rate_limit = 100
@@ -76,12 +78,12 @@
 //! ```
 //!
 //! With Redis, the demo asks it at start-up (`PING` through the store's connection, after
-//! authentication and `SELECT`). With `FAILURE_MODE=closed` a refusal stops the demo (exit 1)
-//! naming the cause (`authentication failed`, `invalid DB index`, `no answer within 5s`, ...).
-//! With `open` or `local` the demo serves at once, asks in the background, and logs at WARN why
-//! Redis is not in use while the failure mode decides; it uses Redis once it answers. (A Redis
-//! Cluster has no lazy connection: the demo connects to it, and asks it, before serving, in
-//! every mode.)
+//! authentication and `SELECT`; under Sentinel, to the master the sentinels name). With
+//! `FAILURE_MODE=closed` a refusal stops the demo (exit 1) naming the cause (`authentication
+//! failed`, `invalid DB index`, `no answer within 5s`, ...); a Redis Cluster must also give its
+//! slot map within 5 s. With `open` or `local` the demo serves at once whatever the backend
+//! (single node, Cluster or Sentinel), connects and asks in the background, and logs at WARN why
+//! Redis is not in use while the failure mode decides; it uses Redis once it answers.
 //!
 //! No password is ever printed: the password of every Redis URL is masked (`redis://:***@host`)
 //! in every log line, error and answer.

@@ -1,4 +1,5 @@
-//! The store the configuration asks for: in memory, Redis or Redis Cluster.
+//! The store the configuration asks for: in memory, Redis, Redis Cluster or the master of a
+//! Redis Sentinel service.
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,9 +7,10 @@ use std::time::Duration;
 
 use rate_limit_core::resilience::{CircuitBreaker, Fallback, Timeout};
 use rate_limit_core::{MemoryStore, RedisStore, Store, StoreError};
+use redis::sentinel::SentinelNodeConnectionInfo;
 use tower_ratelimit::FailureMode;
 
-use super::config::{Backend, Config, FailureSetting};
+use super::config::{Backend, Config, FailureSetting, SentinelSettings};
 use crate::redact::redact;
 
 /// How long the demo waits for Redis to answer at start-up.
@@ -40,42 +42,31 @@ impl DemoStore {
 
     /// Builds the store `config.backend` names, and asks Redis, if it is one, whether it
     /// serves this client: a `PING` through the store's own connection, which authenticates and
-    /// selects the database first.
+    /// selects the database first (under Sentinel, after asking the sentinels for the master).
     ///
     /// With `FAILURE_MODE=closed` the answer is awaited (at most 5 s): a Redis that refuses the
-    /// password, the database index, or does not answer stops the demo, naming the cause. With
-    /// `open` or `local` the demo does not wait: the store connects on first use
-    /// (`RedisStore::connect_lazy`), the probe runs beside the server, and a failure is logged
-    /// at WARN with its cause while the failure mode decides. A Redis Cluster is connected to
-    /// (and probed) before serving in every mode.
+    /// password, the database index, or does not answer stops the demo, naming the cause; a
+    /// Redis Cluster is connected to first, and must give its slot map within those 5 s. With
+    /// `open` or `local` the demo does not wait: the store connects on first use or in the
+    /// background (`RedisStore::connect_lazy`, `connect_cluster_lazy`,
+    /// `connect_sentinel_lazy`), the probe runs beside the server, and a failure is logged at
+    /// WARN with its cause while the failure mode decides.
     ///
     /// # Errors
     ///
     /// See above; also a URL the Redis client refuses.
     pub(crate) async fn connect(config: &Config) -> Result<Self, StoreStartError> {
         let shown = config.backend.describe();
+        let unusable =
+            |e: StoreError| StoreStartError(redact(&format!("cannot use Redis at {shown}: {e}")));
         match &config.backend {
             Backend::Memory => Ok(Self::memory(config)),
             Backend::Redis(url) => {
-                let store = RedisStore::connect_lazy(url).map_err(|e| {
-                    StoreStartError(redact(&format!("cannot use Redis at {shown}: {e}")))
-                })?;
-                let conn = store.connection().clone();
-                let probe = probe(conn);
-                if config.failure_mode == FailureSetting::Closed {
-                    probe.await.map_err(|cause| refused(&shown, &cause))?;
-                } else {
-                    let mode = config.failure_mode;
-                    tokio::spawn(async move {
-                        match probe.await {
-                            Ok(()) => tracing::info!(redis = %shown, "Redis answers"),
-                            Err(cause) => warn_not_in_use(&shown, &cause, mode),
-                        }
-                    });
-                }
+                let store = RedisStore::connect_lazy(url).map_err(unusable)?;
+                probe_at_start(config, &shown, store.connection().clone()).await?;
                 Ok(Self::remote(config, store, "redis"))
             }
-            Backend::Cluster(nodes) => {
+            Backend::Cluster(nodes) if config.failure_mode == FailureSetting::Closed => {
                 let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
                 let store =
                     match tokio::time::timeout(CONNECT_TIMEOUT, RedisStore::connect_cluster(&refs))
@@ -85,10 +76,22 @@ impl DemoStore {
                         Ok(Err(e)) => return Err(refused(&shown, &store_cause(&e))),
                         Err(_) => return Err(refused(&shown, &no_answer())),
                     };
-                probe(store.connection().clone())
-                    .await
-                    .map_err(|cause| refused(&shown, &cause))?;
+                probe_at_start(config, &shown, store.connection().clone()).await?;
                 Ok(Self::remote(config, store, "cluster"))
+            }
+            Backend::Cluster(nodes) => {
+                let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+                let store = RedisStore::connect_cluster_lazy(&refs).map_err(unusable)?;
+                probe_at_start(config, &shown, store.connection().clone()).await?;
+                Ok(Self::remote(config, store, "cluster"))
+            }
+            Backend::Sentinel(sentinel) => {
+                let refs: Vec<&str> = sentinel.sentinels.iter().map(String::as_str).collect();
+                let store =
+                    RedisStore::connect_sentinel_lazy(&refs, &sentinel.master, master(sentinel))
+                        .map_err(unusable)?;
+                probe_at_start(config, &shown, store.connection().clone()).await?;
+                Ok(Self::remote(config, store, "sentinel"))
             }
         }
     }
@@ -124,7 +127,7 @@ impl DemoStore {
         Arc::clone(&self.store)
     }
 
-    /// `memory`, `redis` or `cluster`.
+    /// `memory`, `redis`, `cluster` or `sentinel`.
     pub(crate) fn backend(&self) -> &'static str {
         self.backend
     }
@@ -148,6 +151,41 @@ impl fmt::Debug for DemoStore {
             .field("failure_mode", &self.failure_mode)
             .field("circuit", &self.circuit())
             .finish_non_exhaustive()
+    }
+}
+
+/// The start-up probe through `conn`: awaited with `FAILURE_MODE=closed` (a refusal is the
+/// error), otherwise run beside the server, logging the outcome.
+async fn probe_at_start<C>(config: &Config, shown: &str, conn: C) -> Result<(), StoreStartError>
+where
+    C: redis::aio::ConnectionLike + Send + 'static,
+{
+    let probe = probe(conn);
+    if config.failure_mode == FailureSetting::Closed {
+        return probe.await.map_err(|cause| refused(shown, &cause));
+    }
+    let (mode, shown) = (config.failure_mode, shown.to_owned());
+    tokio::spawn(async move {
+        match probe.await {
+            Ok(()) => tracing::info!(redis = %shown, "Redis answers"),
+            Err(cause) => warn_not_in_use(&shown, &cause, mode),
+        }
+    });
+    Ok(())
+}
+
+/// How to reach the master the sentinels name: the AUTH and database of
+/// `REDIS_SENTINEL_MASTER=redis://user:password@name/db`, none for a bare name.
+fn master(sentinel: &SentinelSettings) -> SentinelNodeConnectionInfo {
+    let node = SentinelNodeConnectionInfo::default();
+    // The URL was parsed when the configuration was read.
+    match sentinel
+        .master_url
+        .as_deref()
+        .map(redis::IntoConnectionInfo::into_connection_info)
+    {
+        Some(Ok(info)) => node.set_redis_connection_info(info.redis_settings().clone()),
+        _ => node,
     }
 }
 

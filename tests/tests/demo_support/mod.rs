@@ -16,11 +16,13 @@ use std::time::Duration;
 /// Every variable the demo reads, removed from the environment a test starts it with. The demo
 /// is an example target with no library to import its list from: keep this in step with
 /// `SETTINGS` in `examples/examples/demo/config.rs`.
-pub const DEMO_VARS: [&str; 15] = [
+pub const DEMO_VARS: [&str; 17] = [
     "PORT",
     "REDIS_URL",
     "REDIS_ADDR",
     "REDIS_CLUSTER_NODES",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
     "RATE_LIMIT",
     "RATE_LIMIT_WINDOW_SEC",
     "RATE_LIMIT_BURST",

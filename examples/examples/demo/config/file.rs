@@ -26,7 +26,7 @@ const ROUTE_FIELDS: [&str; 6] = ["path", "name", "limit", "window_sec", "burst",
 /// The fields a `[[tiers]]` entry takes.
 const TIER_FIELDS: [&str; 6] = ["name", "keys", "limit", "window_sec", "burst", "algorithm"];
 /// Scalar settings that take a list (a TOML array of strings, or one comma-separated string).
-const LIST_SETTINGS: [&str; 2] = ["TRUSTED_PROXIES", "REDIS_CLUSTER_NODES"];
+const LIST_SETTINGS: [&str; 3] = ["TRUSTED_PROXIES", "REDIS_CLUSTER_NODES", "REDIS_SENTINELS"];
 /// Scalar settings that take a number (a TOML integer, or a string holding one).
 const NUMBER_SETTINGS: [&str; 7] = [
     "PORT",

@@ -175,8 +175,11 @@ pub use sentinel::SentinelConnection;
 ///
 /// Any clonable `redis::aio::ConnectionLike` works: a reconnecting `ConnectionManager` (what
 /// [`RedisStore::connect`] builds), a `MultiplexedConnection`, or, with the `cluster` feature, a
-/// `ClusterConnection` ([`RedisStore::connect_cluster`]). Each call clones the handle, which is
-/// cheap: they multiplex one socket. A cluster connection of another type is recognised by the
+/// `ClusterConnection` ([`RedisStore::connect_cluster`], or
+/// [`connect_cluster_lazy`](RedisStore::connect_cluster_lazy), which does not wait for the
+/// cluster; [`connect_lazy`](RedisStore::connect_lazy) and
+/// [`connect_sentinel_lazy`](RedisStore::connect_sentinel_lazy) are the others'). Each call
+/// clones the handle, which is cheap: they multiplex one socket. A cluster connection of another type is recognised by the
 /// first `CROSSSLOT` answer, and the batch is sent again one call per slot; pass the
 /// `ClusterConnection` itself to get a queue per slot, and `ASK` redirects followed.
 ///
@@ -258,14 +261,33 @@ pub use sentinel::SentinelConnection;
 /// - **Cluster with replicas**: the same, per master: the keys of a lost master's slots fail
 ///   (or are decided by a fallback) until its replica is promoted, and charges not yet
 ///   replicated can be lost. Scripts are not replicated: the store loads its script on the
-///   promoted node at the first `NOSCRIPT`. Measured in `tests/tests/redis_cluster_failover.rs`
-///   (three masters and three replicas, `cluster-node-timeout` 1 s, two instances with a
-///   100 ms timeout and a local fallback, one master killed): no check failed, the failed
-///   master's keys back on Redis about 2.6 s after the kill, the slowest check 82 ms. Keys of
-///   the other masters were not all answered by Redis meanwhile: many of their checks missed
-///   the 100 ms budget too and were decided by the fallback, and the longest stretch with no
-///   Redis decision for them was 22 ms in one run, 1.1 s in another. Put no circuit breaker
-///   over a whole cluster: one master's failure would open it for every key.
+///   promoted node at the first `NOSCRIPT`. Set `cluster-require-full-coverage no` on the
+///   nodes: with Redis's default, `yes`, a slot that no working master serves takes the whole
+///   cluster down, and from the moment the lost master is flagged `FAIL` until its replica is
+///   promoted (at least 500 ms: a replica waits 500 ms plus up to 500 ms before it asks for
+///   votes), every node answers `CLUSTERDOWN` for every key, the healthy masters' too.
+///   Measured in `tests/tests/redis_cluster_failover.rs` (three masters and three replicas,
+///   `cluster-node-timeout` 1 s, two instances with a 100 ms timeout and a local fallback, one
+///   master killed): no check failed, the failed master's keys back on Redis about 2.7 s after
+///   the kill, the slowest check 100 ms; with `no`, no check of another master's keys fell back
+///   (the longest stretch without a Redis decision for them 137 ms); with `yes`, about 1,000 of
+///   them did, over a stretch of 1.15 s. Put no circuit breaker over a whole cluster: one
+///   master's failure would open it for every key.
+/// - **What remains from the `redis` crate** (1.8): while a master is down, its slots' calls
+///   reach its replica, which answers `MOVED` back to the lost master; each `MOVED` (and each
+///   call finding no connection) makes the `ClusterConnection` refresh its slot map, and while
+///   it does, it dispatches no call and delivers no reply, on any node
+///   (`ClusterConnInner::poll_flush` in `cluster_handling/async_connection/mod.rs` polls the
+///   recovery future first; `refresh_slots` holds the connection map's write lock, asks
+///   `CLUSTER SLOTS`, then pings every node and reconnects to those missing, the lost master
+///   included, in `refresh_connections_locked`). Under load this is a refresh every few
+///   milliseconds, each holding up the healthy masters' checks: 30 to 130 ms beside the test
+///   above (about 1,600 refreshes in 5 s), on loopback where connecting to the lost master is refused at once; a lost host
+///   that drops packets makes each refresh wait up to the 500 ms connection timeout. A hung
+///   master (stopped, not dead) is worse: a timeout makes the crate neither refresh nor
+///   reconnect, so its keys keep going to it after its replica is promoted (none came back to
+///   Redis within 20 s in the same test with the master stopped rather than killed), and are
+///   decided by the fallback until the node answers again or the store is rebuilt.
 ///
 /// Behind a slow or broken link (`tests/tests/redis_links.rs`): with 20 ms added to every
 /// reply, checks from four tasks stay exact, p50 about 46 ms and max about 70 ms (two calls in
@@ -473,18 +495,72 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
     ///
     /// A URL is invalid, or no node could be reached.
     pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, StoreError> {
-        let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
-            .retries(0)
-            .response_timeout(builder::DEFAULT_RESPONSE_TIMEOUT)
-            .connection_timeout(std::time::Duration::from_millis(500))
-            .build()
-            .map_err(error::from_redis)?;
-        let conn = client
+        let conn = cluster_client(nodes)?
             .get_async_connection()
             .await
             .map_err(error::from_redis)?;
         Ok(Self::builder(conn).backend("cluster").assemble())
     }
+
+    /// As [`connect_cluster`](Self::connect_cluster), without waiting for the cluster: the
+    /// store is built at once, and its connection connects to the nodes in the background
+    /// (the `redis` crate's `ClusterClient::get_pending_async_connection_with_config`).
+    ///
+    /// Until a node answers with the slot map, checks fail with a
+    /// [`Connection`](StoreErrorKind::Connection) error ("no connections found"), each of which
+    /// starts another attempt from the `nodes` given here; a fallback or the layer's failure
+    /// mode decides meanwhile, so an application can start, and serve, while the cluster is
+    /// down. Nothing is sent before the cluster is connected, and then each call is sent once,
+    /// as through `connect_cluster`.
+    ///
+    /// ```
+    /// use rate_limit_core::{Algorithm, Limit, Quota, RedisStore, Store, StoreErrorKind};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Port 1: nothing listens there.
+    /// let store = RedisStore::connect_cluster_lazy(&["redis://127.0.0.1:1"])?;
+    /// let limits = [Limit::new(Quota::per_second(1), Algorithm::Gcra)];
+    /// let err = store.check("k", &limits, 1.try_into()?).await.unwrap_err();
+    /// assert_eq!(err.kind(), StoreErrorKind::Connection);
+    /// assert!(RedisStore::connect_cluster_lazy(&["not a url"]).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A URL is invalid, or this is called outside a Tokio runtime (the connection's task
+    /// needs one).
+    pub fn connect_cluster_lazy(nodes: &[&str]) -> Result<Self, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidInput,
+                "RedisStore::connect_cluster_lazy needs a Tokio runtime",
+            ));
+        }
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(CLUSTER_CONNECTION_TIMEOUT)
+            .set_response_timeout(builder::DEFAULT_RESPONSE_TIMEOUT);
+        let conn = cluster_client(nodes)?.get_pending_async_connection_with_config(config);
+        Ok(Self::builder(conn).backend("cluster").assemble())
+    }
+}
+
+/// How long a cluster connection waits to connect to a node.
+#[cfg(feature = "cluster")]
+const CLUSTER_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The client of [`RedisStore::connect_cluster`] and [`RedisStore::connect_cluster_lazy`]: no
+/// re-sends, a response timeout, 500 ms to connect.
+#[cfg(feature = "cluster")]
+fn cluster_client(nodes: &[&str]) -> Result<redis::cluster::ClusterClient, StoreError> {
+    redis::cluster::ClusterClient::builder(nodes.to_vec())
+        .retries(0)
+        .response_timeout(builder::DEFAULT_RESPONSE_TIMEOUT)
+        .connection_timeout(CLUSTER_CONNECTION_TIMEOUT)
+        .build()
+        .map_err(error::from_redis)
 }
 
 /// Functions of the store's layout and scripts that need no store: `RedisStore::key_layout(..)`
