@@ -15,6 +15,7 @@ use tower_service::Service;
 use crate::config::{FailureMode, Shared};
 use crate::headers::{set_rate_limit_headers, set_retry_after};
 use crate::observe::Outcome;
+use crate::outcome::{Charged, Refunding, Settled};
 use crate::policy::Policy;
 use crate::rejection::{RejectResponse, Rejection, StoreFailure};
 
@@ -56,6 +57,10 @@ pin_project! {
         Done {
             response: Option<S::Response>,
         },
+        // Only with `count_if`: the response waits for its charge to be given back.
+        Refunding {
+            refunding: Box<Refunding<S::Response>>,
+        },
     }
 }
 
@@ -66,18 +71,21 @@ pub(crate) struct Pending<S, ReqBody, R> {
     pub(crate) policy: Policy,
     pub(crate) shared: Arc<Shared>,
     pub(crate) rejection: Arc<R>,
+    pub(crate) charge: Option<Box<Charged>>,
 }
 
 /// What the response gets once the inner service has answered.
 pub(crate) struct After {
-    decision: Option<Decision>,
+    pub(crate) decision: Option<Decision>,
     failure: Option<StoreFailure>,
-    policy: Policy,
-    shared: Arc<Shared>,
+    pub(crate) policy: Policy,
+    pub(crate) shared: Arc<Shared>,
+    /// With `count_if`, what the check charged: the response decides whether it is given back.
+    pub(crate) charge: Option<Box<Charged>>,
 }
 
 impl After {
-    fn apply<B>(self, res: &mut Response<B>) {
+    pub(crate) fn apply<B>(self, res: &mut Response<B>) {
         if let Some(decision) = self.decision {
             let clock = &self.shared.clock;
             set_rate_limit_headers(
@@ -145,11 +153,12 @@ where
                         policy,
                         shared,
                         rejection,
+                        charge,
                     } = pending;
                     let next = match resolve(result, &mut req, policy, shared, &*rejection) {
                         Next::Call(after) => State::Calling {
                             future: inner.call(req),
-                            after: Some(after),
+                            after: Some(after.charging(charge)),
                         },
                         Next::Respond(response) => State::Done {
                             response: Some(response),
@@ -160,9 +169,22 @@ where
                 StateProj::Calling { future, after } => {
                     let mut res = ready!(future.poll(cx))?;
                     if let Some(after) = after.take() {
-                        after.apply(&mut res);
+                        if after.charge.is_none() {
+                            after.apply(&mut res);
+                        } else {
+                            match after.settle(res) {
+                                Settled::Ready(res) => return Poll::Ready(Ok(res)),
+                                Settled::Refunding(refunding) => {
+                                    state.set(State::Refunding { refunding });
+                                    continue;
+                                }
+                            }
+                        }
                     }
                     return Poll::Ready(Ok(res));
+                }
+                StateProj::Refunding { refunding } => {
+                    return Poll::Ready(Ok(ready!(refunding.poll(cx))));
                 }
                 StateProj::Done { response } => {
                     let Some(res) = response.take() else {
@@ -218,6 +240,7 @@ where
                     failure: None,
                     policy,
                     shared,
+                    charge: None,
                 }
                 .apply(&mut res);
                 return Next::Respond(res);
@@ -228,6 +251,7 @@ where
                 failure: None,
                 policy,
                 shared,
+                charge: None,
             };
             Next::Call(after)
         }
@@ -248,6 +272,7 @@ where
                 failure: Some(failure),
                 policy,
                 shared,
+                charge: None,
             };
             Next::Call(after)
         }

@@ -148,6 +148,7 @@ pub mod headers;
 pub mod key;
 mod layer;
 pub mod observe;
+mod outcome;
 mod policy;
 mod rejection;
 mod service;
@@ -175,7 +176,7 @@ pub use rate_limit_core;
 #[cfg(feature = "resilience")]
 pub use rate_limit_core::resilience;
 pub use rate_limit_core::{
-    Algorithm, BoxFuture, Clock, ConfigError, Count, Decision, Limit, MAX_SPAN,
+    Algorithm, BoxFuture, Charge, Clock, ConfigError, Count, Decision, Limit, MAX_SPAN,
     METRIC_MEMORY_STORE_FULL, ManualClock, MemoryStore, MemoryStoreBuilder, Quota, Snapshot, Store,
     StoreError, StoreErrorKind, SystemClock, WhenFull,
 };

@@ -112,13 +112,17 @@ where
             }
         };
         let mut req = Request::from_parts(parts, body);
+        let charge = self.shared.charge(&key, cost);
         // A store that can decide in place (memory, a remote store's deny cache) costs no
         // future, and the inner service that was polled ready is called right away.
         if let Some(result) = self.shared.check_now(&key, &policy, cost) {
             return_key_buffer(key);
             let shared = Arc::clone(&self.shared);
             return match resolve(result, &mut req, policy, shared, &*self.rejection) {
-                Next::Call(after) => ResponseFuture::calling(self.inner.call(req), Some(after)),
+                Next::Call(after) => {
+                    let after = after.charging(charge);
+                    ResponseFuture::calling(self.inner.call(req), Some(after))
+                }
                 Next::Respond(res) => ResponseFuture::respond(res),
             };
         }
@@ -134,6 +138,7 @@ where
                 policy,
                 shared: Arc::clone(&self.shared),
                 rejection: Arc::clone(&self.rejection),
+                charge,
             },
         )
     }

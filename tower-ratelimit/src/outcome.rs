@@ -1,0 +1,271 @@
+//! Charging by outcome ([`RateLimitLayer::count_if`]): a request is charged when it is checked,
+//! as always, and the charge is given back ([`Store::refund`]) when its response does not count.
+//!
+//! Everything here runs only when `count_if` is set: without it a request pays one branch
+//! ([`Shared::charge`]) and one more when its response comes back ([`After::charge`]).
+//!
+//! [`Store::refund`]: rate_limit_core::Store::refund
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{Response, StatusCode, response};
+use rate_limit_core::logging::{Causes, Throttle};
+use rate_limit_core::{BoxFuture, Charge, Decision, StoreError};
+use tracing::Instrument as _;
+
+use crate::config::Shared;
+use crate::future::After;
+use crate::layer::RateLimitLayer;
+use crate::observe::{self, FAILURE_LOG_INTERVAL};
+use crate::policy::Policy;
+
+type CountFn = dyn Fn(&response::Parts) -> bool + Send + Sync;
+
+/// The layer's `count_if` setting: which responses count, and the throttle of the logs of
+/// refunds that failed.
+pub(crate) struct CountIf {
+    counts: Box<CountFn>,
+    failures: Throttle,
+}
+
+impl fmt::Debug for CountIf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CountIf").finish_non_exhaustive()
+    }
+}
+
+/// What a check charged, kept until the response says whether it counts.
+pub(crate) struct Charged {
+    /// The store key the check charged.
+    key: String,
+    cost: NonZeroU32,
+    /// The layer's clock before the check was sent: the refund's age is measured from here, so
+    /// it can only be overestimated (see [`Charge::elapsed`]).
+    sent: Duration,
+}
+
+impl<R> RateLimitLayer<R> {
+    /// Charges only the requests whose response `counts` (by its status): the others are given
+    /// back to the store once the inner service has answered. For brute-force protection, count
+    /// the failed logins and let the successful ones through uncounted:
+    /// `.count_if(|status| status == StatusCode::UNAUTHORIZED)`.
+    ///
+    /// - **Exact under concurrency.** Every request is charged up front, when it is checked, as
+    ///   without `count_if`; the charge is refunded after a response that does not count. So
+    ///   at most the quota of requests is ever in the inner service or counted, however many
+    ///   arrive at once on however many instances: 64 parallel attempts against a quota of 5
+    ///   get 5 through and 59 answered 429. (Peeking first and charging after the response
+    ///   would let every parallel attempt pass the peek.) The price: while a request that will
+    ///   not count is in flight it holds its share, so a request arriving then may be refused
+    ///   when the budget is nearly spent.
+    /// - **Refused requests** (429, and 400 for a missing key), skipped ones, free ones (cost
+    ///   0), shadow-denied and failed-open ones were not charged: nothing is given back.
+    /// - **The refund is awaited** before the response is returned: a client that has its
+    ///   response can count on its budget being back, and the headers show the budget *after*
+    ///   the refund (the store's answer to it, which is also the [`Decision`] in the response's
+    ///   extensions). A refund that fails is logged at WARN (at most once per
+    ///   [`FAILURE_LOG_INTERVAL`] per layer), counted in `ratelimit_refunds_total` with
+    ///   `result="failed"`, and the response is returned anyway, with the headers of the check;
+    ///   the charge stays.
+    /// - **A charge stays** when the request is cancelled (its future dropped: the client went
+    ///   away) before the inner service answered, or when the inner service returns an error:
+    ///   there is no response to judge, and a client cannot escape counting by hanging up. A
+    ///   request cancelled while its refund is on its way to the store may or may not be given
+    ///   back (a remote store may already have it).
+    /// - **Time.** The refund gives the charge back to the window it fell in, told by how long
+    ///   ago the check was sent, measured with the layer's [clock](Self::clock): give the layer
+    ///   the store's clock when it is not the system clock (a `ManualClock` in tests).
+    ///
+    /// The store must implement [`Store::refund`](crate::Store::refund) (every store of this
+    /// crate does).
+    ///
+    /// ```
+    /// use http::{Request, Response, StatusCode};
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    /// use tower_ratelimit::{Algorithm, MemoryStore, Quota, RateLimitLayer, key};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(2))
+    ///     .algorithm(Algorithm::FixedWindow)
+    ///     .key(key::Header::new("x-account"))
+    ///     .count_if(|status| status == StatusCode::UNAUTHORIZED);
+    /// let login = ServiceBuilder::new().layer(layer).service(service_fn(|req: Request<String>| async move {
+    ///     let status = if req.body() == "right" { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+    ///     Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(String::new())?)
+    /// }));
+    /// let attempt = |password: &str| Request::post("/login").header("x-account", "ann").body(password.to_owned());
+    ///
+    /// // Successes are given back: the headers show the whole budget.
+    /// let res = login.clone().oneshot(attempt("right")?).await?;
+    /// assert_eq!(res.headers()["x-ratelimit-remaining"], "2");
+    /// // Failures count, up to the quota.
+    /// for left in ["1", "0"] {
+    ///     let res = login.clone().oneshot(attempt("wrong")?).await?;
+    ///     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    ///     assert_eq!(res.headers()["x-ratelimit-remaining"], left);
+    /// }
+    /// // Then every attempt is refused, the right password too, until the window frees one.
+    /// let res = login.oneshot(attempt("right")?).await?;
+    /// assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn count_if(self, counts: impl Fn(StatusCode) -> bool + Send + Sync + 'static) -> Self {
+        self.count_if_response(move |head: &response::Parts| counts(head.status))
+    }
+
+    /// As [`count_if`](Self::count_if), judging the whole response head: its status, headers
+    /// and extensions. A handler whose outcome is not in its status can say it in an extension:
+    /// `.count_if_response(|head| head.extensions.get::<LoginFailed>().is_some())`.
+    pub fn count_if_response(
+        mut self,
+        counts: impl Fn(&response::Parts) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Arc::make_mut(&mut self.shared).count_if = Some(Arc::new(CountIf {
+            counts: Box::new(counts),
+            failures: Throttle::new(FAILURE_LOG_INTERVAL),
+        }));
+        self
+    }
+}
+
+impl Shared {
+    /// What a check of `key` is about to charge, with `count_if` set; `None` otherwise, at the
+    /// cost of one branch. Called before the check is sent, as its time is read here.
+    #[inline]
+    pub(crate) fn charge(&self, key: &str, cost: NonZeroU32) -> Option<Box<Charged>> {
+        if self.count_if.is_none() {
+            return None;
+        }
+        Some(self.charge_slow(key, cost))
+    }
+
+    #[inline(never)]
+    fn charge_slow(&self, key: &str, cost: NonZeroU32) -> Box<Charged> {
+        Box::new(Charged {
+            key: key.to_owned(),
+            cost,
+            sent: self.clock.now(),
+        })
+    }
+
+    /// The refund call, owned and traced. The key is never logged.
+    fn refund(
+        &self,
+        key: String,
+        policy: Policy,
+        charge: Charge,
+    ) -> BoxFuture<'static, Result<Decision, StoreError>> {
+        let store = Arc::clone(&self.store);
+        let span = tracing::debug_span!(
+            "ratelimit.refund",
+            policy = policy.name(),
+            backend = self.backend,
+            cost = charge.cost().get()
+        );
+        Box::pin(async move { store.refund(&key, policy.limits(), charge).await }.instrument(span))
+    }
+
+    /// Logs a failed refund at WARN, at most once per [`FAILURE_LOG_INTERVAL`] per layer.
+    fn log_refund_failure(&self, count_if: &CountIf, policy: &Policy, err: &StoreError) {
+        let now = u64::try_from(self.clock.now().as_nanos()).unwrap_or(u64::MAX);
+        if let Some(held) = count_if.failures.pass(now) {
+            tracing::warn!(
+                policy = policy.name(),
+                backend = self.backend,
+                failures_not_logged = held,
+                error = %err,
+                cause = %Causes(err),
+                "rate limit refund failed: the charge stays"
+            );
+        }
+    }
+}
+
+/// A charged request's response: ready, or waiting for its charge to be given back.
+pub(crate) enum Settled<B> {
+    Ready(Response<B>),
+    Refunding(Box<Refunding<Response<B>>>),
+}
+
+impl After {
+    /// Keeps `charge` for the response to judge, if the check charged (allowed the request).
+    #[inline]
+    pub(crate) fn charging(mut self, charge: Option<Box<Charged>>) -> Self {
+        if charge.is_some() && self.decision.as_ref().is_some_and(Decision::is_allowed) {
+            self.charge = charge;
+        }
+        self
+    }
+
+    /// Writes `res`'s headers now if it counts, or starts giving its charge back. Only for an
+    /// `After` holding a charge.
+    pub(crate) fn settle<B>(mut self, res: Response<B>) -> Settled<B> {
+        let (Some(charged), Some(count_if)) = (self.charge.take(), self.shared.count_if.clone())
+        else {
+            let mut res = res;
+            self.apply(&mut res);
+            return Settled::Ready(res);
+        };
+        let (head, body) = res.into_parts();
+        let counts = (count_if.counts)(&head);
+        let mut res = Response::from_parts(head, body);
+        let Some(decision) = self.decision.as_ref().filter(|_| !counts) else {
+            self.apply(&mut res);
+            return Settled::Ready(res);
+        };
+        let Charged { key, cost, sent } = *charged;
+        let elapsed = self.shared.clock.now().saturating_sub(sent);
+        let charge = Charge::new(cost).elapsed(elapsed).decided_by(decision);
+        let refund = self.shared.refund(key, self.policy.clone(), charge);
+        Settled::Refunding(Box::new(Refunding {
+            refund,
+            count_if,
+            response: Some(res),
+            after: Some(self),
+        }))
+    }
+}
+
+/// A response waiting for its request's charge to be given back.
+pub(crate) struct Refunding<T> {
+    refund: BoxFuture<'static, Result<Decision, StoreError>>,
+    count_if: Arc<CountIf>,
+    response: Option<T>,
+    after: Option<After>,
+}
+
+impl<B> Refunding<Response<B>> {
+    /// The response, once the refund is done: with the headers of the budget after it, or of
+    /// the check if it failed.
+    ///
+    /// # Panics
+    ///
+    /// If polled again after it returned the response.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Response<B>> {
+        let result = ready!(self.refund.as_mut().poll(cx));
+        let (Some(mut res), Some(mut after)) = (self.response.take(), self.after.take()) else {
+            panic!("ResponseFuture polled after completion");
+        };
+        let backend = after.shared.backend;
+        match result {
+            Ok(decision) => {
+                observe::refund(&after.policy, backend, true);
+                after.decision = Some(decision);
+            }
+            Err(err) => {
+                observe::refund(&after.policy, backend, false);
+                after
+                    .shared
+                    .log_refund_failure(&self.count_if, &after.policy, &err);
+            }
+        }
+        after.apply(&mut res);
+        Poll::Ready(res)
+    }
+}
