@@ -108,6 +108,47 @@ pub(crate) fn apply(
     }
 }
 
+/// Takes up to `cost` units off the newest entries charged at or after `at` and still in the
+/// window, newest first: the most recent admissions, which the charge is among (a check sent
+/// at `at` is logged no earlier). Admissions older than `at`, or gone from the window, give
+/// nothing back. As in a check, a clock behind the newest entry stands at it.
+pub(crate) fn refund(state: &mut Option<Box<LogState>>, now: u64, p: &Params, cost: u64, at: u64) {
+    let Some(s) = state.as_mut() else {
+        return;
+    };
+    let Some(&(newest, last_total)) = s.entries.back() else {
+        *state = None;
+        return;
+    };
+    let now = now.max(newest);
+    // The first tick still in the window (entries at or before `now - period` have left it).
+    let from = at.max(now.saturating_sub(p.period).saturating_add(1));
+    let first = s.entries.partition_point(|&(t, _)| t < from);
+    let below = first.checked_sub(1).map_or(s.base, |i| s.entries[i].1);
+    // Totals relative to `below`, so that a wrap of the running total does not matter.
+    let rel = |total: u64| total.wrapping_sub(below);
+    let held = rel(last_total);
+    let keep = held - cost.min(held);
+    // Entries wholly given back go; the newest one left keeps what is not given back.
+    while s.entries.len() > first {
+        let before = match s.entries.len() {
+            n if n >= 2 && n - 1 > first => rel(s.entries[n - 2].1),
+            _ => 0,
+        };
+        if before >= keep {
+            s.entries.pop_back();
+        } else {
+            if let Some(back) = s.entries.back_mut() {
+                back.1 = below.wrapping_add(keep);
+            }
+            break;
+        }
+    }
+    if s.entries.is_empty() {
+        *state = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +289,86 @@ mod tests {
         assert_eq!(s.as_ref().unwrap().entries.len(), 1);
         apply(&mut s, 2000, &p, 1, false);
         assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refund_takes_the_newest_units_charged_since_the_charge_time() {
+        let p = params(10);
+        let mut s = None;
+        refund(&mut s, 0, &p, 1, 0);
+        assert_eq!(s, None);
+        for (t, c) in [(100, 2), (200, 3), (300, 4)] {
+            assert!(apply(&mut s, t, &p, c, true).allowed);
+        }
+        // 5 from 200 on: all of 300's 4 and one of 200's 3.
+        refund(&mut s, 350, &p, 5, 200);
+        let log = s.as_ref().unwrap();
+        assert_eq!(Vec::from(log.entries.clone()), [(100, 2), (200, 4)]);
+        // Nothing charged at or after 250 is left: nothing more is given back.
+        refund(&mut s, 350, &p, 5, 250);
+        assert_eq!(apply(&mut s, 350, &p, 1, false).remaining, 6);
+        // Once 100's entry has left the window, only 200's two units can come back.
+        refund(&mut s, 1_150, &p, 5, 0);
+        assert_eq!(Vec::from(s.as_ref().unwrap().entries.clone()), [(100, 2)]);
+        assert_eq!(apply(&mut s, 1_150, &p, 1, false).remaining, 10);
+        assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refund_at_full_and_behind_the_newest_entry() {
+        let p = params(3);
+        let mut s = None;
+        assert!(apply(&mut s, 1_000, &p, 3, true).allowed);
+        // A caller 50 behind stands at the newest entry.
+        refund(&mut s, 950, &p, 1, 940);
+        assert_eq!(apply(&mut s, 950, &p, 1, false).remaining, 1);
+        refund(&mut s, 950, &p, 7, 940);
+        assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refunds_match_a_plain_walk_over_the_log() {
+        // (tick, cost) entries; a refund takes units off the newest entries at or after `from`.
+        fn reference(log: &mut Vec<(u64, u64)>, now: u64, p: &Params, cost: u64, at: u64) {
+            let now = log.last().map_or(now, |&(t, _)| now.max(t));
+            let from = at.max((now + 1).saturating_sub(p.period));
+            let mut left = cost;
+            while let Some((t, c)) = log.last_mut() {
+                if left == 0 || *t < from {
+                    break;
+                }
+                let take = left.min(*c);
+                *c -= take;
+                left -= take;
+                if *c == 0 {
+                    log.pop();
+                }
+            }
+        }
+        let p = params(40);
+        let (mut s, mut log) = (None, Vec::new());
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut now: u64 = 10_000;
+        for step in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            now += [0, 1, 7, 40, 300][(x % 5) as usize];
+            let cost = 1 + (x >> 8) % 12;
+            if (x >> 20).is_multiple_of(3) {
+                let at = now.saturating_sub((x >> 24) % 1_200);
+                refund(&mut s, now, &p, cost, at);
+                reference(&mut log, now, &p, cost, at);
+            } else if apply(&mut s, now, &p, cost, true).allowed {
+                match log.last_mut() {
+                    Some((t, c)) if *t == now => *c += cost,
+                    _ => log.push((now, cost)),
+                }
+            }
+            log.retain(|&(t, _)| t + p.period > now);
+            let r = apply(&mut s, now, &p, 1, false);
+            let used: u64 = log.iter().map(|&(_, c)| c).sum();
+            assert_eq!(r.remaining, p.limit - used, "step {step}");
+        }
     }
 }

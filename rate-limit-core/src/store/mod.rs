@@ -202,6 +202,31 @@ pub trait Store: Send + Sync + 'static {
         let _ = (key, limits, cost);
         None
     }
+
+    /// [`refund`](Store::refund) without a future, when the store can give back without
+    /// waiting: `Some` with what `refund` would have returned (and given back), `None` when it
+    /// needs I/O, and the caller should call `refund`. The default is `None`.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use rate_limit_core::{Algorithm, Charge, Limit, MemoryStore, Quota, Store};
+    ///
+    /// let store = MemoryStore::new();
+    /// let limits = [Limit::new(Quota::per_second(1), Algorithm::Gcra)];
+    /// let one = NonZeroU32::MIN;
+    /// assert!(store.try_check_now("k", &limits, one).unwrap().unwrap().is_allowed());
+    /// let after = store.try_refund_now("k", &limits, Charge::new(one));
+    /// assert_eq!(after.unwrap().unwrap().remaining(), 1);
+    /// ```
+    fn try_refund_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        charge: Charge,
+    ) -> Option<Result<Decision, StoreError>> {
+        let _ = (key, limits, charge);
+        None
+    }
 }
 
 /// `Store` for a smart pointer to a store: every method forwards to the store it points to.
@@ -242,6 +267,15 @@ macro_rules! forward_store {
                 charge: Charge,
             ) -> BoxFuture<'a, Result<Decision, StoreError>> {
                 (**self).refund(key, limits, charge)
+            }
+
+            fn try_refund_now(
+                &self,
+                key: &str,
+                limits: &[Limit],
+                charge: Charge,
+            ) -> Option<Result<Decision, StoreError>> {
+                (**self).try_refund_now(key, limits, charge)
             }
 
             fn backend(&self) -> &'static str {
