@@ -156,10 +156,12 @@ where
                         charge,
                     } = pending;
                     let next = match resolve(result, &mut req, policy, shared, &*rejection) {
-                        Next::Call(after) => State::Calling {
-                            future: inner.call(req),
-                            after: Some(after.charging(charge)),
-                        },
+                        Next::Call(after) => {
+                            // Before the call: `charging` times the check.
+                            let after = Some(after.charging(charge));
+                            let future = inner.call(req);
+                            State::Calling { future, after }
+                        }
                         Next::Respond(response) => State::Done {
                             response: Some(response),
                         },

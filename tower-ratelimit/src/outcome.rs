@@ -43,9 +43,28 @@ pub(crate) struct Charged {
     /// The store key the check charged.
     key: String,
     cost: NonZeroU32,
-    /// The layer's clock before the check was sent: the refund's age is measured from here, so
-    /// it can only be overestimated (see [`Charge::elapsed`]).
+    /// The layer's clock before the check was sent.
     sent: Duration,
+    /// How long the check took, sent to answered.
+    latency: Duration,
+}
+
+/// Added to a charge's age besides the check's latency: room for a refund that takes longer to
+/// reach the store than the check did.
+const REFUND_SLACK: Duration = Duration::from_millis(1);
+
+impl Charged {
+    /// How long before a refund sent now the check was sent, to tell the store which window
+    /// the charge fell in. The store reads its clock when the refund reaches it, later than
+    /// `now`: by a function call for a memory store, by a network trip for a remote one. The
+    /// check's own latency and [`REFUND_SLACK`] are added to cover that trip, so that the
+    /// estimate errs early, the side on which a store can only give back less
+    /// ([`Charge::elapsed`]), and a sliding log finds the entry the check made rather than none.
+    fn since(&self, now: Duration) -> Duration {
+        now.saturating_sub(self.sent)
+            .saturating_add(self.latency)
+            .saturating_add(REFUND_SLACK)
+    }
 }
 
 impl<R> RateLimitLayer<R> {
@@ -78,7 +97,11 @@ impl<R> RateLimitLayer<R> {
     ///   back (a remote store may already have it).
     /// - **Time.** The refund gives the charge back to the window it fell in, told by how long
     ///   ago the check was sent, measured with the layer's [clock](Self::clock): give the layer
-    ///   the store's clock when it is not the system clock (a `ManualClock` in tests).
+    ///   the store's clock when it is not the system clock (a `ManualClock` in tests). The age
+    ///   sent errs long, by the check's latency and 1 ms, as the refund reaches the store some
+    ///   time after it is sent: a fixed or sliding window counter may then give back less, or
+    ///   nothing, for a request checked in the first moments of a window, which stays counted
+    ///   (never the reverse); a sliding log gives back its newest entries.
     ///
     /// The store must implement [`Store::refund`](crate::Store::refund) (every store of this
     /// crate does).
@@ -95,8 +118,11 @@ impl<R> RateLimitLayer<R> {
     ///     .key(key::Header::new("x-account"))
     ///     .count_if(|status| status == StatusCode::UNAUTHORIZED);
     /// let login = ServiceBuilder::new().layer(layer).service(service_fn(|req: Request<String>| async move {
-    ///     let status = if req.body() == "right" { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
-    ///     Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(String::new())?)
+    ///     let mut res = Response::new(String::new());
+    ///     if req.body() != "right" {
+    ///         *res.status_mut() = StatusCode::UNAUTHORIZED;
+    ///     }
+    ///     Ok::<_, std::convert::Infallible>(res)
     /// }));
     /// let attempt = |password: &str| Request::post("/login").header("x-account", "ann").body(password.to_owned());
     ///
@@ -151,6 +177,7 @@ impl Shared {
             key: key.to_owned(),
             cost,
             sent: self.clock.now(),
+            latency: Duration::ZERO,
         })
     }
 
@@ -195,10 +222,14 @@ pub(crate) enum Settled<B> {
 
 impl After {
     /// Keeps `charge` for the response to judge, if the check charged (allowed the request).
+    /// Called as soon as the check has answered.
     #[inline]
     pub(crate) fn charging(mut self, charge: Option<Box<Charged>>) -> Self {
-        if charge.is_some() && self.decision.as_ref().is_some_and(Decision::is_allowed) {
-            self.charge = charge;
+        if let Some(mut charge) = charge
+            && self.decision.as_ref().is_some_and(Decision::is_allowed)
+        {
+            charge.latency = self.shared.clock.now().saturating_sub(charge.sent);
+            self.charge = Some(charge);
         }
         self
     }
@@ -219,16 +250,44 @@ impl After {
             self.apply(&mut res);
             return Settled::Ready(res);
         };
-        let Charged { key, cost, sent } = *charged;
-        let elapsed = self.shared.clock.now().saturating_sub(sent);
-        let charge = Charge::new(cost).elapsed(elapsed).decided_by(decision);
-        let refund = self.shared.refund(key, self.policy.clone(), charge);
+        let since = charged.since(self.shared.clock.now());
+        let charge = Charge::new(charged.cost)
+            .elapsed(since)
+            .decided_by(decision);
+        // A store that gives back in place (memory) costs no future.
+        let limits = self.policy.limits();
+        if let Some(result) = self
+            .shared
+            .store
+            .try_refund_now(&charged.key, limits, charge)
+        {
+            self.refunded(&count_if, result);
+            self.apply(&mut res);
+            return Settled::Ready(res);
+        }
+        let refund = self.shared.refund(charged.key, self.policy.clone(), charge);
         Settled::Refunding(Box::new(Refunding {
             refund,
             count_if,
             response: Some(res),
             after: Some(self),
         }))
+    }
+
+    /// Takes the refund's answer: the budget after it for the headers, or, if it failed, a
+    /// log line and the check's answer.
+    fn refunded(&mut self, count_if: &CountIf, result: Result<Decision, StoreError>) {
+        let backend = self.shared.backend;
+        match result {
+            Ok(decision) => {
+                observe::refund(&self.policy, backend, true);
+                self.decision = Some(decision);
+            }
+            Err(err) => {
+                observe::refund(&self.policy, backend, false);
+                self.shared.log_refund_failure(count_if, &self.policy, &err);
+            }
+        }
     }
 }
 
@@ -252,19 +311,7 @@ impl<B> Refunding<Response<B>> {
         let (Some(mut res), Some(mut after)) = (self.response.take(), self.after.take()) else {
             panic!("ResponseFuture polled after completion");
         };
-        let backend = after.shared.backend;
-        match result {
-            Ok(decision) => {
-                observe::refund(&after.policy, backend, true);
-                after.decision = Some(decision);
-            }
-            Err(err) => {
-                observe::refund(&after.policy, backend, false);
-                after
-                    .shared
-                    .log_refund_failure(&self.count_if, &after.policy, &err);
-            }
-        }
+        after.refunded(&self.count_if, result);
         after.apply(&mut res);
         Poll::Ready(res)
     }
