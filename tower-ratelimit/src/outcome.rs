@@ -165,9 +165,7 @@ impl Shared {
     /// cost of one branch. Called before the check is sent, as its time is read here.
     #[inline]
     pub(crate) fn charge(&self, key: &str, cost: NonZeroU32) -> Option<Box<Charged>> {
-        if self.count_if.is_none() {
-            return None;
-        }
+        self.count_if.as_ref()?;
         Some(self.charge_slow(key, cost))
     }
 
