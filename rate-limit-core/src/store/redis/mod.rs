@@ -127,6 +127,11 @@ pub use sentinel::SentinelConnection;
 /// sent again, since giving back twice would admit more than the quota. A queued refund whose
 /// caller has gone is not sent.
 ///
+/// The script's work is a check's, but for the sliding window log, whose refund rewrites the
+/// entries logged since the charge time (one `LRANGE`, `LTRIM` and `RPUSH`, after finding that
+/// time in O(log n) `LINDEX` reads): few for a prompt refund, up to the whole log for a charge
+/// made nearly a period ago.
+///
 /// When a refund's call has ended, the [deny cache](#deny-cache) drops what it keeps for the key
 /// (every set of limits), and a denial of a check sent before is not kept: the budget given back
 /// is not denied from the cache. A refund made by *another* instance is seen by this instance's
