@@ -63,13 +63,15 @@ pub(crate) fn apply(
     }
 }
 
-/// Moves the theoretical arrival time back by `cost` emission intervals, never before `now`
-/// (a full bucket): a TAT at or before `now` is no state.
+/// Moves the theoretical arrival time back by `cost` emission intervals (a cost above the burst
+/// counts as the burst: no charge was larger), never before `now` (a full bucket): a TAT at or
+/// before `now` is no state. Behind the state's clock, a TAT more than a full bucket ahead of
+/// the caller's `now` stays ahead of it.
 pub(crate) fn refund(state: &mut Option<GcraState>, now: u64, p: &Params, cost: u64) {
     let Some(s) = *state else {
         return;
     };
-    let tat = s.tat.saturating_sub(cost.saturating_mul(p.interval));
+    let tat = s.tat.saturating_sub(cost.min(p.burst) * p.interval);
     *state = (tat > now).then_some(GcraState { tat });
 }
 

@@ -59,7 +59,7 @@ pub(crate) fn refund(state: &mut Option<LeakyBucketState>, now: u64, p: &Params,
     let level = s
         .level
         .saturating_sub(at - s.at)
-        .saturating_sub(cost.saturating_mul(p.interval));
+        .saturating_sub(cost.min(p.burst) * p.interval);
     *state = (level > 0).then_some(LeakyBucketState { level, at });
 }
 

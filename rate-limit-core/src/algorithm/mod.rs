@@ -76,10 +76,16 @@ pub(crate) mod token_bucket;
 /// |---|---|
 /// | token bucket | refills to now as a check does, then adds `cost` tokens, up to `burst` |
 /// | leaky bucket | drains to now as a check does, then lowers the level by `cost` intervals, not below empty |
-/// | GCRA | moves the TAT back by `cost` emission intervals, not before now (full: no state) |
+/// | GCRA | moves the TAT back by `cost` emission intervals (at most `burst` of them), not before now (full: no state) |
 /// | fixed window | if `at` falls in the stored window, takes `cost` off its count (not below 0); else nothing: that window is gone |
-/// | sliding window log | takes up to `cost` units off the newest entries logged at or after `at` and still in the window, newest first (the most recent admissions, which the charge is among); older admissions give nothing |
+/// | sliding window log | if `at` is still in the window, takes up to `cost` units off the *oldest* entries logged at or after `at` (the earliest admissions the charge can be: it was logged no earlier than it was sent); else nothing |
 /// | sliding window counter | takes `cost` off the count of `at`'s window: the current one, or the previous one (which weighs only in part); an older window gives nothing |
+///
+/// The log gives back the oldest admissions it can rather than the most recent ones: those
+/// leave the window first, so what stays never frees budget sooner than if the charge had never
+/// been made (the most recent ones would leave the charge in the log and free the budget of a
+/// later admission instead, and with it budget the charge still holds once it leaves). A refund
+/// made promptly, before other admissions of the key, gives back the charge itself.
 ///
 /// The buckets do not read `at`: a bucket has no windows, and what it gives back is capped by
 /// what it lacks. A window algorithm gives back only to the window the charge time falls in, so

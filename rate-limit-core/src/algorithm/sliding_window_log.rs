@@ -108,40 +108,46 @@ pub(crate) fn apply(
     }
 }
 
-/// Takes up to `cost` units off the newest entries charged at or after `at` and still in the
-/// window, newest first: the most recent admissions, which the charge is among (a check sent
-/// at `at` is logged no earlier). Admissions older than `at`, or gone from the window, give
-/// nothing back. As in a check, a clock behind the newest entry stands at it.
+/// Takes up to `cost` units off the *oldest* entries logged at or after the charge time `at`,
+/// oldest first; nothing if `at` has left the window (as in a check, a clock behind the newest
+/// entry stands at it).
+///
+/// The charge was logged at or after `at` (a check is logged no earlier than it is sent), so the
+/// earliest admissions from `at` on are the earliest it can be. Taking those, rather than the
+/// newest, never frees budget sooner than if the charge had never been made: where the charge
+/// was one of them, the refund is its exact inverse, and otherwise what stays in the log leaves
+/// the window no earlier than what would have stayed. Taking the newest would leave the charge
+/// and drop a later admission, whose budget would come back too late but the charge's too soon.
+/// Once `at` has left the window, the charge may have left too: nothing is given back.
+///
+/// Work: O(log n) to find `at`, and O(k) for the k entries logged since, which a prompt refund
+/// keeps few.
 pub(crate) fn refund(state: &mut Option<Box<LogState>>, now: u64, p: &Params, cost: u64, at: u64) {
     let Some(s) = state.as_mut() else {
         return;
     };
-    let Some(&(newest, last_total)) = s.entries.back() else {
+    let Some(&(newest, _)) = s.entries.back() else {
         *state = None;
         return;
     };
     let now = now.max(newest);
-    // The first tick still in the window (entries at or before `now - period` have left it).
-    let from = at.max(now.saturating_sub(p.period).saturating_add(1));
-    let first = s.entries.partition_point(|&(t, _)| t < from);
-    let below = first.checked_sub(1).map_or(s.base, |i| s.entries[i].1);
-    // Totals relative to `below`, so that a wrap of the running total does not matter.
-    let rel = |total: u64| total.wrapping_sub(below);
-    let held = rel(last_total);
-    let keep = held - cost.min(held);
-    // Entries wholly given back go; the newest one left keeps what is not given back.
-    while s.entries.len() > first {
-        let before = match s.entries.len() {
-            n if n >= 2 && n - 1 > first => rel(s.entries[n - 2].1),
-            _ => 0,
-        };
-        if before >= keep {
-            s.entries.pop_back();
-        } else {
-            if let Some(back) = s.entries.back_mut() {
-                back.1 = below.wrapping_add(keep);
-            }
-            break;
+    if at.saturating_add(p.period) <= now {
+        return;
+    }
+    let first = s.entries.partition_point(|&(t, _)| t < at);
+    let mut before = first.checked_sub(1).map_or(s.base, |i| s.entries[i].1);
+    // Each entry from `first` on loses what is still to give back, up to its cost, and every
+    // running total from there on drops by what has been given back up to it.
+    let (mut left, mut given) = (cost, 0u64);
+    let tail: Vec<(u64, u64)> = s.entries.drain(first..).collect();
+    for (t, total) in tail {
+        let c = total.wrapping_sub(before);
+        before = total;
+        let take = c.min(left);
+        left -= take;
+        given += take;
+        if take < c {
+            s.entries.push_back((t, total.wrapping_sub(given)));
         }
     }
     if s.entries.is_empty() {
@@ -292,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn refund_takes_the_newest_units_charged_since_the_charge_time() {
+    fn refund_takes_the_oldest_units_charged_since_the_charge_time() {
         let p = params(10);
         let mut s = None;
         refund(&mut s, 0, &p, 1, 0);
@@ -300,18 +306,36 @@ mod tests {
         for (t, c) in [(100, 2), (200, 3), (300, 4)] {
             assert!(apply(&mut s, t, &p, c, true).allowed);
         }
-        // 5 from 200 on: all of 300's 4 and one of 200's 3.
+        // 5 from 200 on: all of 200's 3 and two of 300's 4; running totals follow.
         refund(&mut s, 350, &p, 5, 200);
         let log = s.as_ref().unwrap();
-        assert_eq!(Vec::from(log.entries.clone()), [(100, 2), (200, 4)]);
-        // Nothing charged at or after 250 is left: nothing more is given back.
-        refund(&mut s, 350, &p, 5, 250);
+        assert_eq!(Vec::from(log.entries.clone()), [(100, 2), (300, 4)]);
+        // Nothing charged at or after 350: nothing more is given back.
+        refund(&mut s, 350, &p, 5, 350);
         assert_eq!(apply(&mut s, 350, &p, 1, false).remaining, 6);
-        // Once 100's entry has left the window, only 200's two units can come back.
-        refund(&mut s, 1_150, &p, 5, 0);
-        assert_eq!(Vec::from(s.as_ref().unwrap().entries.clone()), [(100, 2)]);
+        // A charge time that has left the window gives nothing, even though 300's entry is in.
+        refund(&mut s, 1_150, &p, 5, 150);
+        assert_eq!(apply(&mut s, 1_150, &p, 1, false).remaining, 8);
+        refund(&mut s, 1_150, &p, 5, 151);
         assert_eq!(apply(&mut s, 1_150, &p, 1, false).remaining, 10);
         assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refund_keeps_running_totals_across_a_wrap() {
+        let p = params(10);
+        // 2 at 0, 3 at 100, 4 at 200, the running totals wrapping past u64::MAX.
+        let mut s = Some(Box::new(LogState {
+            entries: VecDeque::from([(0, u64::MAX - 1), (100, 1), (200, 5)]),
+            base: u64::MAX - 3,
+        }));
+        refund(&mut s, 300, &p, 4, 50);
+        let log = s.as_ref().unwrap();
+        assert_eq!(
+            Vec::from(log.entries.clone()),
+            [(0, u64::MAX - 1), (200, 1)]
+        );
+        assert_eq!(apply(&mut s, 300, &p, 1, false).remaining, 5);
     }
 
     #[test]
@@ -328,22 +352,19 @@ mod tests {
 
     #[test]
     fn refunds_match_a_plain_walk_over_the_log() {
-        // (tick, cost) entries; a refund takes units off the newest entries at or after `from`.
+        // (tick, cost) entries; a refund takes units off the oldest entries at or after `at`.
         fn reference(log: &mut Vec<(u64, u64)>, now: u64, p: &Params, cost: u64, at: u64) {
             let now = log.last().map_or(now, |&(t, _)| now.max(t));
-            let from = at.max((now + 1).saturating_sub(p.period));
+            if at + p.period <= now {
+                return;
+            }
             let mut left = cost;
-            while let Some((t, c)) = log.last_mut() {
-                if left == 0 || *t < from {
-                    break;
-                }
+            for (_, c) in log.iter_mut().filter(|(t, _)| *t >= at) {
                 let take = left.min(*c);
                 *c -= take;
                 left -= take;
-                if *c == 0 {
-                    log.pop();
-                }
             }
+            log.retain(|&(_, c)| c > 0);
         }
         let p = params(40);
         let (mut s, mut log) = (None, Vec::new());

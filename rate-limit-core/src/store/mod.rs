@@ -49,8 +49,10 @@ impl Charge {
     }
 
     /// How long before the refund the check that charged was sent. Measure it from *before* the
-    /// check was sent: a window algorithm gives back to the window the charge fell in, and an
-    /// estimate that is early can only give back less, never to a window that was not charged.
+    /// check was sent: a window algorithm gives back to the window the charge time (the
+    /// refund's now less this) falls in, and the sliding window log gives back admissions
+    /// logged since it, so an estimate that is early can only give back less, never more than
+    /// the charge (see [`Algorithm`](crate::Algorithm#refunds)).
     #[must_use]
     pub const fn elapsed(mut self, since: Duration) -> Self {
         self.since = since;
