@@ -15,7 +15,7 @@ use tower_service::Service;
 use crate::config::{FailureMode, Shared};
 use crate::headers::{set_rate_limit_headers, set_retry_after};
 use crate::observe::Outcome;
-use crate::outcome::{Charged, Refunding, Settled};
+use crate::outcome::{Aside, Refunding, Settled};
 use crate::policy::Policy;
 use crate::rejection::{RejectResponse, Rejection, StoreFailure};
 
@@ -71,17 +71,15 @@ pub(crate) struct Pending<S, ReqBody, R> {
     pub(crate) policy: Policy,
     pub(crate) shared: Arc<Shared>,
     pub(crate) rejection: Arc<R>,
-    pub(crate) charge: Option<Box<Charged>>,
 }
 
 /// What the response gets once the inner service has answered.
 pub(crate) struct After {
     pub(crate) decision: Option<Decision>,
-    failure: Option<StoreFailure>,
+    /// A store failure, or with `count_if` what the check charged.
+    pub(crate) aside: Aside,
     pub(crate) policy: Policy,
     pub(crate) shared: Arc<Shared>,
-    /// With `count_if`, what the check charged: the response decides whether it is given back.
-    pub(crate) charge: Option<Box<Charged>>,
 }
 
 impl After {
@@ -97,7 +95,7 @@ impl After {
             );
             res.extensions_mut().insert(decision);
         }
-        if let Some(failure) = self.failure {
+        if let Aside::Failure(failure) = self.aside {
             res.extensions_mut().insert(failure);
         }
     }
@@ -153,8 +151,8 @@ where
                         policy,
                         shared,
                         rejection,
-                        charge,
                     } = pending;
+                    let charge = shared.carried(&mut req);
                     let next = match resolve(result, &mut req, policy, shared, &*rejection) {
                         Next::Call(after) => {
                             // Before the call: `charging` times the check.
@@ -171,7 +169,7 @@ where
                 StateProj::Calling { future, after } => {
                     let mut res = ready!(future.poll(cx))?;
                     if let Some(after) = after.take() {
-                        if after.charge.is_none() {
+                        if !matches!(after.aside, Aside::Charge(_)) {
                             after.apply(&mut res);
                         } else {
                             match after.settle(res) {
@@ -239,10 +237,9 @@ where
                 }
                 After {
                     decision: Some(decision),
-                    failure: None,
+                    aside: Aside::None,
                     policy,
                     shared,
-                    charge: None,
                 }
                 .apply(&mut res);
                 return Next::Respond(res);
@@ -250,10 +247,9 @@ where
             req.extensions_mut().insert(decision.clone());
             let after = After {
                 decision: Some(decision),
-                failure: None,
+                aside: Aside::None,
                 policy,
                 shared,
-                charge: None,
             };
             Next::Call(after)
         }
@@ -271,10 +267,9 @@ where
             req.extensions_mut().insert(failure.clone());
             let after = After {
                 decision: None,
-                failure: Some(failure),
+                aside: Aside::Failure(failure),
                 policy,
                 shared,
-                charge: None,
             };
             Next::Call(after)
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{Response, StatusCode, response};
+use http::{Request, Response, StatusCode, response};
 use rate_limit_core::logging::{Causes, Throttle};
 use rate_limit_core::{BoxFuture, Charge, Decision, StoreError};
 use tracing::Instrument as _;
@@ -22,6 +22,7 @@ use crate::future::After;
 use crate::layer::RateLimitLayer;
 use crate::observe::{self, FAILURE_LOG_INTERVAL};
 use crate::policy::Policy;
+use crate::rejection::StoreFailure;
 
 type CountFn = dyn Fn(&response::Parts) -> bool + Send + Sync;
 
@@ -38,7 +39,16 @@ impl fmt::Debug for CountIf {
     }
 }
 
+/// What a response carries besides its decision: the store's failure, when it failed open, or
+/// with `count_if` what the check charged, when it allowed the request. Never both: one field.
+pub(crate) enum Aside {
+    None,
+    Failure(StoreFailure),
+    Charge(Box<Charged>),
+}
+
 /// What a check charged, kept until the response says whether it counts.
+#[derive(Clone)]
 pub(crate) struct Charged {
     /// The store key the check charged.
     key: String,
@@ -212,6 +222,29 @@ impl Shared {
     }
 }
 
+/// A charge carried in the request's extensions while a store that answers through a future
+/// decides, rather than in the state the request waits in, which every request would pay
+/// for in size.
+#[derive(Clone)]
+struct Carried(Box<Charged>);
+
+/// Puts `charge`, if any, in `req` while the check is under way.
+#[inline]
+pub(crate) fn carry<B>(req: &mut Request<B>, charge: Option<Box<Charged>>) {
+    if let Some(charge) = charge {
+        req.extensions_mut().insert(Carried(charge));
+    }
+}
+
+impl Shared {
+    /// Takes back what [`carry`] put in `req`, before the inner service sees it.
+    #[inline]
+    pub(crate) fn carried<B>(&self, req: &mut Request<B>) -> Option<Box<Charged>> {
+        self.count_if.as_ref()?;
+        req.extensions_mut().remove::<Carried>().map(|c| c.0)
+    }
+}
+
 /// A charged request's response: ready, or waiting for its charge to be given back.
 pub(crate) enum Settled<B> {
     Ready(Response<B>),
@@ -227,7 +260,7 @@ impl After {
             && self.decision.as_ref().is_some_and(Decision::is_allowed)
         {
             charge.latency = self.shared.clock.now().saturating_sub(charge.sent);
-            self.charge = Some(charge);
+            self.aside = Aside::Charge(charge);
         }
         self
     }
@@ -235,8 +268,8 @@ impl After {
     /// Writes `res`'s headers now if it counts, or starts giving its charge back. Only for an
     /// `After` holding a charge.
     pub(crate) fn settle<B>(mut self, res: Response<B>) -> Settled<B> {
-        let (Some(charged), Some(count_if)) = (self.charge.take(), self.shared.count_if.clone())
-        else {
+        let aside = std::mem::replace(&mut self.aside, Aside::None);
+        let (Aside::Charge(charged), Some(count_if)) = (aside, self.shared.count_if.clone()) else {
             let mut res = res;
             self.apply(&mut res);
             return Settled::Ready(res);

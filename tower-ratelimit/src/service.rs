@@ -11,6 +11,7 @@ use tower_service::Service;
 use crate::config::{Plan, Shared, return_key_buffer, take_key_buffer};
 use crate::future::{Next, Pending, ResponseFuture, resolve};
 use crate::layer::RateLimitLayer;
+use crate::outcome::carry;
 use crate::rejection::{DefaultRejection, RejectResponse, Rejection};
 
 /// Rate-limits the requests to `S`. Built by [`RateLimitLayer`].
@@ -129,6 +130,7 @@ where
         // The service that was polled ready goes with this request; a clone stays for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        carry(&mut req, charge);
         let check = self.shared.check(key, policy.clone(), cost);
         ResponseFuture::checking(
             check,
@@ -138,7 +140,6 @@ where
                 policy,
                 shared: Arc::clone(&self.shared),
                 rejection: Arc::clone(&self.rejection),
-                charge,
             },
         )
     }
