@@ -457,7 +457,10 @@ async fn the_refund_gives_back_exactly_the_key_limits_and_cost_that_were_charged
     // The handler takes 2 s and succeeds.
     let slow = {
         let clock = clock.clone();
-        service_fn(move |_req: Request<String>| {
+        service_fn(move |req: Request<String>| {
+            // The decision, and nothing the layer keeps for itself meanwhile.
+            assert_eq!(req.extensions().len(), 1);
+            assert!(req.extensions().get::<Decision>().is_some());
             clock.advance(Duration::from_secs(2));
             async { Ok::<_, Infallible>(Response::new(String::new())) }
         })
@@ -665,4 +668,27 @@ async fn with_real_clocks_a_sliding_log_gives_back_the_entry_the_check_made() {
             assert_eq!(header(&res, "x-ratelimit-remaining"), Some("5"), "{i}");
         }
     }
+}
+
+#[test]
+fn refunds_are_counted_by_policy_and_result() {
+    let clock = clock();
+    let (_store, layer) = login_layer(&clock, Algorithm::FixedWindow);
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(Login::default().service());
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        runtime().block_on(async {
+            for password in ["right", "wrong", "right"] {
+                svc.clone().oneshot(attempt("ann", password)).await.unwrap();
+            }
+        });
+    });
+    let text = handle.render();
+    let refunded =
+        r#"ratelimit_refunds_total{policy="login",result="refunded",backend="memory"} 2"#;
+    assert!(text.contains(refunded), "{text}");
+    assert!(!text.contains(r#"result="failed""#), "{text}");
 }
