@@ -1,8 +1,10 @@
 //! Charging by outcome ([`RateLimitLayer::count_if`]): a request is charged when it is checked,
 //! as always, and the charge is given back ([`Store::refund`]) when its response does not count.
 //!
-//! Everything here runs only when `count_if` is set: without it a request pays one branch
-//! ([`Shared::charge`]) and one more when its response comes back ([`After::charge`]).
+//! Everything here runs only when `count_if` is set: without it a request pays a branch in
+//! [`Shared::charge`], one in [`After::charging`] and one when its response comes back, and
+//! no future grows (the charge shares [`Aside`] with a store failure, and rides in the
+//! request's extensions while a remote store decides).
 //!
 //! [`Store::refund`]: rate_limit_core::Store::refund
 
@@ -157,7 +159,34 @@ impl<R> RateLimitLayer<R> {
 
     /// As [`count_if`](Self::count_if), judging the whole response head: its status, headers
     /// and extensions. A handler whose outcome is not in its status can say it in an extension:
-    /// `.count_if_response(|head| head.extensions.get::<LoginFailed>().is_some())`.
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    /// use tower_ratelimit::{MemoryStore, Quota, RateLimitLayer};
+    ///
+    /// /// What the handler adds to a response that should count.
+    /// #[derive(Clone)]
+    /// struct Suspicious;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(10))
+    ///     .count_if_response(|head| head.extensions.get::<Suspicious>().is_some());
+    /// let svc = ServiceBuilder::new().layer(layer).service(service_fn(|req: Request<String>| async move {
+    ///     let mut res = Response::new(String::new());
+    ///     if req.body().contains("' OR 1=1") {
+    ///         res.extensions_mut().insert(Suspicious);
+    ///     }
+    ///     Ok::<_, std::convert::Infallible>(res)
+    /// }));
+    /// let res = svc.clone().oneshot(Request::new(String::from("hello"))).await?;
+    /// assert_eq!(res.headers()["x-ratelimit-remaining"], "10");
+    /// let res = svc.oneshot(Request::new(String::from("' OR 1=1 --"))).await?;
+    /// assert_eq!(res.headers()["x-ratelimit-remaining"], "9");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn count_if_response(
         mut self,
         counts: impl Fn(&response::Parts) -> bool + Send + Sync + 'static,
