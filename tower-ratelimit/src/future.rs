@@ -169,9 +169,7 @@ where
                 StateProj::Calling { future, after } => {
                     let mut res = ready!(future.poll(cx))?;
                     if let Some(after) = after.take() {
-                        if !matches!(after.aside, Aside::Charge(_)) {
-                            after.apply(&mut res);
-                        } else {
+                        if let Aside::Charge(_) = after.aside {
                             match after.settle(res) {
                                 Settled::Ready(res) => return Poll::Ready(Ok(res)),
                                 Settled::Refunding(refunding) => {
@@ -180,6 +178,7 @@ where
                                 }
                             }
                         }
+                        after.apply(&mut res);
                     }
                     return Poll::Ready(Ok(res));
                 }
