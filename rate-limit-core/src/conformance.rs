@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use crate::{Algorithm, Decision, Limit, ManualClock, Quota, Store};
+use crate::{Algorithm, Charge, Decision, Limit, ManualClock, Quota, Store};
 
 /// The instant every case starts from: 2027-01-15T08:00:00Z, a whole number of hours (and so of
 /// seconds and minutes) since the Unix epoch.
@@ -52,6 +52,9 @@ pub struct Step {
     pub cost: u32,
     /// `true` for a [`Store::peek`], `false` for a [`Store::check`].
     pub peek: bool,
+    /// `Some(since_ms)` for a [`Store::refund`] of `cost` charged `since_ms` before `at_ms`
+    /// (then `peek` is ignored, and the expectation is the peek the refund answers).
+    pub refund: Option<u64>,
     /// Whether the whole decision is allowed.
     pub allowed: bool,
     /// Expected index of the binding limit.
@@ -102,6 +105,7 @@ fn single(name: &str, limit: Limit, rows: &[Row]) -> Case {
                     at_ms,
                     cost,
                     peek: false,
+                    refund: None,
                     allowed,
                     binding: 0,
                     expect: vec![Expect {
@@ -202,6 +206,7 @@ pub fn cases() -> Vec<Case> {
         at_ms,
         cost,
         peek: false,
+        refund: None,
         allowed,
         binding,
         expect,
@@ -292,6 +297,180 @@ pub fn cases() -> Vec<Case> {
     cases.push(peeked);
     cases.extend(repeated());
     cases.extend(back_steps());
+    cases.extend(refunds());
+    cases
+}
+
+/// `case` with the steps at the given indexes made refunds, each of a charge made `since_ms`
+/// before it.
+fn refunding(mut case: Case, refunds: &[(usize, u64)]) -> Case {
+    for &(i, since_ms) in refunds {
+        case.steps[i].refund = Some(since_ms);
+    }
+    case
+}
+
+/// Refunds ([`Store::refund`]): at full (nothing to give back, never above capacity), after
+/// the window rolled, on several limits at once (a limit listed twice given back once), and a
+/// check admitted again after one. A refund's expectation is the peek of its cost it answers.
+fn refunds() -> Vec<Case> {
+    let q = quota(4, 1000, 4);
+    let mut cases = Vec::new();
+    // Buckets, 4/s (T = 250 ms): a refund at full gives nothing; 2 back at 100 (no refill yet)
+    // let a check of 3 in; 4 back at 200 fill the bucket and no more: 4 pass, the 5th waits.
+    let buckets: [Row; 8] = [
+        (0, 2, true, 4, 0, None),
+        (0, 3, true, 1, 750, None),
+        (0, 2, false, 1, 750, Some(250)),
+        (100, 2, true, 3, 150, None),
+        (100, 3, true, 0, 900, None),
+        (200, 4, true, 4, 0, None),
+        (200, 4, true, 0, 1000, None),
+        (200, 1, false, 0, 1000, Some(250)),
+    ];
+    for alg in [
+        Algorithm::TokenBucket,
+        Algorithm::LeakyBucket,
+        Algorithm::Gcra,
+    ] {
+        let case = single(&format!("{alg}-refund"), Limit::new(q, alg), &buckets);
+        cases.push(refunding(case, &[(0, 0), (3, 100), (5, 100)]));
+    }
+    // Fixed window: 2 of the 3 charged at 100 come back at 200; at 1100 a refund of a charge
+    // of the window [0, 1000) gives nothing to [1000, 2000), nor does one at 1200 once that
+    // window is stored.
+    let fixed = single(
+        "fixed_window-refund",
+        Limit::new(q, Algorithm::FixedWindow),
+        &[
+            (0, 2, true, 4, 0, None),
+            (100, 3, true, 1, 900, None),
+            (200, 2, true, 3, 800, None),
+            (300, 3, true, 0, 700, None),
+            (300, 1, false, 0, 700, Some(700)),
+            (1100, 3, true, 4, 0, None),
+            (1100, 4, true, 0, 900, None),
+            (1200, 1, false, 0, 800, Some(800)),
+        ],
+    );
+    cases.push(refunding(fixed, &[(0, 0), (2, 100), (5, 800), (7, 1150)]));
+    // Sliding window counter: a refund to the current window at 200; at 1250 one of a charge of
+    // the window before goes to the previous count, which weighs 3/4 then: 2 of 4 carried, 2
+    // fit; at 1300 another gives 1 more back to it.
+    let counter = single(
+        "sliding_window-refund",
+        Limit::new(q, Algorithm::SlidingWindow),
+        &[
+            (0, 1, true, 4, 0, None),
+            (100, 3, true, 1, 1900, None),
+            (200, 2, true, 3, 1800, None),
+            (300, 3, true, 0, 1700, None),
+            (1250, 2, true, 2, 750, None),
+            (1250, 2, true, 0, 1750, None),
+            (1300, 1, true, 1, 1700, None),
+        ],
+    );
+    cases.push(refunding(
+        counter,
+        &[(0, 0), (2, 100), (4, 1000), (6, 1300)],
+    ));
+    // Sliding window log: the oldest units logged since the charge time come back: at 500 one of
+    // the 2 at 400; at 600 (charge time 0) the 2 at 0 and the one left at 400, so that the entry
+    // at 500 sets the reset; at 1100 a charge time that has left the window gives nothing.
+    let log = single(
+        "sliding_window_log-refund",
+        Limit::new(q, Algorithm::SlidingWindowLog),
+        &[
+            (0, 1, true, 4, 0, None),
+            (0, 2, true, 2, 1000, None),
+            (400, 2, true, 0, 1000, None),
+            (500, 1, true, 1, 900, None),
+            (500, 1, true, 0, 1000, None),
+            (600, 3, true, 3, 900, None),
+            (600, 3, true, 0, 1000, None),
+            (1100, 2, false, 0, 500, Some(500)),
+        ],
+    );
+    cases.push(refunding(log, &[(0, 0), (3, 100), (5, 600), (7, 1100)]));
+    // Several limits: 4/s token bucket and 6/min fixed window, listed twice. A refund of 3
+    // gives 3 back to the bucket and 3 (not 6) to the window; one of 4 fills both, no more.
+    let e = |allowed, remaining, reset_ms, retry_ms| Expect {
+        allowed,
+        remaining,
+        reset_ms,
+        retry_ms,
+    };
+    let step = |at_ms, cost, refund, binding, expect: Vec<Expect>| Step {
+        at_ms,
+        cost,
+        peek: false,
+        refund,
+        allowed: true,
+        binding,
+        expect,
+    };
+    let window = Limit::new(quota(6, 60_000, 6), Algorithm::FixedWindow);
+    cases.push(Case {
+        name: "multi-refund".to_owned(),
+        limits: vec![Limit::new(q, Algorithm::TokenBucket), window, window],
+        steps: vec![
+            step(
+                0,
+                4,
+                None,
+                0,
+                vec![
+                    e(true, 0, 1000, None),
+                    e(true, 2, 60_000, None),
+                    e(true, 2, 60_000, None),
+                ],
+            ),
+            step(
+                100,
+                3,
+                Some(100),
+                0,
+                vec![
+                    e(true, 3, 150, None),
+                    e(true, 5, 59_900, None),
+                    e(true, 5, 59_900, None),
+                ],
+            ),
+            step(
+                100,
+                3,
+                None,
+                0,
+                vec![
+                    e(true, 0, 900, None),
+                    e(true, 2, 59_900, None),
+                    e(true, 2, 59_900, None),
+                ],
+            ),
+            step(
+                200,
+                4,
+                Some(200),
+                0,
+                vec![
+                    e(true, 4, 0, None),
+                    e(true, 6, 0, None),
+                    e(true, 6, 0, None),
+                ],
+            ),
+            step(
+                200,
+                4,
+                None,
+                0,
+                vec![
+                    e(true, 0, 1000, None),
+                    e(true, 2, 59_800, None),
+                    e(true, 2, 59_800, None),
+                ],
+            ),
+        ],
+    });
     cases
 }
 
@@ -414,7 +593,10 @@ pub async fn run<S: Store + ?Sized>(
             steps += 1;
             clock.set(BASE + Duration::from_millis(step.at_ms));
             let cost = nz(step.cost);
-            let got = if step.peek {
+            let got = if let Some(since_ms) = step.refund {
+                let charge = Charge::new(cost).elapsed(Duration::from_millis(since_ms));
+                store.refund(&key, &case.limits, charge).await
+            } else if step.peek {
                 store.peek(&key, &case.limits, cost).await
             } else {
                 store.check(&key, &case.limits, cost).await

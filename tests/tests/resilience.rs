@@ -164,3 +164,40 @@ fn with_redis_down_and_the_breaker_open_calls_fail_at_once() {
         assert_eq!(store.state(), CircuitState::Open);
     });
 }
+
+#[test]
+fn across_an_outage_refunds_go_back_to_the_store_that_charged() {
+    let _one_at_a_time = serial();
+    if !redis_available() {
+        return;
+    }
+    let mut server = RedisServer::start();
+    run(async {
+        use rate_limit_core::resilience::DecidedBy;
+        use rate_limit_core::{Algorithm, Charge, Limit, Quota};
+        let store = local_mode(&server, "redis-refund").await;
+        let limits = [Limit::new(
+            Quota::per_hour(NonZeroU32::new(10).unwrap()),
+            Algorithm::FixedWindow,
+        )];
+        let four = NonZeroU32::new(4).unwrap();
+        let (d, by) = store.check_traced("k", &limits, four).await.unwrap();
+        assert_eq!((by, d.remaining()), (DecidedBy::Primary, 6));
+        let on_redis = Charge::new(four).decided_by(&d);
+        server.kill9();
+        // Redis is gone: the local store decides on this instance's share, 5 of 10.
+        let (d, by) = store.check_traced("k", &limits, four).await.unwrap();
+        assert_eq!((by, d.remaining(), d.limit()), (DecidedBy::Local, 1, 5));
+        let local = Charge::new(four).decided_by(&d);
+        // The local charge goes back to the local store, Redis or not.
+        let after = store.refund("k", &limits, local).await.unwrap();
+        assert_eq!((after.remaining(), after.limit()), (5, 5));
+        assert!(after.local_limits().is_some());
+        // Redis's charge is never given to the local store instead: its error comes back.
+        let err = store.refund("k", &limits, on_redis).await.unwrap_err();
+        assert!(err.is_infrastructure() || err.is_circuit_open(), "{err}");
+        let local_limits = store.local_limits_for(&limits);
+        let left = store.local().peek("k", &local_limits, four).await.unwrap();
+        assert_eq!(left.remaining(), 5);
+    });
+}

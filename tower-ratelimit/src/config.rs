@@ -13,6 +13,7 @@ use tracing::Instrument as _;
 use crate::headers::HeaderSettings;
 use crate::key::{self, KeyExtractor};
 use crate::observe::{self, LayerLog};
+use crate::outcome::CountIf;
 use crate::policy::Policy;
 use rate_limit_core::logging::Causes;
 
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) duration_key: Arc<metrics::Key>,
     /// What is logged once, or once per interval.
     pub(crate) log: Arc<LayerLog>,
+    /// Which responses count ([`RateLimitLayer::count_if`](crate::RateLimitLayer::count_if)).
+    pub(crate) count_if: Option<Arc<CountIf>>,
 }
 
 thread_local! {
@@ -284,6 +287,7 @@ impl fmt::Debug for Shared {
             .field("missing", &self.missing)
             .field("shadow", &self.shadow)
             .field("failure", &self.failure)
+            .field("count_if", &self.count_if.is_some())
             .finish_non_exhaustive()
     }
 }

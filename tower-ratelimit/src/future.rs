@@ -15,6 +15,7 @@ use tower_service::Service;
 use crate::config::{FailureMode, Shared};
 use crate::headers::{set_rate_limit_headers, set_retry_after};
 use crate::observe::Outcome;
+use crate::outcome::{Aside, Refunding, Settled};
 use crate::policy::Policy;
 use crate::rejection::{RejectResponse, Rejection, StoreFailure};
 
@@ -56,6 +57,10 @@ pin_project! {
         Done {
             response: Option<S::Response>,
         },
+        // Only with `count_if`: the response waits for its charge to be given back.
+        Refunding {
+            refunding: Box<Refunding<S::Response>>,
+        },
     }
 }
 
@@ -70,14 +75,15 @@ pub(crate) struct Pending<S, ReqBody, R> {
 
 /// What the response gets once the inner service has answered.
 pub(crate) struct After {
-    decision: Option<Decision>,
-    failure: Option<StoreFailure>,
-    policy: Policy,
-    shared: Arc<Shared>,
+    pub(crate) decision: Option<Decision>,
+    /// A store failure, or with `count_if` what the check charged.
+    pub(crate) aside: Aside,
+    pub(crate) policy: Policy,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl After {
-    fn apply<B>(self, res: &mut Response<B>) {
+    pub(crate) fn apply<B>(self, res: &mut Response<B>) {
         if let Some(decision) = self.decision {
             let clock = &self.shared.clock;
             set_rate_limit_headers(
@@ -89,7 +95,7 @@ impl After {
             );
             res.extensions_mut().insert(decision);
         }
-        if let Some(failure) = self.failure {
+        if let Aside::Failure(failure) = self.aside {
             res.extensions_mut().insert(failure);
         }
     }
@@ -146,11 +152,14 @@ where
                         shared,
                         rejection,
                     } = pending;
+                    let charge = shared.carried(&mut req);
                     let next = match resolve(result, &mut req, policy, shared, &*rejection) {
-                        Next::Call(after) => State::Calling {
-                            future: inner.call(req),
-                            after: Some(after),
-                        },
+                        Next::Call(after) => {
+                            // Before the call: `charging` times the check.
+                            let after = Some(after.charging(charge));
+                            let future = inner.call(req);
+                            State::Calling { future, after }
+                        }
                         Next::Respond(response) => State::Done {
                             response: Some(response),
                         },
@@ -160,9 +169,21 @@ where
                 StateProj::Calling { future, after } => {
                     let mut res = ready!(future.poll(cx))?;
                     if let Some(after) = after.take() {
+                        if let Aside::Charge(_) = after.aside {
+                            match after.settle(res) {
+                                Settled::Ready(res) => return Poll::Ready(Ok(res)),
+                                Settled::Refunding(refunding) => {
+                                    state.set(State::Refunding { refunding });
+                                    continue;
+                                }
+                            }
+                        }
                         after.apply(&mut res);
                     }
                     return Poll::Ready(Ok(res));
+                }
+                StateProj::Refunding { refunding } => {
+                    return Poll::Ready(Ok(ready!(refunding.poll(cx))));
                 }
                 StateProj::Done { response } => {
                     let Some(res) = response.take() else {
@@ -215,7 +236,7 @@ where
                 }
                 After {
                     decision: Some(decision),
-                    failure: None,
+                    aside: Aside::None,
                     policy,
                     shared,
                 }
@@ -225,7 +246,7 @@ where
             req.extensions_mut().insert(decision.clone());
             let after = After {
                 decision: Some(decision),
-                failure: None,
+                aside: Aside::None,
                 policy,
                 shared,
             };
@@ -245,7 +266,7 @@ where
             req.extensions_mut().insert(failure.clone());
             let after = After {
                 decision: None,
-                failure: Some(failure),
+                aside: Aside::Failure(failure),
                 policy,
                 shared,
             };

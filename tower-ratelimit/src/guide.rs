@@ -53,51 +53,104 @@
 //!
 //! # Brute-force protection on a login route
 //!
-//! A few attempts per client address, with an algorithm that spaces them out (GCRA: after the
-//! burst, one attempt per `period / limit`). Apply it as the *outermost* layer, restricted to
-//! the route with [`skip`](crate::RateLimitLayer::skip), so a refused attempt is not charged to
-//! the wider limits inside (see [nested layers](#nested-layers)).
+//! Count failed logins, not logins: five failures per account and twenty per client address
+//! in any 15 minutes, with successful logins passing uncounted. Each budget is a layer with
+//! [`count_if`](crate::RateLimitLayer::count_if), which keeps the responses it counts (401
+//! here) and gives the others back to the store. Apply them as the *outermost* layers,
+//! restricted to the route with [`skip`](crate::RateLimitLayer::skip), so a refused attempt is
+//! not charged to the wider limits inside (see [nested layers](#nested-layers)), and the
+//! address layer outside the account layer, so an attempt on a locked account (a 429, which
+//! does not count) is given back to the address too.
 //!
 //! ```
 //! use std::net::SocketAddr;
 //! use std::sync::Arc;
+//! use std::time::Duration;
 //! use axum::{Router, body::Body, routing::{get, post}};
-//! use http::{Method, Request};
+//! use http::{Method, Request, StatusCode, request::Parts};
 //! use tower::ServiceExt;
-//! use tower_ratelimit::key::PeerIp;
+//! use tower_ratelimit::key::{Header, PeerIp};
 //! use tower_ratelimit::{Algorithm, MemoryStore, Quota, RateLimitLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = Arc::new(MemoryStore::new());
-//! let login = RateLimitLayer::new(store.clone(), Quota::per_hour(5))
-//!     .name("login")
-//!     .algorithm(Algorithm::Gcra)
-//!     .key(PeerIp::new())
-//!     .skip(|parts| !(parts.method == Method::POST && parts.uri.path() == "/login"));
+//! let failed_logins = |name: &str, n: u32| -> Result<RateLimitLayer, tower_ratelimit::ConfigError> {
+//!     let quota = Quota::with_period(n, Duration::from_secs(15 * 60))?;
+//!     Ok(RateLimitLayer::new(store.clone(), quota)
+//!         .name(name)
+//!         .algorithm(Algorithm::SlidingWindowLog) // "in any 15 minutes", exactly
+//!         .skip(|parts: &Parts| !(parts.method == Method::POST && parts.uri.path() == "/login"))
+//!         .count_if(|status| status == StatusCode::UNAUTHORIZED))
+//! };
+//! let per_account = failed_logins("login-account", 5)?.key(Header::new("x-account"));
+//! let per_address = failed_logins("login-ip", 20)?.key(PeerIp::new());
 //! let api = RateLimitLayer::new(store, Quota::per_minute(100)).name("api").key(PeerIp::new());
+//! let login = |password: String| async move {
+//!     if password == "hunter2" { StatusCode::OK } else { StatusCode::UNAUTHORIZED }
+//! };
 //! let app = Router::new()
-//!     .route("/login", post(|| async { "welcome" }))
+//!     .route("/login", post(login))
 //!     .route("/", get(|| async { "home" }))
 //!     .layer(api)
-//!     .layer(login); // the last `.layer` is the outermost
+//!     .layer(per_account)
+//!     .layer(per_address); // the last `.layer` is the outermost
 //!
-//! let req = |method: Method, path: &str| {
-//!     let mut req = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
+//! let attempt = |password: &str| {
+//!     let req = Request::post("/login").header("x-account", "ann");
+//!     let mut req = req.body(Body::from(password.to_owned())).unwrap();
 //!     req.extensions_mut().insert(SocketAddr::from(([192, 0, 2, 7], 4000)));
 //!     req
 //! };
-//! for _ in 0..5 {
-//!     assert_eq!(app.clone().oneshot(req(Method::POST, "/login")).await.unwrap().status(), 200);
+//! // The `RateLimit` fields list every layer, innermost first: api, account, address.
+//! let account = |res: &http::Response<Body>| res.headers().get_all("ratelimit").iter().nth(1).cloned();
+//! for failed in 0..5 {
+//!     let res = app.clone().oneshot(attempt("hunter2")).await?;
+//!     assert_eq!(res.status(), 200);
+//!     // Given back: ann still has what she had.
+//!     let t = if failed == 0 { 0 } else { 900 };
+//!     assert_eq!(account(&res).unwrap(), format!(r#""login-account";r={};t={t}"#, 5 - failed));
+//!     let res = app.clone().oneshot(attempt("guess")).await?;
+//!     assert_eq!(res.status(), 401);
+//!     assert_eq!(account(&res).unwrap(), format!(r#""login-account";r={};t=900"#, 4 - failed));
 //! }
-//! let res = app.clone().oneshot(req(Method::POST, "/login")).await.unwrap();
+//! // Five failures: every attempt is refused, the right password too, until the oldest
+//! // failure leaves the window.
+//! let res = app.clone().oneshot(attempt("hunter2")).await?;
 //! assert_eq!(res.status(), 429);
-//! assert_eq!(res.headers()["retry-after"], "720"); // one attempt per 12 minutes
-//! // The six attempts cost the `api` budget only the five that got through.
-//! let res = app.oneshot(req(Method::GET, "/")).await.unwrap();
-//! assert_eq!(res.headers()["x-ratelimit-remaining"], "94");
+//! assert_eq!(res.headers()["retry-after"], "900");
+//! # Ok(())
 //! # }
 //! ```
+//!
+//! How charging by outcome behaves, and why:
+//!
+//! - **Charged up front, given back after.** Every attempt is charged when it is checked, as
+//!   any request is, and the charge is given back ([`Store::refund`](crate::Store::refund))
+//!   once the response is known not to count. That is exact under concurrency: the store
+//!   admits at most the quota, so 64 parallel wrong passwords against a budget of 5 get 5
+//!   password checks and 59 answers 429, on one instance or spread over many sharing Redis.
+//!   The other order, peeking before the attempt and charging after a failure, lets every
+//!   parallel attempt pass the peek before any failure is charged: all 64 would be checked.
+//!   What up-front charging costs: an attempt that will succeed holds its share while it is
+//!   in flight, so an attempt arriving at that moment may be refused when the budget is
+//!   nearly spent; the success is never counted.
+//! - **The response waits for its refund**, so its headers show the budget after it and a
+//!   client that has its response has its budget back. A refund that fails (the store went
+//!   away after the check) is logged and counted in `ratelimit_refunds_total`, and the
+//!   response is returned with the headers of the check: that attempt stays counted.
+//! - **Hanging up does not help.** A request whose client goes away before the handler
+//!   answers, or whose handler fails with an error, keeps its charge.
+//! - **Refused, skipped and failed-open requests** were never charged and are never refunded.
+//! - **On Redis** a successful login costs one more round trip, the refund; a failed one
+//!   costs nothing more. The [deny cache](crate::RedisStore#deny-cache) of an instance keeps a
+//!   denial it saw until the wait Redis announced, even if another instance gives a charge
+//!   back meanwhile (a refund through the same store is seen at once): a client refused while
+//!   a success of its own was in flight elsewhere can be refused on that instance until then.
+//!   Build the login layers' store with `.deny_cache(None)` if that matters.
+//!
+//! The `login` example (`cargo run --example login`, with `REDIS_URL` for Redis) serves this
+//! with accounts from HTTP Basic credentials.
 //!
 //! # Sharing one store across layers
 //!
@@ -186,6 +239,6 @@
 //!
 //! To avoid it, put the layer most likely to deny outermost: apply the narrow limit on the
 //! router, restricted to its route with [`skip`](crate::RateLimitLayer::skip), *after* (outside)
-//! the wide one, as the [login example](#brute-force-protection-on-a-login-route) does. A denial
+//! the wide one, as the [login layers](#brute-force-protection-on-a-login-route) are. A denial
 //! there never reaches the wide layer. Or use one layer with several limits or a
 //! [policy hook](crate::RateLimitLayer::policy), which decides once, all-or-nothing.

@@ -126,6 +126,7 @@ impl RateLimitLayer {
                 clock: Arc::new(SystemClock::new()),
                 duration_key: Arc::new(observe::store_duration_key(backend)),
                 log: Arc::new(observe::LayerLog::new()),
+                count_if: None,
             }),
             rejection: Arc::new(DefaultRejection),
         }

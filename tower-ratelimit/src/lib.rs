@@ -65,7 +65,9 @@
 //! 5. Allowed: the inner service is called, with the [`Decision`] in the request extensions, and
 //!    its response gets the headers. Denied: the inner service is not called; the response is a
 //!    429. In [shadow mode](RateLimitLayer::shadow) a denied request is let through anyway,
-//!    counted as `shadow_denied`.
+//!    counted as `shadow_denied`. With [`count_if`](RateLimitLayer::count_if) (failed logins
+//!    only, say), a response that does not count has its charge given back before it is
+//!    returned.
 //! 6. Store failure: [`FailureMode::Open`] lets the request through with a [`StoreFailure`] in
 //!    the response extensions; [`FailureMode::Closed`] answers 503 with `Retry-After: 1`.
 //!    (Timeouts, a circuit breaker and a local fallback are stores wrapping stores: the layer only
@@ -112,7 +114,8 @@
 //! [`MissingKey::Reject`], counted under the default policy) and the histogram
 //! `ratelimit_store_duration_seconds{backend}` (timed with the layer's [clock](RateLimitLayer::clock),
 //! for the store calls that wait: a decision made in place, such as a `MemoryStore` check, is
-//! [not timed](observe#store-latency)).
+//! [not timed](observe#store-latency)), and with [`count_if`](RateLimitLayer::count_if) the
+//! counter `ratelimit_refunds_total{policy, result, backend}`.
 //! Each store call runs in a `ratelimit.check` [`tracing`](https://docs.rs/tracing) span. A
 //! store failure is logged at WARN with its cause chain, at most once per
 //! [`FAILURE_LOG_INTERVAL`](observe::FAILURE_LOG_INTERVAL) (10 s) per layer, counting the
@@ -149,6 +152,7 @@ pub mod headers;
 pub mod key;
 mod layer;
 pub mod observe;
+mod outcome;
 mod policy;
 mod rejection;
 mod service;
@@ -178,7 +182,7 @@ pub use rate_limit_core::SentinelConnection;
 #[cfg(feature = "resilience")]
 pub use rate_limit_core::resilience;
 pub use rate_limit_core::{
-    Algorithm, BoxFuture, Clock, ConfigError, Count, Decision, Limit, MAX_SPAN,
+    Algorithm, BoxFuture, Charge, Clock, ConfigError, Count, Decision, Limit, MAX_SPAN,
     METRIC_MEMORY_STORE_FULL, ManualClock, MemoryStore, MemoryStoreBuilder, Quota, Snapshot, Store,
     StoreError, StoreErrorKind, SystemClock, WhenFull,
 };

@@ -5,8 +5,9 @@
 //! |------|------|--------|---------|
 //! | `ratelimit_decisions_total` | counter | `policy`, `outcome`, `backend` | requests by outcome: `allowed`, `denied`, `shadow_denied`, `failed_open`, `failed_closed`, `missing_key` |
 //! | `ratelimit_store_duration_seconds` | histogram | `backend` | time of each store call that waits (see below) |
+//! | `ratelimit_refunds_total` | counter | `policy`, `result`, `backend` | with [`count_if`](crate::RateLimitLayer::count_if), charges given back for responses that do not count: `refunded`, or `failed` (the charge stays) |
 //!
-//! Both are described when a layer is built (install the recorder first). Metric keys (name
+//! All are described when a layer is built (install the recorder first). Metric keys (name
 //! and labels) are built once, when a policy first reports to a backend, and reused: a request
 //! allocates nothing here. Handles are not cached, so a recorder installed later (or a
 //! thread-local one in a test) still sees every decision.
@@ -108,6 +109,10 @@ pub(crate) fn describe() {
         STORE_DURATION_SECONDS,
         metrics::Unit::Seconds,
         "Time of each rate-limit store call, by store backend"
+    );
+    metrics::describe_counter!(
+        REFUNDS_TOTAL,
+        "Charges given back for responses that do not count, by policy, result and backend"
     );
 }
 
@@ -227,4 +232,24 @@ impl LayerLog {
             no_peer_address: AtomicBool::new(false),
         }
     }
+}
+
+/// Counter of charges given back for responses that do not count
+/// ([`count_if`](crate::RateLimitLayer::count_if)), labelled `policy`, `result` (`refunded` or
+/// `failed`) and `backend`.
+pub const REFUNDS_TOTAL: &str = "ratelimit_refunds_total";
+
+/// Counts one refund of `policy` on `backend`. Off the hot path (a response that did not
+/// count): its key is built each time.
+pub(crate) fn refund(policy: &crate::Policy, backend: &'static str, refunded: bool) {
+    let result = if refunded { "refunded" } else { "failed" };
+    let key = Key::from_parts(
+        REFUNDS_TOTAL,
+        vec![
+            Label::new("policy", Arc::clone(policy.shared_name())),
+            Label::new("result", result),
+            Label::new("backend", backend),
+        ],
+    );
+    increment(&key);
 }

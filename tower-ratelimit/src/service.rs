@@ -11,6 +11,7 @@ use tower_service::Service;
 use crate::config::{Plan, Shared, return_key_buffer, take_key_buffer};
 use crate::future::{Next, Pending, ResponseFuture, resolve};
 use crate::layer::RateLimitLayer;
+use crate::outcome::carry;
 use crate::rejection::{DefaultRejection, RejectResponse, Rejection};
 
 /// Rate-limits the requests to `S`. Built by [`RateLimitLayer`].
@@ -112,19 +113,24 @@ where
             }
         };
         let mut req = Request::from_parts(parts, body);
+        let charge = self.shared.charge(&key, cost);
         // A store that can decide in place (memory, a remote store's deny cache) costs no
         // future, and the inner service that was polled ready is called right away.
         if let Some(result) = self.shared.check_now(&key, &policy, cost) {
             return_key_buffer(key);
             let shared = Arc::clone(&self.shared);
             return match resolve(result, &mut req, policy, shared, &*self.rejection) {
-                Next::Call(after) => ResponseFuture::calling(self.inner.call(req), Some(after)),
+                Next::Call(after) => {
+                    let after = after.charging(charge);
+                    ResponseFuture::calling(self.inner.call(req), Some(after))
+                }
                 Next::Respond(res) => ResponseFuture::respond(res),
             };
         }
         // The service that was polled ready goes with this request; a clone stays for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        carry(&mut req, charge);
         let check = self.shared.check(key, policy.clone(), cost);
         ResponseFuture::checking(
             check,

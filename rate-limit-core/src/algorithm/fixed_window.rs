@@ -49,6 +49,22 @@ pub(crate) fn apply(
     }
 }
 
+/// Takes `cost` off the count if the charge time `at` falls in the stored window, never below
+/// zero; a charge of another window (one gone, or older than a newer stored window) gives
+/// nothing back.
+pub(crate) fn refund(state: &mut Option<FixedWindowState>, p: &Params, cost: u64, at: u64) {
+    let Some(s) = state.as_mut() else {
+        return;
+    };
+    if at - at % p.period != s.start {
+        return;
+    }
+    s.count = narrow(u64::from(s.count).saturating_sub(cost));
+    if s.count == 0 {
+        *state = None;
+    }
+}
+
 /// Counts never exceed the limit, a `u32`.
 fn narrow(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -97,5 +113,35 @@ mod tests {
         let r = apply(&mut s, 1_980, &p, 1, true);
         assert_eq!((r.allowed, r.retry_after), (false, Some(1_020)));
         assert_eq!(s.map(|s| (s.start, s.count)), Some((2_000, 3)));
+    }
+
+    #[test]
+    fn refund_gives_back_to_the_window_charged_only() {
+        let p = params(3);
+        let mut s = None;
+        refund(&mut s, &p, 1, 1_000);
+        assert_eq!(s, None);
+        assert!(apply(&mut s, 1_100, &p, 3, true).allowed);
+        refund(&mut s, &p, 2, 1_050);
+        assert_eq!(apply(&mut s, 1_200, &p, 1, false).remaining, 2);
+        // More than the count: empty, no state.
+        refund(&mut s, &p, 5, 1_999);
+        assert_eq!(s, None);
+        // A charge of the previous window gives nothing to this one.
+        assert!(apply(&mut s, 2_100, &p, 3, true).allowed);
+        refund(&mut s, &p, 1, 1_999);
+        assert_eq!(apply(&mut s, 2_100, &p, 1, false).remaining, 0);
+    }
+
+    #[test]
+    fn refund_of_a_charge_older_than_a_newer_stored_window_gives_nothing() {
+        let p = params(3);
+        let mut s = None;
+        assert!(apply(&mut s, 2_010, &p, 1, true).allowed);
+        // A caller 50 behind charged into [2000, 3000) at 1_960; its charge time is in the
+        // window before.
+        assert!(apply(&mut s, 1_960, &p, 1, true).allowed);
+        refund(&mut s, &p, 1, 1_960);
+        assert_eq!(s.map(|s| s.count), Some(2));
     }
 }

@@ -63,6 +63,18 @@ pub(crate) fn apply(
     }
 }
 
+/// Moves the theoretical arrival time back by `cost` emission intervals (a cost above the burst
+/// counts as the burst: no charge was larger), never before `now` (a full bucket): a TAT at or
+/// before `now` is no state. Behind the state's clock, a TAT more than a full bucket ahead of
+/// the caller's `now` stays ahead of it.
+pub(crate) fn refund(state: &mut Option<GcraState>, now: u64, p: &Params, cost: u64) {
+    let Some(s) = *state else {
+        return;
+    };
+    let tat = s.tat.saturating_sub(cost.min(p.burst) * p.interval);
+    *state = (tat > now).then_some(GcraState { tat });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +148,33 @@ mod tests {
         apply(&mut s, 0, &p, 1, true);
         assert!(s.is_some());
         apply(&mut s, 500, &p, 1, false);
+        assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refund_moves_the_tat_back_not_before_now() {
+        let p = params(10, 3);
+        let mut s = None;
+        refund(&mut s, 1000, &p, 1);
+        assert_eq!(s, None);
+        assert!(apply(&mut s, 1000, &p, 3, true).allowed);
+        assert_eq!(s, Some(GcraState { tat: 1300 }));
+        refund(&mut s, 1000, &p, 1);
+        assert_eq!(s, Some(GcraState { tat: 1200 }));
+        assert_eq!(apply(&mut s, 1000, &p, 1, false).remaining, 1);
+        // More than was charged: full, not beyond.
+        refund(&mut s, 1050, &p, 3);
+        assert_eq!(s, None);
+        assert_eq!(apply(&mut s, 1050, &p, 1, false).remaining, 3);
+    }
+
+    #[test]
+    fn refund_behind_the_tat_stops_at_the_callers_now() {
+        let p = params(10, 3);
+        let mut s = None;
+        assert!(apply(&mut s, 1000, &p, 2, true).allowed);
+        // 50 behind: the TAT 1200 goes back 300, to the caller's 950 at most: full.
+        refund(&mut s, 950, &p, 3);
         assert_eq!(s, None);
     }
 }

@@ -49,6 +49,20 @@ pub(crate) fn apply(
     }
 }
 
+/// Lowers the level by `cost` units of water, drained to `now` first as a check would, and
+/// never below empty. Nothing drains before the state's time (a clock behind it).
+pub(crate) fn refund(state: &mut Option<LeakyBucketState>, now: u64, p: &Params, cost: u64) {
+    let Some(s) = *state else {
+        return;
+    };
+    let at = now.max(s.at);
+    let level = s
+        .level
+        .saturating_sub(at - s.at)
+        .saturating_sub(cost.min(p.burst) * p.interval);
+    *state = (level > 0).then_some(LeakyBucketState { level, at });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +113,40 @@ mod tests {
         assert_eq!((r.allowed, r.retry_after), (false, Some(200)));
         assert!(!apply(&mut s, 1099, &p, 1, true).allowed);
         assert!(apply(&mut s, 1100, &p, 1, true).allowed);
+    }
+
+    #[test]
+    fn refund_lowers_the_level_not_below_empty() {
+        let p = params(10, 3);
+        let mut s = None;
+        refund(&mut s, 0, &p, 1);
+        assert_eq!(s, None);
+        assert!(apply(&mut s, 1000, &p, 3, true).allowed);
+        refund(&mut s, 1050, &p, 1);
+        // 300 poured, 50 drained, 100 given back.
+        assert_eq!(
+            s,
+            Some(LeakyBucketState {
+                level: 150,
+                at: 1050
+            })
+        );
+        refund(&mut s, 1050, &p, 2);
+        assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refund_behind_the_state_drains_nothing() {
+        let p = params(10, 3);
+        let mut s = None;
+        assert!(apply(&mut s, 1000, &p, 3, true).allowed);
+        refund(&mut s, 900, &p, 1);
+        assert_eq!(
+            s,
+            Some(LeakyBucketState {
+                level: 200,
+                at: 1000
+            })
+        );
     }
 }

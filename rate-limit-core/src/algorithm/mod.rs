@@ -41,6 +41,8 @@
 //!
 //! So two instances whose clocks are 50 ms apart, sharing a fixed window, count into one window
 //! between them: the one behind spends what is left of the window the one ahead opened.
+//!
+//! What a refund gives back, per algorithm, is in [`Algorithm`]'s docs (`# Refunds`).
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -50,6 +52,7 @@ use std::time::Duration;
 use crate::decision::Snapshot;
 use crate::error::ConfigError;
 use crate::quota::{Params, Quota};
+use crate::store::Charge;
 
 pub(crate) mod fixed_window;
 pub(crate) mod gcra;
@@ -59,6 +62,46 @@ pub(crate) mod sliding_window_log;
 pub(crate) mod token_bucket;
 
 /// A rate-limiting algorithm.
+///
+/// # Refunds
+///
+/// [`Store::refund`](crate::Store::refund) gives back a [`Charge`](crate::Charge) that a check
+/// made: `cost` units, charged `since` before the refund (the *charge time* is `now - since`).
+/// A refund is never more than the charge and never takes a limit above its capacity (a full
+/// bucket, an empty window): a refund of a charge whose budget has already come back gives
+/// nothing. Each is the exact inverse of the check's charge when nothing else happened between
+/// them.
+///
+/// | algorithm | a refund of `cost` charged at `at` |
+/// |---|---|
+/// | token bucket | refills to now as a check does, then adds `cost` tokens, up to `burst` |
+/// | leaky bucket | drains to now as a check does, then lowers the level by `cost` intervals, not below empty |
+/// | GCRA | moves the TAT back by `cost` emission intervals (at most `burst` of them), not before now (full: no state) |
+/// | fixed window | if `at` falls in the stored window, takes `cost` off its count (not below 0); else nothing: that window is gone |
+/// | sliding window log | if `at` is still in the window, takes up to `cost` units off the *oldest* entries logged at or after `at` (the earliest admissions the charge can be: it was logged no earlier than it was sent); else nothing |
+/// | sliding window counter | takes `cost` off the count of `at`'s window: the current one, or the previous one (which weighs only in part); an older window gives nothing |
+///
+/// The log gives back the oldest admissions it can rather than the most recent ones: those
+/// leave the window first, so what stays never frees budget sooner than if the charge had never
+/// been made (the most recent ones would leave the charge in the log and free the budget of a
+/// later admission instead, and with it budget the charge still holds once it leaves). A refund
+/// made promptly, before other admissions of the key, gives back the charge itself.
+///
+/// The buckets do not read `at`: a bucket has no windows, and what it gives back is capped by
+/// what it lacks. A window algorithm gives back only to the window the charge time falls in, so
+/// a charge time measured early (before the check was sent, as
+/// [`Charge::elapsed`](crate::Charge::elapsed) asks) can only give back less: a check sent just
+/// before a fixed window's end and counted in the next window gives nothing back, and with the
+/// counter it is taken off the previous window, which weighs less than the current one.
+///
+/// A clock behind the state's time is read as a check on it reads it: the buckets count no
+/// refill or drain before the state's time, and the log stands at its newest entry. The charge
+/// time of a window algorithm is on the caller's clock: if it names a window older than a newer
+/// stored one (written by a clock ahead), the refund gives nothing. No refund panics or gives
+/// back more than `cost`.
+///
+/// A key with several limits is refunded on every limit at once (one shard lock in memory, one
+/// script call on Redis); a limit listed twice is refunded once, as a check charges it once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Algorithm {
@@ -154,6 +197,51 @@ impl Algorithm {
     }
 }
 
+impl Algorithm {
+    /// Gives back a [`Charge`] at `now` (nanoseconds since the Unix epoch), as
+    /// [`Store::refund`](crate::Store::refund) does for one limit: what each algorithm gives back
+    /// is in [the table](Algorithm#refunds). Returns what a check of the charge's cost *would* decide
+    /// right after (a peek), and the state to keep (`None` when it is back to full).
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use std::time::Duration;
+    /// use rate_limit_core::{Algorithm, Charge, Quota};
+    ///
+    /// let quota = Quota::per_second(2);
+    /// let one = NonZeroU32::MIN;
+    /// let t0 = Duration::from_secs(1_000);
+    /// let (_, s) = Algorithm::FixedWindow.transition(None, t0, &quota, one, true);
+    /// let (d, s) = Algorithm::FixedWindow.transition(s, t0, &quota, one, true);
+    /// assert_eq!(d.remaining(), 0);
+    /// // The second charge is given back: one is left again.
+    /// let (d, s) = Algorithm::FixedWindow.refund(s, t0, &quota, Charge::new(one));
+    /// assert!(d.is_allowed());
+    /// assert_eq!(d.remaining(), 1);
+    /// // A charge of a window that is gone gives nothing back.
+    /// let later = t0 + Duration::from_millis(1_500);
+    /// let (_, s) = Algorithm::FixedWindow.transition(s, later, &quota, one, true);
+    /// let old = Charge::new(one).elapsed(Duration::from_millis(1_500));
+    /// let (d, _) = Algorithm::FixedWindow.refund(s, later, &quota, old);
+    /// assert_eq!(d.remaining(), 1);
+    /// ```
+    pub fn refund(
+        self,
+        state: Option<State>,
+        now: Duration,
+        quota: &Quota,
+        charge: Charge,
+    ) -> (Snapshot, Option<State>) {
+        let mut slot = state;
+        let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        let since = u64::try_from(charge.since().as_nanos()).unwrap_or(u64::MAX);
+        let p = quota.params(1);
+        let cost = u64::from(charge.cost().get());
+        let raw = refund(self, &mut slot, now, &p, cost, now.saturating_sub(since));
+        (raw.snapshot(&p), slot)
+    }
+}
+
 impl fmt::Display for Algorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -232,6 +320,60 @@ macro_rules! dispatch {
         *$slot = s.map(State::$variant);
         raw
     }};
+}
+
+/// Runs `f` on the state of `algorithm`'s variant in `slot`, putting the result back. A state
+/// of another algorithm counts as no state.
+macro_rules! with_state {
+    ($slot:ident, $variant:ident, |$s:ident| $body:expr) => {{
+        let mut $s = match $slot.take() {
+            Some(State::$variant(s)) => Some(s),
+            _ => None,
+        };
+        $body;
+        *$slot = $s.map(State::$variant);
+    }};
+}
+
+/// Gives back a charge of `cost` made at tick `at` (see [the table](Algorithm#refunds)) on `slot` at
+/// `now`, then answers what a peek of `cost` answers after it.
+pub(crate) fn refund(
+    algorithm: Algorithm,
+    slot: &mut Option<State>,
+    now: u64,
+    p: &Params,
+    cost: u64,
+    at: u64,
+) -> Raw {
+    match algorithm {
+        Algorithm::TokenBucket => {
+            with_state!(slot, TokenBucket, |s| token_bucket::refund(
+                &mut s, now, p, cost
+            ));
+        }
+        Algorithm::LeakyBucket => {
+            with_state!(slot, LeakyBucket, |s| leaky_bucket::refund(
+                &mut s, now, p, cost
+            ));
+        }
+        Algorithm::Gcra => with_state!(slot, Gcra, |s| gcra::refund(&mut s, now, p, cost)),
+        Algorithm::FixedWindow => {
+            with_state!(slot, FixedWindow, |s| fixed_window::refund(
+                &mut s, p, cost, at
+            ));
+        }
+        Algorithm::SlidingWindow => {
+            with_state!(slot, SlidingWindow, |s| sliding_window::refund(
+                &mut s, p, cost, at
+            ));
+        }
+        Algorithm::SlidingWindowLog => {
+            with_state!(slot, SlidingWindowLog, |s| sliding_window_log::refund(
+                &mut s, now, p, cost, at
+            ));
+        }
+    }
+    apply(algorithm, slot, now, p, cost, false)
 }
 
 /// Runs `algorithm`'s transition on `slot` in ticks.

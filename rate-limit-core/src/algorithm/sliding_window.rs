@@ -84,6 +84,27 @@ pub(crate) fn apply(
     }
 }
 
+/// Takes `cost` off the count of the window the charge time `at` falls in: the stored window's
+/// count, or the previous window's, never below zero. A charge of an older window gives nothing
+/// back: it no longer weighs on any decision.
+pub(crate) fn refund(state: &mut Option<SlidingWindowState>, p: &Params, cost: u64, at: u64) {
+    let Some(s) = state.as_mut() else {
+        return;
+    };
+    let charged = at - at % p.period;
+    let less = |n: u32| narrow(u64::from(n).saturating_sub(cost));
+    if charged == s.start {
+        s.cur = less(s.cur);
+    } else if charged.saturating_add(p.period) == s.start {
+        s.prev = less(s.prev);
+    } else {
+        return;
+    }
+    if s.cur == 0 && s.prev == 0 {
+        *state = None;
+    }
+}
+
 /// Counts never exceed the limit, a `u32`.
 fn narrow(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -156,5 +177,39 @@ mod tests {
         assert!(s.is_some());
         apply(&mut s, 2_000, &p, 1, false);
         assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refund_gives_back_to_the_current_or_previous_window() {
+        let p = params(10);
+        let mut s = None;
+        refund(&mut s, &p, 1, 500);
+        assert_eq!(s, None);
+        assert!(apply(&mut s, 1_900, &p, 6, true).allowed);
+        assert!(apply(&mut s, 2_100, &p, 4, true).allowed);
+        // Current window.
+        refund(&mut s, &p, 1, 2_050);
+        assert_eq!(s.map(|s| (s.start, s.cur, s.prev)), Some((2_000, 3, 6)));
+        // Previous window, floored at zero.
+        refund(&mut s, &p, 9, 1_950);
+        assert_eq!(s.map(|s| (s.start, s.cur, s.prev)), Some((2_000, 3, 0)));
+        // Older windows no longer count: nothing.
+        refund(&mut s, &p, 3, 950);
+        assert_eq!(s.map(|s| s.cur), Some(3));
+        refund(&mut s, &p, 3, 2_999);
+        assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refund_after_the_window_rolled_gives_to_the_previous_count() {
+        let p = params(4);
+        let mut s = None;
+        assert!(apply(&mut s, 1_000, &p, 4, true).allowed);
+        // At 2_500 the stored window is still [1000, 2000); a peek rolls it.
+        assert!(!apply(&mut s, 2_500, &p, 3, false).allowed);
+        refund(&mut s, &p, 2, 1_100);
+        // 2 left in the previous window, weighing half: 1 carried, 3 fit.
+        let r = apply(&mut s, 2_500, &p, 3, false);
+        assert_eq!((r.allowed, r.remaining), (true, 3));
     }
 }

@@ -108,6 +108,53 @@ pub(crate) fn apply(
     }
 }
 
+/// Takes up to `cost` units off the *oldest* entries logged at or after the charge time `at`,
+/// oldest first; nothing if `at` has left the window (as in a check, a clock behind the newest
+/// entry stands at it).
+///
+/// The charge was logged at or after `at` (a check is logged no earlier than it is sent), so the
+/// earliest admissions from `at` on are the earliest it can be. Taking those, rather than the
+/// newest, never frees budget sooner than if the charge had never been made: where the charge
+/// was one of them, the refund is its exact inverse, and otherwise what stays in the log leaves
+/// the window no earlier than what would have stayed. Taking the newest would leave the charge
+/// and drop a later admission, whose budget would come back too late but the charge's too soon.
+/// Once `at` has left the window, the charge may have left too: nothing is given back.
+///
+/// Work: O(log n) to find `at`, and O(k) for the k entries logged since, which a prompt refund
+/// keeps few.
+pub(crate) fn refund(state: &mut Option<Box<LogState>>, now: u64, p: &Params, cost: u64, at: u64) {
+    let Some(s) = state.as_mut() else {
+        return;
+    };
+    let Some(&(newest, _)) = s.entries.back() else {
+        *state = None;
+        return;
+    };
+    let now = now.max(newest);
+    if at.saturating_add(p.period) <= now {
+        return;
+    }
+    let first = s.entries.partition_point(|&(t, _)| t < at);
+    let mut before = first.checked_sub(1).map_or(s.base, |i| s.entries[i].1);
+    // Each entry from `first` on loses what is still to give back, up to its cost, and every
+    // running total from there on drops by what has been given back up to it.
+    let (mut left, mut given) = (cost, 0u64);
+    let tail: Vec<(u64, u64)> = s.entries.drain(first..).collect();
+    for (t, total) in tail {
+        let c = total.wrapping_sub(before);
+        before = total;
+        let take = c.min(left);
+        left -= take;
+        given += take;
+        if take < c {
+            s.entries.push_back((t, total.wrapping_sub(given)));
+        }
+    }
+    if s.entries.is_empty() {
+        *state = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +295,101 @@ mod tests {
         assert_eq!(s.as_ref().unwrap().entries.len(), 1);
         apply(&mut s, 2000, &p, 1, false);
         assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refund_takes_the_oldest_units_charged_since_the_charge_time() {
+        let p = params(10);
+        let mut s = None;
+        refund(&mut s, 0, &p, 1, 0);
+        assert_eq!(s, None);
+        for (t, c) in [(100, 2), (200, 3), (300, 4)] {
+            assert!(apply(&mut s, t, &p, c, true).allowed);
+        }
+        // 5 from 200 on: all of 200's 3 and two of 300's 4; running totals follow.
+        refund(&mut s, 350, &p, 5, 200);
+        let log = s.as_ref().unwrap();
+        assert_eq!(Vec::from(log.entries.clone()), [(100, 2), (300, 4)]);
+        // Nothing charged at or after 350: nothing more is given back.
+        refund(&mut s, 350, &p, 5, 350);
+        assert_eq!(apply(&mut s, 350, &p, 1, false).remaining, 6);
+        // A charge time that has left the window gives nothing, even though 300's entry is in.
+        refund(&mut s, 1_150, &p, 5, 150);
+        assert_eq!(apply(&mut s, 1_150, &p, 1, false).remaining, 8);
+        refund(&mut s, 1_150, &p, 5, 151);
+        assert_eq!(apply(&mut s, 1_150, &p, 1, false).remaining, 10);
+        assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refund_keeps_running_totals_across_a_wrap() {
+        let p = params(10);
+        // 2 at 0, 3 at 100, 4 at 200, the running totals wrapping past u64::MAX.
+        let mut s = Some(Box::new(LogState {
+            entries: VecDeque::from([(0, u64::MAX - 1), (100, 1), (200, 5)]),
+            base: u64::MAX - 3,
+        }));
+        refund(&mut s, 300, &p, 4, 50);
+        let log = s.as_ref().unwrap();
+        assert_eq!(
+            Vec::from(log.entries.clone()),
+            [(0, u64::MAX - 1), (200, 1)]
+        );
+        assert_eq!(apply(&mut s, 300, &p, 1, false).remaining, 5);
+    }
+
+    #[test]
+    fn refund_at_full_and_behind_the_newest_entry() {
+        let p = params(3);
+        let mut s = None;
+        assert!(apply(&mut s, 1_000, &p, 3, true).allowed);
+        // A caller 50 behind stands at the newest entry.
+        refund(&mut s, 950, &p, 1, 940);
+        assert_eq!(apply(&mut s, 950, &p, 1, false).remaining, 1);
+        refund(&mut s, 950, &p, 7, 940);
+        assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refunds_match_a_plain_walk_over_the_log() {
+        // (tick, cost) entries; a refund takes units off the oldest entries at or after `at`.
+        fn reference(log: &mut Vec<(u64, u64)>, now: u64, p: &Params, cost: u64, at: u64) {
+            let now = log.last().map_or(now, |&(t, _)| now.max(t));
+            if at + p.period <= now {
+                return;
+            }
+            let mut left = cost;
+            for (_, c) in log.iter_mut().filter(|(t, _)| *t >= at) {
+                let take = left.min(*c);
+                *c -= take;
+                left -= take;
+            }
+            log.retain(|&(_, c)| c > 0);
+        }
+        let p = params(40);
+        let (mut s, mut log) = (None, Vec::new());
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut now: u64 = 10_000;
+        for step in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            now += [0, 1, 7, 40, 300][(x % 5) as usize];
+            let cost = 1 + (x >> 8) % 12;
+            if (x >> 20).is_multiple_of(3) {
+                let at = now.saturating_sub((x >> 24) % 1_200);
+                refund(&mut s, now, &p, cost, at);
+                reference(&mut log, now, &p, cost, at);
+            } else if apply(&mut s, now, &p, cost, true).allowed {
+                match log.last_mut() {
+                    Some((t, c)) if *t == now => *c += cost,
+                    _ => log.push((now, cost)),
+                }
+            }
+            log.retain(|&(t, _)| t + p.period > now);
+            let r = apply(&mut s, now, &p, 1, false);
+            let used: u64 = log.iter().map(|&(_, c)| c).sum();
+            assert_eq!(r.remaining, p.limit - used, "step {step}");
+        }
     }
 }

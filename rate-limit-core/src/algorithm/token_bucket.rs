@@ -60,6 +60,20 @@ pub(crate) fn apply(
     }
 }
 
+/// Gives `cost` tokens back, refilled to `now` first as a check would, and never above the
+/// burst: a full bucket stays full. No refill is counted before `last` (a clock behind it).
+pub(crate) fn refund(state: &mut Option<TokenBucketState>, now: u64, p: &Params, cost: u64) {
+    let Some(s) = *state else {
+        return;
+    };
+    let add = now.saturating_sub(s.last) / p.interval;
+    let tokens = u64::from(s.tokens).saturating_add(add).saturating_add(cost);
+    *state = (tokens < p.burst).then(|| TokenBucketState {
+        tokens: u32::try_from(tokens).unwrap_or(u32::MAX),
+        last: s.last + add * p.interval,
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +131,40 @@ mod tests {
         assert!(s.is_some());
         apply(&mut s, 100, &p, 1, false);
         assert_eq!(s, None);
+    }
+
+    #[test]
+    fn refund_gives_tokens_back_up_to_the_burst() {
+        let p = params(10, 3);
+        let mut s = None;
+        // A full bucket holds nothing, and a refund leaves it so.
+        refund(&mut s, 0, &p, 2);
+        assert_eq!(s, None);
+        assert!(apply(&mut s, 1000, &p, 3, true).allowed);
+        refund(&mut s, 1000, &p, 2);
+        assert_eq!(apply(&mut s, 1000, &p, 1, false).remaining, 2);
+        // 150 ticks on: one token refilled (the half interval kept), so one more fills it.
+        refund(&mut s, 1150, &p, 5);
+        assert_eq!(s, None);
+        let mut s = None;
+        assert!(apply(&mut s, 1000, &p, 3, true).allowed);
+        refund(&mut s, 1150, &p, 1);
+        let r = apply(&mut s, 1150, &p, 1, false);
+        assert_eq!((r.remaining, r.reset_after), (2, 50));
+    }
+
+    #[test]
+    fn refund_behind_the_state_counts_no_refill() {
+        let p = params(10, 3);
+        let mut s = None;
+        assert!(apply(&mut s, 1000, &p, 3, true).allowed);
+        refund(&mut s, 900, &p, 1);
+        assert_eq!(
+            s,
+            Some(TokenBucketState {
+                tokens: 1,
+                last: 1000
+            })
+        );
     }
 }

@@ -10,7 +10,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::limit::Limit;
-use crate::store::{BoxFuture, Store};
+use crate::store::{BoxFuture, Charge, Store};
 
 use super::log::Failure;
 use super::state::CircuitState;
@@ -510,6 +510,35 @@ impl<S: Store, C: Clock> Store for CircuitBreaker<S, C> {
         self.guarded(move |s| s.peek(key, limits, cost))
     }
 
+    /// Guarded as a check is: refused at once with
+    /// [`CircuitOpen`](crate::StoreErrorKind::CircuitOpen) while open, one probe while
+    /// half-open, and its infrastructure failures count towards opening.
+    fn refund<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        charge: Charge,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        self.guarded(move |s| s.refund(key, limits, charge))
+    }
+
+    /// As [`try_check_now`](Store::try_check_now): while closed, what the inner store gives
+    /// back without waiting, counting neither as a success nor as a failure.
+    fn try_refund_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        charge: Charge,
+    ) -> Option<Result<Decision, StoreError>> {
+        let phase = self.phase.load(Ordering::Acquire);
+        if CircuitState::from_phase(phase) != CircuitState::Closed {
+            return None;
+        }
+        self.inner
+            .try_refund_now(key, limits, charge)
+            .filter(Result::is_ok)
+    }
+
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
@@ -808,5 +837,22 @@ mod tests {
         assert_eq!(names, ["closed", "open", "half_open"]);
         let gauges: Vec<_> = all.iter().map(|s| s.as_gauge()).collect();
         assert_eq!(gauges, [0.0, 1.0, 2.0]);
+    }
+
+    #[tokio::test]
+    async fn refunds_count_failures_and_fail_fast_while_open() {
+        let (b, inner, _clock) = breaker(vec![fail(StoreErrorKind::Connection); 3]);
+        let charge = crate::Charge::new(NonZeroU32::MIN);
+        for _ in 0..3 {
+            let err = b.refund("k", &limits(10), charge).await.unwrap_err();
+            assert_eq!(err.kind(), StoreErrorKind::Connection);
+        }
+        // Three refunds failed: open, and a refund (or a check) never reaches the store.
+        assert_eq!(b.state(), CircuitState::Open);
+        let err = b.refund("k", &limits(10), charge).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::CircuitOpen);
+        assert_eq!(kind(&b).await, Some(StoreErrorKind::CircuitOpen));
+        assert_eq!(inner.calls(), 3);
+        assert!(b.try_refund_now("k", &limits(10), charge).is_none());
     }
 }

@@ -11,7 +11,7 @@ use crate::decision::Decision;
 use crate::error::{ConfigError, StoreError};
 use crate::limit::Limit;
 use crate::quota::Quota;
-use crate::store::{BoxFuture, Store};
+use crate::store::{BoxFuture, Charge, Store};
 
 use super::log::Failure;
 use crate::logging::Throttle;
@@ -450,6 +450,45 @@ impl<P: Store, L: Store, C: Clock> Store for Fallback<P, L, C> {
         Box::pin(async move { Ok(self.decide(key, limits, cost, false).await?.0) })
     }
 
+    /// Gives the charge back to the store that made it: the local store, on the local limits
+    /// ([`local_limits_for`](Self::local_limits_for)), when a local decision charged it
+    /// ([`Charge::is_local`]), else the primary. A refund the primary cannot make is an error,
+    /// never given to the local store instead: that store was not charged.
+    fn refund<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        charge: Charge,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        if !charge.is_local() {
+            return self.primary.refund(key, limits, charge);
+        }
+        Box::pin(async move {
+            let local = self.local_limits_for(limits);
+            let decision = self.local.refund(key, &local, charge).await?;
+            Ok(decision.mark_local(local))
+        })
+    }
+
+    /// Routed as [`refund`](Store::refund) is; the primary's answer only when it makes no
+    /// error (as [`try_check_now`](Store::try_check_now)).
+    fn try_refund_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        charge: Charge,
+    ) -> Option<Result<Decision, StoreError>> {
+        if !charge.is_local() {
+            return self
+                .primary
+                .try_refund_now(key, limits, charge)
+                .filter(Result::is_ok);
+        }
+        let local = self.local_limits_for(limits);
+        let answer = self.local.try_refund_now(key, &local, charge)?;
+        Some(answer.map(|d| d.mark_local(local)))
+    }
+
     /// The primary's name.
     fn backend(&self) -> &'static str {
         self.primary.backend()
@@ -490,11 +529,11 @@ impl<P: fmt::Debug, L: fmt::Debug, C> fmt::Debug for Fallback<P, L, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Algorithm;
     use crate::clock::ManualClock;
     use crate::error::StoreErrorKind;
     use crate::resilience::testing::{Script, Scripted, Switch, limits};
     use crate::store::memory::MemoryStore;
+    use crate::{Algorithm, Quota};
     use std::time::Duration;
 
     fn nz(n: u32) -> NonZeroU32 {
@@ -831,5 +870,52 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(d.limit(), 1);
+    }
+
+    #[tokio::test]
+    async fn refunds_go_back_to_the_store_that_charged() {
+        use crate::Charge;
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let shared = MemoryStore::builder().clock(clock.clone()).build();
+        let local = MemoryStore::builder().clock(clock.clone()).build();
+        let store = Fallback::new(Switch::new(shared), local, nz(2));
+        let l = [Limit::new(Quota::per_minute(nz(4)), Algorithm::FixedWindow)];
+        let one = NonZeroU32::MIN;
+        // The primary charges 2 of 4; then it is down, and the local store 2 of its 2.
+        let (d, by) = store.check_traced("k", &l, nz(2)).await.unwrap();
+        assert_eq!((by, d.remaining()), (DecidedBy::Primary, 2));
+        let primary_charge = Charge::new(nz(2)).decided_by(&d);
+        store.primary().set_down(true);
+        let (d, by) = store.check_traced("k", &l, nz(2)).await.unwrap();
+        assert_eq!((by, d.remaining(), d.limit()), (DecidedBy::Local, 0, 2));
+        let local_charge = Charge::new(one).decided_by(&d);
+        assert!(local_charge.is_local() && !primary_charge.is_local());
+        // A local charge goes back to the local store, on the local limits, even while the
+        // primary is down; the answer is marked local.
+        let after = store.refund("k", &l, local_charge).await.unwrap();
+        assert_eq!((after.remaining(), after.limit()), (1, 2));
+        assert_eq!(after.local_limits(), Some(&store.local_limits_for(&l)[..]));
+        let now = store
+            .try_refund_now("k", &l, local_charge)
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.remaining(), 2);
+        // A primary charge is never given to the local store instead: the error comes back.
+        let err = store.refund("k", &l, primary_charge).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Connection);
+        assert_eq!(
+            store
+                .local()
+                .peek_now("k", &store.local_limits_for(&l), one)
+                .unwrap()
+                .remaining(),
+            2
+        );
+        // Up again: the primary gets its charge back.
+        store.primary().set_down(false);
+        let after = store.refund("k", &l, primary_charge).await.unwrap();
+        assert_eq!((after.remaining(), after.limit()), (4, 4));
+        assert!(after.local_limits().is_none());
+        assert!(store.try_refund_now("k", &l, primary_charge).is_none());
     }
 }

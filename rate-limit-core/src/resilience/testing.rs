@@ -11,7 +11,7 @@ use crate::decision::{Decision, Snapshot};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::limit::Limit;
 use crate::quota::Quota;
-use crate::store::{BoxFuture, Store};
+use crate::store::{BoxFuture, Charge, Store};
 
 /// What the next call does.
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +123,15 @@ impl Store for Scripted {
         self.run(limits)
     }
 
+    fn refund<'a>(
+        &'a self,
+        _key: &'a str,
+        limits: &'a [Limit],
+        _charge: Charge,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        self.run(limits)
+    }
+
     fn backend(&self) -> &'static str {
         "scripted"
     }
@@ -181,6 +190,18 @@ impl<S: Store> Store for Switch<S> {
             return Box::pin(async { Err(StoreError::new(StoreErrorKind::Connection, "down")) });
         }
         self.inner.peek(key, limits, cost)
+    }
+
+    fn refund<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        charge: Charge,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        if self.is_down() {
+            return Box::pin(async { Err(StoreError::new(StoreErrorKind::Connection, "down")) });
+        }
+        self.inner.refund(key, limits, charge)
     }
 
     fn backend(&self) -> &'static str {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::decision::Decision;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::limit::Limit;
-use crate::store::{BoxFuture, Store};
+use crate::store::{BoxFuture, Charge, Store};
 
 /// Bounds every call to the store inside by a time budget, given to [`new`](Self::new) as
 /// tower's `Timeout` takes its duration ([`DEFAULT_BUDGET`](Self::DEFAULT_BUDGET), 50 ms, is a
@@ -119,6 +119,27 @@ impl<S: Store> Store for Timeout<S> {
         Box::pin(self.bounded(self.inner.peek(key, limits, cost)))
     }
 
+    /// Bounded by the same budget. A refund that times out may or may not have been given
+    /// back, and is not sent again: giving back twice would admit more than the quota.
+    fn refund<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        charge: Charge,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(self.bounded(self.inner.refund(key, limits, charge)))
+    }
+
+    /// The inner store's answer without waiting: it cannot run out of time.
+    fn try_refund_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        charge: Charge,
+    ) -> Option<Result<Decision, StoreError>> {
+        self.inner.try_refund_now(key, limits, charge)
+    }
+
     /// The inner store's name: a timeout does not change where decisions are made.
     fn backend(&self) -> &'static str {
         self.inner.backend()
@@ -202,5 +223,16 @@ mod tests {
                 .is_allowed()
         );
         assert_eq!(store.backend(), "scripted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refund_that_never_answers_times_out_at_the_budget() {
+        let inner = Arc::new(Scripted::new([Script::Hang]));
+        let store = Timeout::new(Arc::clone(&inner), Duration::from_millis(40));
+        let charge = Charge::new(NonZeroU32::MIN);
+        let err = store.refund("k", &limits(10), charge).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Timeout);
+        assert_eq!(inner.live(), 0);
+        assert!(store.try_refund_now("k", &limits(10), charge).is_none());
     }
 }

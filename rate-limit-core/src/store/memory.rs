@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::{BoxFuture, Store};
+use super::{BoxFuture, Charge, Store};
 use crate::algorithm::{self, Raw, State};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
@@ -346,6 +346,110 @@ impl<C: Clock> MemoryStore<C> {
         self.decide(key, limits, cost, false)
     }
 
+    /// [`Store::refund`] without a future: gives `charge` back on every limit under one shard
+    /// lock, and answers what a peek of its cost answers right after.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use rate_limit_core::{Algorithm, Charge, Limit, MemoryStore, Quota};
+    ///
+    /// let store = MemoryStore::new();
+    /// let limits = [Limit::new(Quota::per_minute(1), Algorithm::TokenBucket)];
+    /// let one = NonZeroU32::MIN;
+    /// assert!(store.check_now("k", &limits, one).unwrap().is_allowed());
+    /// assert!(!store.peek_now("k", &limits, one).unwrap().is_allowed());
+    /// let after = store.refund_now("k", &limits, Charge::new(one)).unwrap();
+    /// assert!(after.is_allowed());
+    /// assert!(store.check_now("k", &limits, one).unwrap().is_allowed());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `limits` is empty.
+    pub fn refund_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        charge: Charge,
+    ) -> Result<Decision, StoreError> {
+        if limits.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidInput,
+                "no limits to refund",
+            ));
+        }
+        let now = self.clock.now_nanos();
+        let since = u64::try_from(charge.since().as_nanos()).unwrap_or(u64::MAX);
+        let at = now.saturating_sub(since);
+        let cost = u64::from(charge.cost().get());
+        let h = self.hasher.hash_one(key);
+        let shard = &self.shards[usize::try_from((h >> 40) & self.mask).unwrap_or(0)];
+        let mut inner = lock(shard);
+        if now >= inner.next_sweep {
+            self.sweep_shard(&mut inner, now);
+        }
+        if let [limit] = limits {
+            let raw = self.give_back(&mut inner, key, h, limit, now, cost, at);
+            drop(inner);
+            return Ok(Decision::single(raw.snapshot(limit.nanos())));
+        }
+        // Every limit under the one lock; a limit listed twice is given back once.
+        let first = first_occurrences(limits);
+        let mut raws: Vec<Raw> = Vec::with_capacity(limits.len());
+        for (i, l) in limits.iter().enumerate() {
+            let r = match first[i] {
+                j if j < i => raws[j],
+                _ => self.give_back(&mut inner, key, h, l, now, cost, at),
+            };
+            raws.push(r);
+        }
+        drop(inner);
+        Ok(Decision::from_snapshots(
+            raws.iter()
+                .zip(limits)
+                .map(|(r, l)| r.snapshot(l.nanos()))
+                .collect(),
+        ))
+    }
+
+    /// Gives `cost`, charged at `at`, back to one key and limit; answers a peek of `cost` after
+    /// it. A key with no entry is full: nothing to give back, and no entry is made.
+    #[allow(clippy::too_many_arguments)]
+    fn give_back(
+        &self,
+        inner: &mut Inner,
+        key: &str,
+        key_hash: u64,
+        limit: &Limit,
+        now: u64,
+        cost: u64,
+        at: u64,
+    ) -> Raw {
+        let hash = entry_hash(key_hash, limit.id());
+        let p = limit.nanos();
+        let id = limit.id();
+        let Inner { entries, index, .. } = &mut *inner;
+        let found = index.find_entry(hash, |&i| {
+            let e = &entries[i as usize];
+            e.limit == id && e.key.as_bytes() == key.as_bytes()
+        });
+        let Ok(slot) = found else {
+            return algorithm::refund(limit.algorithm(), &mut None, now, p, cost, at);
+        };
+        let i = *slot.get() as usize;
+        let e = &mut entries[i];
+        let raw = algorithm::refund(limit.algorithm(), &mut e.state, now, p, cost, at);
+        if e.state.is_none() {
+            slot.remove();
+            self.remove_at(inner, i);
+        } else {
+            // Sooner than before: `reclaim_at` may now be late, which only delays reclaiming
+            // this entry's room to the next sweep.
+            e.expires = now.saturating_add(raw.reset_after);
+        }
+        raw
+    }
+
     /// Drops every entry that is full again, in every shard, and gives back memory that the
     /// tables no longer need. Returns how many entries were dropped.
     pub fn sweep(&self) -> usize {
@@ -461,16 +565,7 @@ impl<C: Clock> MemoryStore<C> {
         }
         // A limit listed twice (same id, so one state) is decided and charged once: each
         // position gets the answer of its first occurrence.
-        let first: Vec<usize> = limits
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                limits[..i]
-                    .iter()
-                    .position(|m| m.id() == l.id())
-                    .unwrap_or(i)
-            })
-            .collect();
+        let first = first_occurrences(limits);
         // All-or-nothing: decide every limit without charging, then charge only if all allow.
         let mut raws: Vec<Raw> = Vec::with_capacity(limits.len());
         for (i, l) in limits.iter().enumerate() {
@@ -654,8 +749,27 @@ impl<C: Clock> Store for MemoryStore<C> {
         Box::pin(std::future::ready(result))
     }
 
+    fn refund<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        charge: Charge,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        let result = self.refund_now(key, limits, charge);
+        Box::pin(std::future::ready(result))
+    }
+
     fn backend(&self) -> &'static str {
         "memory"
+    }
+
+    fn try_refund_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        charge: Charge,
+    ) -> Option<Result<Decision, StoreError>> {
+        Some(self.refund_now(key, limits, charge))
     }
 
     fn try_check_now(
@@ -684,6 +798,20 @@ fn lock(shard: &Shard) -> MutexGuard<'_, Inner> {
     shard.0.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// For each limit, the position of the first limit with its id (its own when it is the first).
+fn first_occurrences(limits: &[Limit]) -> Vec<usize> {
+    limits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            limits[..i]
+                .iter()
+                .position(|m| m.id() == l.id())
+                .unwrap_or(i)
+        })
+        .collect()
+}
+
 /// An entry's position as stored in the index. A shard never holds more than `u32::MAX` entries
 /// (the builder caps `max_keys` per shard).
 #[inline]
@@ -700,6 +828,7 @@ fn entry_hash(key_hash: u64, limit: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::{Algorithm, ManualClock, Quota};
+    use std::sync::atomic::Ordering;
 
     fn nz(n: u32) -> NonZeroU32 {
         NonZeroU32::new(n).unwrap()
@@ -849,5 +978,93 @@ mod tests {
         let clock = ManualClock::new(Duration::from_secs(1));
         let e = store(10, &clock).decide("k", &[], nz(1), true).unwrap_err();
         assert_eq!(e.kind(), StoreErrorKind::InvalidInput);
+    }
+
+    fn refund(
+        s: &MemoryStore<ManualClock>,
+        key: &str,
+        limits: &[Limit],
+        charge: Charge,
+    ) -> Decision {
+        s.refund_now(key, limits, charge).unwrap()
+    }
+
+    #[test]
+    fn refund_at_full_changes_nothing_and_makes_no_entry() {
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let s = store(100, &clock);
+        for alg in Algorithm::ALL {
+            let l = [Limit::new(Quota::per_second(nz(3)), alg)];
+            let d = refund(&s, "k", &l, Charge::new(nz(2)));
+            assert_eq!(
+                (d.is_allowed(), d.remaining(), d.limit()),
+                (true, 3, 3),
+                "{alg}"
+            );
+            assert!(s.is_empty(), "{alg}");
+            // Charged 1, refunded 3: back to full, never above it, and the entry is gone.
+            assert!(check(&s, "k", &l, 1).is_allowed());
+            let d = refund(&s, "k", &l, Charge::new(nz(3)));
+            assert_eq!(d.remaining(), 3, "{alg}");
+            assert!(s.is_empty(), "{alg}");
+        }
+    }
+
+    #[test]
+    fn refund_gives_back_on_every_limit_once() {
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let s = store(100, &clock);
+        let per_sec = Limit::new(Quota::per_second(nz(3)), Algorithm::Gcra);
+        let per_min = Limit::new(Quota::per_minute(nz(5)), Algorithm::SlidingWindowLog);
+        // The per-minute limit listed twice is one state: charged once, refunded once.
+        let limits = [per_sec, per_min, per_min];
+        assert!(check(&s, "k", &limits, 3).is_allowed());
+        let d = refund(&s, "k", &limits, Charge::new(nz(2)));
+        let left: Vec<u32> = d.snapshots().iter().map(|x| x.remaining()).collect();
+        assert_eq!(left, [2, 4, 4]);
+        assert_eq!(d.remaining(), 2);
+        // Refunded on every limit: 2 more fit on each.
+        assert!(check(&s, "k", &limits, 2).is_allowed());
+        assert!(!check(&s, "k", &limits, 1).is_allowed());
+        let e = s.refund_now("k", &[], Charge::new(nz(1))).unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn refunds_racing_checks_never_admit_more_than_quota_plus_refunds() {
+        // Time stands still, so nothing refills: every admission is paid for by the quota or by a
+        // refund made before it. Invariant: admitted <= quota + refunds made.
+        use std::sync::atomic::AtomicU32;
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        for alg in Algorithm::ALL {
+            let s = store(100, &clock);
+            let l = [Limit::new(Quota::per_minute(nz(20)), alg)];
+            let admitted = AtomicU32::new(0);
+            let refunded = AtomicU32::new(0);
+            std::thread::scope(|scope| {
+                for t in 0..4u32 {
+                    let (s, l, admitted, refunded) = (&s, &l, &admitted, &refunded);
+                    scope.spawn(move || {
+                        for i in 0..500u32 {
+                            if check(s, "hot", l, 1).is_allowed() {
+                                admitted.fetch_add(1, Ordering::SeqCst);
+                                // Some threads give back some of what they were charged.
+                                if (t + i).is_multiple_of(3) {
+                                    refund(s, "hot", l, Charge::new(nz(1)));
+                                    refunded.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            let (a, r) = (admitted.into_inner(), refunded.into_inner());
+            assert!(r > 0, "{alg}");
+            assert!(a <= 20 + r, "{alg}: {a} admitted, {r} refunded");
+            // Every refund gave back exactly what its check charged: the store holds what
+            // was charged and kept.
+            let left = s.peek_now("hot", &l, nz(1)).unwrap().remaining();
+            assert_eq!(20 - left, a - r, "{alg}");
+        }
     }
 }

@@ -49,8 +49,10 @@ impl Charge {
     }
 
     /// How long before the refund the check that charged was sent. Measure it from *before* the
-    /// check was sent: a window algorithm gives back to the window the charge fell in, and an
-    /// estimate that is early can only give back less, never to a window that was not charged.
+    /// check was sent: a window algorithm gives back to the window the charge time (the
+    /// refund's now less this) falls in, and the sliding window log gives back admissions
+    /// logged since it, so an estimate that is early can only give back less, never more than
+    /// the charge (see [`Algorithm`](crate::Algorithm#refunds)).
     #[must_use]
     pub const fn elapsed(mut self, since: Duration) -> Self {
         self.since = since;
@@ -202,6 +204,31 @@ pub trait Store: Send + Sync + 'static {
         let _ = (key, limits, cost);
         None
     }
+
+    /// [`refund`](Store::refund) without a future, when the store can give back without
+    /// waiting: `Some` with what `refund` would have returned (and given back), `None` when it
+    /// needs I/O, and the caller should call `refund`. The default is `None`.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use rate_limit_core::{Algorithm, Charge, Limit, MemoryStore, Quota, Store};
+    ///
+    /// let store = MemoryStore::new();
+    /// let limits = [Limit::new(Quota::per_second(1), Algorithm::Gcra)];
+    /// let one = NonZeroU32::MIN;
+    /// assert!(store.try_check_now("k", &limits, one).unwrap().unwrap().is_allowed());
+    /// let after = store.try_refund_now("k", &limits, Charge::new(one));
+    /// assert_eq!(after.unwrap().unwrap().remaining(), 1);
+    /// ```
+    fn try_refund_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        charge: Charge,
+    ) -> Option<Result<Decision, StoreError>> {
+        let _ = (key, limits, charge);
+        None
+    }
 }
 
 /// `Store` for a smart pointer to a store: every method forwards to the store it points to.
@@ -242,6 +269,15 @@ macro_rules! forward_store {
                 charge: Charge,
             ) -> BoxFuture<'a, Result<Decision, StoreError>> {
                 (**self).refund(key, limits, charge)
+            }
+
+            fn try_refund_now(
+                &self,
+                key: &str,
+                limits: &[Limit],
+                charge: Charge,
+            ) -> Option<Result<Decision, StoreError>> {
+                (**self).try_refund_now(key, limits, charge)
             }
 
             fn backend(&self) -> &'static str {

@@ -18,8 +18,8 @@ use rate_limit_core::resilience::{
     METRIC_FALLBACK_DECISIONS, Timeout,
 };
 use rate_limit_core::{
-    Algorithm, BoxFuture, Decision, Limit, MemoryStore, Quota, RedisStore, Store, StoreError,
-    StoreErrorKind,
+    Algorithm, BoxFuture, Charge, Decision, Limit, MemoryStore, Quota, RedisStore, Store,
+    StoreError, StoreErrorKind,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -79,6 +79,15 @@ impl<S: Store> Store for Named<S> {
         cost: NonZeroU32,
     ) -> BoxFuture<'a, Result<Decision, StoreError>> {
         self.0.peek(key, limits, cost)
+    }
+
+    fn refund<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        charge: Charge,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        self.0.refund(key, limits, charge)
     }
 
     fn backend(&self) -> &'static str {

@@ -5,8 +5,9 @@
 -- keys: the state keys of every check, in order: one per limit. The keys of one check share a
 -- hash tag; a key may appear in several checks.
 -- args: now in ticks ('' to read the server's TIME, once for the whole call), then one argument
--- per entry, its integers separated by spaces: its number of limits n, cost, commit (1 or 0),
--- repeat count r, then six integers per limit: algorithm code, limit, burst, period in ticks,
+-- per entry, its integers separated by spaces: its number of limits n, cost, mode (0 a peek, 1
+-- a check, 2 a refund), repeat count r, for a refund the ticks since the charge was made, then
+-- six integers per limit: algorithm code, limit, burst, period in ticks,
 -- and the emission interval in nanoseconds as whole microseconds and the nanoseconds left. An
 -- entry stands for r identical checks in a row, decided one after the other; its keys are sent
 -- once. One argument per entry, because Redis spends about a thousand instructions on each
@@ -33,6 +34,13 @@ local algorithms = {
   token_bucket, leaky_bucket, fixed_window, sliding_window_log, sliding_window, gcra,
 }
 
+-- Each refund is called as refund(key, now, p, cost, at), in the same order: gives back `cost`
+-- charged at tick `at`, and returns nothing (the entry point peeks after it).
+local refunds = {
+  token_bucket_refund, leaky_bucket_refund, fixed_window_refund, sliding_window_log_refund,
+  sliding_window_refund, gcra_refund,
+}
+
 -- The answers of the call: per check in order, one record per limit, or one error record.
 local replies
 -- A limit's record: 'D' (68), then its five values as little-endian doubles.
@@ -41,9 +49,10 @@ local RECORD = '<Bddddd'
 -- The call's instant in ticks.
 local now
 
--- The entries read so far, by their argument: { n, cost, commit, repeats, fns, ps, err }, err
--- the message when a limit cannot be decided (an unknown algorithm), or false when n is not
--- even readable. Kept from call to call: checks mostly repeat the
+-- The entries read so far, by their argument: { n, cost, commit, repeats, fns, ps, err, rfns,
+-- since }, err the message when a limit cannot be decided (an unknown algorithm), or false when
+-- n is not even readable; rfns the refund functions and since the ticks since the charge for a
+-- refund (mode 2), else false. Refunds are not kept: each carries its own charge time. Kept from call to call: checks mostly repeat the
 -- same few entries (a hot key's, every client's one limit), and a Lua string is interned, so
 -- finding an entry costs one table lookup where reading it costs parsing ten integers. The
 -- parameters are only read, never changed. Emptied when it holds `MAX_ENTRIES`.
@@ -58,33 +67,49 @@ local function read_entry(spec)
     v[#v + 1] = tonumber(d)
   end
   local n = v[1]
-  if not n or n < 1 or #v ~= 4 + 6 * n then
+  -- A refund's head has one more integer: the ticks since the charge.
+  local head = 4
+  if v[3] == 2 then
+    head = 5
+  end
+  if not n or n < 1 or #v ~= head + 6 * n then
     return false
   end
-  local fns, ps = {}, {}
+  local fns, ps, rfns = {}, {}, false
+  if head == 5 then
+    rfns = {}
+  end
   for i = 1, n do
-    local b = 4 + (i - 1) * 6
+    local b = head + (i - 1) * 6
     local fn = algorithms[v[b + 1]]
     if not fn then
       local err = 'rate-limit: unknown algorithm code ' .. tostring(v[b + 1])
-      return { n, v[2], v[3] == 1, v[4], nil, nil, err }
+      return { n, v[2], v[3] == 1, v[4], nil, nil, err, false, false }
     end
     -- The interval (ih, il) and a full bucket, tau = burst * interval (th, tl), in
     -- nanoseconds.
     local p = { limit = v[b + 2], burst = v[b + 3], period = v[b + 4], ih = v[b + 5], il = v[b + 6] }
     p.th, p.tl = ns_mul(p.burst, p.ih, p.il)
+    -- The log's list is written in place by a refund: refunded after the other limits.
+    p.log = v[b + 1] == 4
     fns[i], ps[i] = fn, p
+    if rfns then
+      rfns[i] = refunds[v[b + 1]]
+    end
   end
-  return { n, v[2], v[3] == 1, v[4], fns, ps, false }
+  return { n, v[2], v[3] == 1, v[4], fns, ps, false, rfns, rfns and v[5] }
 end
 
 local function entry_of(spec)
   local e = entries[spec]
   if not e then
+    e = read_entry(spec)
+    if e and e[8] then
+      return e
+    end
     if entry_count >= MAX_ENTRIES then
       entries, entry_count = {}, 0
     end
-    e = read_entry(spec)
     entries[spec] = e
     entry_count = entry_count + 1
   end
@@ -106,8 +131,8 @@ end
 -- states it writes are journaled, so that a failure can undo them. A limit listed twice has
 -- one key (the key names the limit): it is decided and charged once, and each of its places
 -- gets that answer.
-local function check_all(k, n, fns, ps, cost, commit)
-  journal = {}
+-- For each of the n keys KEYS[k + 1 .. k + n], the position of the first with its name.
+local function firsts(k, n)
   local first = {}
   for i = 1, n do
     first[i] = i
@@ -118,6 +143,12 @@ local function check_all(k, n, fns, ps, cost, commit)
       end
     end
   end
+  return first
+end
+
+local function check_all(k, n, fns, ps, cost, commit)
+  journal = {}
+  local first = firsts(k, n)
   local raws = {}
   local all = true
   for i = 1, n do
@@ -135,6 +166,36 @@ local function check_all(k, n, fns, ps, cost, commit)
       else
         raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, true) }
       end
+    end
+  end
+  local m = #replies
+  for i = 1, n do
+    push(m, raws[i])
+    m = m + 1
+  end
+end
+
+-- One refund, whose keys are KEYS[k + 1 .. k + n]: gives `cost`, charged at tick `at`, back on
+-- every limit (a limit listed twice once, as a check charges it once), then appends a peek of
+-- `cost` for each limit. All in this one call, so no check runs between the limits. The text
+-- states it writes are journaled, so that a failure undoes them; logs' lists are written in place,
+-- so they are refunded last, once every other limit has been.
+local function refund_all(k, n, fns, rfns, ps, cost, at)
+  journal = {}
+  local first = firsts(k, n)
+  for pass = 1, 2 do
+    for i = 1, n do
+      if first[i] == i and (ps[i].log == (pass == 2)) then
+        rfns[i](KEYS[k + i], now, ps[i], cost, at)
+      end
+    end
+  end
+  local raws = {}
+  for i = 1, n do
+    if first[i] < i then
+      raws[i] = raws[first[i]]
+    else
+      raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, false) }
     end
   end
   local m = #replies
@@ -180,6 +241,21 @@ local function decide(keys, args)
     if e[7] then
       for _ = 1, repeats do
         fail(#replies, e[7])
+      end
+    elseif e[8] then
+      -- A refund: the charge time is now less the ticks since the charge, not before 0.
+      local at = max(now - e[9], 0)
+      for _ = 1, repeats do
+        local m = #replies
+        local done, err = pcall(refund_all, k, n, fns, e[8], ps, cost, at)
+        if not done then
+          rollback_states()
+          for i = #replies, m + 1, -1 do
+            replies[i] = nil
+          end
+          fail(m, message(err))
+        end
+        journal = nil
       end
     elseif n == 1 then
       -- One limit: its algorithm writes its state only once it has read and computed all, so

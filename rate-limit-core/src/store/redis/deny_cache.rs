@@ -11,6 +11,13 @@
 //! A cost above a capacity is never answered from the cache: no wait helps it, and Redis says so
 //! with a denial that has no `retry_after`, as it would with no cache.
 //!
+//! A refund breaks "other instances can only charge" for its key. A refund made through this
+//! store bumps the key's *generation* (one counter per slot, picked by the key alone, so every
+//! set of limits of the key sees it) once Redis has answered it: a denial kept from before is
+//! dropped at its next lookup, and a denial whose check was sent before the bump is not kept.
+//! A refund made by another instance is seen only at the deadline, like a state reset out of
+//! band: for at most the wait Redis announced.
+//!
 //! The table is direct-mapped: a fixed number of slots, each holding at most one denial; a new
 //! denial takes its slot whatever was there. Entries hold the whole client key, so a hash
 //! collision can only miss, never deny another key.
@@ -42,6 +49,8 @@ struct Entry {
     sent_at: u64,
     /// `sent_at` plus the denial's retry-after: until then, the denial holds.
     until: u64,
+    /// The key's refund generation when the check was sent: a refund since voids the denial.
+    generation: u64,
     decision: Decision,
 }
 
@@ -73,8 +82,19 @@ impl Slot {
     }
 }
 
+/// Where a check of a key and limits is kept: its slot, and its key's refund generation as read
+/// before the check was sent.
+pub(crate) struct Spot<'a> {
+    slot: &'a Slot,
+    generation: &'a AtomicU64,
+    seen: u64,
+}
+
 pub(crate) struct DenyCache {
     slots: Box<[Slot]>,
+    /// Refund generations, indexed by the key's hash alone: bumped by each refund of a key that
+    /// lands here.
+    generations: Box<[AtomicU64]>,
     hasher: DefaultHashBuilder,
     clock: Arc<dyn Clock>,
 }
@@ -88,6 +108,7 @@ impl DenyCache {
                     entry: Mutex::new(None),
                 })
                 .collect(),
+            generations: (0..capacity.get()).map(|_| AtomicU64::new(0)).collect(),
             hasher: DefaultHashBuilder::default(),
             clock,
         }
@@ -109,30 +130,41 @@ impl DenyCache {
         self.slots.iter().filter(|s| s.lock().is_some()).count()
     }
 
-    /// The slot of `key` and `limits`: found once per check, for both [`get`](Self::get) and
-    /// [`record`](Self::record).
-    pub(crate) fn slot(&self, key: &str, limits: &[Limit]) -> &Slot {
+    /// The spot of `key` and `limits`: found once per check, before it is sent, for both
+    /// [`get`](Self::get) and [`record`](Self::record).
+    pub(crate) fn slot(&self, key: &str, limits: &[Limit]) -> Spot<'_> {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
+        let generation = &self.generations[index(h.clone().finish(), self.generations.len())];
         for l in limits {
             l.id().hash(&mut h);
         }
-        // The high bits of `hash * len` spread hashes evenly over `len` slots.
-        let len = self.slots.len() as u128;
-        let index = (u128::from(h.finish()) * len) >> 64;
-        &self.slots[usize::try_from(index).unwrap_or(0)]
+        Spot {
+            slot: &self.slots[index(h.finish(), self.slots.len())],
+            generation,
+            seen: generation.load(Ordering::Acquire),
+        }
+    }
+
+    /// A refund of `key` has been made (or may have been: its call failed): every denial kept
+    /// for the key, whatever its limits, is void, and so is every denial of a check sent before.
+    pub(crate) fn refunded(&self, key: &str) {
+        // As `slot` hashes the key before the limits.
+        let i = index(self.hasher.hash_one(key), self.generations.len());
+        self.generations[i].fetch_add(1, Ordering::AcqRel);
     }
 
     /// A denial of `key` against `limits`, kept in `slot` (their [`slot`](Self::slot)), that
     /// still holds at `now` for `cost`: the decision Redis gave, its waits shortened by the time
     /// gone by since it was sent.
     pub(crate) fn get(
-        slot: &Slot,
+        spot: &Spot<'_>,
         key: &str,
         limits: &[Limit],
         cost: NonZeroU32,
         now: u64,
     ) -> Option<Decision> {
+        let slot = spot.slot;
         // An empty slot, the common case, costs one atomic load.
         let until = slot.until.load(Ordering::Acquire);
         if until == 0 {
@@ -145,6 +177,11 @@ impl DenyCache {
             return None;
         }
         let found = entry.as_ref().filter(|e| e.is_for(key, limits))?;
+        if found.generation != spot.seen {
+            // The key was given a refund since: Redis may admit now.
+            slot.clear(&mut entry);
+            return None;
+        }
         if cost.get() < found.cost {
             return None;
         }
@@ -168,13 +205,14 @@ impl DenyCache {
     /// [`slot`](Self::slot) of `key` and `limits`): a denial with a wait is kept until the wait
     /// is over; an admission clears what was kept for the key and limits.
     pub(crate) fn record(
-        slot: &Slot,
+        spot: &Spot<'_>,
         key: &str,
         limits: &[Limit],
         cost: NonZeroU32,
         sent_at: u64,
         decision: &Decision,
     ) {
+        let slot = spot.slot;
         if decision.is_allowed() {
             // Nothing kept here: nothing to clear, and no lock taken.
             if slot.until.load(Ordering::Acquire) == 0 {
@@ -190,6 +228,11 @@ impl DenyCache {
             // Never: the cost exceeds a capacity, and no entry is needed to say so again.
             return;
         };
+        if spot.generation.load(Ordering::Acquire) != spot.seen {
+            // A refund of the key was answered while this check was out: Redis may have
+            // decided it before the refund, so the denial may no longer hold.
+            return;
+        }
         let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
         let entry = Entry {
             key: key.into(),
@@ -199,12 +242,18 @@ impl DenyCache {
             // Never 0, which marks an empty slot.
             until: sent_at.saturating_add(wait).max(1),
             decision: decision.clone(),
+            generation: spot.seen,
         };
         let until = entry.until;
         let mut kept = slot.lock();
         *kept = Some(Box::new(entry));
         slot.until.store(until, Ordering::Release);
     }
+}
+
+/// The position that the high bits of `hash * len` give: they spread hashes evenly over `len`.
+fn index(hash: u64, len: usize) -> usize {
+    usize::try_from((u128::from(hash) * len as u128) >> 64).unwrap_or(0)
 }
 
 /// `decision` as seen `elapsed` later: every wait shorter by `elapsed`, a retry-after never
@@ -253,11 +302,11 @@ mod tests {
     /// `get` and `record` through the slot of the key and limits.
     impl DenyCache {
         fn get_key(&self, key: &str, l: &[Limit], cost: NonZeroU32, now: u64) -> Option<Decision> {
-            Self::get(self.slot(key, l), key, l, cost, now)
+            Self::get(&self.slot(key, l), key, l, cost, now)
         }
 
         fn record_key(&self, key: &str, l: &[Limit], cost: NonZeroU32, at: u64, d: &Decision) {
-            Self::record(self.slot(key, l), key, l, cost, at, d);
+            Self::record(&self.slot(key, l), key, l, cost, at, d);
         }
     }
 
@@ -361,5 +410,38 @@ mod tests {
             Some(Duration::from_nanos(1))
         );
         assert_eq!(old.snapshots()[1].reset_after(), ms(300));
+    }
+
+    #[test]
+    fn a_refund_voids_the_keys_denials_and_those_of_checks_sent_before_it() {
+        let c = cache(64);
+        let l = limit();
+        let two = [
+            l[0],
+            Limit::new(Quota::per_minute(nz(9)), Algorithm::FixedWindow),
+        ];
+        c.record_key("k", &l, nz(1), SEC, &denial(500));
+        c.record_key("k", &two, nz(1), SEC, &denial(500));
+        assert!(c.get_key("k", &l, nz(1), SEC + 1).is_some());
+        // Another key, unless it shares the refund's generation, keeps its denial.
+        let other = (0..)
+            .map(|i| format!("other-{i}"))
+            .find(|o| {
+                let n = c.generations.len();
+                index(c.hasher.hash_one(o.as_str()), n) != index(c.hasher.hash_one("k"), n)
+            })
+            .unwrap();
+        c.record_key(&other, &l, nz(1), SEC, &denial(500));
+        // A check of the key sent before the refund, answered after it.
+        let sent_before = c.slot("k", &l);
+        c.refunded("k");
+        assert!(c.get_key("k", &l, nz(1), SEC + 1).is_none());
+        assert!(c.get_key("k", &two, nz(1), SEC + 1).is_none());
+        assert!(c.get_key(&other, &l, nz(1), SEC + 1).is_some());
+        DenyCache::record(&sent_before, "k", &l, nz(1), SEC, &denial(500));
+        assert!(c.get_key("k", &l, nz(1), SEC + 1).is_none());
+        // A check sent after it is kept.
+        c.record_key("k", &l, nz(1), SEC, &denial(500));
+        assert!(c.get_key("k", &l, nz(1), SEC + 1).is_some());
     }
 }

@@ -26,3 +26,19 @@ local function fixed_window(key, now, p, cost, commit)
   save_fields(key, state, reset)
   return allowed, p.limit, p.limit - count, reset, retry
 end
+
+-- Refund: the twin of fixed_window.rs's `refund`: `cost` off the count if the charge time `at`
+-- falls in the stored window, not below 0; a charge of another window gives nothing back. The
+-- caller's peek that follows sets the expiry.
+local function fixed_window_refund(key, now, p, cost, at)
+  local s = load_fields(key)
+  if not s or at - at % p.period ~= s[1] then
+    return
+  end
+  local count = max(s[2] - cost, 0)
+  if count == 0 then
+    save_fields(key, nil, 0)
+  else
+    save_fields(key, { s[1], count }, 0)
+  end
+end

@@ -74,3 +74,27 @@ local function gcra(key, now, p, cost, commit)
   end
   return false, p.burst, gcra_remaining(now, p, th, tl), reset, ns_ceil(ns_sub(ah, al, now, 0))
 end
+
+-- Refund: the twin of gcra.rs's `refund`: the TAT goes back by `cost` intervals (at most a full
+-- bucket's), and a TAT at or before now is no state. A peek does not save a state it keeps, so
+-- the expiry is set here: when the TAT comes.
+local function gcra_refund(key, now, p, cost, at)
+  local s = load_fields(key)
+  if not s then
+    return
+  end
+  local bh, bl = ns_mul(min(cost, p.burst), p.ih, p.il)
+  local th, tl = s[1], s[2] or 0
+  local xh, xl = ns_add(now, 0, bh, bl)
+  if not ns_lt(xh, xl, th, tl) then
+    save_fields(key, nil, 0)
+    return
+  end
+  local nh, nl = ns_sub(th, tl, bh, bl)
+  local ttl = ns_ceil(ns_sub(nh, nl, now, 0))
+  if nl > 0 then
+    save_fields(key, { nh, nl }, ttl)
+  else
+    save_fields(key, { nh }, ttl)
+  end
+end

@@ -71,3 +71,22 @@ local function leaky_bucket(key, now, p, cost, commit)
   end
   return allowed, p.burst, room, reset, retry
 end
+
+-- Refund: the twin of leaky_bucket.rs's `refund`. A peek drains to now (and saves it); then the
+-- level goes down by `cost` intervals, not below empty (a cost above the burst empties it). The
+-- caller's peek that follows sets the expiry.
+local function leaky_bucket_refund(key, now, p, cost, at)
+  leaky_bucket(key, now, p, cost, false)
+  local s = load_fields(key)
+  if not s then
+    return
+  end
+  local lh, ll = ns_sub_sat(s[1], s[3] or 0, ns_mul(min(cost, p.burst), p.ih, p.il))
+  if lh == 0 and ll == 0 then
+    save_fields(key, nil, 0)
+  elseif ll > 0 then
+    save_fields(key, { lh, s[2], ll }, 0)
+  else
+    save_fields(key, { lh, s[2] }, 0)
+  end
+end

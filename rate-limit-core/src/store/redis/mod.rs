@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 
-use super::{BoxFuture, Store};
+use super::{BoxFuture, Charge, Store};
 use crate::decision::Decision;
 use crate::error::{ConfigError, StoreError, StoreErrorKind};
 use crate::limit::Limit;
@@ -97,7 +97,7 @@ pub use sentinel::SentinelConnection;
 /// breaker does not take it for an answer.
 ///
 /// Why this is exact: with no charges, what a state admits never shrinks as time passes, and
-/// other instances can only charge; Redis decided at or after the send, so until the deadline it
+/// other instances can only charge (but for [refunds](#refunds)); Redis decided at or after the send, so until the deadline it
 /// would deny too (given clocks that run at the same rate and never go back). A smaller cost may
 /// pass, so it is not answered from the cache; nor is a cost above a limit's capacity, which
 /// Redis denies with no `retry_after` (no wait helps it), as it would with no cache. An
@@ -110,6 +110,32 @@ pub use sentinel::SentinelConnection;
 /// number of client keys. The full client key is compared, so a hash collision never denies
 /// another key. A state deleted out of band (an administrator resetting a client) is seen by an
 /// instance holding a denial for it only once that denial's wait is over.
+///
+/// # Refunds
+///
+/// [`Store::refund`] gives a charge back in one script call, on every limit of the key at once
+/// (what each algorithm gives back is in [`Algorithm`](crate::Algorithm#refunds)'s docs), and
+/// answers a peek of the charge's cost. The charge time is the call's instant (the server's
+/// `TIME`, or the store's clock) less the charge's
+/// [`since`](crate::Charge::since), rounded up to the microsecond.
+///
+/// A refund joins the same queue as the checks, and rides the same batched call: in a lane,
+/// calls run in the order they were queued, so a refund is applied after every check of its key
+/// queued before it, and a hot key's refunds coalesce as its checks do; on Redis Cluster it
+/// takes its key's slot lane. Like a check, it is sent once: a refund whose reply was lost (a
+/// dropped connection, a timeout) fails, and may or may not have been given back. It is never
+/// sent again, since giving back twice would admit more than the quota. A queued refund whose
+/// caller has gone is not sent.
+///
+/// The script's work is a check's, but for the sliding window log, whose refund rewrites the
+/// entries logged since the charge time (one `LRANGE`, `LTRIM` and `RPUSH`, after finding that
+/// time in O(log n) `LINDEX` reads): few for a prompt refund, up to the whole log for a charge
+/// made nearly a period ago.
+///
+/// When a refund's call has ended, the [deny cache](#deny-cache) drops what it keeps for the key
+/// (every set of limits), and a denial of a check sent before is not kept: the budget given back
+/// is not denied from the cache. A refund made by *another* instance is seen by this instance's
+/// cached denials only at their deadline, at most the wait Redis announced.
 ///
 /// # Time
 ///
@@ -739,7 +765,7 @@ where
         let cached = match self.deny_cache.as_ref().filter(|_| commit) {
             Some(cache) => {
                 let (slot, now) = (cache.slot(key, limits), cache.now());
-                if let Some(denied) = DenyCache::get(slot, key, limits, cost, now) {
+                if let Some(denied) = DenyCache::get(&slot, key, limits, cost, now) {
                     return Ok(denied.mark_cached());
                 }
                 Some((slot, now))
@@ -749,7 +775,7 @@ where
         let check = script::Check::new(&self.prefix, key, limits, cost.get(), commit)?;
         let decision = self.dispatcher.decide(check).await?;
         if let Some((slot, sent_at)) = cached {
-            DenyCache::record(slot, key, limits, cost, sent_at, &decision);
+            DenyCache::record(&slot, key, limits, cost, sent_at, &decision);
         }
         Ok(decision)
     }
@@ -777,6 +803,25 @@ where
         Box::pin(self.decide(key, limits, cost, false))
     }
 
+    /// Gives `charge` back in one script call: see [refunds](RedisStore#refunds).
+    fn refund<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        charge: Charge,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(async move {
+            let refund = script::Check::refund(&self.prefix, key, limits, charge)?;
+            // Once the call has ended (answered, failed, or its caller gone), the key's kept
+            // denials are void: the refund may have run.
+            let _void = self
+                .deny_cache
+                .as_ref()
+                .map(|cache| VoidDenials(cache, key));
+            self.dispatcher.decide(refund).await
+        })
+    }
+
     fn backend(&self) -> &'static str {
         self.backend
     }
@@ -796,8 +841,17 @@ where
         cost: NonZeroU32,
     ) -> Option<Result<Decision, StoreError>> {
         let cache = self.deny_cache.as_ref()?;
-        DenyCache::get(cache.slot(key, limits), key, limits, cost, cache.now())
+        DenyCache::get(&cache.slot(key, limits), key, limits, cost, cache.now())
             .map(|denied| Ok(denied.mark_cached()))
+    }
+}
+
+/// Voids the deny cache's denials of a key when dropped: at the end of a refund's call.
+struct VoidDenials<'a>(&'a DenyCache, &'a str);
+
+impl Drop for VoidDenials<'_> {
+    fn drop(&mut self) {
+        self.0.refunded(self.1);
     }
 }
 

@@ -22,6 +22,7 @@ use crate::decision::{Decision, Snapshot};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::limit::Limit;
 use crate::quota::Params;
+use crate::store::Charge;
 
 /// Nanoseconds per tick in Redis.
 pub(crate) const TICK_NANOS: u64 = 1_000;
@@ -159,6 +160,9 @@ pub(crate) struct Check {
     limits: Vec<ScriptLimit>,
     cost: u32,
     commit: bool,
+    /// A refund: how long before the call the charge was made, in ticks (rounded up, so that
+    /// the charge time is never later than the one given). `None` for a check or a peek.
+    refund: Option<u64>,
 }
 
 impl Check {
@@ -188,13 +192,41 @@ impl Check {
                 .collect::<Result<_, StoreError>>()?,
             cost,
             commit,
+            refund: None,
         })
     }
 
-    /// Whether `other` asks the same: same keys, limits, cost and commit.
+    /// The refund of `charge` to `key` against `limits`: the script gives it back on every
+    /// limit and answers a peek of its cost for each.
+    ///
+    /// # Errors
+    ///
+    /// As for [`new`](Self::new).
+    pub(crate) fn refund(
+        prefix: &str,
+        key: &str,
+        limits: &[Limit],
+        charge: Charge,
+    ) -> Result<Self, StoreError> {
+        let mut check = Self::new(prefix, key, limits, charge.cost().get(), false)?;
+        let since = u64::try_from(charge.since().as_nanos()).unwrap_or(u64::MAX);
+        check.refund = Some(since.div_ceil(TICK_NANOS));
+        Ok(check)
+    }
+
+    /// The entry's mode in the script: 0 a peek, 1 a check, 2 a refund.
+    fn mode(&self) -> u64 {
+        match self.refund {
+            Some(_) => 2,
+            None => u64::from(self.commit),
+        }
+    }
+
+    /// Whether `other` asks the same: same keys, limits, cost and mode.
     fn same_as(&self, other: &Self) -> bool {
         self.cost == other.cost
             && self.commit == other.commit
+            && self.refund == other.refund
             && self.limits == other.limits
             && self.keys == other.keys
     }
@@ -207,8 +239,9 @@ impl Check {
 
 /// The command that decides `checks` in order: `FCALL` of [`LIBRARY`]'s function with every
 /// entry's keys, then now (empty for the server's `TIME`) and one argument per entry, its
-/// integers separated by spaces: its number of limits, cost, commit, repeat count and six
-/// integers per limit. One argument, since Redis spends about a thousand instructions on each
+/// integers separated by spaces: its number of limits, cost, mode (0 peek, 1 check, 2 refund),
+/// repeat count, for a refund how long ago the charge was made in ticks, and six integers per
+/// limit. One argument, since Redis spends about a thousand instructions on each
 /// argument of a call, and the script finds an entry it has read before by its text alone.
 ///
 /// An entry is a run of identical checks in a row (the same keys, limits, cost and commit): a hot
@@ -239,11 +272,10 @@ pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
     for (check, repeat) in &runs {
         entry.clear();
         push_int(&mut entry, check.limits.len() as u64);
-        for n in [
-            u64::from(check.cost),
-            u64::from(check.commit),
-            *repeat as u64,
-        ] {
+        for n in [u64::from(check.cost), check.mode(), *repeat as u64]
+            .into_iter()
+            .chain(check.refund)
+        {
             entry.push(b' ');
             push_int(&mut entry, n);
         }
@@ -265,8 +297,9 @@ pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
     cmd
 }
 
-/// Bytes of an entry's four integers, at most: each at its widest (20 digits), and a space.
-const ENTRY_HEAD: usize = 4 * 21;
+/// Bytes of an entry's four integers (five for a refund), at most: each at its widest (20
+/// digits), and a space.
+const ENTRY_HEAD: usize = 5 * 21;
 
 /// Bytes of a limit's six integers in an entry, at most.
 const ENTRY_LIMIT: usize = 6 * 21;

@@ -55,3 +55,27 @@ local function sliding_window(key, now, p, cost, commit)
   save_fields(key, state, reset)
   return allowed, p.limit, max(p.limit - (weighted_prev + cur), 0), reset, retry
 end
+
+-- Refund: the twin of sliding_window.rs's `refund`: `cost` off the count of the window the charge
+-- time `at` falls in, the stored one or the one before it, not below 0; an older window gives
+-- nothing back. The caller's peek that follows sets the expiry.
+local function sliding_window_refund(key, now, p, cost, at)
+  local s = load_fields(key)
+  if not s then
+    return
+  end
+  local charged = at - at % p.period
+  local cur, prev = s[2], s[3]
+  if charged == s[1] then
+    cur = max(cur - cost, 0)
+  elseif charged + p.period == s[1] then
+    prev = max(prev - cost, 0)
+  else
+    return
+  end
+  if cur == 0 and prev == 0 then
+    save_fields(key, nil, 0)
+  else
+    save_fields(key, { s[1], cur, prev }, 0)
+  end
+end

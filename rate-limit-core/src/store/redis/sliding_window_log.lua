@@ -194,3 +194,60 @@ local function sliding_window_log(key, now, p, cost, commit)
   end
   return allowed, p.limit, p.limit - min(used, p.limit), reset, retry
 end
+
+-- Refund: the twin of sliding_window_log.rs's `refund`: up to `cost` units off the oldest entries
+-- logged at or after `at`, oldest first, and the running totals after them lowered to match;
+-- nothing once `at` has left the window. It works on the list itself, after writing the newest
+-- entry this call holds ahead of the list (the caller's peek reads the list again): O(log n)
+-- LINDEX calls find `at`, then one LRANGE, LTRIM and RPUSH rewrite the k entries from it on.
+local function sliding_window_log_refund(key, now, p, cost, at)
+  local l = logs[key]
+  if l then
+    if l[8] then
+      local entry = format('%d:%d:%d', l[5], l[6], l[7])
+      if l[8] == 'RPUSH' then
+        call('RPUSH', key, entry)
+      else
+        call('LSET', key, -1, entry)
+      end
+      call('PEXPIRE', key, ttl_ms(l[9]))
+    end
+    logs[key] = nil
+  end
+  local n = call('LLEN', key)
+  if n == 0 then
+    return
+  end
+  local last_t = log_entry(call('LINDEX', key, -1))
+  -- A clock behind the newest entry stands at it.
+  now = max(now, last_t)
+  if at + p.period <= now or last_t < at then
+    return
+  end
+  local first = first_passing(key, 0, n - 1, 1, at)
+  local tail = call('LRANGE', key, first, -1)
+  local left, given = cost, 0
+  local kept = {}
+  local newest = nil
+  for i = 1, #tail do
+    local t, c, total = log_entry(tail[i])
+    local take = min(c, left)
+    left, given = left - take, given + take
+    if take < c then
+      kept[#kept + 1] = format('%d:%d:%d', t, c - take, (total - given) % TOTAL_MOD)
+      newest = t
+    end
+  end
+  if first == 0 then
+    call('DEL', key)
+  else
+    call('LTRIM', key, 0, first - 1)
+  end
+  -- In slices, to stay within what unpack may put on Lua's stack.
+  for i = 1, #kept, 512 do
+    call('RPUSH', key, unpack(kept, i, min(i + 511, #kept)))
+  end
+  if first == 0 and newest then
+    call('PEXPIRE', key, ttl_ms(newest + p.period - now))
+  end
+end

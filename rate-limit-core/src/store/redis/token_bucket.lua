@@ -76,3 +76,21 @@ local function token_bucket(key, now, p, cost, commit)
   save_fields(key, state, reset)
   return allowed, p.burst, tokens, reset, retry
 end
+
+-- Refund: the twin of token_bucket.rs's `refund`. A peek counts the refill to now (and saves it);
+-- then `cost` tokens come back, up to the burst. The caller's peek that follows sets the expiry.
+local function token_bucket_refund(key, now, p, cost, at)
+  token_bucket(key, now, p, cost, false)
+  local s = load_fields(key)
+  if not s then
+    return
+  end
+  local tokens = s[1] + min(cost, p.burst)
+  if tokens >= p.burst then
+    save_fields(key, nil, 0)
+  elseif s[3] then
+    save_fields(key, { tokens, s[2], s[3] }, 0)
+  else
+    save_fields(key, { tokens, s[2] }, 0)
+  end
+end
