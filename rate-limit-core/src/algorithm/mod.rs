@@ -433,4 +433,51 @@ mod tests {
         let (d, _) = Algorithm::FixedWindow.transition(s, t, &q, NonZeroU32::MIN, true);
         assert!(d.is_allowed());
     }
+
+    #[test]
+    fn a_refund_never_gives_back_more_than_its_cost_nor_above_capacity() {
+        // Random checks and refunds on every algorithm, the clock mostly moving on and now and
+        // then stepping back behind the state's time: a refund never panics, and what a peek
+        // of its cost sees afterwards is at most `cost` more than before, never above capacity.
+        let quota = Quota::per_second(NonZeroU32::new(7).unwrap())
+            .burst(NonZeroU32::new(5).unwrap())
+            .unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for alg in Algorithm::ALL {
+            let mut state = None;
+            let mut now = Duration::from_secs(1_000);
+            for step in 0..5_000 {
+                let r = next();
+                now = match r % 10 {
+                    0 => now.saturating_sub(Duration::from_millis(r >> 40 & 511)),
+                    _ => now + Duration::from_millis(r >> 40 & 127),
+                };
+                let cost = NonZeroU32::new(1 + (r >> 8) as u32 % 8).unwrap();
+                if r >> 20 & 1 == 0 {
+                    state = alg.transition(state, now, &quota, cost, true).1;
+                    continue;
+                }
+                let since = Duration::from_millis(r >> 24 & 2047);
+                let charge = Charge::new(cost).elapsed(since);
+                let (before, _) = alg.transition(state.clone(), now, &quota, cost, false);
+                let (after, s) = alg.refund(state, now, &quota, charge);
+                state = s;
+                let context = format!("{alg} step {step}: {before:?} then {after:?}");
+                assert!(after.remaining() <= after.limit(), "{context}");
+                assert!(
+                    after.remaining() <= before.remaining() + cost.get(),
+                    "{context}"
+                );
+                // The answer is the peek of the state kept.
+                let (peek, _) = alg.transition(state.clone(), now, &quota, cost, false);
+                assert_eq!(peek, after, "{context}");
+            }
+        }
+    }
 }

@@ -52,10 +52,11 @@ local now
 -- The entries read so far, by their argument: { n, cost, commit, repeats, fns, ps, err, rfns,
 -- since }, err the message when a limit cannot be decided (an unknown algorithm), or false when
 -- n is not even readable; rfns the refund functions and since the ticks since the charge for a
--- refund (mode 2), else false. Refunds are not kept: each carries its own charge time. Kept from call to call: checks mostly repeat the
--- same few entries (a hot key's, every client's one limit), and a Lua string is interned, so
+-- refund (mode 2), else false. Kept from call to call: checks mostly repeat the same few
+-- entries (a hot key's, every client's one limit), and a Lua string is interned, so
 -- finding an entry costs one table lookup where reading it costs parsing ten integers. The
--- parameters are only read, never changed. Emptied when it holds `MAX_ENTRIES`.
+-- parameters are only read, never changed. Emptied when it holds `MAX_ENTRIES`. Refunds are not
+-- kept: each carries its own charge time, and would only push the checks' entries out.
 local entries = {}
 local entry_count = 0
 local MAX_ENTRIES = 256
@@ -126,11 +127,6 @@ local function fail(m, message)
   replies[m + 1] = pack('<Bd', 69, #message) .. message
 end
 
--- One check of several limits, whose keys are KEYS[k + 1 .. k + n]: appends its n records.
--- All or nothing: decide every limit without charging, then charge only if all allow. The
--- states it writes are journaled, so that a failure can undo them. A limit listed twice has
--- one key (the key names the limit): it is decided and charged once, and each of its places
--- gets that answer.
 -- For each of the n keys KEYS[k + 1 .. k + n], the position of the first with its name.
 local function firsts(k, n)
   local first = {}
@@ -146,6 +142,11 @@ local function firsts(k, n)
   return first
 end
 
+-- One check of several limits, whose keys are KEYS[k + 1 .. k + n]: appends its n records.
+-- All or nothing: decide every limit without charging, then charge only if all allow. The
+-- states it writes are journaled, so that a failure can undo them. A limit listed twice has
+-- one key (the key names the limit): it is decided and charged once, and each of its places
+-- gets that answer.
 local function check_all(k, n, fns, ps, cost, commit)
   journal = {}
   local first = firsts(k, n)

@@ -776,4 +776,25 @@ mod tests {
         let err = Check::new("rl", "k", &[], 1, true).err().unwrap();
         assert_eq!(err.kind(), StoreErrorKind::InvalidInput);
     }
+
+    #[test]
+    fn a_refund_is_an_entry_of_mode_2_with_the_ticks_since_its_charge() {
+        let l = Limit::new(Quota::per_second(nz(4)), Algorithm::Gcra);
+        // 1.5 µs ago: rounded up to 2 ticks, so the charge time is never later than given.
+        let charge = Charge::new(nz(3)).elapsed(Duration::from_nanos(1_500));
+        let refund = Check::refund("rl", "k", &[l], charge).unwrap();
+        let check = Check::new("rl", "k", &[l], 3, true).unwrap();
+        let a = args(&command(Some(42), &[&refund, &refund, &check]));
+        // The two refunds are one entry with a count; the check is not one of them.
+        assert_eq!(a[2], "2");
+        assert_eq!(a[6], "1 3 2 2 2 6 4 4 1000000 250000 0");
+        assert_eq!(a[7], "1 3 1 1 6 4 4 1000000 250000 0");
+        let (args_n, bytes) = command_size(&runs(&[&refund]));
+        let cmd = command(None, &[&refund]);
+        assert_eq!(cmd.args_iter().count(), args_n);
+        let written: usize = args(&cmd).iter().map(String::len).sum();
+        assert!(written <= bytes);
+        let err = Check::refund("rl", "k", &[], charge).err().unwrap();
+        assert_eq!(err.kind(), StoreErrorKind::InvalidInput);
+    }
 }
