@@ -5,16 +5,18 @@
 //! where one script may only touch keys of one slot, each slot has a lane of its own, so that
 //! a slot whose master hangs holds up its own checks and no others.
 //!
-//! A check that finds its lane idle (nothing queued, no call in flight) is sent at once by its
-//! caller, in a call of its own counted as in flight: a lone check costs no task and no channel.
-//! A check that finds its lane busy is queued with a oneshot sender for its answer. When its
-//! lane has fewer than [`MAX_IN_FLIGHT`] calls in flight, the check that queues starts a flush
-//! task (`tokio::spawn`): the task, not any caller, owns the batch, so a caller that gives up (a
-//! `Timeout` dropping its future) cancels nothing but its own wait. A flush takes what its lane
-//! holds (up to the maximum batch), skips checks whose caller has gone, sends them in one call
-//! (bounded by the store's response timeout, see [`call`](super::call)), answers each caller,
-//! and goes on while checks keep arriving. A lone check is sent at once: no timer, no added
-//! wait.
+//! While checks come one at a time (the last call carried one), a check that finds its lane
+//! idle (nothing queued, no call in flight) is sent at once by its caller, in a call of its own
+//! counted as in flight: a lone check costs no task and no channel. Otherwise a check is queued
+//! with a oneshot sender for its answer, so that checks arriving together (a burst after a
+//! quiet spell, the clients a call answered checking again) share a call rather than the first
+//! going alone. When its lane has fewer than [`MAX_IN_FLIGHT`] calls in flight, the check that
+//! queues starts a flush task (`tokio::spawn`): the task, not any caller, owns the batch, so a
+//! caller that gives up (a `Timeout` dropping its future) cancels nothing but its own wait. A
+//! flush takes what its lane holds (up to the maximum batch), skips checks whose caller has
+//! gone, sends them in one call (bounded by the store's response timeout, see
+//! [`call`](super::call)), answers each caller, and goes on while checks keep arriving. Either
+//! way a check is sent at once: no timer, no added wait.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -58,6 +60,9 @@ pub(crate) struct Dispatcher<C> {
     /// Send one call per cluster slot rather than one per batch: set for a Redis Cluster
     /// connection, and learnt from a `CROSSSLOT` answer.
     per_slot: AtomicBool,
+    /// Whether the last call carried a single check: traffic that comes one check at a time,
+    /// whose next check, finding its lane idle, is sent by its caller (see the module docs).
+    lone: AtomicBool,
     /// The lanes that hold checks or have calls in flight, by slot (or [`SHARED_LANE`]).
     lanes: Mutex<HashMap<u16, Lane>>,
 }
@@ -87,6 +92,7 @@ impl<C> Dispatcher<C> {
             max_batch,
             response_timeout,
             per_slot: AtomicBool::new(per_slot),
+            lone: AtomicBool::new(true),
             lanes: Mutex::new(HashMap::new()),
         }
     }
@@ -140,12 +146,12 @@ where
         let queued = {
             let mut lanes = self.lock();
             match lanes.entry(lane) {
-                Entry::Vacant(idle) => {
+                Entry::Vacant(idle) if self.lone.load(Ordering::Relaxed) => {
                     idle.insert(Lane::new()).in_flight = 1;
                     Err(check)
                 }
-                Entry::Occupied(mut busy) => {
-                    let l = busy.get_mut();
+                lane => {
+                    let l = lane.or_insert_with(Lane::new);
                     let (answer, wait) = oneshot::channel();
                     l.push(Request { check, answer });
                     let start = l.in_flight < MAX_IN_FLIGHT;
@@ -271,6 +277,7 @@ where
     /// One script call for `checks`, at one instant, bounded by the response timeout: one
     /// answer per check.
     async fn call(&self, checks: &[&Check]) -> Answers {
+        self.lone.store(checks.len() == 1, Ordering::Relaxed);
         call::call(&self.conn, self.now(), checks, Some(self.response_timeout)).await
     }
 
