@@ -17,6 +17,8 @@ use crate::limit::Limit;
 mod batch;
 mod builder;
 mod call;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod deny_cache;
 use deny_cache::DenyCache;
 mod error;
@@ -26,6 +28,8 @@ mod script;
 mod sentinel;
 
 pub use builder::RedisStoreBuilder;
+#[cfg(feature = "cluster")]
+pub use cluster::RebuildingClusterConnection;
 #[cfg(feature = "sentinel")]
 pub use sentinel::SentinelConnection;
 
@@ -381,7 +385,9 @@ where
 fn is_cluster<C: 'static>(conn: &C) -> bool {
     #[cfg(feature = "cluster")]
     {
-        (conn as &dyn std::any::Any).is::<redis::cluster_async::ClusterConnection>()
+        let conn = conn as &dyn std::any::Any;
+        conn.is::<redis::cluster_async::ClusterConnection>()
+            || conn.is::<RebuildingClusterConnection>()
     }
     #[cfg(not(feature = "cluster"))]
     {
@@ -480,7 +486,7 @@ fn manager_config() -> redis::aio::ConnectionManagerConfig {
 }
 
 #[cfg(feature = "cluster")]
-impl RedisStore<redis::cluster_async::ClusterConnection> {
+impl RedisStore<RebuildingClusterConnection> {
     /// Connects to a Redis Cluster through any of its `nodes` (URLs), with the default prefix and
     /// server time.
     ///
@@ -495,10 +501,8 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
     ///
     /// A URL is invalid, or no node could be reached.
     pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, StoreError> {
-        let conn = cluster_client(nodes)?
-            .get_async_connection()
-            .await
-            .map_err(error::from_redis)?;
+        let conn =
+            RebuildingClusterConnection::connect(cluster_client(nodes)?, cluster_config()).await?;
         Ok(Self::builder(conn).backend("cluster").assemble())
     }
 
@@ -539,10 +543,8 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
                 "RedisStore::connect_cluster_lazy needs a Tokio runtime",
             ));
         }
-        let config = redis::cluster::ClusterConfig::new()
-            .set_connection_timeout(CLUSTER_CONNECTION_TIMEOUT)
-            .set_response_timeout(builder::DEFAULT_RESPONSE_TIMEOUT);
-        let conn = cluster_client(nodes)?.get_pending_async_connection_with_config(config);
+        let conn =
+            RebuildingClusterConnection::connect_lazy(cluster_client(nodes)?, cluster_config());
         Ok(Self::builder(conn).backend("cluster").assemble())
     }
 }
@@ -550,6 +552,16 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
 /// How long a cluster connection waits to connect to a node.
 #[cfg(feature = "cluster")]
 const CLUSTER_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The timeouts of the connections of [`RedisStore::connect_cluster`] and
+/// [`RedisStore::connect_cluster_lazy`], new ones after a hang included: those of
+/// [`cluster_client`].
+#[cfg(feature = "cluster")]
+fn cluster_config() -> redis::cluster::ClusterConfig {
+    redis::cluster::ClusterConfig::new()
+        .set_connection_timeout(CLUSTER_CONNECTION_TIMEOUT)
+        .set_response_timeout(builder::DEFAULT_RESPONSE_TIMEOUT)
+}
 
 /// The client of [`RedisStore::connect_cluster`] and [`RedisStore::connect_cluster_lazy`]: no
 /// re-sends, a response timeout, 500 ms to connect.
