@@ -34,9 +34,9 @@ const TASKS: usize = 4;
 /// time out, 500 ms for a connection to the hung master its map still names, then a probe,
 /// answered `MOVED` at once by the replica); the next starts when it ends (at least 1 s after
 /// it started, and a check of the slot gives up every 100 ms) and succeeds in about 0.6 s (the
-/// hung seed's handshake, then the slot map naming the promoted replica): about 2.2 s at
-/// worst, with 1.8 s of slack for a loaded 2-core host and a node that learns of the
-/// promotion late.
+/// hung seed's handshake, then the slot map naming the promoted replica), and 200 ms later the
+/// calls still stuck on the hung node fail and free its slots' lanes: about 2.4 s at worst,
+/// with 1.6 s of slack for a loaded 2-core host and a node that learns of the promotion late.
 const RECOVERY_BOUND: Duration = Duration::from_secs(4);
 
 /// The longest the healthy masters' keys may go without a Redis decision: nothing on their

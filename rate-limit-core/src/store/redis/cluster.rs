@@ -25,6 +25,10 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// taken for hung.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long a call in flight on a connection that was replaced may still wait for its reply:
+/// calls to the nodes that answer end within it, and those to the hung node fail at its end.
+const GRACE: Duration = Duration::from_millis(200);
+
 /// How long a new connection may take to connect to the cluster and read its slot map.
 const REBUILD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -50,13 +54,17 @@ const REBUILD_TIMEOUT: Duration = Duration::from_secs(5);
 /// through the connection in use until the new one is ready.
 ///
 /// A call is never sent again. Only later calls go to the new connection; a call still waiting
-/// on the old one when it is replaced fails at once with a
-/// [`Timeout`](crate::StoreErrorKind::Timeout) error (no reply came; the node hung, so it may or
-/// may not have run), rather than at the store's response timeout, so that the calls queued
-/// behind it in its slot's lane go on. The client must be built
+/// on the old one 200 ms after it was replaced (a call to the hung node: the others have their
+/// replies by then) fails with a [`Timeout`](crate::StoreErrorKind::Timeout) error (no reply
+/// came, so it may or may not have run), rather than at the store's response timeout, so that
+/// the calls queued behind it in its slot's lane go on. The client must be built
 /// with `retries(0)`, as for any `ClusterConnection` under the store (see
-/// [failures](super::RedisStore#failures-timeouts-and-retries)); the probe reads and writes
-/// nothing the store keeps.
+/// [failures](super::RedisStore#failures-timeouts-and-retries)); the probe, `EXISTS`, changes
+/// nothing.
+///
+/// Each new connection starts from the client's initial nodes (as the `redis` crate does when
+/// it has lost every node): give it several, so that one hung node does not leave it without a
+/// way in. A hung one among them makes a rebuild wait for its connection timeout.
 ///
 /// Clones share the connection in use and the rebuilds.
 #[derive(Clone)]
@@ -156,16 +164,21 @@ impl RebuildingClusterConnection {
             key,
             done: false,
         };
-        // Created before the call is sent: a replacement from then on ends the wait.
+        // Created before the call is sent: a replacement from then on ends the wait, after a
+        // grace that a call to a node that answers does not need.
         let mut replaced = std::pin::pin!(replaced.notified());
+        let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let mut reply = std::pin::pin!(send(&mut conn));
         let outcome = std::future::poll_fn(|cx| {
             if let Poll::Ready(outcome) = reply.as_mut().poll(cx) {
                 return Poll::Ready(outcome);
             }
-            match replaced.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(replaced_error())),
-                Poll::Pending => Poll::Pending,
+            if grace.is_none() && replaced.as_mut().poll(cx).is_ready() {
+                grace = Some(Box::pin(tokio::time::sleep(GRACE)));
+            }
+            match grace.as_mut().map(|g| g.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(replaced_error())),
+                _ => Poll::Pending,
             }
         })
         .await;
