@@ -238,7 +238,12 @@ impl Shared {
             {
                 return;
             }
-            if self.current().id != id {
+            let in_use = self
+                .current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .id;
+            if in_use != id {
                 return;
             }
             healer.busy = true;
