@@ -80,6 +80,8 @@ pub use quota::{Count, MAX_SPAN, Quota};
 #[cfg(feature = "redis")]
 pub use redis;
 pub use store::memory::{METRIC_MEMORY_STORE_FULL, MemoryStore, MemoryStoreBuilder, WhenFull};
+#[cfg(feature = "cluster")]
+pub use store::redis::RebuildingClusterConnection;
 #[cfg(feature = "sentinel")]
 pub use store::redis::SentinelConnection;
 #[cfg(feature = "redis")]

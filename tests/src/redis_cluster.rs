@@ -3,8 +3,7 @@
 use std::thread;
 use std::time::Duration;
 
-use rate_limit_core::RedisStore;
-use redis::cluster_async::ClusterConnection;
+use rate_limit_core::{RebuildingClusterConnection, RedisStore};
 
 use crate::redis_server::{RedisServer, cli};
 
@@ -209,7 +208,7 @@ impl RedisCluster {
     /// # Panics
     ///
     /// If no node can be reached.
-    pub async fn connect_store(&self) -> RedisStore<ClusterConnection> {
+    pub async fn connect_store(&self) -> RedisStore<RebuildingClusterConnection> {
         let urls = self.urls();
         let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
         RedisStore::connect_cluster(&urls)

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{RedisCluster, redis_available};
 use rate_limit_core::resilience::{DecidedBy, Fallback, Timeout};
-use rate_limit_core::{Algorithm, Limit, MemoryStore, Quota, RedisStore, Store};
-use redis::cluster_async::ClusterConnection;
+use rate_limit_core::{
+    Algorithm, Limit, MemoryStore, Quota, RebuildingClusterConnection, RedisStore, Store,
+};
 
 /// No breaker: one breaker for the whole cluster would send the keys of every master to the
 /// fallback when one master fails. Without it, only the failed master's keys are local.
-type Stack = Fallback<Timeout<RedisStore<ClusterConnection>>, MemoryStore>;
+type Stack = Fallback<Timeout<RedisStore<RebuildingClusterConnection>>, MemoryStore>;
 
 const QUOTA: u32 = 100_000;
 const BUDGET: Duration = Duration::from_millis(100);

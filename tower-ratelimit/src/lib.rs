@@ -129,7 +129,7 @@
 //! |---|---|
 //! | `axum` | [`key::PeerIp`] and [`key::ForwardedIp`] also read axum's `ConnectInfo<SocketAddr>`; [`with_axum_rejection`](RateLimitLayer::with_axum_rejection) takes what an axum handler returns (`IntoResponse`) |
 //! | `redis` | `RedisStore` and `RedisStoreBuilder`: one budget per client shared through Redis; the `redis` crate, re-exported |
-//! | `cluster` | `RedisStore` over Redis Cluster (implies `redis`) |
+//! | `cluster` | `RedisStore` over Redis Cluster, and `RebuildingClusterConnection` (implies `redis`) |
 //! | `sentinel` | `RedisStore` over Redis Sentinel, and `SentinelConnection` (implies `redis`) |
 //! | `tls` | `rediss://` URLs, with rustls (implies `redis`) |
 //! | `resilience` | the [`resilience`] module: `Timeout`, `CircuitBreaker`, `Fallback` |
@@ -174,6 +174,8 @@ pub use http;
 /// The engine under this crate (algorithms, stores, clocks), for what the re-exports above leave
 /// out.
 pub use rate_limit_core;
+#[cfg(feature = "cluster")]
+pub use rate_limit_core::RebuildingClusterConnection;
 #[cfg(feature = "sentinel")]
 pub use rate_limit_core::SentinelConnection;
 /// Stores that wrap stores: a [`Timeout`](resilience::Timeout), a

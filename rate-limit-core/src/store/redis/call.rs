@@ -142,8 +142,13 @@ async fn asking<C: 'static>(
 ) -> Result<Value, RedisError> {
     use redis::cluster_async::ClusterConnection;
     use redis::cluster_routing::SingleNodeRoutingInfo;
-    let Some(cluster) = (conn as &mut dyn std::any::Any).downcast_mut::<ClusterConnection>() else {
-        return Err(cannot_ask());
+    let conn = conn as &mut dyn std::any::Any;
+    let mut cluster = match conn.downcast_mut::<ClusterConnection>() {
+        Some(cluster) => cluster.clone(),
+        None => match conn.downcast_ref::<super::RebuildingClusterConnection>() {
+            Some(rebuilding) => rebuilding.current(),
+            None => return Err(cannot_ask()),
+        },
     };
     let mut pipe = redis::pipe();
     pipe.cmd("ASKING").add_command(cmd.clone());
