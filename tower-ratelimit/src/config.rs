@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     /// Requests that are not limited at all (preflights, health checks).
     pub(crate) skip: Option<Arc<SkipFn>>,
     pub(crate) headers: HeaderSettings,
+    /// Whether the [`Decision`] goes into the request's and the response's extensions.
+    pub(crate) decision_extensions: bool,
     pub(crate) missing: MissingKey,
     pub(crate) shadow: bool,
     pub(crate) failure: FailureMode,
@@ -281,6 +283,7 @@ impl fmt::Debug for Shared {
             .field("cost", &self.cost.is_some())
             .field("skip", &self.skip.is_some())
             .field("headers", &self.headers)
+            .field("decision_extensions", &self.decision_extensions)
             .field("missing", &self.missing)
             .field("shadow", &self.shadow)
             .field("failure", &self.failure)

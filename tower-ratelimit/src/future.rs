@@ -13,7 +13,7 @@ use rate_limit_core::{BoxFuture, Decision, StoreError};
 use tower_service::Service;
 
 use crate::config::{FailureMode, Shared};
-use crate::headers::{set_rate_limit_headers, set_retry_after};
+use crate::headers::{HeaderStyle, set_rate_limit_headers, set_retry_after};
 use crate::observe::Outcome;
 use crate::policy::Policy;
 use crate::rejection::{RejectResponse, Rejection, StoreFailure};
@@ -87,7 +87,9 @@ impl After {
                 &decision,
                 || clock.now(),
             );
-            res.extensions_mut().insert(decision);
+            if self.shared.decision_extensions {
+                res.extensions_mut().insert(decision);
+            }
         }
         if let Some(failure) = self.failure {
             res.extensions_mut().insert(failure);
@@ -149,7 +151,7 @@ where
                     let next = match resolve(result, &mut req, policy, shared, &*rejection) {
                         Next::Call(after) => State::Calling {
                             future: inner.call(req),
-                            after: Some(after),
+                            after,
                         },
                         Next::Respond(response) => State::Done {
                             response: Some(response),
@@ -181,8 +183,9 @@ where
     reason = "returned and matched at once; boxing the response would cost an allocation"
 )]
 pub(crate) enum Next<ResBody> {
-    /// Call the inner service with the request; `After` then writes the response's headers.
-    Call(After),
+    /// Call the inner service with the request; `After`, if any, then writes the response's
+    /// headers (and extensions).
+    Call(Option<After>),
     /// Answer with this response (429 or 503) without calling the inner service.
     Respond(Response<ResBody>),
 }
@@ -222,14 +225,19 @@ where
                 .apply(&mut res);
                 return Next::Respond(res);
             }
-            req.extensions_mut().insert(decision.clone());
+            if shared.decision_extensions {
+                req.extensions_mut().insert(decision.clone());
+            } else if shared.headers.style == HeaderStyle::None {
+                // Nothing to write on the response.
+                return Next::Call(None);
+            }
             let after = After {
                 decision: Some(decision),
                 failure: None,
                 policy,
                 shared,
             };
-            Next::Call(after)
+            Next::Call(Some(after))
         }
         Err(err) => {
             shared.log_failure(&policy, &err);
@@ -249,7 +257,7 @@ where
                 policy,
                 shared,
             };
-            Next::Call(after)
+            Next::Call(Some(after))
         }
     }
 }

@@ -120,6 +120,7 @@ impl RateLimitLayer {
                     style: HeaderStyle::default(),
                     reset: ResetStyle::default(),
                 },
+                decision_extensions: false,
                 missing: MissingKey::default(),
                 shadow: false,
                 failure: FailureMode::default(),
@@ -304,6 +305,39 @@ impl<R> RateLimitLayer<R> {
     /// How `X-RateLimit-Reset` is written (default [`ResetStyle::DeltaSeconds`]).
     pub fn reset(self, style: ResetStyle) -> Self {
         self.set(|s| s.headers.reset = style)
+    }
+
+    /// Puts each request's [`Decision`](rate_limit_core::Decision) in the request's extensions,
+    /// for the inner service (a handler reads how much budget is left), and in the response's,
+    /// for the layers outside this one (a 429 carries the denying decision). Default `false`:
+    /// a copy in each map costs an allocation or two per request, about as much as the
+    /// decision itself. A [rejection](Self::with_rejection) is handed the decision either way
+    /// ([`Rejection::Limited`](crate::Rejection::Limited)), and the rate-limit headers are
+    /// written either way.
+    ///
+    /// ```
+    /// use axum::{Router, body::Body, routing::get};
+    /// use http::Request;
+    /// use tower::ServiceExt;
+    /// use tower_ratelimit::{Decision, MemoryStore, Quota, RateLimitLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let left = |req: Request<Body>| async move {
+    ///     let decision = req.extensions().get::<Decision>();
+    ///     format!("{} left", decision.map_or(0, Decision::remaining))
+    /// };
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(10))
+    ///     .decision_extensions(true);
+    /// let app = Router::new().route("/", get(left)).layer(layer);
+    /// let res = app.oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    /// assert_eq!(res.extensions().get::<Decision>().map(Decision::remaining), Some(9));
+    /// let body = axum::body::to_bytes(res.into_body(), 64).await.unwrap();
+    /// assert_eq!(body, "9 left");
+    /// # }
+    /// ```
+    pub fn decision_extensions(self, on: bool) -> Self {
+        self.set(|s| s.decision_extensions = on)
     }
 
     /// What to do when no key can be extracted (default [`MissingKey::Reject`]).

@@ -118,7 +118,7 @@ where
             return_key_buffer(key);
             let shared = Arc::clone(&self.shared);
             return match resolve(result, &mut req, policy, shared, &*self.rejection) {
-                Next::Call(after) => ResponseFuture::calling(self.inner.call(req), Some(after)),
+                Next::Call(after) => ResponseFuture::calling(self.inner.call(req), after),
                 Next::Respond(res) => ResponseFuture::respond(res),
             };
         }
