@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) backend: &'static str,
     pub(crate) key: Arc<dyn KeyExtractor>,
+    /// Whether `key` is a built-in extractor whose keys are compact as written
+    /// ([`key::writes_compact`]), so that they need no second look.
+    pub(crate) key_compact: bool,
     pub(crate) algorithm: Algorithm,
     pub(crate) policy: Policy,
     pub(crate) policy_fn: Option<Arc<PolicyFn>>,
@@ -149,7 +152,9 @@ impl Shared {
     /// Appends the request's compacted key to `out`, or the shared key of
     /// [`MissingKey::Shared`]; `false` when there is neither.
     fn extract_into(&self, parts: &Parts, out: &mut String, start: usize) -> bool {
-        if self.key.extract_into(parts, out) && key::compact_tail(out, start) {
+        if self.key.extract_into(parts, out)
+            && ((self.key_compact && out.len() > start) || key::compact_tail(out, start))
+        {
             return true;
         }
         out.truncate(start);
@@ -201,6 +206,7 @@ impl Shared {
     /// microsecond, below the histogram's first bucket), and two clock reads would cost more
     /// than the decision; `ratelimit_store_duration_seconds` times the calls that wait. The key
     /// is never logged.
+    #[inline]
     pub(crate) fn check_now(
         &self,
         key: &str,

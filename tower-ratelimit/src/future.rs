@@ -35,6 +35,9 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqBody, R>,
+        // Beside the state rather than in `Calling`, so that the inner service's future is
+        // moved once, into its place, rather than into a variant and then with it.
+        after: Option<After>,
     }
 }
 
@@ -51,7 +54,6 @@ pin_project! {
         Calling {
             #[pin]
             future: S::Future,
-            after: Option<After>,
         },
         Done {
             response: Option<S::Response>,
@@ -108,12 +110,14 @@ where
         let pending = Some(pending);
         Self {
             state: State::Checking { check, pending },
+            after: None,
         }
     }
 
     pub(crate) fn calling(future: S::Future, after: Option<After>) -> Self {
         Self {
-            state: State::Calling { future, after },
+            state: State::Calling { future },
+            after,
         }
     }
 
@@ -121,6 +125,7 @@ where
         let response = Some(response);
         Self {
             state: State::Done { response },
+            after: None,
         }
     }
 }
@@ -133,7 +138,8 @@ where
     type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let mut state = this.state;
         loop {
             match state.as_mut().project() {
                 StateProj::Checking { check, pending } => {
@@ -149,19 +155,21 @@ where
                         rejection,
                     } = pending;
                     let next = match resolve(result, &mut req, policy, shared, &*rejection) {
-                        Next::Call(after) => State::Calling {
-                            future: inner.call(req),
-                            after,
-                        },
+                        Next::Call(after) => {
+                            *this.after = after;
+                            State::Calling {
+                                future: inner.call(req),
+                            }
+                        }
                         Next::Respond(response) => State::Done {
                             response: Some(response),
                         },
                     };
                     state.set(next);
                 }
-                StateProj::Calling { future, after } => {
+                StateProj::Calling { future } => {
                     let mut res = ready!(future.poll(cx))?;
-                    if let Some(after) = after.take() {
+                    if let Some(after) = this.after.take() {
                         after.apply(&mut res);
                     }
                     return Poll::Ready(Ok(res));
@@ -192,6 +200,7 @@ pub(crate) enum Next<ResBody> {
 
 /// Turns the store's answer into a call of the inner service or a response of our own. The
 /// request is borrowed, not moved in and out: it is large, and each move is a copy.
+#[inline]
 pub(crate) fn resolve<ReqBody, ResBody, R>(
     result: Result<Decision, StoreError>,
     req: &mut Request<ReqBody>,
