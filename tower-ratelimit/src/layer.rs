@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use crate::config::{FailureMode, MissingKey, Shared};
 use crate::headers::{HeaderSettings, HeaderStyle, ResetStyle};
-use crate::key::{Global, KeyExtractor};
+use crate::key::{self, Global, KeyExtractor};
 use crate::observe;
 use crate::policy::Policy;
 use crate::rejection::DefaultRejection;
@@ -111,6 +111,7 @@ impl RateLimitLayer {
                 store: Arc::new(store),
                 backend,
                 key: Arc::new(Global),
+                key_compact: true,
                 algorithm,
                 policy,
                 policy_fn: None,
@@ -250,7 +251,11 @@ impl<R> RateLimitLayer<R> {
     /// annotated (`|parts: &Parts| ..`). For a closure, [`key_fn`](Self::key_fn) needs no
     /// annotation.
     pub fn key(self, key: impl KeyExtractor) -> Self {
-        self.set(|s| s.key = Arc::new(key))
+        let compact = key::writes_compact(&key);
+        self.set(|s| {
+            s.key = Arc::new(key);
+            s.key_compact = compact;
+        })
     }
 
     /// Charges requests to the key a closure finds in the request head; `None` is no key (see
