@@ -71,30 +71,40 @@ pub(crate) struct Pending<S, ReqBody, R> {
 }
 
 /// What the response gets once the inner service has answered.
-pub(crate) struct After {
-    decision: Option<Decision>,
-    failure: Option<StoreFailure>,
-    policy: Policy,
-    shared: Arc<Shared>,
+pub(crate) enum After {
+    /// The rate-limit headers for the decision (and the decision, if the layer hands it on).
+    Decided {
+        decision: Decision,
+        policy: Policy,
+        shared: Arc<Shared>,
+    },
+    /// The mark of a store failure the request went through despite.
+    Failed(StoreFailure),
 }
 
 impl After {
     fn apply<B>(self, res: &mut Response<B>) {
-        if let Some(decision) = self.decision {
-            let clock = &self.shared.clock;
-            set_rate_limit_headers(
-                res.headers_mut(),
-                self.shared.headers,
-                &self.policy,
-                &decision,
-                || clock.now(),
-            );
-            if self.shared.decision_extensions {
-                res.extensions_mut().insert(decision);
+        match self {
+            Self::Decided {
+                decision,
+                policy,
+                shared,
+            } => {
+                let clock = &shared.clock;
+                set_rate_limit_headers(
+                    res.headers_mut(),
+                    shared.headers,
+                    &policy,
+                    &decision,
+                    || clock.now(),
+                );
+                if shared.decision_extensions {
+                    res.extensions_mut().insert(decision);
+                }
             }
-        }
-        if let Some(failure) = self.failure {
-            res.extensions_mut().insert(failure);
+            Self::Failed(failure) => {
+                res.extensions_mut().insert(failure);
+            }
         }
     }
 }
@@ -225,9 +235,8 @@ where
                 if let Some(wait) = decision.retry_after() {
                     set_retry_after(res.headers_mut(), wait);
                 }
-                After {
-                    decision: Some(decision),
-                    failure: None,
+                After::Decided {
+                    decision,
                     policy,
                     shared,
                 }
@@ -240,9 +249,8 @@ where
                 // Nothing to write on the response.
                 return Next::Call(None);
             }
-            let after = After {
-                decision: Some(decision),
-                failure: None,
+            let after = After::Decided {
+                decision,
                 policy,
                 shared,
             };
@@ -260,13 +268,7 @@ where
             }
             policy.count(backend, Outcome::FailedOpen);
             req.extensions_mut().insert(failure.clone());
-            let after = After {
-                decision: None,
-                failure: Some(failure),
-                policy,
-                shared,
-            };
-            Next::Call(Some(after))
+            Next::Call(Some(After::Failed(failure)))
         }
     }
 }
