@@ -11,7 +11,9 @@
 //!
 //! - `bare`: no layer.
 //! - `memory:STYLE`: our layer on a `MemoryStore`, writing the headers of `HeaderStyle` `none`,
-//!   `legacy`, `ietf` or `both` (`memory` alone is `memory:both`, the default style).
+//!   `legacy`, `ietf` or `both` (`memory` alone is `memory:both`, the default style), with the
+//!   default algorithm (token bucket).
+//! - `memory-gcra:STYLE`: the same with GCRA, the algorithm governor implements.
 //! - `governor-no-headers`: tower_governor's keyed limiter as it comes.
 //! - `governor`: the same with `use_headers()`.
 //! - `headers`: no limiter, a response map writing the five fields our layer writes by default
@@ -36,11 +38,12 @@ use bench::{
     with_governor,
 };
 use http::{HeaderValue, Request};
-use rate_limit_core::MemoryStore;
+use rate_limit_core::{Algorithm, MemoryStore};
 use tower::Service as _;
 use tower_ratelimit::HeaderStyle;
 
-const USAGE: &str = "usage: layer_cost <bare|memory[:STYLE]|governor-no-headers|governor|headers> \
+const USAGE: &str = "usage: layer_cost <bare|memory[:STYLE]|memory-gcra:STYLE|governor-no-headers|\
+                     governor|headers> \
                      <hot|10k> <requests>";
 
 /// Polls `fut` to completion with a waker that does nothing: every future here is ready at
@@ -64,14 +67,19 @@ fn app(layer: &str) -> Result<Router, String> {
         None if layer == "governor" => with_governor(router, true)?,
         None if layer == "governor-no-headers" => with_governor(router, false)?,
         None if layer == "memory" => router.layer(ours(MemoryStore::new(), HeaderStyle::default())),
-        Some(("memory", style)) => {
+        Some((algorithm @ ("memory" | "memory-gcra"), style)) => {
             let style = header_style(style).ok_or_else(|| {
                 format!(
                     "unknown header style {style:?}: expected one of {}",
                     header_style_names()
                 )
             })?;
-            router.layer(ours(MemoryStore::new(), style))
+            let layer = ours(MemoryStore::new(), style);
+            router.layer(if algorithm == "memory-gcra" {
+                layer.algorithm(Algorithm::Gcra)
+            } else {
+                layer
+            })
         }
         _ => return Err(format!("unknown layer {layer:?}")),
     })
