@@ -72,7 +72,9 @@ fn shared_lock_checks_and_locked_checks_of_one_key_admit_exactly_the_quota() {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                     // Work under the write lock between the checks.
-                    store.check_now(&format!("new-{t}-{i}"), &[hot], one).unwrap();
+                    store
+                        .check_now(&format!("new-{t}-{i}"), &[hot], one)
+                        .unwrap();
                     store.peek_now("hot", &[hot], one).unwrap();
                     if i % 50 == 0 {
                         store.sweep();
