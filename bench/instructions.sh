@@ -16,8 +16,9 @@
 #
 # Settings (environment):
 #   MODES     layers, in table order (default: every one): bare, memory:none, memory:legacy,
-#             memory:ietf, memory:both, governor-no-headers, governor, headers (no limiter: the
-#             five fields ours writes by default, as fixed values). bare is always measured.
+#             memory:ietf, memory:both (ours, default algorithm), memory-gcra:none (ours with
+#             GCRA, governor's algorithm), governor-no-headers, governor, headers (no limiter:
+#             the five fields ours writes by default, as fixed values). bare is always measured.
 #   KEYS      key shapes (default "hot 10k")
 #   REQUESTS  N (default 20000)
 #   RUNS      runs of the whole table (default 2); the table shows the median per cell
@@ -25,7 +26,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-MODES=${MODES:-bare memory:none governor-no-headers memory:legacy governor memory:ietf memory:both headers}
+MODES=${MODES:-bare memory:none memory-gcra:none governor-no-headers memory:legacy governor memory:ietf memory:both headers}
 KEYS=${KEYS:-hot 10k}
 REQUESTS=${REQUESTS:-20000}
 RUNS=${RUNS:-2}
@@ -65,6 +66,7 @@ label() {
   case $1 in
     bare) echo "axum router, no layer" ;;
     memory:none) echo "ours, \`HeaderStyle::None\`" ;;
+    memory-gcra:none) echo "ours with GCRA, \`HeaderStyle::None\`" ;;
     memory:legacy) echo "ours, \`HeaderStyle::Legacy\`" ;;
     memory:ietf) echo "ours, \`HeaderStyle::Ietf\`" ;;
     memory:both | memory) echo "ours, \`HeaderStyle::Both\` (default)" ;;

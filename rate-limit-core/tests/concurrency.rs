@@ -40,3 +40,53 @@ fn eight_threads_on_one_key_admit_exactly_the_quota() {
         assert_eq!(admitted.load(Ordering::Relaxed), 1000, "{alg}");
     }
 }
+
+/// Checks of one GCRA limit on a held key share the shard's lock and swap the state; every
+/// other check takes the lock alone. Mixed on one key and one shard, with sweeps, peeks and new
+/// keys between them, they still admit exactly the quota.
+#[test]
+fn shared_lock_checks_and_locked_checks_of_one_key_admit_exactly_the_quota() {
+    let clock = ManualClock::new(Duration::from_secs(1_800_000_000));
+    let store = Arc::new(
+        MemoryStore::builder()
+            .shards(std::num::NonZeroUsize::MIN)
+            .clock(clock)
+            .build(),
+    );
+    let hot = Limit::new(Quota::per_hour(1000), Algorithm::Gcra);
+    let wide = Limit::new(Quota::per_hour(1_000_000), Algorithm::TokenBucket);
+    let admitted = Arc::new(AtomicU32::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (store, admitted) = (store.clone(), admitted.clone());
+            thread::spawn(move || {
+                for i in 0..500 {
+                    let one = NonZeroU32::MIN;
+                    // Half the threads charge the hot limit beside another one: the locked path.
+                    let d = if t % 2 == 0 {
+                        store.check_now("hot", &[hot], one)
+                    } else {
+                        store.check_now("hot", &[hot, wide], one)
+                    };
+                    if d.unwrap().is_allowed() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Work under the write lock between the checks.
+                    store
+                        .check_now(&format!("new-{t}-{i}"), &[hot], one)
+                        .unwrap();
+                    store.peek_now("hot", &[hot], one).unwrap();
+                    if i % 50 == 0 {
+                        store.sweep();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(admitted.load(Ordering::Relaxed), 1000);
+    let left = store.peek_now("hot", &[hot], NonZeroU32::MIN).unwrap();
+    assert_eq!(left.remaining(), 0);
+}

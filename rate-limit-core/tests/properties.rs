@@ -146,6 +146,34 @@ proptest! {
         }
     }
 
+    /// One limit: a store answers every check and peek as the transition does, whichever of
+    /// its paths decides (the shared-lock path of one GCRA limit on a held key, or the locked
+    /// one), with sweeps between them.
+    #[test]
+    fn one_limit_in_a_store_is_its_transition(q in quota(), a in 0usize..6, arr in arrivals()) {
+        let alg = Algorithm::ALL[a];
+        let clock = ManualClock::new(Duration::from_nanos(T0));
+        let store = MemoryStore::builder().clock(clock.clone()).build();
+        let limit = [Limit::new(q, alg)];
+        let mut state: Option<State> = None;
+        let mut now = T0;
+        for (i, &(gap_us, cost)) in arr.iter().enumerate() {
+            now += gap_us * 1000;
+            clock.set(Duration::from_nanos(now));
+            let at = Duration::from_nanos(now);
+            let (peek, _) = alg.transition(state.clone(), at, &q, nz(cost), false);
+            let got = store.peek_now("k", &limit, nz(cost)).unwrap();
+            prop_assert_eq!(got.snapshots(), &[peek][..]);
+            let (check, s) = alg.transition(state, at, &q, nz(cost), true);
+            state = s;
+            let got = store.check_now("k", &limit, nz(cost)).unwrap();
+            prop_assert_eq!(got.snapshots(), &[check][..]);
+            if i % 5 == 4 {
+                store.sweep();
+            }
+        }
+    }
+
     /// Several limits: the store charges all or none, exactly as two separate transitions
     /// checked first and charged only together.
     #[test]

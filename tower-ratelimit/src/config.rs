@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) backend: &'static str,
     pub(crate) key: Arc<dyn KeyExtractor>,
+    /// Whether `key` is a built-in extractor whose keys are compact as written
+    /// ([`key::writes_compact`]), so that they need no second look.
+    pub(crate) key_compact: bool,
     pub(crate) algorithm: Algorithm,
     pub(crate) policy: Policy,
     pub(crate) policy_fn: Option<Arc<PolicyFn>>,
@@ -62,6 +65,8 @@ pub(crate) struct Shared {
     /// Requests that are not limited at all (preflights, health checks).
     pub(crate) skip: Option<Arc<SkipFn>>,
     pub(crate) headers: HeaderSettings,
+    /// Whether the [`Decision`] goes into the request's and the response's extensions.
+    pub(crate) decision_extensions: bool,
     pub(crate) missing: MissingKey,
     pub(crate) shadow: bool,
     pub(crate) failure: FailureMode,
@@ -150,7 +155,9 @@ impl Shared {
     /// Appends the request's compacted key to `out`, or the shared key of
     /// [`MissingKey::Shared`]; `false` when there is neither.
     fn extract_into(&self, parts: &Parts, out: &mut String, start: usize) -> bool {
-        if self.key.extract_into(parts, out) && key::compact_tail(out, start) {
+        if self.key.extract_into(parts, out)
+            && ((self.key_compact && out.len() > start) || key::compact_tail(out, start))
+        {
             return true;
         }
         out.truncate(start);
@@ -202,6 +209,7 @@ impl Shared {
     /// microsecond, below the histogram's first bucket), and two clock reads would cost more
     /// than the decision; `ratelimit_store_duration_seconds` times the calls that wait. The key
     /// is never logged.
+    #[inline]
     pub(crate) fn check_now(
         &self,
         key: &str,
@@ -284,6 +292,7 @@ impl fmt::Debug for Shared {
             .field("cost", &self.cost.is_some())
             .field("skip", &self.skip.is_some())
             .field("headers", &self.headers)
+            .field("decision_extensions", &self.decision_extensions)
             .field("missing", &self.missing)
             .field("shadow", &self.shadow)
             .field("failure", &self.failure)

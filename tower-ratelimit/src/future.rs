@@ -13,9 +13,9 @@ use rate_limit_core::{BoxFuture, Decision, StoreError};
 use tower_service::Service;
 
 use crate::config::{FailureMode, Shared};
-use crate::headers::{set_rate_limit_headers, set_retry_after};
+use crate::headers::{HeaderStyle, set_rate_limit_headers, set_retry_after};
 use crate::observe::Outcome;
-use crate::outcome::{Aside, Refunding, Settled};
+use crate::outcome::{Refunding, Settled, Settling};
 use crate::policy::Policy;
 use crate::rejection::{RejectResponse, Rejection, StoreFailure};
 
@@ -36,6 +36,9 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqBody, R>,
+        // Beside the state rather than in `Calling`, so that the inner service's future is
+        // moved once, into its place, rather than into a variant and then with it.
+        after: Option<After>,
     }
 }
 
@@ -52,7 +55,6 @@ pin_project! {
         Calling {
             #[pin]
             future: S::Future,
-            after: Option<After>,
         },
         Done {
             response: Option<S::Response>,
@@ -74,29 +76,44 @@ pub(crate) struct Pending<S, ReqBody, R> {
 }
 
 /// What the response gets once the inner service has answered.
-pub(crate) struct After {
-    pub(crate) decision: Option<Decision>,
-    /// A store failure, or with `count_if` what the check charged.
-    pub(crate) aside: Aside,
-    pub(crate) policy: Policy,
-    pub(crate) shared: Arc<Shared>,
+pub(crate) enum After {
+    /// The rate-limit headers for the decision (and the decision, if the layer hands it on).
+    Decided {
+        decision: Decision,
+        policy: Policy,
+        shared: Arc<Shared>,
+    },
+    /// The mark of a store failure the request went through despite.
+    Failed(StoreFailure),
+    /// With `count_if`: a decision that charged, and what it charged, until the response says
+    /// whether it counts (boxed, so that only such requests pay for its size).
+    Charged(Box<Settling>),
 }
 
 impl After {
     pub(crate) fn apply<B>(self, res: &mut Response<B>) {
-        if let Some(decision) = self.decision {
-            let clock = &self.shared.clock;
-            set_rate_limit_headers(
-                res.headers_mut(),
-                self.shared.headers,
-                &self.policy,
-                &decision,
-                || clock.now(),
-            );
-            res.extensions_mut().insert(decision);
-        }
-        if let Aside::Failure(failure) = self.aside {
-            res.extensions_mut().insert(failure);
+        match self {
+            Self::Decided {
+                decision,
+                policy,
+                shared,
+            } => {
+                let clock = &shared.clock;
+                set_rate_limit_headers(
+                    res.headers_mut(),
+                    shared.headers,
+                    &policy,
+                    &decision,
+                    || clock.now(),
+                );
+                if shared.decision_extensions {
+                    res.extensions_mut().insert(decision);
+                }
+            }
+            Self::Failed(failure) => {
+                res.extensions_mut().insert(failure);
+            }
+            Self::Charged(settling) => settling.decided().apply(res),
         }
     }
 }
@@ -112,12 +129,14 @@ where
         let pending = Some(pending);
         Self {
             state: State::Checking { check, pending },
+            after: None,
         }
     }
 
     pub(crate) fn calling(future: S::Future, after: Option<After>) -> Self {
         Self {
-            state: State::Calling { future, after },
+            state: State::Calling { future },
+            after,
         }
     }
 
@@ -125,6 +144,7 @@ where
         let response = Some(response);
         Self {
             state: State::Done { response },
+            after: None,
         }
     }
 }
@@ -137,7 +157,8 @@ where
     type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let mut state = this.state;
         loop {
             match state.as_mut().project() {
                 StateProj::Checking { check, pending } => {
@@ -156,9 +177,10 @@ where
                     let next = match resolve(result, &mut req, policy, shared, &*rejection) {
                         Next::Call(after) => {
                             // Before the call: `charging` times the check.
-                            let after = Some(after.charging(charge));
-                            let future = inner.call(req);
-                            State::Calling { future, after }
+                            *this.after = after.map(|after| after.charging(charge));
+                            State::Calling {
+                                future: inner.call(req),
+                            }
                         }
                         Next::Respond(response) => State::Done {
                             response: Some(response),
@@ -166,10 +188,10 @@ where
                     };
                     state.set(next);
                 }
-                StateProj::Calling { future, after } => {
+                StateProj::Calling { future } => {
                     let mut res = ready!(future.poll(cx))?;
-                    if let Some(after) = after.take() {
-                        if let Aside::Charge(_) = after.aside {
+                    if let Some(after) = this.after.take() {
+                        if let After::Charged(_) = after {
                             match after.settle(res) {
                                 Settled::Ready(res) => return Poll::Ready(Ok(res)),
                                 Settled::Refunding(refunding) => {
@@ -202,14 +224,16 @@ where
     reason = "returned and matched at once; boxing the response would cost an allocation"
 )]
 pub(crate) enum Next<ResBody> {
-    /// Call the inner service with the request; `After` then writes the response's headers.
-    Call(After),
+    /// Call the inner service with the request; `After`, if any, then writes the response's
+    /// headers (and extensions).
+    Call(Option<After>),
     /// Answer with this response (429 or 503) without calling the inner service.
     Respond(Response<ResBody>),
 }
 
 /// Turns the store's answer into a call of the inner service or a response of our own. The
 /// request is borrowed, not moved in and out: it is large, and each move is a copy.
+#[inline]
 pub(crate) fn resolve<ReqBody, ResBody, R>(
     result: Result<Decision, StoreError>,
     req: &mut Request<ReqBody>,
@@ -234,23 +258,26 @@ where
                 if let Some(wait) = decision.retry_after() {
                     set_retry_after(res.headers_mut(), wait);
                 }
-                After {
-                    decision: Some(decision),
-                    aside: Aside::None,
+                After::Decided {
+                    decision,
                     policy,
                     shared,
                 }
                 .apply(&mut res);
                 return Next::Respond(res);
             }
-            req.extensions_mut().insert(decision.clone());
-            let after = After {
-                decision: Some(decision),
-                aside: Aside::None,
+            if shared.decision_extensions {
+                req.extensions_mut().insert(decision.clone());
+            } else if shared.headers.style == HeaderStyle::None && shared.count_if.is_none() {
+                // Nothing to write on the response, nothing to give back.
+                return Next::Call(None);
+            }
+            let after = After::Decided {
+                decision,
                 policy,
                 shared,
             };
-            Next::Call(after)
+            Next::Call(Some(after))
         }
         Err(err) => {
             shared.log_failure(&policy, &err);
@@ -264,13 +291,7 @@ where
             }
             policy.count(backend, Outcome::FailedOpen);
             req.extensions_mut().insert(failure.clone());
-            let after = After {
-                decision: None,
-                aside: Aside::Failure(failure),
-                policy,
-                shared,
-            };
-            Next::Call(after)
+            Next::Call(Some(After::Failed(failure)))
         }
     }
 }

@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use crate::config::{FailureMode, MissingKey, Shared};
 use crate::headers::{HeaderSettings, HeaderStyle, ResetStyle};
-use crate::key::{Global, KeyExtractor};
+use crate::key::{self, Global, KeyExtractor};
 use crate::observe;
 use crate::policy::Policy;
 use crate::rejection::DefaultRejection;
@@ -111,6 +111,7 @@ impl RateLimitLayer {
                 store: Arc::new(store),
                 backend,
                 key: Arc::new(Global),
+                key_compact: true,
                 algorithm,
                 policy,
                 policy_fn: None,
@@ -120,6 +121,7 @@ impl RateLimitLayer {
                     style: HeaderStyle::default(),
                     reset: ResetStyle::default(),
                 },
+                decision_extensions: false,
                 missing: MissingKey::default(),
                 shadow: false,
                 failure: FailureMode::default(),
@@ -250,7 +252,11 @@ impl<R> RateLimitLayer<R> {
     /// annotated (`|parts: &Parts| ..`). For a closure, [`key_fn`](Self::key_fn) needs no
     /// annotation.
     pub fn key(self, key: impl KeyExtractor) -> Self {
-        self.set(|s| s.key = Arc::new(key))
+        let compact = key::writes_compact(&key);
+        self.set(|s| {
+            s.key = Arc::new(key);
+            s.key_compact = compact;
+        })
     }
 
     /// Charges requests to the key a closure finds in the request head; `None` is no key (see
@@ -305,6 +311,39 @@ impl<R> RateLimitLayer<R> {
     /// How `X-RateLimit-Reset` is written (default [`ResetStyle::DeltaSeconds`]).
     pub fn reset(self, style: ResetStyle) -> Self {
         self.set(|s| s.headers.reset = style)
+    }
+
+    /// Puts each request's [`Decision`](rate_limit_core::Decision) in the request's extensions,
+    /// for the inner service (a handler reads how much budget is left), and in the response's,
+    /// for the layers outside this one (a 429 carries the denying decision). Default `false`:
+    /// a copy in each map costs an allocation or two per request, about as much as the
+    /// decision itself. A [rejection](Self::with_rejection) is handed the decision either way
+    /// ([`Rejection::Limited`](crate::Rejection::Limited)), and the rate-limit headers are
+    /// written either way.
+    ///
+    /// ```
+    /// use axum::{Router, body::Body, routing::get};
+    /// use http::Request;
+    /// use tower::ServiceExt;
+    /// use tower_ratelimit::{Decision, MemoryStore, Quota, RateLimitLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let left = |req: Request<Body>| async move {
+    ///     let decision = req.extensions().get::<Decision>();
+    ///     format!("{} left", decision.map_or(0, Decision::remaining))
+    /// };
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(10))
+    ///     .decision_extensions(true);
+    /// let app = Router::new().route("/", get(left)).layer(layer);
+    /// let res = app.oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    /// assert_eq!(res.extensions().get::<Decision>().map(Decision::remaining), Some(9));
+    /// let body = axum::body::to_bytes(res.into_body(), 64).await.unwrap();
+    /// assert_eq!(body, "9 left");
+    /// # }
+    /// ```
+    pub fn decision_extensions(self, on: bool) -> Self {
+        self.set(|s| s.decision_extensions = on)
     }
 
     /// What to do when no key can be extracted (default [`MissingKey::Reject`]).

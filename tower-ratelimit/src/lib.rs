@@ -62,12 +62,13 @@
 //! 3. The [policy hook](RateLimitLayer::policy) may pick another [`Policy`] (per route, per
 //!    tier); the [cost](RateLimitLayer::cost) says how much the request spends (0 is free).
 //! 4. The store checks every limit of the policy at once, all-or-nothing.
-//! 5. Allowed: the inner service is called, with the [`Decision`] in the request extensions, and
-//!    its response gets the headers. Denied: the inner service is not called; the response is a
-//!    429. In [shadow mode](RateLimitLayer::shadow) a denied request is let through anyway,
-//!    counted as `shadow_denied`. With [`count_if`](RateLimitLayer::count_if) (failed logins
-//!    only, say), a response that does not count has its charge given back before it is
-//!    returned.
+//! 5. Allowed: the inner service is called, and its response gets the headers. Denied: the
+//!    inner service is not called; the response is a 429. In [shadow
+//!    mode](RateLimitLayer::shadow) a denied request is let through anyway, counted as
+//!    `shadow_denied`. With [`decision_extensions`](RateLimitLayer::decision_extensions), the
+//!    [`Decision`] goes in the request's extensions and the response's. With
+//!    [`count_if`](RateLimitLayer::count_if) (failed logins only, say), a response that does not
+//!    count has its charge given back before it is returned.
 //! 6. Store failure: [`FailureMode::Open`] lets the request through with a [`StoreFailure`] in
 //!    the response extensions; [`FailureMode::Closed`] answers 503 with `Retry-After: 1`.
 //!    (Timeouts, a circuit breaker and a local fallback are stores wrapping stores: the layer only

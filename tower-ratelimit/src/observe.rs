@@ -190,7 +190,8 @@ pub(crate) fn decision(
     outcome: Outcome,
 ) {
     let keys = cache.get_or_init(|| DecisionKeys::new(policy, backend));
-    if keys.backend == backend {
+    // Backends are named by constants: the same name is almost always the same pointer.
+    if std::ptr::eq(keys.backend, backend) || keys.backend == backend {
         increment(&keys.keys[outcome.index()]);
     } else {
         // A policy shared by layers on different backends: the first one's keys are cached.

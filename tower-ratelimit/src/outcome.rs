@@ -3,8 +3,8 @@
 //!
 //! Everything here runs only when `count_if` is set: without it a request pays a branch in
 //! [`Shared::charge`], one in [`After::charging`] and one when its response comes back, and
-//! no future grows (the charge shares [`Aside`] with a store failure, and rides in the
-//! request's extensions while a remote store decides).
+//! no future grows (a charged decision is boxed in [`After::Charged`], and the charge rides in
+//! the request's extensions while a remote store decides).
 //!
 //! [`Store::refund`]: rate_limit_core::Store::refund
 
@@ -24,7 +24,6 @@ use crate::future::After;
 use crate::layer::RateLimitLayer;
 use crate::observe::{self, FAILURE_LOG_INTERVAL};
 use crate::policy::Policy;
-use crate::rejection::StoreFailure;
 
 type CountFn = dyn Fn(&response::Parts) -> bool + Send + Sync;
 
@@ -41,12 +40,23 @@ impl fmt::Debug for CountIf {
     }
 }
 
-/// What a response carries besides its decision: the store's failure, when it failed open, or
-/// with `count_if` what the check charged, when it allowed the request. Never both: one field.
-pub(crate) enum Aside {
-    None,
-    Failure(StoreFailure),
-    Charge(Box<Charged>),
+/// A decision that charged, with what it charged, until the response says whether it counts.
+pub(crate) struct Settling {
+    decision: Decision,
+    policy: Policy,
+    shared: Arc<Shared>,
+    charged: Box<Charged>,
+}
+
+impl Settling {
+    /// The decision alone, for the headers.
+    pub(crate) fn decided(self) -> After {
+        After::Decided {
+            decision: self.decision,
+            policy: self.policy,
+            shared: self.shared,
+        }
+    }
 }
 
 /// What a check charged, kept until the response says whether it counts.
@@ -284,68 +294,108 @@ impl After {
     /// Keeps `charge` for the response to judge, if the check charged (allowed the request).
     /// Called as soon as the check has answered.
     #[inline]
-    pub(crate) fn charging(mut self, charge: Option<Box<Charged>>) -> Self {
-        if let Some(mut charge) = charge
-            && self.decision.as_ref().is_some_and(Decision::is_allowed)
-        {
-            charge.latency = self.shared.clock.now().saturating_sub(charge.sent);
-            self.aside = Aside::Charge(charge);
+    pub(crate) fn charging(self, charge: Option<Box<Charged>>) -> Self {
+        match (self, charge) {
+            (
+                After::Decided {
+                    decision,
+                    policy,
+                    shared,
+                },
+                Some(mut charged),
+            ) if decision.is_allowed() => {
+                charged.latency = shared.clock.now().saturating_sub(charged.sent);
+                After::Charged(Box::new(Settling {
+                    decision,
+                    policy,
+                    shared,
+                    charged,
+                }))
+            }
+            (after, _) => after,
         }
-        self
     }
 
     /// Writes `res`'s headers now if it counts, or starts giving its charge back. Only for an
-    /// `After` holding a charge.
-    pub(crate) fn settle<B>(mut self, res: Response<B>) -> Settled<B> {
-        let aside = std::mem::replace(&mut self.aside, Aside::None);
-        let (Aside::Charge(charged), Some(count_if)) = (aside, self.shared.count_if.clone()) else {
-            let mut res = res;
+    /// [`After::Charged`].
+    pub(crate) fn settle<B>(self, res: Response<B>) -> Settled<B> {
+        let mut res = res;
+        let After::Charged(settling) = self else {
             self.apply(&mut res);
+            return Settled::Ready(res);
+        };
+        let Settling {
+            decision,
+            policy,
+            shared,
+            charged,
+        } = *settling;
+        let Some(count_if) = shared.count_if.clone() else {
+            After::Decided {
+                decision,
+                policy,
+                shared,
+            }
+            .apply(&mut res);
             return Settled::Ready(res);
         };
         let (head, body) = res.into_parts();
         let counts = (count_if.counts)(&head);
         let mut res = Response::from_parts(head, body);
-        let Some(decision) = self.decision.as_ref().filter(|_| !counts) else {
-            self.apply(&mut res);
-            return Settled::Ready(res);
-        };
-        let since = charged.since(self.shared.clock.now());
+        let since = charged.since(shared.clock.now());
         let charge = Charge::new(charged.cost)
             .elapsed(since)
-            .decided_by(decision);
-        // A store that gives back in place (memory) costs no future.
-        let limits = self.policy.limits();
-        if let Some(result) = self
-            .shared
-            .store
-            .try_refund_now(&charged.key, limits, charge)
-        {
-            self.refunded(&count_if, result);
-            self.apply(&mut res);
+            .decided_by(&decision);
+        let mut after = After::Decided {
+            decision,
+            policy,
+            shared,
+        };
+        let After::Decided { policy, shared, .. } = &after else {
+            unreachable!("built as Decided just above");
+        };
+        if counts {
+            after.apply(&mut res);
             return Settled::Ready(res);
         }
-        let refund = self.shared.refund(charged.key, self.policy.clone(), charge);
+        // A store that gives back in place (memory) costs no future.
+        if let Some(result) = shared
+            .store
+            .try_refund_now(&charged.key, policy.limits(), charge)
+        {
+            after.refunded(&count_if, result);
+            after.apply(&mut res);
+            return Settled::Ready(res);
+        }
+        let refund = shared.refund(charged.key, policy.clone(), charge);
         Settled::Refunding(Box::new(Refunding {
             refund,
             count_if,
             response: Some(res),
-            after: Some(self),
+            after: Some(after),
         }))
     }
 
     /// Takes the refund's answer: the budget after it for the headers, or, if it failed, a
     /// log line and the check's answer.
     fn refunded(&mut self, count_if: &CountIf, result: Result<Decision, StoreError>) {
-        let backend = self.shared.backend;
+        let After::Decided {
+            decision,
+            policy,
+            shared,
+        } = self
+        else {
+            return;
+        };
+        let backend = shared.backend;
         match result {
-            Ok(decision) => {
-                observe::refund(&self.policy, backend, true);
-                self.decision = Some(decision);
+            Ok(refunded) => {
+                observe::refund(policy, backend, true);
+                *decision = refunded;
             }
             Err(err) => {
-                observe::refund(&self.policy, backend, false);
-                self.shared.log_refund_failure(count_if, &self.policy, &err);
+                observe::refund(policy, backend, false);
+                shared.log_refund_failure(count_if, policy, &err);
             }
         }
     }

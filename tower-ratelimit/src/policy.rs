@@ -37,6 +37,8 @@ pub struct Policy {
 
 struct Inner {
     name: Arc<str>,
+    /// `{name}:`, the start of every store key.
+    prefix: Box<str>,
     limits: Box<[Limit]>,
     /// Each limit's IETF member name, already serialized as a structured-field string.
     members: Box<[String]>,
@@ -88,6 +90,7 @@ impl Policy {
         Ok(Self {
             inner: Arc::new(Inner {
                 name: Arc::from(name),
+                prefix: format!("{name}:").into_boxed_str(),
                 limits,
                 members,
                 header,
@@ -123,15 +126,12 @@ impl Policy {
     /// Appends the start of every [`store_key`](Self::store_key) of this policy, `{name}:`, to
     /// `out`: the client key is appended after it.
     pub(crate) fn push_store_key_prefix(&self, out: &mut String) {
-        out.push_str(self.name());
-        out.push(':');
+        out.push_str(&self.inner.prefix);
     }
 
     /// Turns the client key in `key` into its [`store_key`](Self::store_key), in place.
     pub(crate) fn prefix_store_key(&self, key: &mut String) {
-        let name = self.name();
-        key.insert_str(0, name);
-        key.insert(name.len(), ':');
+        key.insert_str(0, &self.inner.prefix);
     }
 
     /// The limits, in order.

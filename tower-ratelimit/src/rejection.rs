@@ -30,8 +30,9 @@ impl Rejection<'_> {
 
 /// Builds the response for a [`Rejection`].
 ///
-/// The layer adds the rate-limit headers and `Retry-After` to whatever this returns, and puts the
-/// [`Decision`] (or a [`StoreFailure`]) in its extensions.
+/// The layer adds the rate-limit headers and `Retry-After` to whatever this returns, and puts a
+/// [`StoreFailure`] in its extensions (the [`Decision`] too, with
+/// [`decision_extensions`](crate::RateLimitLayer::decision_extensions)).
 ///
 /// Implemented for closures `Fn(&Rejection<'_>) -> Response<B>`, which is how a response with a
 /// body is made (the layer does not change the body type, so it cannot invent a body of its own):

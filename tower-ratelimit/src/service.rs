@@ -121,8 +121,8 @@ where
             let shared = Arc::clone(&self.shared);
             return match resolve(result, &mut req, policy, shared, &*self.rejection) {
                 Next::Call(after) => {
-                    let after = after.charging(charge);
-                    ResponseFuture::calling(self.inner.call(req), Some(after))
+                    let after = after.map(|after| after.charging(charge));
+                    ResponseFuture::calling(self.inner.call(req), after)
                 }
                 Next::Respond(res) => ResponseFuture::respond(res),
             };

@@ -132,7 +132,9 @@ async fn retry_after_rounds_up_to_whole_seconds() {
     let clock = clock();
     // Two per three seconds: one token every 1.5s.
     let quota = Quota::with_period(nz(2), Duration::from_secs(3)).unwrap();
-    let layer = RateLimitLayer::new(store(&clock), quota).algorithm(Algorithm::Gcra);
+    let layer = RateLimitLayer::new(store(&clock), quota)
+        .algorithm(Algorithm::Gcra)
+        .decision_extensions(true);
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
     send(&svc, get("/")).await;
     send(&svc, get("/")).await;
@@ -146,8 +148,9 @@ async fn retry_after_rounds_up_to_whole_seconds() {
 #[tokio::test]
 async fn retry_after_is_never_zero() {
     let clock = clock();
-    let layer =
-        RateLimitLayer::new(store(&clock), Quota::per_second(nz(1000))).algorithm(Algorithm::Gcra);
+    let layer = RateLimitLayer::new(store(&clock), Quota::per_second(nz(1000)))
+        .algorithm(Algorithm::Gcra)
+        .decision_extensions(true);
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
     for _ in 0..1000 {
         assert_eq!(send(&svc, get("/")).await.status(), 200);
@@ -265,7 +268,9 @@ async fn unix_reset_reads_the_layer_clock() {
 #[tokio::test]
 async fn shadow_mode_never_blocks_but_reports() {
     let clock = clock();
-    let layer = RateLimitLayer::new(store(&clock), fixed(2)).shadow(true);
+    let layer = RateLimitLayer::new(store(&clock), fixed(2))
+        .shadow(true)
+        .decision_extensions(true);
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
     let mut denied_in_shadow = 0;
     for _ in 0..6 {
@@ -284,7 +289,8 @@ async fn shadow_mode_never_blocks_but_reports() {
 
 #[tokio::test]
 async fn store_error_fails_open_and_marks_the_response() {
-    let layer = RateLimitLayer::new(FailingStore(StoreErrorKind::Timeout), fixed(1));
+    let layer = RateLimitLayer::new(FailingStore(StoreErrorKind::Timeout), fixed(1))
+        .decision_extensions(true);
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
     for _ in 0..3 {
         let res = send(&svc, get("/")).await;
@@ -420,9 +426,29 @@ async fn decision_reaches_the_handler() {
         Ok::<_, Infallible>(Response::new(format!("{remaining:?}")))
     });
     let svc = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(store(&clock), fixed(3)))
+        .layer(RateLimitLayer::new(store(&clock), fixed(3)).decision_extensions(true))
         .service(inner);
     assert_eq!(send(&svc, get("/")).await.body(), "Some(2)");
+}
+
+#[tokio::test]
+async fn decision_stays_out_of_the_extensions_by_default() {
+    let clock = clock();
+    let inner = service_fn(|req: Request<String>| async move {
+        let seen = req.extensions().get::<Decision>().is_some();
+        Ok::<_, Infallible>(Response::new(format!("{seen}")))
+    });
+    let svc = ServiceBuilder::new()
+        .layer(RateLimitLayer::new(store(&clock), fixed(1)))
+        .service(inner);
+    let res = send(&svc, get("/")).await;
+    assert_eq!(res.body(), "false");
+    assert!(res.extensions().get::<Decision>().is_none());
+    assert_eq!(header(&res, "x-ratelimit-remaining"), Some("0"));
+    let res = send(&svc, get("/")).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.extensions().get::<Decision>().is_none());
+    assert_eq!(header(&res, "retry-after"), Some("60"));
 }
 
 /// An inner service that is not ready until told.
@@ -488,7 +514,9 @@ async fn with_limits_takes_an_algorithm_per_limit() {
 #[tokio::test]
 async fn cost_above_capacity_is_denied_without_retry_after() {
     let clock = clock();
-    let layer = RateLimitLayer::new(store(&clock), fixed(3)).cost(|_| 5);
+    let layer = RateLimitLayer::new(store(&clock), fixed(3))
+        .cost(|_| 5)
+        .decision_extensions(true);
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
     let res = send(&svc, get("/")).await;
     assert_eq!(res.status(), 429);
@@ -506,11 +534,13 @@ async fn deciding_in_place_and_waiting_answer_alike() {
     let in_place = RateLimitLayer::new(store(&clock_a), fixed(3))
         .algorithm(Algorithm::SlidingWindow)
         .key(Header::new("x-client"))
-        .clock(clock_a.clone());
+        .clock(clock_a.clone())
+        .decision_extensions(true);
     let waiting = RateLimitLayer::new(Waiting(store(&clock_b)), fixed(3))
         .algorithm(Algorithm::SlidingWindow)
         .key(Header::new("x-client"))
-        .clock(clock_b.clone());
+        .clock(clock_b.clone())
+        .decision_extensions(true);
     let a = ServiceBuilder::new().layer(in_place).service_fn(ok);
     let b = ServiceBuilder::new().layer(waiting).service_fn(ok);
     let mut denied = 0;

@@ -10,7 +10,7 @@
 //!
 //! `/ratelimit` and `/acquire` sit behind the [`RateLimitLayer`]: it decides, writes every
 //! header and answers 429 itself (with the JSON built by [`reject`]); the handlers only turn the
-//! [`Decision`] the layer put in the request extensions into JSON. `/acquire` reads its cost in a
+//! [`Decision`] the layer put in the request extensions (`decision_extensions`) into JSON. `/acquire` reads its cost in a
 //! small middleware outside the layer, which buffers the body and puts a [`Cost`] into the
 //! extensions, where the layer's cost hook finds it.
 
@@ -117,6 +117,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .policy(move |parts: &Parts, key: &str| Some(policies.pick(parts.uri.path(), key).clone()))
         .cost(|parts: &Parts| parts.extensions.get::<Cost>().map_or(1, |c| c.0.get()))
         .on_store_error(state.store.failure_mode())
+        // The handlers answer with the decision.
+        .decision_extensions(true)
         .with_rejection(reject);
     Router::new()
         .route("/ratelimit", get(ratelimit).layer(layer.clone()))

@@ -4,7 +4,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -16,6 +16,7 @@ use crate::decision::Decision;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::limit::Limit;
 
+mod fast;
 mod full;
 pub use full::{METRIC_MEMORY_STORE_FULL, WhenFull};
 
@@ -23,8 +24,10 @@ const DEFAULT_MAX_KEYS: usize = 1_000_000;
 const DEFAULT_SHARDS: usize = 64;
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// An in-process store: a fixed number of shards, each a mutex around a hash table, so that
-/// checks on different keys rarely contend and no lock is global.
+/// An in-process store: a fixed number of shards, each a lock around a hash table, so that
+/// checks on different keys rarely contend and no lock is global. A check of one GCRA limit on a
+/// key already held shares its shard's lock with other such checks and updates its entry by
+/// compare-and-swap, so that threads checking one hot key do not queue for it.
 ///
 /// Each entry (one key and one limit) takes 64 bytes, one cache line, with keys of up to 22
 /// bytes inside it (longer keys are boxed). A shard keeps its entries dense in a vector that
@@ -107,8 +110,10 @@ pub struct MemoryStoreBuilder<C = SystemClock> {
 }
 
 // Padded to a cache line pair so that neighbouring shards' locks do not share a line.
+//
+// Everything but the shared-lock GCRA path (`fast.rs`) takes the write lock.
 #[repr(align(128))]
-struct Shard(Mutex<Inner>);
+struct Shard(RwLock<Inner>);
 
 /// A shard's entries, dense in a vector grown in small steps, and an index from (key, limit) to
 /// a position in that vector.
@@ -134,17 +139,60 @@ struct Inner {
     last_insert: Option<(u64, u64)>,
 }
 
-/// One key and one limit. `state` is never `None` while stored.
+/// One key and one limit. `stored` is never `None` while stored.
 ///
 /// 64 bytes, aligned to a cache line, so that reading an entry touches one line (plus the key's
 /// heap bytes only for keys longer than [`INLINE_KEY`]).
+///
+/// A GCRA state's theoretical arrival time is the instant it is full again, so a GCRA entry
+/// keeps it in `expires` alone: that is the atomic the shared-lock path (`fast.rs`) updates by
+/// compare-and-swap. The copy inside `stored` is brought up to date by
+/// [`state_mut`](Self::state_mut), under the write lock. So every transition of an entry
+/// (check, peek, refund) either holds the shard's write lock and goes through `state_mut` and
+/// [`set_expires`](Self::set_expires), or holds the read lock and swaps `expires` from the value
+/// it decided on: the two never interleave on one entry.
 #[repr(align(64))]
 struct Entry {
     key: Key,
     limit: u64,
-    /// Nanoseconds since the epoch at which the state is full again.
-    expires: u64,
-    state: Option<State>,
+    /// Nanoseconds since the epoch at which the state is full again (GCRA: its TAT).
+    expires: AtomicU64,
+    stored: Option<State>,
+}
+
+impl Entry {
+    fn new(key: &str, limit: u64, expires: u64, state: State) -> Self {
+        Self {
+            key: Key::new(key),
+            limit,
+            expires: AtomicU64::new(expires),
+            stored: Some(state),
+        }
+    }
+
+    /// The state, for a transition under the write lock; a GCRA state's TAT is read from
+    /// `expires`, which the shared-lock path may have moved.
+    #[inline]
+    fn state_mut(&mut self) -> &mut Option<State> {
+        if let Some(State::Gcra(s)) = &mut self.stored {
+            s.tat = *self.expires.get_mut();
+        }
+        &mut self.stored
+    }
+
+    /// When the state is full again.
+    #[inline]
+    fn expires(&self) -> u64 {
+        // Under the write lock nothing else writes it; under the read lock, only by CAS.
+        self.expires.load(Ordering::Relaxed)
+    }
+
+    /// Sets when the state is full again, after a transition under the write lock (for GCRA,
+    /// `now + reset_after` is the TAT just written into the state).
+    #[inline]
+    fn set_expires(&mut self, at: u64) {
+        *self.expires.get_mut() = at;
+    }
 }
 
 /// A full shard that found too little full again looks again only once this share of it (one
@@ -264,7 +312,7 @@ impl<C: Clock> MemoryStoreBuilder<C> {
         MemoryStore {
             shards: (0..shards)
                 .map(|_| {
-                    Shard(Mutex::new(Inner {
+                    Shard(RwLock::new(Inner {
                         entries: Vec::new(),
                         index: HashTable::new(),
                         next_sweep: 0,
@@ -438,14 +486,16 @@ impl<C: Clock> MemoryStore<C> {
         };
         let i = *slot.get() as usize;
         let e = &mut entries[i];
-        let raw = algorithm::refund(limit.algorithm(), &mut e.state, now, p, cost, at);
-        if e.state.is_none() {
+        // Under the write lock, which shuts out the shared-lock path: a refund and a check of
+        // the same key never interleave.
+        let raw = algorithm::refund(limit.algorithm(), e.state_mut(), now, p, cost, at);
+        if e.stored.is_none() {
             slot.remove();
             self.remove_at(inner, i);
         } else {
             // Sooner than before: `reclaim_at` may now be late, which only delays reclaiming
             // this entry's room to the next sweep.
-            e.expires = now.saturating_add(raw.reset_after);
+            e.set_expires(now.saturating_add(raw.reset_after));
         }
         raw
     }
@@ -464,9 +514,9 @@ impl<C: Clock> MemoryStore<C> {
         let before = inner.entries.len();
         let mut soonest = u64::MAX;
         self.retain(inner, |e| {
-            let keep = e.expires > now;
+            let keep = e.expires() > now;
             if keep {
-                soonest = soonest.min(e.expires);
+                soonest = soonest.min(e.expires());
             }
             keep
         });
@@ -554,6 +604,11 @@ impl<C: Clock> MemoryStore<C> {
         let h = self.hasher.hash_one(key);
         // The shard comes from bits the table does not use for its own buckets.
         let shard = &self.shards[usize::try_from((h >> 40) & self.mask).unwrap_or(0)];
+        if let [limit] = limits
+            && let Some(raw) = fast::check_one_gcra(shard, key, h, limit, now, cost, commit)
+        {
+            return Ok(Decision::single(raw.snapshot(limit.nanos())));
+        }
         let mut inner = lock(shard);
         if now >= inner.next_sweep {
             self.sweep_shard(&mut inner, now);
@@ -613,12 +668,12 @@ impl<C: Clock> MemoryStore<C> {
         if let Ok(slot) = found {
             let i = *slot.get() as usize;
             let e = &mut entries[i];
-            let raw = algorithm::apply(limit.algorithm(), &mut e.state, now, p, cost, commit);
-            if e.state.is_none() {
+            let raw = algorithm::apply(limit.algorithm(), e.state_mut(), now, p, cost, commit);
+            if e.stored.is_none() {
                 slot.remove();
                 self.remove_at(inner, i);
             } else {
-                e.expires = now.saturating_add(raw.reset_after);
+                e.set_expires(now.saturating_add(raw.reset_after));
             }
             return raw;
         }
@@ -650,12 +705,7 @@ impl<C: Clock> MemoryStore<C> {
                 entries.reserve_exact(step.max(1));
             }
             let expires = now.saturating_add(raw.reset_after);
-            entries.push(Entry {
-                key: Key::new(key),
-                limit: id,
-                expires,
-                state: Some(state),
-            });
+            entries.push(Entry::new(key, id, expires, state));
             index.insert_unique(hash, pos(len), |&i| self.rehash(&entries[i as usize]));
             if !inner.rationed {
                 inner.reclaim_at = inner.reclaim_at.min(expires);
@@ -687,7 +737,7 @@ impl<C: Clock> MemoryStore<C> {
             let freed = self.sweep_shard(inner, now);
             let share = (self.per_shard / RECLAIM_SHARE).max(1);
             if freed < share && !inner.entries.is_empty() {
-                let mut expiries: Vec<u64> = inner.entries.iter().map(|e| e.expires).collect();
+                let mut expiries: Vec<u64> = inner.entries.iter().map(Entry::expires).collect();
                 let nth = share.min(expiries.len()) - 1;
                 let (_, &mut at, _) = expiries.select_nth_unstable(nth);
                 inner.reclaim_at = at;
@@ -702,21 +752,21 @@ impl<C: Clock> MemoryStore<C> {
             return false;
         }
         let evict = (len - self.per_shard * 7 / 8).max(1);
-        let mut expiries: Vec<u64> = inner.entries.iter().map(|e| e.expires).collect();
+        let mut expiries: Vec<u64> = inner.entries.iter().map(Entry::expires).collect();
         let (_, &mut threshold, _) = expiries.select_nth_unstable(evict - 1);
         let mut at_threshold = evict - expiries.iter().filter(|&&x| x < threshold).count();
         let mut soonest = u64::MAX;
         self.retain(inner, |e| {
-            let keep = if e.expires < threshold {
+            let keep = if e.expires() < threshold {
                 false
-            } else if e.expires == threshold && at_threshold > 0 {
+            } else if e.expires() == threshold && at_threshold > 0 {
                 at_threshold -= 1;
                 false
             } else {
                 true
             };
             if keep {
-                soonest = soonest.min(e.expires);
+                soonest = soonest.min(e.expires());
             }
             keep
         });
@@ -791,11 +841,12 @@ impl<C> fmt::Debug for MemoryStore<C> {
     }
 }
 
+/// A shard's write lock.
 #[inline]
-fn lock(shard: &Shard) -> MutexGuard<'_, Inner> {
+fn lock(shard: &Shard) -> RwLockWriteGuard<'_, Inner> {
     // A panic while holding a shard cannot leave an entry half-written (transitions are pure and
     // write back whole values), so a poisoned lock is still consistent.
-    shard.0.lock().unwrap_or_else(PoisonError::into_inner)
+    shard.0.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// For each limit, the position of the first limit with its id (its own when it is the first).

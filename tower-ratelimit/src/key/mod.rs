@@ -177,7 +177,12 @@ impl KeyExtractor for Header {
     fn extract_into(&self, parts: &Parts, out: &mut String) -> bool {
         match parts.headers.get(&self.name) {
             Some(value) if !value.is_empty() => {
-                push_compact(out, value.as_bytes());
+                // As `push_compact`: a plain key is visible ASCII, which `to_str` finds
+                // without a UTF-8 decoder.
+                match value.to_str() {
+                    Ok(plain) if is_plain(plain.as_bytes()) => out.push_str(plain),
+                    _ => push_hash(out, value.as_bytes()),
+                }
                 true
             }
             _ => false,
@@ -247,6 +252,14 @@ pub(crate) fn compact_tail(out: &mut String, start: usize) -> bool {
         out.push_str(&hashed);
     }
     true
+}
+
+/// Whether `extractor` is one of this module's extractors that write every key compact
+/// already ([`Header`] compacts what it reads, [`Global`] writes a plain constant), so that the
+/// layer need not look at the key again.
+pub(crate) fn writes_compact<K: KeyExtractor>(extractor: &K) -> bool {
+    let any: &dyn std::any::Any = extractor;
+    any.is::<Header>() || any.is::<Global>()
 }
 
 /// Kept as it is: 1 to [`MAX_KEY_LEN`] visible ASCII bytes, not starting with `#` (which marks
