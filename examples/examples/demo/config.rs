@@ -767,47 +767,22 @@ mod tests {
     fn bad_sentinel_settings_name_the_setting_and_value() {
         let master = ("REDIS_SENTINEL_MASTER", "mymaster");
         let sentinels = ("REDIS_SENTINELS", "127.0.0.1:26379");
+        // A bad value of one setting, the other one good: the error names the bad one.
+        let bad_sentinels = |v| (vec![("REDIS_SENTINELS", v), master], "REDIS_SENTINELS", v);
+        let bad_master = |v| {
+            let name = "REDIS_SENTINEL_MASTER";
+            (vec![sentinels, (name, v)], name, v)
+        };
         for (vars, setting, value) in [
             (vec![sentinels], "REDIS_SENTINELS", "127.0.0.1:26379"),
             (vec![master], "REDIS_SENTINEL_MASTER", "mymaster"),
-            (
-                vec![("REDIS_SENTINELS", "nohost"), master],
-                "REDIS_SENTINELS",
-                "nohost",
-            ),
-            (
-                vec![("REDIS_SENTINELS", " , "), master],
-                "REDIS_SENTINELS",
-                " , ",
-            ),
-            (
-                vec![("REDIS_SENTINELS", "127.0.0.1:0"), master],
-                "REDIS_SENTINELS",
-                "127.0.0.1:0",
-            ),
-            (
-                vec![("REDIS_SENTINELS", "redis://127.0.0.1:26379/3"), master],
-                "REDIS_SENTINELS",
-                "redis://127.0.0.1:26379/3",
-            ),
-            (
-                vec![sentinels, ("REDIS_SENTINEL_MASTER", "")],
-                "REDIS_SENTINEL_MASTER",
-                "",
-            ),
-            (
-                vec![sentinels, ("REDIS_SENTINEL_MASTER", "two words")],
-                "REDIS_SENTINEL_MASTER",
-                "two words",
-            ),
-            (
-                vec![
-                    sentinels,
-                    ("REDIS_SENTINEL_MASTER", "redis://mymaster:6379"),
-                ],
-                "REDIS_SENTINEL_MASTER",
-                "redis://mymaster:6379",
-            ),
+            bad_sentinels("nohost"),
+            bad_sentinels(" , "),
+            bad_sentinels("127.0.0.1:0"),
+            bad_sentinels("redis://127.0.0.1:26379/3"),
+            bad_master(""),
+            bad_master("two words"),
+            bad_master("redis://mymaster:6379"),
             (
                 vec![sentinels, master, ("REDIS_URL", "redis://127.0.0.1:6379")],
                 "REDIS_SENTINELS",
