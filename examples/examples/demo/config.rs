@@ -668,6 +668,17 @@ mod tests {
         Config::from_vars(vars).unwrap_err()
     }
 
+    /// `vars` are refused with an error that names `setting` and `value`, and says so first.
+    fn assert_names(vars: &[(&str, &str)], setting: &str, value: &str) {
+        let e = err(vars);
+        assert_eq!((e.setting(), e.value()), (setting, value), "{vars:?}: {e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("invalid {setting} `{value}`: ")),
+            "{e}"
+        );
+    }
+
     #[test]
     fn defaults_match_the_documented_table() {
         let c = Config::from_vars(&[]).unwrap();
@@ -798,13 +809,7 @@ mod tests {
                 "127.0.0.1:26379",
             ),
         ] {
-            let e = err(&vars);
-            assert_eq!((e.setting(), e.value()), (setting, value), "{vars:?}: {e}");
-            assert!(
-                e.to_string()
-                    .starts_with(&format!("invalid {setting} `{value}`: ")),
-                "{e}"
-            );
+            assert_names(&vars, setting, value);
         }
         // Passwords are masked in the errors.
         for (var, value) in [
@@ -1040,13 +1045,7 @@ limit = 1000
             ),
             (vec![("KEY_HEADER", "a:b")], "KEY_HEADER", "a:b"),
         ] {
-            let e = err(&vars);
-            assert_eq!((e.setting(), e.value()), (setting, value), "{vars:?}: {e}");
-            assert!(
-                e.to_string()
-                    .starts_with(&format!("invalid {setting} `{value}`: ")),
-                "{e}"
-            );
+            assert_names(&vars, setting, value);
         }
     }
 
