@@ -123,10 +123,11 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use axum::extract::ConnectInfo;
-    use http::Request;
+    use http::{Request, Response};
     use tower::ServiceExt;
 
-    fn attempt(user: &str, password: &str, ip: [u8; 4]) -> Request<Body> {
+    /// A login attempt of `user` with `password` from `ip`, sent to `app`.
+    async fn attempt(app: &Router, user: &str, password: &str, ip: [u8; 4]) -> Response<Body> {
         let credentials = STANDARD.encode(format!("{user}:{password}"));
         let mut req = Request::post("/login")
             .header(header::AUTHORIZATION, format!("Basic {credentials}"))
@@ -134,7 +135,7 @@ mod tests {
             .unwrap();
         req.extensions_mut()
             .insert(ConnectInfo(SocketAddr::from((ip, 40000))));
-        req
+        app.clone().oneshot(req).await.unwrap()
     }
 
     #[tokio::test]
@@ -142,35 +143,23 @@ mod tests {
         let app = app(Arc::new(MemoryStore::new()));
         let ip = [192, 0, 2, 1];
         for left in (0..PER_ACCOUNT).rev() {
-            let res = app
-                .clone()
-                .oneshot(attempt("ann", "hunter2", ip))
-                .await
-                .unwrap();
+            let res = attempt(&app, "ann", "hunter2", ip).await;
             assert_eq!(res.status(), StatusCode::OK);
             assert_eq!(
                 res.headers()["x-ratelimit-remaining"],
                 (left + 1).to_string()
             );
-            let res = app
-                .clone()
-                .oneshot(attempt("ann", "guess", ip))
-                .await
-                .unwrap();
+            let res = attempt(&app, "ann", "guess", ip).await;
             assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
             assert_eq!(res.headers()["x-ratelimit-remaining"], left.to_string());
         }
         // Locked: the right password is refused too, for the rest of the window.
-        let res = app
-            .clone()
-            .oneshot(attempt("ann", "hunter2", ip))
-            .await
-            .unwrap();
+        let res = attempt(&app, "ann", "hunter2", ip).await;
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(res.headers()["retry-after"], "900");
         // Another account from the same address has its own budget; the address has spent 5
         // of its 20 (the 429 was given back).
-        let res = app.oneshot(attempt("bob", "guess", ip)).await.unwrap();
+        let res = attempt(&app, "bob", "guess", ip).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
         let fields: Vec<_> = res.headers().get_all("ratelimit").iter().collect();
         assert_eq!(fields[0], r#""login-account";r=4;t=900"#);
@@ -182,24 +171,13 @@ mod tests {
         let app = app(Arc::new(MemoryStore::new()));
         let ip = [198, 51, 100, 7];
         for n in 0..PER_ADDRESS {
-            let res = app
-                .clone()
-                .oneshot(attempt(&format!("user{n}"), "guess", ip))
-                .await
-                .unwrap();
+            let res = attempt(&app, &format!("user{n}"), "guess", ip).await;
             assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
         }
-        let res = app
-            .clone()
-            .oneshot(attempt("ann", "hunter2", ip))
-            .await
-            .unwrap();
+        let res = attempt(&app, "ann", "hunter2", ip).await;
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         // ann herself, from elsewhere, is not locked out.
-        let res = app
-            .oneshot(attempt("ann", "hunter2", [192, 0, 2, 2]))
-            .await
-            .unwrap();
+        let res = attempt(&app, "ann", "hunter2", [192, 0, 2, 2]).await;
         assert_eq!(res.status(), StatusCode::OK);
     }
 }

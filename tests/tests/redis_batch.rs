@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use integration_tests::load::admitted_per_key;
 use integration_tests::replay::{Rng, SnapshotMicros, snapshot_micros};
-use integration_tests::{RedisCluster, RedisServer, redis_available};
+use integration_tests::{RedisCluster, RedisServer, Relay, redis_available};
 use rate_limit_core::{
     Algorithm, Decision, Limit, ManualClock, MemoryStore, Quota, RedisStore, Store, StoreErrorKind,
     conformance,
@@ -563,7 +563,7 @@ async fn batches_on_a_cluster_never_cross_slots() {
 
     // A cluster connection of a type the store does not know: the first batch over several
     // slots answers CROSSSLOT, and is sent again one call per slot.
-    let conn = Wrapped(patient_connection(&cluster, patient).await);
+    let conn = Relay::new(patient_connection(&cluster, patient).await);
     let store = RedisStore::builder(conn)
         .prefix("w")
         .response_timeout(patient);
@@ -598,32 +598,6 @@ where
     assert_eq!(per_key.len(), 300);
     for (key, n) in per_key {
         assert_eq!(n, 3, "{key} admitted {n} of 8");
-    }
-}
-
-/// A cluster connection behind a type of its own.
-#[derive(Clone)]
-struct Wrapped(ClusterConnection);
-
-impl ConnectionLike for Wrapped {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        self.0.req_packed_command(cmd)
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        self.0.req_packed_commands(pipeline, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.0.get_db()
     }
 }
 

@@ -4,11 +4,11 @@
 #![allow(clippy::disallowed_methods)] // wall-clock latency of each call is what is measured
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use integration_tests::failover::{Rec, check_until_stopped, nz};
 use integration_tests::{MASTER_NAME, RedisSentinels, redis_available};
 use rate_limit_core::resilience::{CircuitBreaker, DecidedBy, Fallback, Timeout};
 use rate_limit_core::{
@@ -24,10 +24,6 @@ const INSTANCES: u32 = 2;
 const TASKS: usize = 4;
 /// Each call's budget (the `Timeout`).
 const BUDGET: Duration = Duration::from_millis(100);
-
-fn nz(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap()
-}
 
 fn limits() -> [Limit; 1] {
     [Limit::new(
@@ -57,16 +53,6 @@ fn stack(set: &RedisSentinels) -> Stack {
     Fallback::new(breaker, MemoryStore::new(), nz(INSTANCES))
 }
 
-#[derive(Clone, Copy)]
-struct Rec {
-    instance: usize,
-    key: usize,
-    started: Duration,
-    latency: Duration,
-    /// `None`: the check failed.
-    outcome: Option<(DecidedBy, bool)>,
-}
-
 #[derive(Default)]
 struct Progress {
     /// Keys Redis has denied at least once.
@@ -85,36 +71,33 @@ async fn load(
     progress: Arc<Progress>,
 ) -> Vec<Rec> {
     let keys: Vec<String> = (0..KEYS).map(|k| format!("sentinel-{k}")).collect();
-    let mut recs = Vec::new();
     let mut i = task;
-    while !progress.stop.load(Ordering::Relaxed) {
-        let key = i % KEYS;
+    let next = || {
         i += 1;
-        let started = t0.elapsed();
-        let got = stack.check_traced(&keys[key], &limits(), nz(1)).await;
-        let latency = t0.elapsed() - started;
-        let outcome = got.ok().map(|(d, by)| (by, d.is_allowed()));
-        if let Some((DecidedBy::Primary, allowed)) = outcome {
+        (i - 1) % KEYS
+    };
+    let seen = |r: &Rec| {
+        if let Some((DecidedBy::Primary, allowed)) = r.outcome {
             if !allowed {
-                progress.denied.lock().unwrap()[key] = true;
+                progress.denied.lock().unwrap()[r.key] = true;
             }
             let killed = *progress.killed_at.lock().unwrap();
-            if killed.is_some_and(|k| started > k) {
+            if killed.is_some_and(|k| r.started > k) {
                 progress.after_kill[instance].fetch_add(1, Ordering::Relaxed);
             }
         }
-        recs.push(Rec {
-            instance,
-            key,
-            started,
-            latency,
-            outcome,
-        });
-        // A local decision (the breaker open) completes without waiting: yield, so that the
-        // runtime's timers and the test's own task keep running.
-        tokio::task::yield_now().await;
-    }
-    recs
+    };
+    check_until_stopped(
+        &stack,
+        instance,
+        &keys,
+        &limits(),
+        t0,
+        &progress.stop,
+        next,
+        seen,
+    )
+    .await
 }
 
 fn replication_offset(info: &str, field: &str) -> Option<u64> {

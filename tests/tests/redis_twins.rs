@@ -16,7 +16,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use integration_tests::replay::{Rng, SnapshotMicros, snapshot_micros};
-use integration_tests::{RedisServer, redis_available};
+use integration_tests::{RedisServer, Relay, redis_available};
 use rate_limit_core::{
     Algorithm, Charge, Clock, Decision, Limit, ManualClock, MemoryStore, Quota, RedisStore, Store,
 };
@@ -115,7 +115,7 @@ async fn twins(server: &RedisServer, deny_cache: usize, compare: Compare) -> (us
     let conn = client.get_multiplexed_async_connection().await.unwrap();
     let start = Duration::from_secs(1_800_000_000);
     let clock = ManualClock::new(start);
-    let redis = RedisStore::builder(Persisting(conn))
+    let redis = RedisStore::builder(Relay::with(conn, persisting))
         .prefix(format!("twins{deny_cache}"))
         .clock(clock.clone())
         .deny_cache(std::num::NonZeroUsize::new(deny_cache))
@@ -212,51 +212,34 @@ async fn twins(server: &RedisServer, deny_cache: usize, compare: Compare) -> (us
     (steps, cached)
 }
 
-/// A connection that sends `PERSIST` of a script call's keys in the same pipeline, right behind
+/// Sends a command, and `PERSIST` of a script call's keys in the same pipeline, right behind
 /// it: expiry runs on the server's real time, not on the test's manual clock, and a state a few
 /// microseconds from full (as a refund often leaves one) expires within a millisecond. Every
 /// key is kept, so that only the transitions are compared (expiry has tests of its own).
-#[derive(Clone)]
-struct Persisting(redis::aio::MultiplexedConnection);
-
-impl redis::aio::ConnectionLike for Persisting {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        let args: Vec<Vec<u8>> = cmd
-            .args_iter()
-            .map(|a| match a {
-                redis::Arg::Simple(b) => b.to_vec(),
-                _ => Vec::new(),
-            })
-            .collect();
-        if args.first().map(Vec::as_slice) != Some(b"FCALL".as_slice()) {
-            return self.0.req_packed_command(cmd);
-        }
-        let n: usize = String::from_utf8_lossy(&args[2]).parse().unwrap();
-        let mut pipe = redis::pipe();
-        pipe.add_command(cmd.clone());
-        for key in &args[3..3 + n] {
-            pipe.cmd("PERSIST").arg(key.as_slice());
-        }
-        Box::pin(async move {
-            let mut replies = self.0.req_packed_commands(&pipe, 0, 1 + n).await?;
-            replies.truncate(1);
-            replies.pop().unwrap().extract_error()
+fn persisting<'a>(
+    conn: &'a mut redis::aio::MultiplexedConnection,
+    cmd: &'a redis::Cmd,
+) -> redis::RedisFuture<'a, redis::Value> {
+    use redis::aio::ConnectionLike;
+    let args: Vec<Vec<u8>> = cmd
+        .args_iter()
+        .map(|a| match a {
+            redis::Arg::Simple(b) => b.to_vec(),
+            _ => Vec::new(),
         })
+        .collect();
+    if args.first().map(Vec::as_slice) != Some(b"FCALL".as_slice()) {
+        return conn.req_packed_command(cmd);
     }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        self.0.req_packed_commands(pipeline, offset, count)
+    let n: usize = String::from_utf8_lossy(&args[2]).parse().unwrap();
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd.clone());
+    for key in &args[3..3 + n] {
+        pipe.cmd("PERSIST").arg(key.as_slice());
     }
-
-    fn get_db(&self) -> i64 {
-        self.0.get_db()
-    }
+    Box::pin(async move {
+        let mut replies = conn.req_packed_commands(&pipe, 0, 1 + n).await?;
+        replies.truncate(1);
+        replies.pop().unwrap().extract_error()
+    })
 }

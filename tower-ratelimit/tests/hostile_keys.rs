@@ -2,85 +2,22 @@
 
 mod common;
 
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::*;
 use http::{HeaderName, HeaderValue, Request};
 use proptest::prelude::*;
-use rate_limit_core::{
-    Algorithm, BoxFuture, Decision, Limit, MemoryStore, Quota, Store, StoreError,
-};
+use rate_limit_core::{Algorithm, Limit, MemoryStore, Quota};
 use tower::ServiceBuilder;
 use tower_ratelimit::key::{ApiKey, ForwardedIp, Header, KeyExtractor, MAX_KEY_LEN, PeerIp};
 use tower_ratelimit::{Policy, RateLimitLayer};
 
 /// A memory store that remembers every key it was asked about. It decides through its future,
 /// or also in place (`try_check_now`) when built with `in_place`.
-#[derive(Clone)]
-struct Recording {
-    inner: Arc<MemoryStore>,
-    keys: Arc<Mutex<Vec<String>>>,
-    in_place: bool,
-}
+type Recording = Double<Arc<MemoryStore>>;
 
-impl Recording {
-    fn new() -> Self {
-        Self {
-            inner: Arc::new(MemoryStore::new()),
-            keys: Arc::default(),
-            in_place: false,
-        }
-    }
-
-    fn in_place() -> Self {
-        Self {
-            in_place: true,
-            ..Self::new()
-        }
-    }
-
-    fn keys(&self) -> Vec<String> {
-        self.keys.lock().unwrap().clone()
-    }
-}
-
-impl Store for Recording {
-    fn try_check_now(
-        &self,
-        key: &str,
-        limits: &[Limit],
-        cost: NonZeroU32,
-    ) -> Option<Result<Decision, StoreError>> {
-        if !self.in_place {
-            return None;
-        }
-        self.keys.lock().unwrap().push(key.to_owned());
-        self.inner.try_check_now(key, limits, cost)
-    }
-
-    fn check<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        self.keys.lock().unwrap().push(key.to_owned());
-        self.inner.check(key, limits, cost)
-    }
-
-    fn peek<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        self.inner.peek(key, limits, cost)
-    }
-
-    fn backend(&self) -> &'static str {
-        "recording"
-    }
+fn recording() -> Recording {
+    Double::new(Arc::new(MemoryStore::new())).named("recording")
 }
 
 /// Every key a store sees is short, visible ASCII.
@@ -95,7 +32,7 @@ fn assert_compact(key: &str) {
 
 #[tokio::test]
 async fn ten_kilobyte_header_is_hashed_and_keeps_its_own_budget() {
-    let rec = Recording::new();
+    let rec = recording();
     let layer =
         RateLimitLayer::new(rec.clone(), Quota::per_minute(nz(1))).key(Header::new("x-client"));
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
@@ -125,7 +62,7 @@ async fn ten_kilobyte_header_is_hashed_and_keeps_its_own_budget() {
 /// key keeps anything of the one before, whichever path each took.
 #[tokio::test]
 async fn store_keys_carry_nothing_of_the_request_before() {
-    for rec in [Recording::new(), Recording::in_place()] {
+    for rec in [recording(), recording().in_place()] {
         let premium = Policy::new(
             "premium",
             [Limit::new(Quota::per_minute(nz(5)), Algorithm::Gcra)],
@@ -141,20 +78,20 @@ async fn store_keys_carry_nothing_of_the_request_before() {
             assert_eq!(res.status(), 200);
         }
         let keys = rec.keys();
-        assert_eq!(keys.len(), 5, "in place: {}", rec.in_place);
+        assert_eq!(keys.len(), 5, "in place: {}", rec.is_in_place());
         assert!(keys[0].starts_with("default:#"), "{}", keys[0]);
         assert_eq!(
             keys[1..],
             ["default:b", "premium:vip", "default:c", "premium:vip"],
             "in place: {}",
-            rec.in_place
+            rec.is_in_place()
         );
     }
 }
 
 #[tokio::test]
 async fn non_utf8_header_values_work() {
-    let rec = Recording::new();
+    let rec = recording();
     let layer =
         RateLimitLayer::new(rec.clone(), Quota::per_minute(nz(1))).key(Header::new("x-client"));
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
@@ -181,7 +118,7 @@ async fn non_utf8_header_values_work() {
 
 #[tokio::test]
 async fn api_keys_never_reach_the_store_in_clear() {
-    let rec = Recording::new();
+    let rec = recording();
     let layer = RateLimitLayer::new(rec.clone(), Quota::per_minute(nz(5))).key(ApiKey::new());
     let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
     send(
@@ -305,7 +242,7 @@ proptest! {
     #[test]
     fn closure_keys_are_compacted(key in ".{0,300}") {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let rec = Recording::new();
+        let rec = recording();
         let k = key.clone();
         let layer = RateLimitLayer::new(rec.clone(), Quota::per_minute(nz(5)))
             .key(move |_: &http::request::Parts| Some(k.clone()));

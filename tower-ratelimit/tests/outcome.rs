@@ -71,6 +71,13 @@ fn handler(calls: Arc<AtomicUsize>) -> impl LoginService {
     })
 }
 
+/// `layer` in front of a login handler of its own.
+fn login_service(layer: RateLimitLayer) -> impl LoginService {
+    ServiceBuilder::new()
+        .layer(layer)
+        .service(handler(Arc::default()))
+}
+
 fn attempt(account: &str, password: &str) -> Request<String> {
     Request::post("/login")
         .header("x-account", account)
@@ -114,9 +121,9 @@ async fn successes_interleaved_with_failures_are_never_counted() {
     let login = Login::default();
     let svc = ServiceBuilder::new().layer(layer).service(login.service());
     for round in 0..5 {
-        let res = svc.clone().oneshot(attempt("ann", "right")).await.unwrap();
+        let res = send(&svc, attempt("ann", "right")).await;
         assert_eq!(res.status(), StatusCode::OK, "success {round}");
-        let res = svc.clone().oneshot(attempt("ann", "wrong")).await.unwrap();
+        let res = send(&svc, attempt("ann", "wrong")).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "failure {round}");
         assert_eq!(
             header(&res, "x-ratelimit-remaining"),
@@ -130,7 +137,7 @@ async fn successes_interleaved_with_failures_are_never_counted() {
     );
     // The five failures spent the quota: the right password is refused too.
     for password in ["right", "wrong"] {
-        let res = svc.clone().oneshot(attempt("ann", password)).await.unwrap();
+        let res = send(&svc, attempt("ann", password)).await;
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     }
     assert_eq!(login.calls(), 10);
@@ -143,16 +150,16 @@ async fn once_failures_spend_the_quota_every_attempt_is_denied_until_the_window_
     let login = Login::default();
     let svc = ServiceBuilder::new().layer(layer).service(login.service());
     for _ in 0..5 {
-        let res = svc.clone().oneshot(attempt("ann", "wrong")).await.unwrap();
+        let res = send(&svc, attempt("ann", "wrong")).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
         clock.advance(Duration::from_secs(60));
     }
     // 5 minutes after the first failure: 10 more to wait, for the right password as well.
-    let res = svc.clone().oneshot(attempt("ann", "right")).await.unwrap();
+    let res = send(&svc, attempt("ann", "right")).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&res, "retry-after"), Some("600"));
     clock.advance(Duration::from_secs(600) - Duration::from_millis(1));
-    let res = svc.clone().oneshot(attempt("ann", "right")).await.unwrap();
+    let res = send(&svc, attempt("ann", "right")).await;
     assert_eq!(
         res.status(),
         StatusCode::TOO_MANY_REQUESTS,
@@ -160,12 +167,12 @@ async fn once_failures_spend_the_quota_every_attempt_is_denied_until_the_window_
     );
     clock.advance(Duration::from_millis(1));
     // The first failure has left the window: one attempt, and a success is given back again.
-    let res = svc.clone().oneshot(attempt("ann", "right")).await.unwrap();
+    let res = send(&svc, attempt("ann", "right")).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(header(&res, "x-ratelimit-remaining"), Some("1"));
-    let res = svc.clone().oneshot(attempt("ann", "wrong")).await.unwrap();
+    let res = send(&svc, attempt("ann", "wrong")).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    let res = svc.clone().oneshot(attempt("ann", "wrong")).await.unwrap();
+    let res = send(&svc, attempt("ann", "wrong")).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(login.calls(), 7);
 }
@@ -174,11 +181,9 @@ async fn once_failures_spend_the_quota_every_attempt_is_denied_until_the_window_
 async fn headers_after_a_refund_show_the_restored_budget() {
     let clock = clock();
     let (store, layer) = login_layer(&clock, Algorithm::FixedWindow);
-    let svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(Login::default().service());
-    svc.clone().oneshot(attempt("ann", "wrong")).await.unwrap();
-    let res = svc.clone().oneshot(attempt("ann", "right")).await.unwrap();
+    let svc = login_service(layer.clone());
+    send(&svc, attempt("ann", "wrong")).await;
+    let res = send(&svc, attempt("ann", "right")).await;
     assert_eq!(res.status(), StatusCode::OK);
     // The check left 3; the refund gave one back.
     assert_eq!(header(&res, "x-ratelimit-limit"), Some("5"));
@@ -233,64 +238,21 @@ async fn an_inner_error_keeps_its_charge() {
     assert_eq!(budget(&*store, &layer, "ann").await.remaining(), 4);
 }
 
-/// A memory store whose refunds fail: a store that lost its connection after the check.
-struct NoRefund(MemoryStore<ManualClock>);
-
-impl Store for NoRefund {
-    fn check<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        self.0.check(key, limits, cost)
-    }
-
-    fn try_check_now(
-        &self,
-        key: &str,
-        limits: &[Limit],
-        cost: NonZeroU32,
-    ) -> Option<Result<Decision, StoreError>> {
-        self.0.try_check_now(key, limits, cost)
-    }
-
-    fn peek<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        self.0.peek(key, limits, cost)
-    }
-
-    fn refund<'a>(
-        &'a self,
-        _key: &'a str,
-        _limits: &'a [Limit],
-        _charge: Charge,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        let cause = std::io::Error::other("connection reset by the test");
-        let err = StoreError::new(StoreErrorKind::Connection, "refund").with_source(cause);
-        Box::pin(async move { Err(err) })
-    }
-
-    fn backend(&self) -> &'static str {
-        "no-refund"
-    }
-}
-
 #[test]
 fn a_failed_refund_still_returns_the_response_with_the_check_headers() {
     let clock = clock();
     let quota = Quota::with_period(5, Duration::from_secs(900)).unwrap();
-    let layer = RateLimitLayer::new(NoRefund(store(&clock)), quota)
-        .algorithm(Algorithm::FixedWindow)
-        .clock(clock.clone());
+    let layer = RateLimitLayer::new(
+        Double::new(store(&clock))
+            .in_place()
+            .failing_refunds()
+            .named("no-refund"),
+        quota,
+    )
+    .algorithm(Algorithm::FixedWindow)
+    .clock(clock.clone());
     let layer = failures_only(layer);
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(Login::default().service());
+    let svc = login_service(layer);
     let logs = Capture::default();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
@@ -298,7 +260,7 @@ fn a_failed_refund_still_returns_the_response_with_the_check_headers() {
         logs.during(|| {
             runtime().block_on(async {
                 for left in ["4", "3", "2"] {
-                    let res = svc.clone().oneshot(attempt("ann", "right")).await.unwrap();
+                    let res = send(&svc, attempt("ann", "right")).await;
                     assert_eq!(res.status(), StatusCode::OK);
                     assert_eq!(header(&res, "x-ratelimit-remaining"), Some(left));
                     let decision = res.extensions().get::<Decision>().unwrap();
@@ -469,7 +431,7 @@ async fn the_refund_gives_back_exactly_the_key_limits_and_cost_that_were_charged
     let req = Request::get("/route")
         .header("x-account", "ann")
         .body(String::new());
-    let res = svc.oneshot(req.unwrap()).await.unwrap();
+    let res = send(&svc, req.unwrap()).await;
     assert_eq!(res.status(), StatusCode::OK);
     let refunds = tally.refunds();
     assert_eq!(refunds.len(), 1);
@@ -492,56 +454,21 @@ async fn refused_skipped_free_and_shadowed_requests_give_nothing_back() {
     ))
     .skip(|parts| parts.method == Method::OPTIONS)
     .cost(|parts| u32::from(parts.uri.path() != "/free"));
-    let svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(Login::default().service());
+    let svc = login_service(layer.clone());
     // One failure spends the quota; the rest are refused, skipped or free.
-    assert_eq!(
-        svc.clone()
-            .oneshot(attempt("ann", "wrong"))
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        svc.clone()
-            .oneshot(attempt("ann", "right"))
-            .await
-            .unwrap()
-            .status(),
-        429
-    );
+    assert_eq!(send(&svc, attempt("ann", "wrong")).await.status(), 401);
+    assert_eq!(send(&svc, attempt("ann", "right")).await.status(), 429);
     let options = Request::options("/login")
         .header("x-account", "ann")
         .body(String::from("right"));
-    assert_eq!(
-        svc.clone()
-            .oneshot(options.unwrap())
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(send(&svc, options.unwrap()).await.status(), 200);
     let free = Request::post("/free")
         .header("x-account", "ann")
         .body(String::from("right"));
-    assert_eq!(
-        svc.clone().oneshot(free.unwrap()).await.unwrap().status(),
-        200
-    );
+    assert_eq!(send(&svc, free.unwrap()).await.status(), 200);
     // Shadow mode lets a denied request through, uncharged: nothing to give back.
-    let shadow = ServiceBuilder::new()
-        .layer(layer.shadow(true))
-        .service(Login::default().service());
-    assert_eq!(
-        shadow
-            .oneshot(attempt("ann", "right"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let shadow = login_service(layer.shadow(true));
+    assert_eq!(send(&shadow, attempt("ann", "right")).await.status(), 200);
     assert!(tally.refunds().is_empty(), "{:?}", tally.refunds());
 }
 
@@ -551,13 +478,11 @@ fn a_failed_open_request_gives_nothing_back() {
         FailingStore(StoreErrorKind::Timeout),
         Quota::per_minute(1),
     ));
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(Login::default().service());
+    let svc = login_service(layer);
     let logs = Capture::default();
     logs.during(|| {
         runtime().block_on(async {
-            let res = svc.oneshot(attempt("ann", "right")).await.unwrap();
+            let res = send(&svc, attempt("ann", "right")).await;
             assert_eq!(res.status(), StatusCode::OK);
         });
     });
@@ -573,73 +498,11 @@ async fn without_count_if_every_allowed_request_counts() {
     let tally = Arc::new(Tally::default());
     let layer =
         RateLimitLayer::new(Arc::clone(&tally), Quota::per_minute(2)).key(Header::new("x-account"));
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(Login::default().service());
-    assert_eq!(
-        svc.clone()
-            .oneshot(attempt("ann", "right"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        svc.clone()
-            .oneshot(attempt("ann", "wrong"))
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        svc.oneshot(attempt("ann", "right")).await.unwrap().status(),
-        429
-    );
+    let svc = login_service(layer);
+    assert_eq!(send(&svc, attempt("ann", "right")).await.status(), 200);
+    assert_eq!(send(&svc, attempt("ann", "wrong")).await.status(), 401);
+    assert_eq!(send(&svc, attempt("ann", "right")).await.status(), 429);
     assert!(tally.refunds().is_empty());
-}
-
-/// A memory store that answers only through its futures, each after a yield: as a remote
-/// store does, the refund reaches it some time after it was sent.
-struct Remote(MemoryStore);
-
-impl Store for Remote {
-    fn check<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        Box::pin(async move {
-            tokio::task::yield_now().await;
-            self.0.check(key, limits, cost).await
-        })
-    }
-
-    fn peek<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        self.0.peek(key, limits, cost)
-    }
-
-    fn refund<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        charge: Charge,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        Box::pin(async move {
-            tokio::task::yield_now().await;
-            self.0.refund(key, limits, charge).await
-        })
-    }
-
-    fn backend(&self) -> &'static str {
-        "remote"
-    }
 }
 
 #[tokio::test]
@@ -653,11 +516,9 @@ async fn with_real_clocks_a_sliding_log_gives_back_the_entry_the_check_made() {
         failures_only(layer)
     };
     let in_place = layer(Arc::new(MemoryStore::new()));
-    let remote = layer(Arc::new(Remote(MemoryStore::new())));
+    let remote = layer(Arc::new(Double::new(MemoryStore::new()).waiting()));
     for layer in [in_place, remote] {
-        let svc = ServiceBuilder::new()
-            .layer(layer)
-            .service(Login::default().service());
+        let svc = login_service(layer);
         for i in 0..100 {
             let account = format!("user{i}");
             let res = svc
@@ -674,15 +535,13 @@ async fn with_real_clocks_a_sliding_log_gives_back_the_entry_the_check_made() {
 fn refunds_are_counted_by_policy_and_result() {
     let clock = clock();
     let (_store, layer) = login_layer(&clock, Algorithm::FixedWindow);
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(Login::default().service());
+    let svc = login_service(layer);
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
         runtime().block_on(async {
             for password in ["right", "wrong", "right"] {
-                svc.clone().oneshot(attempt("ann", password)).await.unwrap();
+                send(&svc, attempt("ann", password)).await;
             }
         });
     });

@@ -536,7 +536,7 @@ async fn deciding_in_place_and_waiting_answer_alike() {
         .key(Header::new("x-client"))
         .clock(clock_a.clone())
         .decision_extensions(true);
-    let waiting = RateLimitLayer::new(Waiting(store(&clock_b)), fixed(3))
+    let waiting = RateLimitLayer::new(Double::new(store(&clock_b)).waiting(), fixed(3))
         .algorithm(Algorithm::SlidingWindow)
         .key(Header::new("x-client"))
         .clock(clock_b.clone())

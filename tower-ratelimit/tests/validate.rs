@@ -3,52 +3,22 @@
 
 mod common;
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
-use common::nz;
-use rate_limit_core::{
-    Algorithm, BoxFuture, ConfigError, Decision, Limit, MemoryStore, Quota, Store, StoreError,
-};
+use common::{Double, nz};
+use rate_limit_core::{Algorithm, Limit, MemoryStore, Quota};
 use tower_ratelimit::{Policy, RateLimitLayer};
 
 /// A store that cannot count spans shorter than a millisecond, as a store with coarse ticks.
-struct Coarse(MemoryStore);
-
-impl Store for Coarse {
-    fn check<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        self.0.check(key, limits, cost)
-    }
-
-    fn peek<'a>(
-        &'a self,
-        key: &'a str,
-        limits: &'a [Limit],
-        cost: NonZeroU32,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        self.0.peek(key, limits, cost)
-    }
-
-    fn backend(&self) -> &'static str {
-        "coarse"
-    }
-
-    fn validate(&self, limit: &Limit) -> Result<(), ConfigError> {
-        if limit.quota().emission_interval() < Duration::from_millis(1) {
-            return Err(ConfigError::new("limit", limit, "below this store's tick"));
-        }
-        Ok(())
-    }
+fn coarse() -> Double<MemoryStore> {
+    Double::new(MemoryStore::new())
+        .tick(Duration::from_millis(1))
+        .named("coarse")
 }
 
 #[test]
 fn validate_asks_the_store_about_every_limit() {
-    let layer = RateLimitLayer::new(Coarse(MemoryStore::new()), Quota::per_second(nz(10)));
+    let layer = RateLimitLayer::new(coarse(), Quota::per_second(nz(10)));
     assert!(layer.validate().is_ok());
     // The second limit is the one the store refuses: it is named.
     let fast = Quota::per_second(nz(5_000));

@@ -668,6 +668,17 @@ mod tests {
         Config::from_vars(vars).unwrap_err()
     }
 
+    /// `vars` are refused with an error that names `setting` and `value`, and says so first.
+    fn assert_names(vars: &[(&str, &str)], setting: &str, value: &str) {
+        let e = err(vars);
+        assert_eq!((e.setting(), e.value()), (setting, value), "{vars:?}: {e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("invalid {setting} `{value}`: ")),
+            "{e}"
+        );
+    }
+
     #[test]
     fn defaults_match_the_documented_table() {
         let c = Config::from_vars(&[]).unwrap();
@@ -767,47 +778,22 @@ mod tests {
     fn bad_sentinel_settings_name_the_setting_and_value() {
         let master = ("REDIS_SENTINEL_MASTER", "mymaster");
         let sentinels = ("REDIS_SENTINELS", "127.0.0.1:26379");
+        // A bad value of one setting, the other one good: the error names the bad one.
+        let bad_sentinels = |v| (vec![("REDIS_SENTINELS", v), master], "REDIS_SENTINELS", v);
+        let bad_master = |v| {
+            let name = "REDIS_SENTINEL_MASTER";
+            (vec![sentinels, (name, v)], name, v)
+        };
         for (vars, setting, value) in [
             (vec![sentinels], "REDIS_SENTINELS", "127.0.0.1:26379"),
             (vec![master], "REDIS_SENTINEL_MASTER", "mymaster"),
-            (
-                vec![("REDIS_SENTINELS", "nohost"), master],
-                "REDIS_SENTINELS",
-                "nohost",
-            ),
-            (
-                vec![("REDIS_SENTINELS", " , "), master],
-                "REDIS_SENTINELS",
-                " , ",
-            ),
-            (
-                vec![("REDIS_SENTINELS", "127.0.0.1:0"), master],
-                "REDIS_SENTINELS",
-                "127.0.0.1:0",
-            ),
-            (
-                vec![("REDIS_SENTINELS", "redis://127.0.0.1:26379/3"), master],
-                "REDIS_SENTINELS",
-                "redis://127.0.0.1:26379/3",
-            ),
-            (
-                vec![sentinels, ("REDIS_SENTINEL_MASTER", "")],
-                "REDIS_SENTINEL_MASTER",
-                "",
-            ),
-            (
-                vec![sentinels, ("REDIS_SENTINEL_MASTER", "two words")],
-                "REDIS_SENTINEL_MASTER",
-                "two words",
-            ),
-            (
-                vec![
-                    sentinels,
-                    ("REDIS_SENTINEL_MASTER", "redis://mymaster:6379"),
-                ],
-                "REDIS_SENTINEL_MASTER",
-                "redis://mymaster:6379",
-            ),
+            bad_sentinels("nohost"),
+            bad_sentinels(" , "),
+            bad_sentinels("127.0.0.1:0"),
+            bad_sentinels("redis://127.0.0.1:26379/3"),
+            bad_master(""),
+            bad_master("two words"),
+            bad_master("redis://mymaster:6379"),
             (
                 vec![sentinels, master, ("REDIS_URL", "redis://127.0.0.1:6379")],
                 "REDIS_SENTINELS",
@@ -823,13 +809,7 @@ mod tests {
                 "127.0.0.1:26379",
             ),
         ] {
-            let e = err(&vars);
-            assert_eq!((e.setting(), e.value()), (setting, value), "{vars:?}: {e}");
-            assert!(
-                e.to_string()
-                    .starts_with(&format!("invalid {setting} `{value}`: ")),
-                "{e}"
-            );
+            assert_names(&vars, setting, value);
         }
         // Passwords are masked in the errors.
         for (var, value) in [
@@ -1065,13 +1045,7 @@ limit = 1000
             ),
             (vec![("KEY_HEADER", "a:b")], "KEY_HEADER", "a:b"),
         ] {
-            let e = err(&vars);
-            assert_eq!((e.setting(), e.value()), (setting, value), "{vars:?}: {e}");
-            assert!(
-                e.to_string()
-                    .starts_with(&format!("invalid {setting} `{value}`: ")),
-                "{e}"
-            );
+            assert_names(&vars, setting, value);
         }
     }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use rate_limit_core::{
-    BoxFuture, Decision, Limit, ManualClock, MemoryStore, Store, StoreError, StoreErrorKind,
+    BoxFuture, Charge, ConfigError, Decision, Limit, ManualClock, MemoryStore, Store, StoreError,
+    StoreErrorKind,
 };
 use tower::{Service, ServiceExt};
 
@@ -108,21 +109,115 @@ impl Store for FailingStore {
     }
 }
 
-/// A store that always waits: it forwards to `inner` through `check` and never answers in place
-/// (the default `try_check_now`), so the layer takes its boxed, waiting path.
-#[derive(Debug)]
-pub struct Waiting<S>(pub S);
+/// A store double: it forwards to `inner`, altered by the methods that build it, and keeps
+/// every key it was asked to charge (clones share the list).
+#[derive(Debug, Clone)]
+pub struct Double<S> {
+    inner: S,
+    in_place: bool,
+    waits: bool,
+    failing_refunds: bool,
+    tick: Option<Duration>,
+    backend: Option<&'static str>,
+    keys: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
 
-impl<S: Store> Store for Waiting<S> {
+impl<S: Store> Double<S> {
+    /// Forwards checks, peeks and refunds through their futures; never answers in place (the
+    /// default `try_check_now` and `try_refund_now`).
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            in_place: false,
+            waits: false,
+            failing_refunds: false,
+            tick: None,
+            backend: None,
+            keys: std::sync::Arc::default(),
+        }
+    }
+
+    /// Also answers checks in place (`try_check_now`), when `inner` does.
+    pub fn in_place(self) -> Self {
+        Self {
+            in_place: true,
+            ..self
+        }
+    }
+
+    /// Whether it answers checks in place.
+    pub fn is_in_place(&self) -> bool {
+        self.in_place
+    }
+
+    /// Always waits: each check and refund yields before it reaches `inner`, so the layer takes
+    /// its boxed, waiting path, and, as with a remote store, a refund reaches it some time
+    /// after it was sent.
+    pub fn waiting(self) -> Self {
+        Self {
+            waits: true,
+            ..self
+        }
+    }
+
+    /// Every refund fails, as a store that lost its connection after the check: a connection
+    /// error whose cause is "connection reset by the test".
+    pub fn failing_refunds(self) -> Self {
+        Self {
+            failing_refunds: true,
+            ..self
+        }
+    }
+
+    /// Refuses (in `validate`) a limit whose emission interval is shorter than `tick`, as a
+    /// store with coarse ticks.
+    pub fn tick(self, tick: Duration) -> Self {
+        Self {
+            tick: Some(tick),
+            ..self
+        }
+    }
+
+    /// Its backend name (for metrics); `inner`'s when not set.
+    pub fn named(self, backend: &'static str) -> Self {
+        Self {
+            backend: Some(backend),
+            ..self
+        }
+    }
+
+    /// Every key it was asked to charge, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.keys.lock().unwrap().clone()
+    }
+}
+
+impl<S: Store> Store for Double<S> {
+    fn try_check_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Option<Result<Decision, StoreError>> {
+        if !self.in_place {
+            return None;
+        }
+        self.keys.lock().unwrap().push(key.to_owned());
+        self.inner.try_check_now(key, limits, cost)
+    }
+
     fn check<'a>(
         &'a self,
         key: &'a str,
         limits: &'a [Limit],
         cost: NonZeroU32,
     ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        self.keys.lock().unwrap().push(key.to_owned());
         Box::pin(async move {
-            tokio::task::yield_now().await;
-            self.0.check(key, limits, cost).await
+            if self.waits {
+                tokio::task::yield_now().await;
+            }
+            self.inner.check(key, limits, cost).await
         })
     }
 
@@ -132,11 +227,40 @@ impl<S: Store> Store for Waiting<S> {
         limits: &'a [Limit],
         cost: NonZeroU32,
     ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        self.0.peek(key, limits, cost)
+        self.inner.peek(key, limits, cost)
+    }
+
+    fn refund<'a>(
+        &'a self,
+        key: &'a str,
+        limits: &'a [Limit],
+        charge: Charge,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(async move {
+            if self.failing_refunds {
+                let cause = std::io::Error::other("connection reset by the test");
+                return Err(
+                    StoreError::new(StoreErrorKind::Connection, "refund").with_source(cause)
+                );
+            }
+            if self.waits {
+                tokio::task::yield_now().await;
+            }
+            self.inner.refund(key, limits, charge).await
+        })
     }
 
     fn backend(&self) -> &'static str {
-        self.0.backend()
+        self.backend.unwrap_or_else(|| self.inner.backend())
+    }
+
+    fn validate(&self, limit: &Limit) -> Result<(), ConfigError> {
+        match self.tick {
+            Some(tick) if limit.quota().emission_interval() < tick => {
+                Err(ConfigError::new("limit", limit, "below this store's tick"))
+            }
+            _ => self.inner.validate(limit),
+        }
     }
 }
 
