@@ -90,6 +90,8 @@ fn failures_only(layer: RateLimitLayer) -> RateLimitLayer {
         .name("login")
         .key(Header::new("x-account"))
         .count_if(|status| status == StatusCode::UNAUTHORIZED)
+        // The tests read the decision: the refund's answer, or the check's.
+        .decision_extensions(true)
 }
 
 /// 5 failed logins per 15 minutes, on a memory store and a layer sharing its manual clock.
@@ -415,6 +417,7 @@ async fn the_refund_gives_back_exactly_the_key_limits_and_cost_that_were_charged
         .policy(move |parts, _key| (parts.uri.path() == "/route").then(|| picked.clone()))
         .cost(|_| 3)
         .clock(clock.clone())
+        .decision_extensions(true)
         .count_if(|status| status.is_client_error());
     // The handler takes 2 s and succeeds.
     let slow = {
