@@ -17,14 +17,14 @@
 local floor, ceil, max, min
 local format, gmatch, match, concat
 local tonumber, tostring, pcall, type, pairs, ipairs, unpack
-local call, pack, sunpack
+local call, rpcall, pack, sunpack
 
 local function bind_globals()
   floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
   format, gmatch, match, concat = string.format, string.gmatch, string.match, table.concat
   tonumber, tostring, pcall, type = _G.tonumber, _G.tostring, _G.pcall, _G.type
   pairs, ipairs, unpack = _G.pairs, _G.ipairs, _G.unpack
-  call, pack, sunpack = redis.call, struct.pack, struct.unpack
+  call, rpcall, pack, sunpack = redis.call, redis.pcall, struct.pack, struct.unpack
 end
 
 -- a + b.
@@ -117,7 +117,10 @@ local journal = nil
 -- text (no parsing, no formatting). Anything else is no state of this script: the check fails.
 local LAYOUTS = { [8] = '<d', [16] = '<dd', [24] = '<ddd' }
 
-local function parse_fields(text)
+local NOT_A_STATE = 'rate-limit: the value at this key is not a state of this limit'
+
+-- The integers of a state's text, false for no text, or nil for a text no state has.
+local function fields_of(text)
   if not text then
     return false
   end
@@ -131,8 +134,22 @@ local function parse_fields(text)
     local a, b, c = sunpack('<ddd', text)
     return { a, b, c }
   end
-  error('rate-limit: the value at this key is not a state of this limit', 0)
+  return nil
 end
+
+local function parse_fields(text)
+  local fields = fields_of(text)
+  if fields == nil then
+    error(NOT_A_STATE, 0)
+  end
+  return fields
+end
+
+-- A call of one check of one limit (`decide`'s fast path) keeps its one state here instead,
+-- with no table per call: `single` is true while it runs, `single_fields` the integers (false:
+-- no state), `single_ttl` the TTL of a saved state and `single_saved` whether one was saved.
+local single = false
+local single_fields, single_ttl, single_saved = false, 0, false
 
 local function state_of(key)
   local s = states[key]
@@ -149,6 +166,9 @@ end
 -- Reads a state (see `LAYOUTS`). Returns the integers (not to be modified),
 -- or nil when there is no state.
 local function load_fields(key)
+  if single then
+    return single_fields or nil
+  end
   local fields = state_of(key).fields
   if not fields then
     return nil
@@ -165,6 +185,10 @@ end
 -- is full again) deletes the key; otherwise the integers live for `ttl` ticks, the time until
 -- the state is full again.
 local function save_fields(key, fields, ttl)
+  if single then
+    single_fields, single_ttl, single_saved = fields or false, ttl, true
+    return
+  end
   local s = state_of(key)
   if journal and journal[key] == nil then
     journal[key] = { fields = s.fields, ttl = s.ttl, saved = s.saved }
@@ -207,28 +231,32 @@ local server_now = false
 -- (`PXAT`, rounded up to the millisecond): a relative `PX` costs Redis more, since it rewrites
 -- the command to an instant for replicas. A state equal to the text read is not rewritten: its
 -- expiry is already right (a state is full again at an instant its text fixes).
+local function write_state(key, read, fields, ttl)
+  local text = false
+  if fields then
+    text = state_text(fields)
+  end
+  if text ~= read then
+    if text then
+      if server_now then
+        -- At least the next millisecond, as `ttl_ms` gives at least one: an instant that
+        -- has come would delete the key.
+        local at = max(ceil((server_now + ttl) / 1000), floor(server_now / 1000) + 1)
+        call('SET', key, text, 'PXAT', at)
+      else
+        call('SET', key, text, 'PX', ttl_ms(ttl))
+      end
+    else
+      call('DEL', key)
+    end
+  end
+end
+
 local function flush_states()
   for _, key in ipairs(state_order) do
     local s = states[key]
     if s.saved then
-      local text = false
-      if s.fields then
-        text = state_text(s.fields)
-      end
-      if text ~= s.read then
-        if text then
-          if server_now then
-            -- At least the next millisecond, as `ttl_ms` gives at least one: an instant that
-            -- has come would delete the key.
-            local at = max(ceil((server_now + s.ttl) / 1000), floor(server_now / 1000) + 1)
-            call('SET', key, text, 'PXAT', at)
-          else
-            call('SET', key, text, 'PX', ttl_ms(s.ttl))
-          end
-        else
-          call('DEL', key)
-        end
-      end
+      write_state(key, s.read, s.fields, s.ttl)
     end
   end
 end

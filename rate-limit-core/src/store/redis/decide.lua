@@ -122,9 +122,14 @@ local function push(m, r)
   replies[m + 1] = pack(RECORD, 68, r[1] and 1 or 0, r[2], r[3], r[4], r[5])
 end
 
--- Sets record m + 1 to a check's error message (69 is 'E').
+-- A check's error record (69 is 'E').
+local function failure(message)
+  return pack('<Bd', 69, #message) .. message
+end
+
+-- Sets record m + 1 to a check's error message.
 local function fail(m, message)
-  replies[m + 1] = pack('<Bd', 69, #message) .. message
+  replies[m + 1] = failure(message)
 end
 
 -- For each of the n keys KEYS[k + 1 .. k + n], the position of the first with its name.
@@ -215,12 +220,35 @@ local function message(err)
   return tostring(err)
 end
 
+-- A call of one check of one limit (not a refund, not a log), the common call: its state is
+-- read and written directly, with none of the call's tables (see `single`), and its record is
+-- the reply. Decides as the general path does.
+local function decide_one(key, fn, p, cost, commit)
+  -- redis.pcall: a key of another type is this check's error record, not the call's error.
+  local read = rpcall('GET', key)
+  if type(read) == 'table' then
+    return failure(message(read))
+  end
+  local fields = fields_of(read)
+  if fields == nil then
+    return failure(NOT_A_STATE)
+  end
+  single, single_fields, single_saved = true, fields, false
+  local allowed, capacity, remaining, reset, retry = fn(key, now, p, cost, commit)
+  single = false
+  if single_saved then
+    write_state(key, read, single_fields, single_ttl)
+  end
+  return pack(RECORD, 68, allowed and 1 or 0, capacity, remaining, reset, retry)
+end
+
 local function decide(keys, args)
   KEYS, ARGV = keys, args
   if not call then
     bind_globals()
   end
-  states, state_order, journal, replies, logs = {}, {}, nil, {}, {}
+  -- Cleared here too: a call that raised (out of memory) may have left it set.
+  single = false
   if ARGV[1] == '' then
     local t = call('TIME')
     now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -229,6 +257,13 @@ local function decide(keys, args)
     now = tonumber(ARGV[1])
     server_now = false
   end
+  if #ARGV == 2 then
+    local e = entry_of(ARGV[2])
+    if e and e[1] == 1 and e[4] == 1 and not e[7] and not e[8] and not e[6][1].log then
+      return decide_one(KEYS[1], e[5][1], e[6][1], e[2], e[3])
+    end
+  end
+  states, state_order, journal, replies, logs = {}, {}, nil, {}, {}
   local k = 0
   for a = 2, #ARGV do
     local e = entry_of(ARGV[a])
