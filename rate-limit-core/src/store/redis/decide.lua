@@ -229,7 +229,7 @@ local function decide_one(key, fn, p, cost, commit)
   if type(read) == 'table' then
     return failure(message(read))
   end
-  local fields = fields_of(read)
+  local fields, exp = fields_of(read)
   if fields == nil then
     return failure(NOT_A_STATE)
   end
@@ -237,7 +237,7 @@ local function decide_one(key, fn, p, cost, commit)
   local allowed, capacity, remaining, reset, retry = fn(key, now, p, cost, commit)
   single = false
   if single_saved then
-    write_state(key, read, single_fields, single_ttl)
+    write_state(key, read, exp, single_fields, single_ttl)
   end
   return pack(RECORD, 68, allowed and 1 or 0, capacity, remaining, reset, retry)
 end
