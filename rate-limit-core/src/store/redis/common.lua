@@ -158,18 +158,39 @@ end
 local single = false
 local single_fields, single_ttl, single_saved = false, 0, false
 
+-- The state of `key` in the call's cache, read (GET) if it is not there yet; or nil and why it
+-- cannot be read (a key of another type, a text no state has), without raising, so that a
+-- check of one limit needs no pcall. (The message of an error reply: a table { err = message }
+-- in some versions, the message in others.)
+local function read_state(key)
+  local s = states[key]
+  if s then
+    return s
+  end
+  -- GET answers false for a missing key.
+  local text = rpcall('GET', key)
+  if type(text) == 'table' then
+    return nil, tostring(text.err or text)
+  end
+  local fields, exp = fields_of(text)
+  if fields == nil then
+    return nil, NOT_A_STATE
+  end
+  s = { read = text, fields = fields, exp = exp, ttl = 0, saved = false }
+  states[key] = s
+  state_order[#state_order + 1] = key
+  return s
+end
+
 local function state_of(key)
   local s = states[key]
+  if s then
+    return s
+  end
+  local err
+  s, err = read_state(key)
   if not s then
-    -- GET answers false for a missing key.
-    local text = call('GET', key)
-    local fields, exp = fields_of(text)
-    if fields == nil then
-      error(NOT_A_STATE, 0)
-    end
-    s = { read = text, fields = fields, exp = exp, ttl = 0, saved = false }
-    states[key] = s
-    state_order[#state_order + 1] = key
+    error(err, 0)
   end
   return s
 end
@@ -260,7 +281,18 @@ local function write_state(key, read, exp, fields, ttl)
   end
   if server_now then
     -- In milliseconds, at least the next one: an instant that has come would delete the key.
-    local need = max(ceil((server_now + ttl) / 1000), floor(server_now / 1000) + 1)
+    -- Rounded with `% 1`, not math.floor and math.ceil: a C function call costs Redis hundreds
+    -- of instructions, and this runs for every key written.
+    local at = (server_now + ttl) / 1000
+    local need = at - at % 1
+    if need < at then
+      need = need + 1
+    end
+    local least = server_now / 1000
+    least = least - least % 1 + 1
+    if need < least then
+      need = least
+    end
     if exp * 1000 >= need then
       local text = state_text(fields, exp)
       if text ~= read then
@@ -268,7 +300,11 @@ local function write_state(key, read, exp, fields, ttl)
       end
       return
     end
-    exp = ceil(need / 1000)
+    local s = need / 1000
+    exp = s - s % 1
+    if exp < s then
+      exp = exp + 1
+    end
     if exp ~= exp_at then
       exp_at, exp_text = exp, format('%d', exp)
     end

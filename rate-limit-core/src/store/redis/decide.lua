@@ -293,13 +293,28 @@ local function decide(keys, args)
         end
         journal = nil
       end
+    elseif n == 1 and not ps[1].log then
+      -- One limit of a text state: its state is read here, without raising, and its algorithm,
+      -- which only computes once it has it, cannot fail: no pcall.
+      local fn, p, key = fns[1], ps[1], KEYS[k + 1]
+      local s, err = read_state(key)
+      for _ = 1, repeats do
+        if s then
+          -- Packed here rather than through push, which would cost this, the hot path, a
+          -- table or a call per check.
+          local allowed, capacity, remaining, reset, retry = fn(key, now, p, cost, commit)
+          replies[#replies + 1] =
+            pack(RECORD, 68, allowed and 1 or 0, capacity, remaining, reset, retry)
+        else
+          fail(#replies, err)
+        end
+      end
     elseif n == 1 then
-      -- One limit: its algorithm writes its state only once it has read and computed all, so
-      -- a failure leaves nothing to undo.
+      -- One limit of a log: its algorithm writes its state only once it has read and computed
+      -- all, so a failure leaves nothing to undo.
       local fn, p, key = fns[1], ps[1], KEYS[k + 1]
       for _ = 1, repeats do
-        -- The five values of the answer, or false and the error; packed here rather than
-        -- through push, which would cost this, the hot path, a table or a call per check.
+        -- The five values of the answer, or false and the error.
         local done, allowed, capacity, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
         if done then
           replies[#replies + 1] =

@@ -13,15 +13,20 @@ end
 
 -- Whole units of cost free at `now` when the theoretical arrival time is the tick `at`.
 local function gcra_remaining_us(now, p, at)
-  return floor(max(now + p.th - at, 0) / p.ih)
+  local free = now + p.th - at
+  if free <= 0 then
+    return 0
+  end
+  free = free / p.ih
+  return free - free % 1
 end
 
 -- An interval of whole microseconds (most quotas) keeps the TAT whole: the same arithmetic in
 -- plain integers. `s` is the state read.
 local function gcra_us(key, now, p, s, cost, commit)
   local tat = now
-  if s then
-    tat = max(s[1], now)
+  if s and s[1] > now then
+    tat = s[1]
   end
   if tat <= now then
     save_fields(key, nil, 0)
@@ -31,7 +36,10 @@ local function gcra_us(key, now, p, s, cost, commit)
     return false, p.burst, remaining(now, p, tat), tat - now, -1
   end
   local new_tat = tat + cost * p.ih
-  local allow_at = max(new_tat - p.th, 0)
+  local allow_at = new_tat - p.th
+  if allow_at < 0 then
+    allow_at = 0
+  end
   if allow_at <= now then
     if commit then
       tat = new_tat

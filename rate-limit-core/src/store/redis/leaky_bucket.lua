@@ -6,8 +6,13 @@
 local function leaky_bucket_us(key, now, p, s, cost, commit)
   local level, at = 0, now
   if s then
-    at = max(now, s[2])
-    level = max(s[1] - (at - s[2]), 0)
+    if s[2] > now then
+      at = s[2]
+    end
+    level = s[1] - (at - s[2])
+    if level < 0 then
+      level = 0
+    end
   end
   local lag = at - now
   -- Only read when cost <= burst, where cost * interval <= tau is exact.
@@ -27,7 +32,12 @@ local function leaky_bucket_us(key, now, p, s, cost, commit)
     reset = level + lag
   end
   save_fields(key, state, reset)
-  return allowed, p.burst, floor((p.th - min(level, p.th)) / p.ih), reset, retry
+  local room = 0
+  if level < p.th then
+    room = (p.th - level) / p.ih
+    room = room - room % 1
+  end
+  return allowed, p.burst, room, reset, retry
 end
 
 local function leaky_bucket(key, now, p, cost, commit)

@@ -8,10 +8,16 @@ local function token_bucket_us(key, now, p, s, cost, commit)
   local interval = p.ih
   local tokens, last = p.burst, now
   if s then
-    local add = floor(max(now - s[2], 0) / interval)
-    tokens = min(s[1] + add, p.burst)
+    local add = 0
+    if now > s[2] then
+      add = (now - s[2]) / interval
+      add = add - add % 1
+    end
+    tokens = s[1] + add
     if tokens < p.burst then
       last = s[2] + add * interval
+    else
+      tokens = p.burst
     end
   end
   local allowed = cost <= tokens
@@ -22,7 +28,10 @@ local function token_bucket_us(key, now, p, s, cost, commit)
   if allowed and commit then
     tokens = tokens - cost
   end
-  local reset = max(last + (p.burst - tokens) * interval - now, 0)
+  local reset = last + (p.burst - tokens) * interval - now
+  if reset < 0 then
+    reset = 0
+  end
   local state = nil
   if tokens < p.burst then
     state = { tokens, last }
