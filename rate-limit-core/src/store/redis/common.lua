@@ -15,13 +15,14 @@
 -- runs where none of them is defined, but at its first call (`bind_globals`, called by
 -- `decide`).
 local floor, ceil, max, min
-local format, gmatch, match, concat
+local format, gmatch, match, concat, srep
 local tonumber, tostring, pcall, type, pairs, ipairs, unpack
 local call, rpcall, pack, sunpack
 
 local function bind_globals()
   floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
   format, gmatch, match, concat = string.format, string.gmatch, string.match, table.concat
+  srep = string.rep
   tonumber, tostring, pcall, type = _G.tonumber, _G.tostring, _G.pcall, _G.type
   pairs, ipairs, unpack = _G.pairs, _G.ipairs, _G.unpack
   call, rpcall, pack, sunpack = redis.call, redis.pcall, struct.pack, struct.unpack

@@ -13,12 +13,16 @@
 -- once. One argument per entry, because Redis spends about a thousand instructions on each
 -- argument of a call (reading it, and making a Lua string of it), and an entry read before is
 -- found by its string alone (see `entries`).
--- Returns one binary string, the records of every check in order: per limit, 'D' and five
--- little-endian doubles (allowed 1/0, capacity, remaining, reset after, retry after or -1); or,
--- if that check failed, 'E', the length of its error message as a double, and the message.
+-- Returns one binary string, the records of every check in order: per limit, three
+-- little-endian doubles: remaining, reset after, and retry after, which is -1 when the check
+-- was allowed and -2 when it is denied for ever (its cost is above the capacity, which the
+-- client knows from the limit); or, if that check failed, -1 (where a remaining count is never
+-- negative), the length of its error message as a double, and the message.
 -- One string, because Redis converts each element of a reply table at a cost of its own and the
--- client parses one string far faster than as many integers. Every value is an integer of at
--- most 2^53, so its double is exact.
+-- client parses one string far faster than as many integers; the doubles of consecutive records
+-- are packed together, in one struct.pack per 240 values (a call of it costs some hundreds of
+-- instructions, each value a few dozen). Every value is an integer of at most 2^53, so its
+-- double is exact.
 -- A check that fails (a key of the wrong type, ...) leaves the text states as they were before
 -- it, and the other checks of the call are decided as if it had not been sent.
 --
@@ -41,10 +45,15 @@ local refunds = {
   sliding_window_refund, gcra_refund,
 }
 
--- The answers of the call: per check in order, one record per limit, or one error record.
-local replies
--- A limit's record: 'D' (68), then its five values as little-endian doubles.
-local RECORD = '<Bddddd'
+-- The answers of the call, in order: the values of the records not packed yet (vals[1 .. nv];
+-- the table is kept from call to call, only its first nv values count), and the packed parts of
+-- the reply (parts[1 .. np]).
+local vals, nv = {}, 0
+local parts, np = {}, 0
+-- Values packed by one struct.pack, at most: what it takes stays well within Lua's C stack.
+local SLICE = 240
+-- struct.pack's format for n doubles, by n.
+local formats = {}
 
 -- The call's instant in ticks.
 local now
@@ -117,19 +126,53 @@ local function entry_of(spec)
   return e
 end
 
--- Sets record m + 1 to one limit's answer (68 is 'D').
-local function push(m, r)
-  replies[m + 1] = pack(RECORD, 68, r[1] and 1 or 0, r[2], r[3], r[4], r[5])
+-- The last value of a limit's record: retry after, -1 if allowed, -2 if never.
+local function retry_value(allowed, retry)
+  if allowed then
+    return -1
+  elseif retry < 0 then
+    return -2
+  end
+  return retry
 end
 
--- A check's error record (69 is 'E').
+-- Appends one limit's answer, the five values an algorithm returns, in a table.
+local function push(r)
+  vals[nv + 1], vals[nv + 2], vals[nv + 3] = r[3], r[4], retry_value(r[1], r[5])
+  nv = nv + 3
+end
+
+-- Packs the values not packed yet into parts.
+local function pack_vals()
+  local i = 1
+  while i <= nv do
+    local j = i + SLICE - 1
+    if j > nv then
+      j = nv
+    end
+    local n = j - i + 1
+    local format = formats[n]
+    if not format then
+      format = '<' .. srep('d', n)
+      formats[n] = format
+    end
+    np = np + 1
+    parts[np] = pack(format, unpack(vals, i, j))
+    i = j + 1
+  end
+  nv = 0
+end
+
+-- A check's error record.
 local function failure(message)
-  return pack('<Bd', 69, #message) .. message
+  return pack('<dd', -1, #message) .. message
 end
 
--- Sets record m + 1 to a check's error message.
-local function fail(m, message)
-  replies[m + 1] = failure(message)
+-- Appends a check's error record.
+local function fail(message)
+  pack_vals()
+  np = np + 1
+  parts[np] = failure(message)
 end
 
 -- For each of the n keys KEYS[k + 1 .. k + n], the position of the first with its name.
@@ -174,10 +217,8 @@ local function check_all(k, n, fns, ps, cost, commit)
       end
     end
   end
-  local m = #replies
   for i = 1, n do
-    push(m, raws[i])
-    m = m + 1
+    push(raws[i])
   end
 end
 
@@ -204,10 +245,8 @@ local function refund_all(k, n, fns, rfns, ps, cost, at)
       raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, false) }
     end
   end
-  local m = #replies
   for i = 1, n do
-    push(m, raws[i])
-    m = m + 1
+    push(raws[i])
   end
 end
 
@@ -239,7 +278,12 @@ local function decide_one(key, fn, p, cost, commit)
   if single_saved then
     write_state(key, read, exp, single_fields, single_ttl)
   end
-  return pack(RECORD, 68, allowed and 1 or 0, capacity, remaining, reset, retry)
+  if allowed then
+    retry = -1
+  elseif retry < 0 then
+    retry = -2
+  end
+  return pack('<ddd', remaining, reset, retry)
 end
 
 local function decide(keys, args)
@@ -263,33 +307,32 @@ local function decide(keys, args)
       return decide_one(KEYS[1], e[5][1], e[6][1], e[2], e[3])
     end
   end
-  states, state_order, journal, replies, logs = {}, {}, nil, {}, {}
+  states, state_order, journal, logs = {}, {}, nil, {}
+  nv, np = 0, 0
   local k = 0
   for a = 2, #ARGV do
     local e = entry_of(ARGV[a])
     if not e then
       -- Not even its number of limits: one error record, and the keys that follow are not
       -- known (the client reads a reply that does not line up).
-      fail(#replies, 'rate-limit: a malformed entry')
+      fail('rate-limit: a malformed entry')
       break
     end
     local n, cost, commit, repeats, fns, ps = e[1], e[2], e[3], e[4], e[5], e[6]
     if e[7] then
       for _ = 1, repeats do
-        fail(#replies, e[7])
+        fail(e[7])
       end
     elseif e[8] then
       -- A refund: the charge time is now less the ticks since the charge, not before 0.
       local at = max(now - e[9], 0)
       for _ = 1, repeats do
-        local m = #replies
+        local m = nv
         local done, err = pcall(refund_all, k, n, fns, e[8], ps, cost, at)
         if not done then
           rollback_states()
-          for i = #replies, m + 1, -1 do
-            replies[i] = nil
-          end
-          fail(m, message(err))
+          nv = m
+          fail(message(err))
         end
         journal = nil
       end
@@ -302,11 +345,16 @@ local function decide(keys, args)
         if s then
           -- Packed here rather than through push, which would cost this, the hot path, a
           -- table or a call per check.
-          local allowed, capacity, remaining, reset, retry = fn(key, now, p, cost, commit)
-          replies[#replies + 1] =
-            pack(RECORD, 68, allowed and 1 or 0, capacity, remaining, reset, retry)
+          local allowed, _, remaining, reset, retry = fn(key, now, p, cost, commit)
+          if allowed then
+            retry = -1
+          elseif retry < 0 then
+            retry = -2
+          end
+          vals[nv + 1], vals[nv + 2], vals[nv + 3] = remaining, reset, retry
+          nv = nv + 3
         else
-          fail(#replies, err)
+          fail(err)
         end
       end
     elseif n == 1 then
@@ -315,25 +363,23 @@ local function decide(keys, args)
       local fn, p, key = fns[1], ps[1], KEYS[k + 1]
       for _ = 1, repeats do
         -- The five values of the answer, or false and the error.
-        local done, allowed, capacity, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
+        local done, allowed, _, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
         if done then
-          replies[#replies + 1] =
-            pack(RECORD, 68, allowed and 1 or 0, capacity, remaining, reset, retry)
+          vals[nv + 1], vals[nv + 2], vals[nv + 3] = remaining, reset, retry_value(allowed, retry)
+          nv = nv + 3
         else
-          fail(#replies, message(allowed))
+          fail(message(allowed))
         end
       end
     else
       for _ = 1, repeats do
-        local m = #replies
+        local m = nv
         local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
         if not done then
           -- Undo its states and drop its partial answer; its answer is the message.
           rollback_states()
-          for i = #replies, m + 1, -1 do
-            replies[i] = nil
-          end
-          fail(m, message(err))
+          nv = m
+          fail(message(err))
         end
         journal = nil
       end
@@ -342,8 +388,15 @@ local function decide(keys, args)
   end
   flush_states()
   flush_logs()
-  local reply = concat(replies)
-  -- Nothing of the call is kept: the tables go with it.
-  states, state_order, replies, logs = nil, nil, nil, nil
+  pack_vals()
+  local reply = parts[1]
+  if np > 1 then
+    reply = concat(parts, '', 1, np)
+  end
+  for i = 1, np do
+    parts[i] = nil
+  end
+  -- Nothing of the call is kept but `vals`, numbers: the other tables go with it.
+  states, state_order, logs = nil, nil, nil
   return reply
 end
