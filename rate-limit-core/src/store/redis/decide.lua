@@ -30,7 +30,8 @@
 -- library's level from call to call (`entries`) depends only on the argument it is found by.
 local KEYS, ARGV
 
--- Each is called as algorithm(key, now, p, cost, commit) and returns five values (not a table,
+-- Each is called as algorithm(st, now, p, cost, commit), st the state's record (see `states`;
+-- the sliding window log, whose state is a list, is given its key), and returns five values (not a table,
 -- which would cost an allocation per check; only a check of several limits keeps each limit's
 -- answer in a table until all are decided): allowed, capacity, remaining, reset after, and
 -- retry after or -1.
@@ -38,7 +39,8 @@ local algorithms = {
   token_bucket, leaky_bucket, fixed_window, sliding_window_log, sliding_window, gcra,
 }
 
--- Each refund is called as refund(key, now, p, cost, at), in the same order: gives back `cost`
+-- Each refund is called as refund(st, now, p, cost, at) (the log's with its key), in the same
+-- order: gives back `cost`
 -- charged at tick `at`, and returns nothing (the entry point peeks after it).
 local refunds = {
   token_bucket_refund, leaky_bucket_refund, fixed_window_refund, sliding_window_log_refund,
@@ -175,6 +177,15 @@ local function fail(message)
   parts[np] = failure(message)
 end
 
+-- What limit i of a check whose keys start after k is decided on: the record of its state, or
+-- the key of a log's list. Raises if the state cannot be read.
+local function target(k, i, p)
+  if p.log then
+    return KEYS[k + i]
+  end
+  return state_of(KEYS[k + i])
+end
+
 -- For each of the n keys KEYS[k + 1 .. k + n], the position of the first with its name.
 local function firsts(k, n)
   local first = {}
@@ -204,7 +215,7 @@ local function check_all(k, n, fns, ps, cost, commit)
     if first[i] < i then
       raws[i] = raws[first[i]]
     else
-      raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, false) }
+      raws[i] = { fns[i](target(k, i, ps[i]), now, ps[i], cost, false) }
     end
     all = all and raws[i][1]
   end
@@ -213,7 +224,7 @@ local function check_all(k, n, fns, ps, cost, commit)
       if first[i] < i then
         raws[i] = raws[first[i]]
       else
-        raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, true) }
+        raws[i] = { fns[i](target(k, i, ps[i]), now, ps[i], cost, true) }
       end
     end
   end
@@ -233,7 +244,7 @@ local function refund_all(k, n, fns, rfns, ps, cost, at)
   for pass = 1, 2 do
     for i = 1, n do
       if first[i] == i and (ps[i].log == (pass == 2)) then
-        rfns[i](KEYS[k + i], now, ps[i], cost, at)
+        rfns[i](target(k, i, ps[i]), now, ps[i], cost, at)
       end
     end
   end
@@ -242,7 +253,7 @@ local function refund_all(k, n, fns, rfns, ps, cost, at)
     if first[i] < i then
       raws[i] = raws[first[i]]
     else
-      raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, false) }
+      raws[i] = { fns[i](target(k, i, ps[i]), now, ps[i], cost, false) }
     end
   end
   for i = 1, n do
@@ -259,9 +270,12 @@ local function message(err)
   return tostring(err)
 end
 
+-- The state's record of `decide_one`, kept from call to call.
+local one = { read = false, fields = false, exp = 0, ttl = 0, saved = false }
+
 -- A call of one check of one limit (not a refund, not a log), the common call: its state is
--- read and written directly, with none of the call's tables (see `single`), and its record is
--- the reply. Decides as the general path does.
+-- read and written directly, with none of the call's tables (its record is `one`), and its
+-- record is the reply. Decides as the general path does.
 local function decide_one(key, fn, p, cost, commit)
   -- redis.pcall: a key of another type is this check's error record, not the call's error.
   local read = rpcall('GET', key)
@@ -272,11 +286,11 @@ local function decide_one(key, fn, p, cost, commit)
   if fields == nil then
     return failure(NOT_A_STATE)
   end
-  single, single_fields, single_saved = true, fields, false
-  local allowed, capacity, remaining, reset, retry = fn(key, now, p, cost, commit)
-  single = false
-  if single_saved then
-    write_state(key, read, exp, single_fields, single_ttl)
+  local st = one
+  st.read, st.fields, st.exp, st.ttl, st.saved = read, fields, exp, 0, false
+  local allowed, capacity, remaining, reset, retry = fn(st, now, p, cost, commit)
+  if st.saved then
+    write_state(key, read, exp, st.fields, st.ttl)
   end
   if allowed then
     retry = -1
@@ -291,8 +305,6 @@ local function decide(keys, args)
   if not call then
     bind_globals()
   end
-  -- Cleared here too: a call that raised (out of memory) may have left it set.
-  single = false
   if ARGV[1] == '' then
     local t = call('TIME')
     now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -345,7 +357,7 @@ local function decide(keys, args)
         if s then
           -- Packed here rather than through push, which would cost this, the hot path, a
           -- table or a call per check.
-          local allowed, _, remaining, reset, retry = fn(key, now, p, cost, commit)
+          local allowed, _, remaining, reset, retry = fn(s, now, p, cost, commit)
           if allowed then
             retry = -1
           elseif retry < 0 then

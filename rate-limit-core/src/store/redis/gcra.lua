@@ -23,13 +23,13 @@ end
 
 -- An interval of whole microseconds (most quotas) keeps the TAT whole: the same arithmetic in
 -- plain integers. `s` is the state read.
-local function gcra_us(key, now, p, s, cost, commit)
+local function gcra_us(st, now, p, s, cost, commit)
   local tat = now
   if s and s[1] > now then
     tat = s[1]
   end
   if tat <= now then
-    save_fields(key, nil, 0)
+    save(st, nil, 0)
   end
   local remaining = gcra_remaining_us
   if cost > p.burst then
@@ -43,24 +43,24 @@ local function gcra_us(key, now, p, s, cost, commit)
   if allow_at <= now then
     if commit then
       tat = new_tat
-      save_fields(key, { tat }, tat - now)
+      save(st, { tat }, tat - now)
     end
     return true, p.burst, remaining(now, p, tat), tat - now, -1
   end
   return false, p.burst, remaining(now, p, tat), tat - now, allow_at - now
 end
 
-local function gcra(key, now, p, cost, commit)
-  local s = load_fields(key)
+local function gcra(st, now, p, cost, commit)
+  local s = st.fields
   if p.il == 0 and not (s and s[2]) then
-    return gcra_us(key, now, p, s, cost, commit)
+    return gcra_us(st, now, p, s, cost, commit)
   end
   local th, tl = now, 0
   if s and ns_lt(now, 0, s[1], s[2] or 0) then
     th, tl = s[1], s[2] or 0
   else
     -- Full again (or never charged): the state is dropped, whatever follows.
-    save_fields(key, nil, 0)
+    save(st, nil, 0)
   end
   local reset = ns_ceil(ns_sub(th, tl, now, 0))
   if cost > p.burst then
@@ -73,9 +73,9 @@ local function gcra(key, now, p, cost, commit)
       th, tl = nh, nl
       reset = ns_ceil(ns_sub(th, tl, now, 0))
       if tl > 0 then
-        save_fields(key, { th, tl }, reset)
+        save(st, { th, tl }, reset)
       else
-        save_fields(key, { th }, reset)
+        save(st, { th }, reset)
       end
     end
     return true, p.burst, gcra_remaining(now, p, th, tl), reset, -1
@@ -86,8 +86,8 @@ end
 -- Refund: the twin of gcra.rs's `refund`: the TAT goes back by `cost` intervals (at most a full
 -- bucket's), and a TAT at or before now is no state. A peek does not save a state it keeps, so
 -- the expiry is set here: when the TAT comes.
-local function gcra_refund(key, now, p, cost, at)
-  local s = load_fields(key)
+local function gcra_refund(st, now, p, cost, at)
+  local s = st.fields
   if not s then
     return
   end
@@ -95,14 +95,14 @@ local function gcra_refund(key, now, p, cost, at)
   local th, tl = s[1], s[2] or 0
   local xh, xl = ns_add(now, 0, bh, bl)
   if not ns_lt(xh, xl, th, tl) then
-    save_fields(key, nil, 0)
+    save(st, nil, 0)
     return
   end
   local nh, nl = ns_sub(th, tl, bh, bl)
   local ttl = ns_ceil(ns_sub(nh, nl, now, 0))
   if nl > 0 then
-    save_fields(key, { nh, nl }, ttl)
+    save(st, { nh, nl }, ttl)
   else
-    save_fields(key, { nh }, ttl)
+    save(st, { nh }, ttl)
   end
 end

@@ -3,8 +3,8 @@
 -- The Rust test `prev * (P - e) + (cur + cost) * P <= limit * P` is rewritten as
 -- `cur + cost <= limit and prev * (P - e) <= (limit - cur - cost) * P`, the same test whose
 -- products never exceed `limit * P`: the store checks that `limit * P < 2^53`.
-local function sliding_window(key, now, p, cost, commit)
-  local s = load_fields(key)
+local function sliding_window(st, now, p, cost, commit)
+  local s = st.fields
   -- A stored window newer than now (a clock behind the one that wrote it) is counted into as
   -- at its start; every wait adds the lag on the caller's clock.
   local lag = 0
@@ -59,7 +59,7 @@ local function sliding_window(key, now, p, cost, commit)
   if cur > 0 or prev > 0 then
     state = { start, cur, prev }
   end
-  save_fields(key, state, reset)
+  save(st, state, reset)
   local left = p.limit - (weighted_prev + cur)
   if left < 0 then
     left = 0
@@ -70,8 +70,8 @@ end
 -- Refund: the twin of sliding_window.rs's `refund`: `cost` off the count of the window the charge
 -- time `at` falls in, the stored one or the one before it, not below 0; an older window gives
 -- nothing back. The caller's peek that follows sets the expiry.
-local function sliding_window_refund(key, now, p, cost, at)
-  local s = load_fields(key)
+local function sliding_window_refund(st, now, p, cost, at)
+  local s = st.fields
   if not s then
     return
   end
@@ -85,8 +85,8 @@ local function sliding_window_refund(key, now, p, cost, at)
     return
   end
   if cur == 0 and prev == 0 then
-    save_fields(key, nil, 0)
+    save(st, nil, 0)
   else
-    save_fields(key, { s[1], cur, prev }, 0)
+    save(st, { s[1], cur, prev }, 0)
   end
 end
