@@ -260,9 +260,25 @@ local function write_state(key, read, exp, fields, ttl)
     return
   end
   if server_now then
-    -- In milliseconds, at least the next one: an instant that has come would delete the key.
-    -- Rounded with `% 1`, not math.floor and math.ceil: a C function call costs Redis hundreds
-    -- of instructions, and this runs for every key written.
+    -- The key's expiry is late enough if it is at or after the instant the state is full
+    -- again, and after now (an instant that has come would delete the key).
+    local kept = exp * 1000000
+    if kept >= server_now + ttl and kept > server_now then
+      local text = state_text(fields, exp)
+      if text ~= read then
+        if #text == #read then
+          -- Overwrites the value in place and keeps the expiry: cheaper than SET ... KEEPTTL
+          -- (some 2,000 instructions less, with the offset as a string: Lua formats a number
+          -- argument with sprintf).
+          call('SETRANGE', key, '0', text)
+        else
+          call('SET', key, text, 'KEEPTTL')
+        end
+      end
+      return
+    end
+    -- In milliseconds, at least the next one; rounded with `% 1`, not math.floor and
+    -- math.ceil: a C function call costs Redis hundreds of instructions.
     local at = (server_now + ttl) / 1000
     local need = at - at % 1
     if need < at then
@@ -273,16 +289,9 @@ local function write_state(key, read, exp, fields, ttl)
     if need < least then
       need = least
     end
-    if exp * 1000 >= need then
-      local text = state_text(fields, exp)
-      if text ~= read then
-        call('SET', key, text, 'KEEPTTL')
-      end
-      return
-    end
-    local s = need / 1000
-    exp = s - s % 1
-    if exp < s then
+    local whole = need / 1000
+    exp = whole - whole % 1
+    if exp < whole then
       exp = exp + 1
     end
     if exp ~= exp_at then
@@ -298,7 +307,8 @@ local function write_state(key, read, exp, fields, ttl)
 end
 
 local function flush_states()
-  for _, key in ipairs(state_order) do
+  for i = 1, #state_order do
+    local key = state_order[i]
     local s = states[key]
     if s.saved then
       write_state(key, s.read, s.exp, s.fields, s.ttl)
