@@ -281,11 +281,12 @@ local one = { read = false, fields = false, exp = 0, ttl = 0, saved = false }
 local function decide_one(key, fn, p, cost, commit)
   -- redis.pcall: a key of another type is this check's error record, not the call's error.
   local read = rpcall('GET', key)
-  if type(read) == 'table' then
-    return failure(message(read))
-  end
   local fields, exp = fields_of(read)
   if fields == nil then
+    -- An error reply is a table (told apart only here: type() is a C call).
+    if type(read) == 'table' then
+      return failure(message(read))
+    end
     return failure(NOT_A_STATE)
   end
   local st = one

@@ -18,12 +18,12 @@ local function fixed_window(st, now, p, cost, commit)
     count = count + cost
   end
   local reset = 0
-  local state = nil
   if count > 0 then
     reset = stop - now
-    state = { start, count }
+    keep(st, reset, start, count)
+  else
+    save(st, nil, reset)
   end
-  save(st, state, reset)
   return allowed, p.limit, p.limit - count, reset, retry
 end
 

@@ -43,9 +43,15 @@ local function gcra_us(st, now, p, s, cost, commit)
   if allow_at <= now then
     if commit then
       tat = new_tat
-      save(st, { tat }, tat - now)
+      keep(st, tat - now, tat)
     end
-    return true, p.burst, remaining(now, p, tat), tat - now, -1
+    -- remaining(now, p, tat), inline: the path of most checks.
+    local free = now + p.th - tat
+    if free <= 0 then
+      return true, p.burst, 0, tat - now, -1
+    end
+    free = free / p.ih
+    return true, p.burst, free - free % 1, tat - now, -1
   end
   return false, p.burst, remaining(now, p, tat), tat - now, allow_at - now
 end

@@ -25,13 +25,13 @@ local function leaky_bucket_us(st, now, p, s, cost, commit)
   if allowed and commit then
     level = poured
   end
-  local state = nil
   local reset = 0
   if level > 0 then
-    state = { level, at }
     reset = level + lag
+    keep(st, reset, level, at)
+  else
+    save(st, nil, reset)
   end
-  save(st, state, reset)
   local room = 0
   if level < p.th then
     room = (p.th - level) / p.ih

@@ -55,11 +55,11 @@ local function sliding_window(st, now, p, cost, commit)
   elseif prev > 0 then
     reset = stop - now + lag
   end
-  local state = nil
   if cur > 0 or prev > 0 then
-    state = { start, cur, prev }
+    keep(st, reset, start, cur, prev)
+  else
+    save(st, nil, reset)
   end
-  save(st, state, reset)
   local left = p.limit - (weighted_prev + cur)
   if left < 0 then
     left = 0

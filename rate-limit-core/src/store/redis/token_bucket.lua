@@ -32,11 +32,11 @@ local function token_bucket_us(st, now, p, s, cost, commit)
   if reset < 0 then
     reset = 0
   end
-  local state = nil
   if tokens < p.burst then
-    state = { tokens, last }
+    keep(st, reset, tokens, last)
+  else
+    save(st, nil, reset)
   end
-  save(st, state, reset)
   return allowed, p.burst, tokens, reset, retry
 end
 
