@@ -6,13 +6,14 @@
 -- hash tag; a key may appear in several checks.
 -- args: now in ticks ('' to read the server's TIME, once for the whole call), then one argument
 -- per entry, its integers separated by spaces: its number of limits n, cost, mode (0 a peek, 1
--- a check, 2 a refund), repeat count r, for a refund the ticks since the charge was made, then
--- six integers per limit: algorithm code, limit, burst, period in ticks,
+-- a check, 2 a refund), repeat count r, number of groups g, for a refund the ticks since the
+-- charge was made, then six integers per limit: algorithm code, limit, burst, period in ticks,
 -- and the emission interval in nanoseconds as whole microseconds and the nanoseconds left. An
--- entry stands for r identical checks in a row, decided one after the other; its keys are sent
--- once. One argument per entry, because Redis spends about a thousand instructions on each
--- argument of a call (reading it, and making a Lua string of it), and an entry read before is
--- found by its string alone (see `entries`).
+-- entry stands for g groups of n keys in a row, each checked r times in a row, decided one
+-- after the other: identical checks of one key are sent once, with a count, and checks that
+-- differ only in their keys share one entry. One argument per entry, because Redis spends
+-- about a thousand instructions on each argument of a call (reading it, and making a Lua
+-- string of it), and an entry read before is found by its string alone (see `entries`).
 -- Returns one binary string, the records of every check in order: per limit, three
 -- little-endian doubles: remaining, reset after, and retry after, which is -1 when the check
 -- was allowed and -2 when it is denied for ever (its cost is above the capacity, which the
@@ -63,7 +64,7 @@ local now
 local time_s, time_ticks = false, 0
 
 -- The entries read so far, by their argument: { n, cost, commit, repeats, fns, ps, err, rfns,
--- since }, err the message when a limit cannot be decided (an unknown algorithm), or false when
+-- since, groups }, err the message when a limit cannot be decided (an unknown algorithm), or false when
 -- n is not even readable; rfns the refund functions and since the ticks since the charge for a
 -- refund (mode 2), else false. Kept from call to call: checks mostly repeat the same few
 -- entries (a hot key's, every client's one limit), and a Lua string is interned, so
@@ -82,15 +83,15 @@ local function read_entry(spec)
   end
   local n = v[1]
   -- A refund's head has one more integer: the ticks since the charge.
-  local head = 4
+  local head = 5
   if v[3] == 2 then
-    head = 5
+    head = 6
   end
-  if not n or n < 1 or #v ~= head + 6 * n then
+  if not n or n < 1 or #v ~= head + 6 * n or v[5] < 1 then
     return false
   end
   local fns, ps, rfns = {}, {}, false
-  if head == 5 then
+  if head == 6 then
     rfns = {}
   end
   for i = 1, n do
@@ -98,7 +99,7 @@ local function read_entry(spec)
     local fn = algorithms[v[b + 1]]
     if not fn then
       local err = 'rate-limit: unknown algorithm code ' .. tostring(v[b + 1])
-      return { n, v[2], v[3] == 1, v[4], nil, nil, err, false, false }
+      return { n, v[2], v[3] == 1, v[4], nil, nil, err, false, false, v[5] }
     end
     -- The interval (ih, il) and a full bucket, tau = burst * interval (th, tl), in
     -- nanoseconds.
@@ -111,7 +112,7 @@ local function read_entry(spec)
       rfns[i] = refunds[v[b + 1]]
     end
   end
-  return { n, v[2], v[3] == 1, v[4], fns, ps, false, rfns, rfns and v[5] }
+  return { n, v[2], v[3] == 1, v[4], fns, ps, false, rfns, rfns and v[6], v[5] }
 end
 
 local function entry_of(spec)
@@ -323,7 +324,8 @@ local function decide(keys, args)
   end
   if #ARGV == 2 then
     local e = entry_of(ARGV[2])
-    if e and e[1] == 1 and e[4] == 1 and not e[7] and not e[8] and not e[6][1].log then
+    if e and e[1] == 1 and e[4] == 1 and e[10] == 1 and not e[7] and not e[8]
+      and not e[6][1].log then
       return decide_one(KEYS[1], e[5][1], e[6][1], e[2], e[3])
     end
   end
@@ -339,72 +341,75 @@ local function decide(keys, args)
       break
     end
     local n, cost, commit, repeats, fns, ps = e[1], e[2], e[3], e[4], e[5], e[6]
-    if e[7] then
-      for _ = 1, repeats do
-        fail(e[7])
-      end
-    elseif e[8] then
-      -- A refund: the charge time is now less the ticks since the charge, not before 0.
-      local at = max(now - e[9], 0)
-      for _ = 1, repeats do
-        local m = nv
-        local done, err = pcall(refund_all, k, n, fns, e[8], ps, cost, at)
-        if not done then
-          rollback_states()
-          nv = m
-          fail(message(err))
+    -- g groups of keys, each checked r times.
+    for _ = 1, e[10] do
+      if e[7] then
+        for _ = 1, repeats do
+          fail(e[7])
         end
-        journal = nil
-      end
-    elseif n == 1 and not ps[1].log then
-      -- One limit of a text state: its state is read here, without raising, and its algorithm,
-      -- which only computes once it has it, cannot fail: no pcall.
-      local fn, p, key = fns[1], ps[1], KEYS[k + 1]
-      local s, err = read_state(key)
-      for _ = 1, repeats do
-        if s then
-          -- Packed here rather than through push, which would cost this, the hot path, a
-          -- table or a call per check.
-          local allowed, _, remaining, reset, retry = fn(s, now, p, cost, commit)
-          if allowed then
-            retry = -1
-          elseif retry < 0 then
-            retry = -2
+      elseif e[8] then
+        -- A refund: the charge time is now less the ticks since the charge, not before 0.
+        local at = max(now - e[9], 0)
+        for _ = 1, repeats do
+          local m = nv
+          local done, err = pcall(refund_all, k, n, fns, e[8], ps, cost, at)
+          if not done then
+            rollback_states()
+            nv = m
+            fail(message(err))
           end
-          vals[nv + 1], vals[nv + 2], vals[nv + 3] = remaining, reset, retry
-          nv = nv + 3
-        else
-          fail(err)
+          journal = nil
+        end
+      elseif n == 1 and not ps[1].log then
+        -- One limit of a text state: its state is read here, without raising, and its algorithm,
+        -- which only computes once it has it, cannot fail: no pcall.
+        local fn, p, key = fns[1], ps[1], KEYS[k + 1]
+        local s, err = read_state(key)
+        for _ = 1, repeats do
+          if s then
+            -- Packed here rather than through push, which would cost this, the hot path, a
+            -- table or a call per check.
+            local allowed, _, remaining, reset, retry = fn(s, now, p, cost, commit)
+            if allowed then
+              retry = -1
+            elseif retry < 0 then
+              retry = -2
+            end
+            vals[nv + 1], vals[nv + 2], vals[nv + 3] = remaining, reset, retry
+            nv = nv + 3
+          else
+            fail(err)
+          end
+        end
+      elseif n == 1 then
+        -- One limit of a log: its algorithm writes its state only once it has read and computed
+        -- all, so a failure leaves nothing to undo.
+        local fn, p, key = fns[1], ps[1], KEYS[k + 1]
+        for _ = 1, repeats do
+          -- The five values of the answer, or false and the error.
+          local done, allowed, _, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
+          if done then
+            vals[nv + 1], vals[nv + 2], vals[nv + 3] = remaining, reset, retry_value(allowed, retry)
+            nv = nv + 3
+          else
+            fail(message(allowed))
+          end
+        end
+      else
+        for _ = 1, repeats do
+          local m = nv
+          local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
+          if not done then
+            -- Undo its states and drop its partial answer; its answer is the message.
+            rollback_states()
+            nv = m
+            fail(message(err))
+          end
+          journal = nil
         end
       end
-    elseif n == 1 then
-      -- One limit of a log: its algorithm writes its state only once it has read and computed
-      -- all, so a failure leaves nothing to undo.
-      local fn, p, key = fns[1], ps[1], KEYS[k + 1]
-      for _ = 1, repeats do
-        -- The five values of the answer, or false and the error.
-        local done, allowed, _, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
-        if done then
-          vals[nv + 1], vals[nv + 2], vals[nv + 3] = remaining, reset, retry_value(allowed, retry)
-          nv = nv + 3
-        else
-          fail(message(allowed))
-        end
-      end
-    else
-      for _ = 1, repeats do
-        local m = nv
-        local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
-        if not done then
-          -- Undo its states and drop its partial answer; its answer is the message.
-          rollback_states()
-          nv = m
-          fail(message(err))
-        end
-        journal = nil
-      end
+      k = k + n
     end
-    k = k + n
   end
   flush_states()
   flush_logs()

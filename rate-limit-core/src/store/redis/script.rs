@@ -229,11 +229,15 @@ impl Check {
 
     /// Whether `other` asks the same: same keys, limits, cost and mode.
     fn same_as(&self, other: &Self) -> bool {
+        self.same_entry(other) && self.keys == other.keys
+    }
+
+    /// Whether `other` asks the same of its own keys: same limits, cost and mode.
+    fn same_entry(&self, other: &Self) -> bool {
         self.cost == other.cost
             && self.commit == other.commit
             && self.refund == other.refund
             && self.limits == other.limits
-            && self.keys == other.keys
     }
 
     /// The Redis Cluster slot of its keys (they share one).
@@ -243,21 +247,23 @@ impl Check {
 }
 
 /// The command that decides `checks` in order: `FCALL` of [`LIBRARY`]'s function with every
-/// entry's keys, then now (empty for the server's `TIME`) and one argument per entry, its
+/// run's keys, then now (empty for the server's `TIME`) and one argument per entry, its
 /// integers separated by spaces: its number of limits, cost, mode (0 peek, 1 check, 2 refund),
-/// repeat count, for a refund how long ago the charge was made in ticks, and six integers per
-/// limit. One argument, since Redis spends about a thousand instructions on each
-/// argument of a call, and the script finds an entry it has read before by its text alone.
+/// repeat count, number of groups, for a refund how long ago the charge was made in ticks, and
+/// six integers per limit. One argument, since Redis spends about a thousand instructions on
+/// each argument of a call, and the script finds an entry it has read before by its text alone.
 ///
-/// An entry is a run of identical checks in a row (the same keys, limits, cost and commit): a hot
-/// key's checks in one batch are sent once, with a count, and the script decides each of them in
-/// turn, so the reply still holds one answer per check. Written straight into one [`redis::Cmd`],
-/// whose arguments share one buffer.
+/// A run is identical checks in a row (the same keys, limits, cost and commit): a hot key's
+/// checks in one batch are sent once, with a count, and the script decides each of them in
+/// turn, so the reply still holds one answer per check. An entry is runs in a row of the same
+/// length that differ only in their keys (the groups): checks of many keys under one limit share
+/// one argument. Written straight into one [`redis::Cmd`], whose arguments share one buffer.
 pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
     let runs = runs(checks);
+    let entries = entries(&runs);
     // Sized once: growing the buffers argument by argument cost a lone check more than a
     // tenth of its client instructions (callgrind, `bench/redis_client_instructions.sh`).
-    let (args, bytes) = command_size(&runs);
+    let (args, bytes) = command_size(&runs, &entries);
     let mut cmd = redis::Cmd::with_capacity(args, bytes);
     cmd.arg("FCALL")
         .arg(LIBRARY.name.as_str())
@@ -274,12 +280,17 @@ pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
     let mut entry = Vec::with_capacity(
         ENTRY_HEAD + runs.first().map_or(0, |(c, _)| c.limits.len()) * ENTRY_LIMIT,
     );
-    for (check, repeat) in &runs {
+    for (check, repeat, groups) in &entries {
         entry.clear();
         push_int(&mut entry, check.limits.len() as u64);
-        for n in [u64::from(check.cost), check.mode(), *repeat as u64]
-            .into_iter()
-            .chain(check.refund)
+        for n in [
+            u64::from(check.cost),
+            check.mode(),
+            *repeat as u64,
+            *groups as u64,
+        ]
+        .into_iter()
+        .chain(check.refund)
         {
             entry.push(b' ');
             push_int(&mut entry, n);
@@ -302,9 +313,9 @@ pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
     cmd
 }
 
-/// Bytes of an entry's four integers (five for a refund), at most: each at its widest (20
+/// Bytes of an entry's five integers (six for a refund), at most: each at its widest (20
 /// digits), and a space.
-const ENTRY_HEAD: usize = 5 * 21;
+const ENTRY_HEAD: usize = 6 * 21;
 
 /// Bytes of a limit's six integers in an entry, at most.
 const ENTRY_LIMIT: usize = 6 * 21;
@@ -325,18 +336,34 @@ fn push_int(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// Arguments and bytes, at most, of the command for `runs`: every integer counted at its
-/// widest (20 digits).
-fn command_size(runs: &[(&Check, usize)]) -> (usize, usize) {
+/// Arguments, and bytes at most, of the command for `runs` sent as `entries`: every integer
+/// counted at its widest (20 digits).
+fn command_size(runs: &[(&Check, usize)], entries: &[(&Check, usize, usize)]) -> (usize, usize) {
     const INT: usize = 20;
     // FCALL, the function, the number of keys, now.
     let (mut args, mut bytes) = (4, "FCALL".len() + LIBRARY.name.len() + 3 * INT);
     for (check, _) in runs {
-        let n = check.keys.len();
-        args += n + 1;
-        bytes += check.keys.iter().map(String::len).sum::<usize>() + ENTRY_HEAD + n * ENTRY_LIMIT;
+        args += check.keys.len();
+        bytes += check.keys.iter().map(String::len).sum::<usize>();
+    }
+    for (check, _, _) in entries {
+        args += 1;
+        bytes += ENTRY_HEAD + check.limits.len() * ENTRY_LIMIT;
     }
     (args, bytes)
+}
+
+/// `runs` as entries: runs in a row of the same length whose checks differ only in their keys,
+/// each with its first check, its runs' length and its number of runs (groups).
+fn entries<'a>(runs: &[(&'a Check, usize)]) -> Vec<(&'a Check, usize, usize)> {
+    let mut entries: Vec<(&Check, usize, usize)> = Vec::with_capacity(runs.len());
+    for &(check, repeat) in runs {
+        match entries.last_mut() {
+            Some((first, r, groups)) if *r == repeat && first.same_entry(check) => *groups += 1,
+            _ => entries.push((check, repeat, 1)),
+        }
+    }
+    entries
 }
 
 /// `checks` as runs of identical checks in a row, each with its length.
@@ -735,10 +762,10 @@ mod tests {
         // Only neighbours merge: order is kept, and the last `hot` is a run of its own.
         assert_eq!(runs, [3, 1, 1, 1, 1]);
 
-        let limit_args = |cost: &str, commit: &str, repeat: &str| {
+        let limit_args = |cost: &str, commit: &str, repeat: &str, groups: &str| {
             // 4/s: 1 s in microseconds, an interval of 250,000 µs and 0 ns.
             let v = [
-                "1", cost, commit, repeat, "6", "4", "4", "1000000", "250000", "0",
+                "1", cost, commit, repeat, groups, "6", "4", "4", "1000000", "250000", "0",
             ];
             v.join(" ")
         };
@@ -751,15 +778,25 @@ mod tests {
         let other_key = other.keys[0].as_str();
         assert_eq!(&a[3..8], [hot_key, hot_key, hot_key, other_key, hot_key]);
         assert_eq!(a[8], "42");
-        // One argument per entry.
+        // One argument per entry: the runs of `other` and the last `hot` differ only in their
+        // keys, and share one, of two groups.
         let want = [
-            limit_args("1", "1", "3"),
-            limit_args("1", "0", "1"),
-            limit_args("2", "1", "1"),
-            limit_args("1", "1", "1"),
-            limit_args("1", "1", "1"),
+            limit_args("1", "1", "3", "1"),
+            limit_args("1", "0", "1", "1"),
+            limit_args("2", "1", "1", "1"),
+            limit_args("1", "1", "1", "2"),
         ];
         assert_eq!(a[9..], want);
+        // Runs of different lengths are entries of their own.
+        let a = args(&command(Some(42), &[&hot, &other, &other, &hot]));
+        assert_eq!(
+            a[7..],
+            [
+                limit_args("1", "1", "1", "1"),
+                limit_args("1", "1", "2", "1"),
+                limit_args("1", "1", "1", "1"),
+            ]
+        );
         // Server time: now is sent empty.
         assert_eq!(args(&command(None, &[&hot]))[4], "");
     }
@@ -781,7 +818,8 @@ mod tests {
         let a = Check::new("rl", "a", &[l], u32::MAX, true).unwrap();
         let b = Check::new("prefix", &long, &[l, m], 1, false).unwrap();
         for checks in [vec![&a], vec![&a, &a, &b, &a, &b, &b]] {
-            let (args, bytes) = command_size(&runs(&checks));
+            let runs = runs(&checks);
+            let (args, bytes) = command_size(&runs, &entries(&runs));
             let cmd = command(Some(u64::MAX), &checks);
             assert_eq!(cmd.args_iter().count(), args);
             let written: usize = cmd
@@ -817,9 +855,10 @@ mod tests {
         let a = args(&command(Some(42), &[&refund, &refund, &check]));
         // The two refunds are one entry with a count; the check is not one of them.
         assert_eq!(a[2], "2");
-        assert_eq!(a[6], "1 3 2 2 2 6 4 4 1000000 250000 0");
-        assert_eq!(a[7], "1 3 1 1 6 4 4 1000000 250000 0");
-        let (args_n, bytes) = command_size(&runs(&[&refund]));
+        assert_eq!(a[6], "1 3 2 2 1 2 6 4 4 1000000 250000 0");
+        assert_eq!(a[7], "1 3 1 1 1 6 4 4 1000000 250000 0");
+        let runs = runs(&[&refund]);
+        let (args_n, bytes) = command_size(&runs, &entries(&runs));
         let cmd = command(None, &[&refund]);
         assert_eq!(cmd.args_iter().count(), args_n);
         let written: usize = args(&cmd).iter().map(String::len).sum();
