@@ -196,8 +196,22 @@ end
 
 
 -- Milliseconds for PEXPIRE from ticks: rounded up, at least 1, so a key outlives its state.
+-- Kept by ticks (a log's TTL is its period: the same every call), at most 256 of them:
+-- formatting costs Redis some 3,000 instructions, and Lua would format a number argument
+-- with sprintf all the same.
+local ttl_texts, ttl_count = {}, 0
+
 local function ttl_ms(ticks)
-  return format('%d', max(1, ceil(ticks / 1000)))
+  local text = ttl_texts[ticks]
+  if not text then
+    text = format('%d', max(1, ceil(ticks / 1000)))
+    if ttl_count >= 256 then
+      ttl_texts, ttl_count = {}, 0
+    end
+    ttl_texts[ticks] = text
+    ttl_count = ttl_count + 1
+  end
+  return text
 end
 
 -- Records in the state's record `st` what a transition left, as the Rust transitions assign

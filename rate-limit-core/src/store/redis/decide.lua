@@ -365,19 +365,23 @@ local function decide(keys, args)
         -- which only computes once it has it, cannot fail: no pcall.
         local fn, p, key = fns[1], ps[1], KEYS[k + 1]
         local s, err = read_state(key)
-        for _ = 1, repeats do
-          if s then
-            -- Packed here rather than through push, which would cost this, the hot path, a
-            -- table or a call per check.
-            local allowed, _, remaining, reset, retry = fn(s, now, p, cost, commit)
+        if s then
+          -- Packed here rather than through push, which would cost this, the hot path, a
+          -- table or a call per check; in locals, not upvalues, while the repeats run.
+          local vs, m, t = vals, nv, now
+          for _ = 1, repeats do
+            local allowed, _, remaining, reset, retry = fn(s, t, p, cost, commit)
             if allowed then
               retry = -1
             elseif retry < 0 then
               retry = -2
             end
-            vals[nv + 1], vals[nv + 2], vals[nv + 3] = remaining, reset, retry
-            nv = nv + 3
-          else
+            vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
+            m = m + 3
+          end
+          nv = m
+        else
+          for _ = 1, repeats do
             fail(err)
           end
         end
