@@ -288,9 +288,10 @@ local exp_at, exp_text = 0, '0'
 -- `SET` of its integers if they live for `ttl` ticks more, or `DEL` if it is full again. On the
 -- server's time, the key must outlive its state: it expires at the instant the state is full
 -- again, rounded up to the next whole second (so by less than a second later). A key whose
--- expiry is already that late keeps it (`KEEPTTL`): setting an expiry costs Redis some four
--- thousand instructions more than keeping one, and a key checked again within the second
--- needs no later one. A text equal to the one read is not rewritten. On the client's clock
+-- expiry is already that late keeps it (`SETRANGE` of a text of the same length, else
+-- `KEEPTTL`): setting an expiry costs Redis some four thousand instructions more than keeping
+-- one, and a key checked again within the second needs no later one. A text equal to the one
+-- read is not rewritten. On the client's clock
 -- (no server time to set an instant against), the expiry is relative (`PX`), as the TTL
 -- rounded up to the millisecond, and set at every write.
 local function write_state(key, read, exp, fields, ttl)
