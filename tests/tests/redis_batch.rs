@@ -371,6 +371,53 @@ async fn a_check_that_fails_in_the_script_fails_alone_in_its_call() {
 }
 
 #[tokio::test]
+async fn a_lone_check_on_a_key_it_cannot_read_fails_and_the_next_call_is_decided() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::builder(mux(&server).await).build().unwrap();
+    for algorithm in [
+        Algorithm::Gcra,
+        Algorithm::TokenBucket,
+        Algorithm::FixedWindow,
+    ] {
+        let limit = [Limit::new(Quota::per_hour(nz(5)), algorithm)];
+        server.cli(&["LPUSH", &store.state_key("a-list", &limit[0]), "x"]);
+        server.cli(&["SET", &store.state_key("a-text", &limit[0]), "not a state"]);
+        // Each a call of its own: one check of one limit.
+        let err = store.check("a-list", &limit, nz(1)).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Backend, "{algorithm}: {err}");
+        assert!(err.to_string().contains("WRONGTYPE"), "{algorithm}: {err}");
+        let err = store.check("a-text", &limit, nz(1)).await.unwrap_err();
+        assert!(
+            err.to_string().contains("not a state"),
+            "{algorithm}: {err}"
+        );
+        // Nothing was written over them, and a good key is decided in the next calls.
+        assert_eq!(
+            server.cli(&["TYPE", &store.state_key("a-list", &limit[0])]),
+            "list"
+        );
+        for left in (0..5).rev() {
+            let d = store.check("good", &limit, nz(1)).await.unwrap();
+            assert!(
+                d.is_allowed() && d.remaining() == left,
+                "{algorithm}: {d:?}"
+            );
+        }
+        assert!(
+            !store
+                .check("good", &limit, nz(1))
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+        server.cli(&["FLUSHALL"]);
+    }
+}
+
+#[tokio::test]
 async fn denials_are_answered_locally_until_their_deadline() {
     if !redis_available() {
         return;

@@ -15,16 +15,17 @@
 -- runs where none of them is defined, but at its first call (`bind_globals`, called by
 -- `decide`).
 local floor, ceil, max, min
-local format, gmatch, match, concat
+local format, gmatch, match, concat, srep
 local tonumber, tostring, pcall, type, pairs, ipairs, unpack
-local call, pack, sunpack
+local call, rpcall, pack, sunpack
 
 local function bind_globals()
   floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
   format, gmatch, match, concat = string.format, string.gmatch, string.match, table.concat
+  srep = string.rep
   tonumber, tostring, pcall, type = _G.tonumber, _G.tostring, _G.pcall, _G.type
   pairs, ipairs, unpack = _G.pairs, _G.ipairs, _G.unpack
-  call, pack, sunpack = redis.call, struct.pack, struct.unpack
+  call, rpcall, pack, sunpack = redis.call, redis.pcall, struct.pack, struct.unpack
 end
 
 -- a + b.
@@ -101,9 +102,12 @@ end
 -- checks of one call on one hot key cost one GET and at most one SET, and each check sees the
 -- state the checks before it left, exactly as separate calls would.
 --
--- states[key] = { read = text or false, fields = integers or false, ttl = ticks, saved = bool }
--- The integers are shared with the algorithms, which only read them. Only a state saved during
--- the call is written back.
+-- states[key] = { read = text or false, fields = integers or false, exp = the key's expiry as
+-- the text read records it (see `LAYOUTS`), ttl = ticks, saved = bool }, the state's record.
+-- The algorithms are handed the record itself (`st`), read its integers (`st.fields`, false for
+-- no state; shared, only read) and `save` their result into it: no lookup by key and no call
+-- to find it, which a check, costing Redis about fifty instructions per Lua instruction, feels.
+-- Only a state saved during the call is written back.
 local states = {}
 -- Keys in the order they were first read, so the writes at the end are in a fixed order.
 local state_order = {}
@@ -114,71 +118,144 @@ local journal = nil
 
 -- A state's integers (one to three) are stored as little-endian doubles, 8 bytes each: every
 -- one is below 2^53, so exact, and reading or writing them costs Redis far less than decimal
--- text (no parsing, no formatting). Anything else is no state of this script: the check fails.
-local LAYOUTS = { [8] = '<d', [16] = '<dd', [24] = '<ddd' }
+-- text (no parsing, no formatting). After them, the expiry the key was given, in whole seconds
+-- of the server's clock (a 4-byte unsigned integer), or 0 when it was set on the client's
+-- clock: a write that needs no later expiry keeps the key's (see `write_state`). A text of
+-- integers alone (8, 16 or 24 bytes, an earlier version's) is read with an expiry of 0.
+-- Anything else is no state of this script: the check fails.
+local LAYOUTS = { [12] = '<dI4', [20] = '<ddI4', [28] = '<dddI4' }
 
-local function parse_fields(text)
+local NOT_A_STATE = 'rate-limit: the value at this key is not a state of this limit'
+
+-- The integers of a state's text (false for no text, nil for a text no state has) and the
+-- expiry it records (see `LAYOUTS`).
+local function fields_of(text)
   if not text then
-    return false
+    return false, 0
   end
   local n = #text
-  if n == 8 then
-    return { (sunpack('<d', text)) }
+  if n == 12 then
+    local a, e = sunpack('<dI4', text)
+    return { a }, e
+  elseif n == 20 then
+    local a, b, e = sunpack('<ddI4', text)
+    return { a, b }, e
+  elseif n == 28 then
+    local a, b, c, e = sunpack('<dddI4', text)
+    return { a, b, c }, e
+  elseif n == 8 then
+    return { (sunpack('<d', text)) }, 0
   elseif n == 16 then
     local a, b = sunpack('<dd', text)
-    return { a, b }
+    return { a, b }, 0
   elseif n == 24 then
     local a, b, c = sunpack('<ddd', text)
-    return { a, b, c }
+    return { a, b, c }, 0
   end
-  error('rate-limit: the value at this key is not a state of this limit', 0)
+  return nil, 0
+end
+
+
+-- The state of `key` in the call's cache, read (GET) if it is not there yet; or nil and why it
+-- cannot be read (a key of another type, a text no state has), without raising, so that a
+-- check of one limit needs no pcall. (The message of an error reply: a table { err = message }
+-- in some versions, the message in others.)
+local function read_state(key)
+  local s = states[key]
+  if s then
+    return s
+  end
+  -- GET answers false for a missing key, a table for an error (whose length, 0, is no
+  -- state's: told apart only then, as type() is a C call, hundreds of instructions).
+  local text = rpcall('GET', key)
+  local fields, exp = fields_of(text)
+  if fields == nil then
+    if type(text) == 'table' then
+      return nil, tostring(text.err or text)
+    end
+    return nil, NOT_A_STATE
+  end
+  s = { read = text, fields = fields, exp = exp, ttl = 0, saved = false }
+  states[key] = s
+  state_order[#state_order + 1] = key
+  return s
 end
 
 local function state_of(key)
   local s = states[key]
+  if s then
+    return s
+  end
+  local err
+  s, err = read_state(key)
   if not s then
-    -- GET answers false for a missing key.
-    local text = call('GET', key)
-    s = { read = text, fields = parse_fields(text), ttl = 0, saved = false }
-    states[key] = s
-    state_order[#state_order + 1] = key
+    error(err, 0)
   end
   return s
 end
 
--- Reads a state (see `LAYOUTS`). Returns the integers (not to be modified),
--- or nil when there is no state.
-local function load_fields(key)
-  local fields = state_of(key).fields
-  if not fields then
-    return nil
-  end
-  return fields
-end
 
 -- Milliseconds for PEXPIRE from ticks: rounded up, at least 1, so a key outlives its state.
+-- Kept by ticks (a log's TTL is its period: the same every call), at most 256 of them:
+-- formatting costs Redis some 3,000 instructions, and Lua would format a number argument
+-- with sprintf all the same.
+local ttl_texts, ttl_count = {}, 0
+
 local function ttl_ms(ticks)
-  return format('%d', max(1, ceil(ticks / 1000)))
+  local text = ttl_texts[ticks]
+  if not text then
+    text = format('%d', max(1, ceil(ticks / 1000)))
+    if ttl_count >= 256 then
+      ttl_texts, ttl_count = {}, 0
+    end
+    ttl_texts[ticks] = text
+    ttl_count = ttl_count + 1
+  end
+  return text
 end
 
--- Records the state a transition left, as the Rust transitions assign `*state`: nil (the state
--- is full again) deletes the key; otherwise the integers live for `ttl` ticks, the time until
--- the state is full again.
-local function save_fields(key, fields, ttl)
-  local s = state_of(key)
-  if journal and journal[key] == nil then
-    journal[key] = { fields = s.fields, ttl = s.ttl, saved = s.saved }
+-- Records in the state's record `st` what a transition left, as the Rust transitions assign
+-- `*state`: nil (the state is full again) deletes the key; otherwise the integers live for
+-- `ttl` ticks, the time until the state is full again.
+local function save(st, fields, ttl)
+  if journal and journal[st] == nil then
+    journal[st] = { fields = st.fields, ttl = st.ttl, saved = st.saved }
   end
-  s.fields = fields or false
-  s.ttl = ttl
-  s.saved = true
+  st.fields = fields or false
+  st.ttl = ttl
+  st.saved = true
+end
+
+-- As save(st, { a, b, c }, ttl), b and c nil for a state of fewer integers, but into the
+-- table of the state already there when no check of several limits journals it: the checks of
+-- a hot key rewrite one table instead of allocating one each (an allocation, and the garbage
+-- collection it brings, costs Redis some 1,000 instructions). Only the record refers to that
+-- table; an algorithm reads the integers it needs before it saves.
+local function keep(st, ttl, a, b, c)
+  local f = st.fields
+  if f and not journal then
+    -- Setting an absent key, even to nil, inserts it in Lua 5.1 (and may grow the table).
+    f[1] = a
+    if b or f[2] then
+      f[2] = b
+    end
+    if c or f[3] then
+      f[3] = c
+    end
+  else
+    if journal and journal[st] == nil then
+      journal[st] = { fields = f, ttl = st.ttl, saved = st.saved }
+    end
+    st.fields = { a, b, c }
+  end
+  st.ttl = ttl
+  st.saved = true
 end
 
 -- Undoes what the current check wrote.
 local function rollback_states()
   if journal then
-    for key, before in pairs(journal) do
-      local s = states[key]
+    for s, before in pairs(journal) do
       s.fields = before.fields
       s.ttl = before.ttl
       s.saved = before.saved
@@ -186,49 +263,97 @@ local function rollback_states()
   end
 end
 
--- The stored bytes of a state (see `LAYOUTS`). `+ 0` turns a -0 into 0, so that a state equal to
--- the one read is stored as the same bytes, and not written again (see `flush_states`).
-local function state_text(fields)
+-- The stored bytes of a state and the key's expiry `exp` (see `LAYOUTS`). `+ 0` turns a -0
+-- into 0, so that a state equal to the one read is stored as the same bytes, and not written
+-- again (see `write_state`).
+local function state_text(fields, exp)
   local n = #fields
   if n == 1 then
-    return pack('<d', fields[1] + 0)
+    return pack('<dI4', fields[1] + 0, exp)
   elseif n == 2 then
-    return pack('<dd', fields[1] + 0, fields[2] + 0)
+    return pack('<ddI4', fields[1] + 0, fields[2] + 0, exp)
   end
-  return pack('<ddd', fields[1] + 0, fields[2] + 0, fields[3] + 0)
+  return pack('<dddI4', fields[1] + 0, fields[2] + 0, fields[3] + 0, exp)
 end
 
 -- The server's time in ticks when the call reads it (TIME), for `flush_states`; false when the
 -- client's clock gives the time, which the server's expiry cannot be set against.
 local server_now = false
 
--- Writes every state saved during the call whose text changed: `SET` with the last TTL computed
--- for it, or `DEL` if it is full again. On the server's time, the expiry is set as an instant
--- (`PXAT`, rounded up to the millisecond): a relative `PX` costs Redis more, since it rewrites
--- the command to an instant for replicas. A state equal to the text read is not rewritten: its
--- expiry is already right (a state is full again at an instant its text fixes).
-local function flush_states()
-  for _, key in ipairs(state_order) do
-    local s = states[key]
-    if s.saved then
-      local text = false
-      if s.fields then
-        text = state_text(s.fields)
-      end
-      if text ~= s.read then
-        if text then
-          if server_now then
-            -- At least the next millisecond, as `ttl_ms` gives at least one: an instant that
-            -- has come would delete the key.
-            local at = max(ceil((server_now + s.ttl) / 1000), floor(server_now / 1000) + 1)
-            call('SET', key, text, 'PXAT', at)
-          else
-            call('SET', key, text, 'PX', ttl_ms(s.ttl))
-          end
+-- The last expiry `write_state` gave, and its decimal text: the keys written in one second
+-- mostly get the same one, and formatting a number costs Redis thousands of instructions.
+local exp_at, exp_text = 0, '0'
+
+-- Writes a state saved during the call (the key's text was `read`, recording the expiry `exp`):
+-- `SET` of its integers if they live for `ttl` ticks more, or `DEL` if it is full again. On the
+-- server's time, the key must outlive its state: it expires at the instant the state is full
+-- again, rounded up to the next whole second (so by less than a second later). A key whose
+-- expiry is already that late keeps it (`SETRANGE` of a text of the same length, else
+-- `KEEPTTL`): setting an expiry costs Redis some four thousand instructions more than keeping
+-- one, and a key checked again within the second needs no later one. A text equal to the one
+-- read is not rewritten. On the client's clock
+-- (no server time to set an instant against), the expiry is relative (`PX`), as the TTL
+-- rounded up to the millisecond, and set at every write.
+local function write_state(key, read, exp, fields, ttl)
+  if not fields then
+    if read then
+      call('DEL', key)
+    end
+    return
+  end
+  if server_now then
+    -- The key's expiry is late enough if it is at or after the instant the state is full
+    -- again, and after now (an instant that has come would delete the key).
+    local kept = exp * 1000000
+    if kept >= server_now + ttl and kept > server_now then
+      local text = state_text(fields, exp)
+      if text ~= read then
+        if #text == #read then
+          -- Overwrites the value in place and keeps the expiry: cheaper than SET ... KEEPTTL
+          -- (some 2,000 instructions less, with the offset as a string: Lua formats a number
+          -- argument with sprintf).
+          call('SETRANGE', key, '0', text)
         else
-          call('DEL', key)
+          call('SET', key, text, 'KEEPTTL')
         end
       end
+      return
+    end
+    -- In milliseconds, at least the next one; rounded with `% 1`, not math.floor and
+    -- math.ceil: a C function call costs Redis hundreds of instructions.
+    local at = (server_now + ttl) / 1000
+    local need = at - at % 1
+    if need < at then
+      need = need + 1
+    end
+    local least = server_now / 1000
+    least = least - least % 1 + 1
+    if need < least then
+      need = least
+    end
+    local whole = need / 1000
+    exp = whole - whole % 1
+    if exp < whole then
+      exp = exp + 1
+    end
+    if exp ~= exp_at then
+      exp_at, exp_text = exp, format('%d', exp)
+    end
+    call('SET', key, state_text(fields, exp), 'EXAT', exp_text)
+    return
+  end
+  local text = state_text(fields, 0)
+  if text ~= read then
+    call('SET', key, text, 'PX', ttl_ms(ttl))
+  end
+end
+
+local function flush_states()
+  for i = 1, #state_order do
+    local key = state_order[i]
+    local s = states[key]
+    if s.saved then
+      write_state(key, s.read, s.exp, s.fields, s.ttl)
     end
   end
 end

@@ -6,19 +6,24 @@
 -- hash tag; a key may appear in several checks.
 -- args: now in ticks ('' to read the server's TIME, once for the whole call), then one argument
 -- per entry, its integers separated by spaces: its number of limits n, cost, mode (0 a peek, 1
--- a check, 2 a refund), repeat count r, for a refund the ticks since the charge was made, then
--- six integers per limit: algorithm code, limit, burst, period in ticks,
+-- a check, 2 a refund), repeat count r, number of groups g, for a refund the ticks since the
+-- charge was made, then six integers per limit: algorithm code, limit, burst, period in ticks,
 -- and the emission interval in nanoseconds as whole microseconds and the nanoseconds left. An
--- entry stands for r identical checks in a row, decided one after the other; its keys are sent
--- once. One argument per entry, because Redis spends about a thousand instructions on each
--- argument of a call (reading it, and making a Lua string of it), and an entry read before is
--- found by its string alone (see `entries`).
--- Returns one binary string, the records of every check in order: per limit, 'D' and five
--- little-endian doubles (allowed 1/0, capacity, remaining, reset after, retry after or -1); or,
--- if that check failed, 'E', the length of its error message as a double, and the message.
+-- entry stands for g groups of n keys in a row, each checked r times in a row, decided one
+-- after the other: identical checks of one key are sent once, with a count, and checks that
+-- differ only in their keys share one entry. One argument per entry, because Redis spends
+-- about a thousand instructions on each argument of a call (reading it, and making a Lua
+-- string of it), and an entry read before is found by its string alone (see `entries`).
+-- Returns one binary string, the records of every check in order: per limit, three
+-- little-endian doubles: remaining, reset after, and retry after, which is -1 when the check
+-- was allowed and -2 when it is denied for ever (its cost is above the capacity, which the
+-- client knows from the limit); or, if that check failed, -1 (where a remaining count is never
+-- negative), the length of its error message as a double, and the message.
 -- One string, because Redis converts each element of a reply table at a cost of its own and the
--- client parses one string far faster than as many integers. Every value is an integer of at
--- most 2^53, so its double is exact.
+-- client parses one string far faster than as many integers; the doubles of consecutive records
+-- are packed together, in one struct.pack per 240 values (a call of it costs some hundreds of
+-- instructions, each value a few dozen). Every value is an integer of at most 2^53, so its
+-- double is exact.
 -- A check that fails (a key of the wrong type, ...) leaves the text states as they were before
 -- it, and the other checks of the call are decided as if it had not been sent.
 --
@@ -26,7 +31,8 @@
 -- library's level from call to call (`entries`) depends only on the argument it is found by.
 local KEYS, ARGV
 
--- Each is called as algorithm(key, now, p, cost, commit) and returns five values (not a table,
+-- Each is called as algorithm(st, now, p, cost, commit), st the state's record (see `states`;
+-- the sliding window log, whose state is a list, is given its key), and returns five values (not a table,
 -- which would cost an allocation per check; only a check of several limits keeps each limit's
 -- answer in a table until all are decided): allowed, capacity, remaining, reset after, and
 -- retry after or -1.
@@ -34,23 +40,31 @@ local algorithms = {
   token_bucket, leaky_bucket, fixed_window, sliding_window_log, sliding_window, gcra,
 }
 
--- Each refund is called as refund(key, now, p, cost, at), in the same order: gives back `cost`
+-- Each refund is called as refund(st, now, p, cost, at) (the log's with its key), in the same
+-- order: gives back `cost`
 -- charged at tick `at`, and returns nothing (the entry point peeks after it).
 local refunds = {
   token_bucket_refund, leaky_bucket_refund, fixed_window_refund, sliding_window_log_refund,
   sliding_window_refund, gcra_refund,
 }
 
--- The answers of the call: per check in order, one record per limit, or one error record.
-local replies
--- A limit's record: 'D' (68), then its five values as little-endian doubles.
-local RECORD = '<Bddddd'
+-- The answers of the call, in order: the values of the records not packed yet (vals[1 .. nv];
+-- the table is kept from call to call, only its first nv values count), and the packed parts of
+-- the reply (parts[1 .. np]).
+local vals, nv = {}, 0
+local parts, np = {}, 0
+-- Values packed by one struct.pack, at most: what it takes stays well within Lua's C stack.
+local SLICE = 240
+-- struct.pack's format for n doubles, by n.
+local formats = {}
 
 -- The call's instant in ticks.
 local now
+-- The seconds of the last TIME read, and them in ticks.
+local time_s, time_ticks = false, 0
 
 -- The entries read so far, by their argument: { n, cost, commit, repeats, fns, ps, err, rfns,
--- since }, err the message when a limit cannot be decided (an unknown algorithm), or false when
+-- since, groups }, err the message when a limit cannot be decided (an unknown algorithm), or false when
 -- n is not even readable; rfns the refund functions and since the ticks since the charge for a
 -- refund (mode 2), else false. Kept from call to call: checks mostly repeat the same few
 -- entries (a hot key's, every client's one limit), and a Lua string is interned, so
@@ -69,15 +83,15 @@ local function read_entry(spec)
   end
   local n = v[1]
   -- A refund's head has one more integer: the ticks since the charge.
-  local head = 4
+  local head = 5
   if v[3] == 2 then
-    head = 5
+    head = 6
   end
-  if not n or n < 1 or #v ~= head + 6 * n then
+  if not n or n < 1 or #v ~= head + 6 * n or v[5] < 1 then
     return false
   end
   local fns, ps, rfns = {}, {}, false
-  if head == 5 then
+  if head == 6 then
     rfns = {}
   end
   for i = 1, n do
@@ -85,7 +99,7 @@ local function read_entry(spec)
     local fn = algorithms[v[b + 1]]
     if not fn then
       local err = 'rate-limit: unknown algorithm code ' .. tostring(v[b + 1])
-      return { n, v[2], v[3] == 1, v[4], nil, nil, err, false, false }
+      return { n, v[2], v[3] == 1, v[4], nil, nil, err, false, false, v[5] }
     end
     -- The interval (ih, il) and a full bucket, tau = burst * interval (th, tl), in
     -- nanoseconds.
@@ -98,7 +112,7 @@ local function read_entry(spec)
       rfns[i] = refunds[v[b + 1]]
     end
   end
-  return { n, v[2], v[3] == 1, v[4], fns, ps, false, rfns, rfns and v[5] }
+  return { n, v[2], v[3] == 1, v[4], fns, ps, false, rfns, rfns and v[6], v[5] }
 end
 
 local function entry_of(spec)
@@ -117,14 +131,62 @@ local function entry_of(spec)
   return e
 end
 
--- Sets record m + 1 to one limit's answer (68 is 'D').
-local function push(m, r)
-  replies[m + 1] = pack(RECORD, 68, r[1] and 1 or 0, r[2], r[3], r[4], r[5])
+-- The last value of a limit's record: retry after, -1 if allowed, -2 if never.
+local function retry_value(allowed, retry)
+  if allowed then
+    return -1
+  elseif retry < 0 then
+    return -2
+  end
+  return retry
 end
 
--- Sets record m + 1 to a check's error message (69 is 'E').
-local function fail(m, message)
-  replies[m + 1] = pack('<Bd', 69, #message) .. message
+-- Appends one limit's answer, the five values an algorithm returns, in a table.
+local function push(r)
+  vals[nv + 1], vals[nv + 2], vals[nv + 3] = r[3], r[4], retry_value(r[1], r[5])
+  nv = nv + 3
+end
+
+-- Packs the values not packed yet into parts.
+local function pack_vals()
+  local i = 1
+  while i <= nv do
+    local j = i + SLICE - 1
+    if j > nv then
+      j = nv
+    end
+    local n = j - i + 1
+    local format = formats[n]
+    if not format then
+      format = '<' .. srep('d', n)
+      formats[n] = format
+    end
+    np = np + 1
+    parts[np] = pack(format, unpack(vals, i, j))
+    i = j + 1
+  end
+  nv = 0
+end
+
+-- A check's error record.
+local function failure(message)
+  return pack('<dd', -1, #message) .. message
+end
+
+-- Appends a check's error record.
+local function fail(message)
+  pack_vals()
+  np = np + 1
+  parts[np] = failure(message)
+end
+
+-- What limit i of a check whose keys start after k is decided on: the record of its state, or
+-- the key of a log's list. Raises if the state cannot be read.
+local function target(k, i, p)
+  if p.log then
+    return KEYS[k + i]
+  end
+  return state_of(KEYS[k + i])
 end
 
 -- For each of the n keys KEYS[k + 1 .. k + n], the position of the first with its name.
@@ -156,7 +218,7 @@ local function check_all(k, n, fns, ps, cost, commit)
     if first[i] < i then
       raws[i] = raws[first[i]]
     else
-      raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, false) }
+      raws[i] = { fns[i](target(k, i, ps[i]), now, ps[i], cost, false) }
     end
     all = all and raws[i][1]
   end
@@ -165,14 +227,12 @@ local function check_all(k, n, fns, ps, cost, commit)
       if first[i] < i then
         raws[i] = raws[first[i]]
       else
-        raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, true) }
+        raws[i] = { fns[i](target(k, i, ps[i]), now, ps[i], cost, true) }
       end
     end
   end
-  local m = #replies
   for i = 1, n do
-    push(m, raws[i])
-    m = m + 1
+    push(raws[i])
   end
 end
 
@@ -187,7 +247,7 @@ local function refund_all(k, n, fns, rfns, ps, cost, at)
   for pass = 1, 2 do
     for i = 1, n do
       if first[i] == i and (ps[i].log == (pass == 2)) then
-        rfns[i](KEYS[k + i], now, ps[i], cost, at)
+        rfns[i](target(k, i, ps[i]), now, ps[i], cost, at)
       end
     end
   end
@@ -196,13 +256,11 @@ local function refund_all(k, n, fns, rfns, ps, cost, at)
     if first[i] < i then
       raws[i] = raws[first[i]]
     else
-      raws[i] = { fns[i](KEYS[k + i], now, ps[i], cost, false) }
+      raws[i] = { fns[i](target(k, i, ps[i]), now, ps[i], cost, false) }
     end
   end
-  local m = #replies
   for i = 1, n do
-    push(m, raws[i])
-    m = m + 1
+    push(raws[i])
   end
 end
 
@@ -215,85 +273,159 @@ local function message(err)
   return tostring(err)
 end
 
+-- The state's record of `decide_one`, kept from call to call.
+local one = { read = false, fields = false, exp = 0, ttl = 0, saved = false }
+
+-- A call of one check of one limit (not a refund, not a log), the common call: its state is
+-- read and written directly, with none of the call's tables (its record is `one`), and its
+-- record is the reply. Decides as the general path does.
+local function decide_one(key, fn, p, cost, commit)
+  -- redis.pcall: a key of another type is this check's error record, not the call's error.
+  local read = rpcall('GET', key)
+  local fields, exp = fields_of(read)
+  if fields == nil then
+    -- An error reply is a table (told apart only here: type() is a C call).
+    if type(read) == 'table' then
+      return failure(message(read))
+    end
+    return failure(NOT_A_STATE)
+  end
+  local st = one
+  st.read, st.fields, st.exp, st.ttl, st.saved = read, fields, exp, 0, false
+  local allowed, capacity, remaining, reset, retry = fn(st, now, p, cost, commit)
+  if st.saved then
+    write_state(key, read, exp, st.fields, st.ttl)
+  end
+  if allowed then
+    retry = -1
+  elseif retry < 0 then
+    retry = -2
+  end
+  return pack('<ddd', remaining, reset, retry)
+end
+
 local function decide(keys, args)
   KEYS, ARGV = keys, args
   if not call then
     bind_globals()
   end
-  states, state_order, journal, replies, logs = {}, {}, nil, {}, {}
   if ARGV[1] == '' then
     local t = call('TIME')
-    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    -- Lua reads a number with strtod, some 1,700 instructions of Redis for the seconds: they
+    -- are read again only when they change (strings are interned: == compares pointers).
+    if t[1] ~= time_s then
+      time_s, time_ticks = t[1], tonumber(t[1]) * 1000000
+    end
+    now = time_ticks + tonumber(t[2])
     server_now = now
   else
     now = tonumber(ARGV[1])
     server_now = false
   end
+  if #ARGV == 2 then
+    local e = entry_of(ARGV[2])
+    if e and e[1] == 1 and e[4] == 1 and e[10] == 1 and not e[7] and not e[8]
+      and not e[6][1].log then
+      return decide_one(KEYS[1], e[5][1], e[6][1], e[2], e[3])
+    end
+  end
+  states, state_order, journal, logs = {}, {}, nil, {}
+  nv, np = 0, 0
   local k = 0
   for a = 2, #ARGV do
     local e = entry_of(ARGV[a])
     if not e then
       -- Not even its number of limits: one error record, and the keys that follow are not
       -- known (the client reads a reply that does not line up).
-      fail(#replies, 'rate-limit: a malformed entry')
+      fail('rate-limit: a malformed entry')
       break
     end
     local n, cost, commit, repeats, fns, ps = e[1], e[2], e[3], e[4], e[5], e[6]
-    if e[7] then
-      for _ = 1, repeats do
-        fail(#replies, e[7])
-      end
-    elseif e[8] then
-      -- A refund: the charge time is now less the ticks since the charge, not before 0.
-      local at = max(now - e[9], 0)
-      for _ = 1, repeats do
-        local m = #replies
-        local done, err = pcall(refund_all, k, n, fns, e[8], ps, cost, at)
-        if not done then
-          rollback_states()
-          for i = #replies, m + 1, -1 do
-            replies[i] = nil
-          end
-          fail(m, message(err))
+    -- g groups of keys, each checked r times.
+    for _ = 1, e[10] do
+      if e[7] then
+        for _ = 1, repeats do
+          fail(e[7])
         end
-        journal = nil
-      end
-    elseif n == 1 then
-      -- One limit: its algorithm writes its state only once it has read and computed all, so
-      -- a failure leaves nothing to undo.
-      local fn, p, key = fns[1], ps[1], KEYS[k + 1]
-      for _ = 1, repeats do
-        -- The five values of the answer, or false and the error; packed here rather than
-        -- through push, which would cost this, the hot path, a table or a call per check.
-        local done, allowed, capacity, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
-        if done then
-          replies[#replies + 1] =
-            pack(RECORD, 68, allowed and 1 or 0, capacity, remaining, reset, retry)
+      elseif e[8] then
+        -- A refund: the charge time is now less the ticks since the charge, not before 0.
+        local at = max(now - e[9], 0)
+        for _ = 1, repeats do
+          local m = nv
+          local done, err = pcall(refund_all, k, n, fns, e[8], ps, cost, at)
+          if not done then
+            rollback_states()
+            nv = m
+            fail(message(err))
+          end
+          journal = nil
+        end
+      elseif n == 1 and not ps[1].log then
+        -- One limit of a text state: its state is read here, without raising, and its algorithm,
+        -- which only computes once it has it, cannot fail: no pcall.
+        local fn, p, key = fns[1], ps[1], KEYS[k + 1]
+        local s, err = read_state(key)
+        if s then
+          -- Packed here rather than through push, which would cost this, the hot path, a
+          -- table or a call per check; in locals, not upvalues, while the repeats run.
+          local vs, m, t = vals, nv, now
+          for _ = 1, repeats do
+            local allowed, _, remaining, reset, retry = fn(s, t, p, cost, commit)
+            if allowed then
+              retry = -1
+            elseif retry < 0 then
+              retry = -2
+            end
+            vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
+            m = m + 3
+          end
+          nv = m
         else
-          fail(#replies, message(allowed))
-        end
-      end
-    else
-      for _ = 1, repeats do
-        local m = #replies
-        local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
-        if not done then
-          -- Undo its states and drop its partial answer; its answer is the message.
-          rollback_states()
-          for i = #replies, m + 1, -1 do
-            replies[i] = nil
+          for _ = 1, repeats do
+            fail(err)
           end
-          fail(m, message(err))
         end
-        journal = nil
+      elseif n == 1 then
+        -- One limit of a log: its algorithm writes its state only once it has read and computed
+        -- all, so a failure leaves nothing to undo.
+        local fn, p, key = fns[1], ps[1], KEYS[k + 1]
+        for _ = 1, repeats do
+          -- The five values of the answer, or false and the error.
+          local done, allowed, _, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
+          if done then
+            vals[nv + 1], vals[nv + 2], vals[nv + 3] = remaining, reset, retry_value(allowed, retry)
+            nv = nv + 3
+          else
+            fail(message(allowed))
+          end
+        end
+      else
+        for _ = 1, repeats do
+          local m = nv
+          local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
+          if not done then
+            -- Undo its states and drop its partial answer; its answer is the message.
+            rollback_states()
+            nv = m
+            fail(message(err))
+          end
+          journal = nil
+        end
       end
+      k = k + n
     end
-    k = k + n
   end
   flush_states()
   flush_logs()
-  local reply = concat(replies)
-  -- Nothing of the call is kept: the tables go with it.
-  states, state_order, replies, logs = nil, nil, nil, nil
+  pack_vals()
+  local reply = parts[1]
+  if np > 1 then
+    reply = concat(parts, '', 1, np)
+  end
+  for i = 1, np do
+    parts[i] = nil
+  end
+  -- Nothing of the call is kept but `vals`, numbers: the other tables go with it.
+  states, state_order, logs = nil, nil, nil
   return reply
 end

@@ -1,7 +1,7 @@
 -- Fixed window aligned to the epoch: the twin of algorithm/fixed_window.rs. State "start:count".
-local function fixed_window(key, now, p, cost, commit)
+local function fixed_window(st, now, p, cost, commit)
   local start = now - now % p.period
-  local s = load_fields(key)
+  local s = st.fields
   local count = 0
   -- A stored window newer than now's (a clock behind the one that wrote it) is the window
   -- counted into, and waited for to its end.
@@ -18,27 +18,27 @@ local function fixed_window(key, now, p, cost, commit)
     count = count + cost
   end
   local reset = 0
-  local state = nil
   if count > 0 then
     reset = stop - now
-    state = { start, count }
+    keep(st, reset, start, count)
+  else
+    save(st, nil, reset)
   end
-  save_fields(key, state, reset)
   return allowed, p.limit, p.limit - count, reset, retry
 end
 
 -- Refund: the twin of fixed_window.rs's `refund`: `cost` off the count if the charge time `at`
 -- falls in the stored window, not below 0; a charge of another window gives nothing back. The
 -- caller's peek that follows sets the expiry.
-local function fixed_window_refund(key, now, p, cost, at)
-  local s = load_fields(key)
+local function fixed_window_refund(st, now, p, cost, at)
+  local s = st.fields
   if not s or at - at % p.period ~= s[1] then
     return
   end
   local count = max(s[2] - cost, 0)
   if count == 0 then
-    save_fields(key, nil, 0)
+    save(st, nil, 0)
   else
-    save_fields(key, { s[1], count }, 0)
+    save(st, { s[1], count }, 0)
   end
 end

@@ -13,46 +13,60 @@ end
 
 -- Whole units of cost free at `now` when the theoretical arrival time is the tick `at`.
 local function gcra_remaining_us(now, p, at)
-  return floor(max(now + p.th - at, 0) / p.ih)
+  local free = now + p.th - at
+  if free <= 0 then
+    return 0
+  end
+  free = free / p.ih
+  return free - free % 1
 end
 
 -- An interval of whole microseconds (most quotas) keeps the TAT whole: the same arithmetic in
 -- plain integers. `s` is the state read.
-local function gcra_us(key, now, p, s, cost, commit)
+local function gcra_us(st, now, p, s, cost, commit)
   local tat = now
-  if s then
-    tat = max(s[1], now)
+  if s and s[1] > now then
+    tat = s[1]
   end
   if tat <= now then
-    save_fields(key, nil, 0)
+    save(st, nil, 0)
   end
   local remaining = gcra_remaining_us
   if cost > p.burst then
     return false, p.burst, remaining(now, p, tat), tat - now, -1
   end
   local new_tat = tat + cost * p.ih
-  local allow_at = max(new_tat - p.th, 0)
+  local allow_at = new_tat - p.th
+  if allow_at < 0 then
+    allow_at = 0
+  end
   if allow_at <= now then
     if commit then
       tat = new_tat
-      save_fields(key, { tat }, tat - now)
+      keep(st, tat - now, tat)
     end
-    return true, p.burst, remaining(now, p, tat), tat - now, -1
+    -- remaining(now, p, tat), inline: the path of most checks.
+    local free = now + p.th - tat
+    if free <= 0 then
+      return true, p.burst, 0, tat - now, -1
+    end
+    free = free / p.ih
+    return true, p.burst, free - free % 1, tat - now, -1
   end
   return false, p.burst, remaining(now, p, tat), tat - now, allow_at - now
 end
 
-local function gcra(key, now, p, cost, commit)
-  local s = load_fields(key)
+local function gcra(st, now, p, cost, commit)
+  local s = st.fields
   if p.il == 0 and not (s and s[2]) then
-    return gcra_us(key, now, p, s, cost, commit)
+    return gcra_us(st, now, p, s, cost, commit)
   end
   local th, tl = now, 0
   if s and ns_lt(now, 0, s[1], s[2] or 0) then
     th, tl = s[1], s[2] or 0
   else
     -- Full again (or never charged): the state is dropped, whatever follows.
-    save_fields(key, nil, 0)
+    save(st, nil, 0)
   end
   local reset = ns_ceil(ns_sub(th, tl, now, 0))
   if cost > p.burst then
@@ -65,9 +79,9 @@ local function gcra(key, now, p, cost, commit)
       th, tl = nh, nl
       reset = ns_ceil(ns_sub(th, tl, now, 0))
       if tl > 0 then
-        save_fields(key, { th, tl }, reset)
+        save(st, { th, tl }, reset)
       else
-        save_fields(key, { th }, reset)
+        save(st, { th }, reset)
       end
     end
     return true, p.burst, gcra_remaining(now, p, th, tl), reset, -1
@@ -78,8 +92,8 @@ end
 -- Refund: the twin of gcra.rs's `refund`: the TAT goes back by `cost` intervals (at most a full
 -- bucket's), and a TAT at or before now is no state. A peek does not save a state it keeps, so
 -- the expiry is set here: when the TAT comes.
-local function gcra_refund(key, now, p, cost, at)
-  local s = load_fields(key)
+local function gcra_refund(st, now, p, cost, at)
+  local s = st.fields
   if not s then
     return
   end
@@ -87,14 +101,14 @@ local function gcra_refund(key, now, p, cost, at)
   local th, tl = s[1], s[2] or 0
   local xh, xl = ns_add(now, 0, bh, bl)
   if not ns_lt(xh, xl, th, tl) then
-    save_fields(key, nil, 0)
+    save(st, nil, 0)
     return
   end
   local nh, nl = ns_sub(th, tl, bh, bl)
   local ttl = ns_ceil(ns_sub(nh, nl, now, 0))
   if nl > 0 then
-    save_fields(key, { nh, nl }, ttl)
+    save(st, { nh, nl }, ttl)
   else
-    save_fields(key, { nh }, ttl)
+    save(st, { nh }, ttl)
   end
 end

@@ -3,11 +3,16 @@
 
 -- An interval of whole microseconds (most quotas) keeps the level whole: the same arithmetic in
 -- plain integers. `s` is the state read.
-local function leaky_bucket_us(key, now, p, s, cost, commit)
+local function leaky_bucket_us(st, now, p, s, cost, commit)
   local level, at = 0, now
   if s then
-    at = max(now, s[2])
-    level = max(s[1] - (at - s[2]), 0)
+    if s[2] > now then
+      at = s[2]
+    end
+    level = s[1] - (at - s[2])
+    if level < 0 then
+      level = 0
+    end
   end
   local lag = at - now
   -- Only read when cost <= burst, where cost * interval <= tau is exact.
@@ -20,20 +25,25 @@ local function leaky_bucket_us(key, now, p, s, cost, commit)
   if allowed and commit then
     level = poured
   end
-  local state = nil
   local reset = 0
   if level > 0 then
-    state = { level, at }
     reset = level + lag
+    keep(st, reset, level, at)
+  else
+    save(st, nil, reset)
   end
-  save_fields(key, state, reset)
-  return allowed, p.burst, floor((p.th - min(level, p.th)) / p.ih), reset, retry
+  local room = 0
+  if level < p.th then
+    room = (p.th - level) / p.ih
+    room = room - room % 1
+  end
+  return allowed, p.burst, room, reset, retry
 end
 
-local function leaky_bucket(key, now, p, cost, commit)
-  local s = load_fields(key)
+local function leaky_bucket(st, now, p, cost, commit)
+  local s = st.fields
   if p.il == 0 and not (s and s[3]) then
-    return leaky_bucket_us(key, now, p, s, cost, commit)
+    return leaky_bucket_us(st, now, p, s, cost, commit)
   end
   local lh, ll, at = 0, 0, now
   if s then
@@ -63,7 +73,7 @@ local function leaky_bucket(key, now, p, cost, commit)
     end
     reset = ns_ceil(lh, ll) + lag
   end
-  save_fields(key, state, reset)
+  save(st, state, reset)
   local room = 0
   if ns_lt(lh, ll, p.th, p.tl) then
     local rh, rl = ns_sub(p.th, p.tl, lh, ll)
@@ -75,18 +85,18 @@ end
 -- Refund: the twin of leaky_bucket.rs's `refund`. A peek drains to now (and saves it); then the
 -- level goes down by `cost` intervals, not below empty (a cost above the burst empties it). The
 -- caller's peek that follows sets the expiry.
-local function leaky_bucket_refund(key, now, p, cost, at)
-  leaky_bucket(key, now, p, cost, false)
-  local s = load_fields(key)
+local function leaky_bucket_refund(st, now, p, cost, at)
+  leaky_bucket(st, now, p, cost, false)
+  local s = st.fields
   if not s then
     return
   end
   local lh, ll = ns_sub_sat(s[1], s[3] or 0, ns_mul(min(cost, p.burst), p.ih, p.il))
   if lh == 0 and ll == 0 then
-    save_fields(key, nil, 0)
+    save(st, nil, 0)
   elseif ll > 0 then
-    save_fields(key, { lh, s[2], ll }, 0)
+    save(st, { lh, s[2], ll }, 0)
   else
-    save_fields(key, { lh, s[2] }, 0)
+    save(st, { lh, s[2] }, 0)
   end
 end

@@ -71,16 +71,19 @@ pub use sentinel::SentinelConnection;
 /// keys on the other masters keep being answered.
 ///
 /// Identical checks in a row in a batch (the same key, limits, cost and commit, as a hot
-/// key's are) are sent once with a count, and the script decides each of them in turn: the
+/// key's are) are sent once with a count, and the script decides each of them in turn; checks
+/// in a row that differ only in their keys share one description of their limits: the
 /// call's size and the script's work per check no longer grow with the arguments every check
 /// repeated, and the reply is one compact string the client reads in place. What a check costs
 /// redis-server and the client, per call shape, is measured in `bench/README.md`.
 ///
 /// Inside one call, the script reads each state once (`GET`: one to three integers, stored as
-/// little-endian doubles, exact below 2^53), lets the checks read and update it in a table, and
-/// writes it once at the end (`SET`, expiring at `PXAT` on the server's time, after `PX` on a
-/// client's clock; or `DEL` when it is full again), only if it changed: 32 concurrent checks of
-/// one hot key cost one `GET` and one `SET`.
+/// little-endian doubles, exact below 2^53, and the key's expiry), lets the checks read and
+/// update it in a table, and writes it once at the end, only if it changed; or `DEL`s it when
+/// it is full again: 32 concurrent checks of one hot key cost one `GET` and one write. On the
+/// server's time, a key expires when its state is full again, rounded up to the next second
+/// (so that a write within the second keeps the expiry, with `SETRANGE`, which costs Redis less
+/// than setting one); on a client's clock, with `PX`, at every write.
 /// The sliding window log, a list, is trimmed in place; its size and ends are read once per
 /// call, and its newest entry is written once, with the expiry, at the end of the call.
 ///

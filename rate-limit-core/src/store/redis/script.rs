@@ -30,17 +30,22 @@ pub(crate) const TICK_NANOS: u64 = 1_000;
 /// Integers up to this are exact in a Lua number (a double).
 pub(crate) const MAX_EXACT: u64 = 1 << 53;
 
-/// Values per limit in the script's reply.
-const REPLY_WIDTH: usize = 5;
+/// Values per limit in the script's reply: remaining, reset after, retry after (or
+/// [`ALLOWED`] or [`NEVER`]), each a little-endian double.
+const REPLY_WIDTH: usize = 3;
 
-/// The tag of a limit's record in the script's reply: then five little-endian doubles.
-const DECIDED: u8 = b'D';
+/// Bytes of a limit's record.
+const RECORD: usize = 8 * REPLY_WIDTH;
 
-/// The tag of a failed check's record: then its message's length as a double, and the message.
-const FAILED: u8 = b'E';
+/// The last value of a record of an allowed check.
+const ALLOWED: i64 = -1;
 
-/// Bytes of a limit's record: the tag and five doubles.
-const RECORD: usize = 1 + 8 * REPLY_WIDTH;
+/// The last value of a record of a check denied for ever (its cost is above the capacity).
+const NEVER: i64 = -2;
+
+/// The first value of a failed check's record (a remaining count is never negative): then its
+/// message's length as a double, and the message.
+const FAILED: f64 = -1.0;
 
 /// The library's code: shared helpers (the call's state cache), one function per algorithm,
 /// then the entry point, `decide`.
@@ -224,11 +229,15 @@ impl Check {
 
     /// Whether `other` asks the same: same keys, limits, cost and mode.
     fn same_as(&self, other: &Self) -> bool {
+        self.same_entry(other) && self.keys == other.keys
+    }
+
+    /// Whether `other` asks the same of its own keys: same limits, cost and mode.
+    fn same_entry(&self, other: &Self) -> bool {
         self.cost == other.cost
             && self.commit == other.commit
             && self.refund == other.refund
             && self.limits == other.limits
-            && self.keys == other.keys
     }
 
     /// The Redis Cluster slot of its keys (they share one).
@@ -238,21 +247,23 @@ impl Check {
 }
 
 /// The command that decides `checks` in order: `FCALL` of [`LIBRARY`]'s function with every
-/// entry's keys, then now (empty for the server's `TIME`) and one argument per entry, its
+/// run's keys, then now (empty for the server's `TIME`) and one argument per entry, its
 /// integers separated by spaces: its number of limits, cost, mode (0 peek, 1 check, 2 refund),
-/// repeat count, for a refund how long ago the charge was made in ticks, and six integers per
-/// limit. One argument, since Redis spends about a thousand instructions on each
-/// argument of a call, and the script finds an entry it has read before by its text alone.
+/// repeat count, number of groups, for a refund how long ago the charge was made in ticks, and
+/// six integers per limit. One argument, since Redis spends about a thousand instructions on
+/// each argument of a call, and the script finds an entry it has read before by its text alone.
 ///
-/// An entry is a run of identical checks in a row (the same keys, limits, cost and commit): a hot
-/// key's checks in one batch are sent once, with a count, and the script decides each of them in
-/// turn, so the reply still holds one answer per check. Written straight into one [`redis::Cmd`],
-/// whose arguments share one buffer.
+/// A run is identical checks in a row (the same keys, limits, cost and commit): a hot key's
+/// checks in one batch are sent once, with a count, and the script decides each of them in
+/// turn, so the reply still holds one answer per check. An entry is runs in a row of the same
+/// length that differ only in their keys (the groups): checks of many keys under one limit share
+/// one argument. Written straight into one [`redis::Cmd`], whose arguments share one buffer.
 pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
     let runs = runs(checks);
+    let entries = entries(&runs);
     // Sized once: growing the buffers argument by argument cost a lone check more than a
     // tenth of its client instructions (callgrind, `bench/redis_client_instructions.sh`).
-    let (args, bytes) = command_size(&runs);
+    let (args, bytes) = command_size(&runs, &entries);
     let mut cmd = redis::Cmd::with_capacity(args, bytes);
     cmd.arg("FCALL")
         .arg(LIBRARY.name.as_str())
@@ -269,12 +280,17 @@ pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
     let mut entry = Vec::with_capacity(
         ENTRY_HEAD + runs.first().map_or(0, |(c, _)| c.limits.len()) * ENTRY_LIMIT,
     );
-    for (check, repeat) in &runs {
+    for (check, repeat, groups) in &entries {
         entry.clear();
         push_int(&mut entry, check.limits.len() as u64);
-        for n in [u64::from(check.cost), check.mode(), *repeat as u64]
-            .into_iter()
-            .chain(check.refund)
+        for n in [
+            u64::from(check.cost),
+            check.mode(),
+            *repeat as u64,
+            *groups as u64,
+        ]
+        .into_iter()
+        .chain(check.refund)
         {
             entry.push(b' ');
             push_int(&mut entry, n);
@@ -297,9 +313,9 @@ pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
     cmd
 }
 
-/// Bytes of an entry's four integers (five for a refund), at most: each at its widest (20
+/// Bytes of an entry's five integers (six for a refund), at most: each at its widest (20
 /// digits), and a space.
-const ENTRY_HEAD: usize = 5 * 21;
+const ENTRY_HEAD: usize = 6 * 21;
 
 /// Bytes of a limit's six integers in an entry, at most.
 const ENTRY_LIMIT: usize = 6 * 21;
@@ -320,18 +336,34 @@ fn push_int(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// Arguments and bytes, at most, of the command for `runs`: every integer counted at its
-/// widest (20 digits).
-fn command_size(runs: &[(&Check, usize)]) -> (usize, usize) {
+/// Arguments, and bytes at most, of the command for `runs` sent as `entries`: every integer
+/// counted at its widest (20 digits).
+fn command_size(runs: &[(&Check, usize)], entries: &[(&Check, usize, usize)]) -> (usize, usize) {
     const INT: usize = 20;
     // FCALL, the function, the number of keys, now.
     let (mut args, mut bytes) = (4, "FCALL".len() + LIBRARY.name.len() + 3 * INT);
     for (check, _) in runs {
-        let n = check.keys.len();
-        args += n + 1;
-        bytes += check.keys.iter().map(String::len).sum::<usize>() + ENTRY_HEAD + n * ENTRY_LIMIT;
+        args += check.keys.len();
+        bytes += check.keys.iter().map(String::len).sum::<usize>();
+    }
+    for (check, _, _) in entries {
+        args += 1;
+        bytes += ENTRY_HEAD + check.limits.len() * ENTRY_LIMIT;
     }
     (args, bytes)
+}
+
+/// `runs` as entries: runs in a row of the same length whose checks differ only in their keys,
+/// each with its first check, its runs' length and its number of runs (groups).
+fn entries<'a>(runs: &[(&'a Check, usize)]) -> Vec<(&'a Check, usize, usize)> {
+    let mut entries: Vec<(&Check, usize, usize)> = Vec::with_capacity(runs.len());
+    for &(check, repeat) in runs {
+        match entries.last_mut() {
+            Some((first, r, groups)) if *r == repeat && first.same_entry(check) => *groups += 1,
+            _ => entries.push((check, repeat, 1)),
+        }
+    }
+    entries
 }
 
 /// `checks` as runs of identical checks in a row, each with its length.
@@ -346,12 +378,13 @@ fn runs<'a>(checks: &[&'a Check]) -> Vec<(&'a Check, usize)> {
     runs
 }
 
-/// Reads the script's reply, one binary string: per check in order, one record per limit (`D`
-/// and five little-endian doubles), or one record of the error that check met (`E`, the
-/// message's length as a double, the message). The string is read in place: no value per
-/// integer is built. A reply that does not line up with `checks` (too short, too long, a record
-/// of the wrong kind) is an error for every check: no answer in it can be trusted. A value that
-/// is not an exact integer fails only its own check.
+/// Reads the script's reply, one binary string: per check in order, one record per limit (three
+/// little-endian doubles: remaining, reset after, and retry after, [`ALLOWED`] or [`NEVER`]), or
+/// one record of the error that check met ([`FAILED`], the message's length as a double, the
+/// message). The string is read in place: no value per integer is built. A reply that does not
+/// line up with `checks` (too short, too long, an error record in the middle of a check's
+/// records) is an error for every check: no answer in it can be trusted. A value that is not an
+/// exact integer fails only its own check.
 pub(crate) fn parse_batch(reply: Value, checks: &[&Check]) -> Vec<Result<Decision, StoreError>> {
     let read = match &reply {
         Value::BulkString(bytes) => read_records(bytes, checks),
@@ -374,49 +407,50 @@ fn read_records(
     let mut answers = Vec::with_capacity(checks.len());
     let mut ints = Vec::new();
     for (i, check) in checks.iter().enumerate() {
-        let answer = match rest.first() {
-            Some(&DECIDED) => {
-                let n = check.limits.len();
-                let Some((records, tail)) = rest.split_at_checked(n * RECORD) else {
-                    return Err(format!("check {i}: {} bytes for {n} limits", rest.len()));
-                };
-                if let Some(record) = records.chunks_exact(RECORD).find(|r| r[0] != DECIDED) {
-                    return Err(format!("check {i}: a record tagged {}", record[0]));
-                }
-                rest = tail;
-                // The records are whole, so the checks after this one still line up: a value
-                // that is not an integer (a state corrupted out of band, read as infinity)
-                // fails this check alone, as its own error would.
-                let mut values = records.chunks_exact(RECORD).map(record_values);
-                let decided = if n == 1 {
-                    // No `Vec` for the common case of one limit.
-                    values.next().flatten().map(|v| decision(&v, &check.limits))
-                } else {
-                    ints.clear();
-                    values
-                        .try_for_each(|v| v.map(|v| ints.extend_from_slice(&v)))
-                        .map(|()| decision(&ints, &check.limits))
-                };
-                decided.unwrap_or_else(|| {
-                    Err(malformed(format_args!(
-                        "check {i}: a value is not an integer"
-                    )))
-                })
+        let Some(first) = rest.get(..8) else {
+            return Err(format!("{i} checks answered of {}", checks.len()));
+        };
+        let answer = if first == FAILED.to_le_bytes() {
+            let length = rest
+                .get(8..16)
+                .and_then(exact_integer)
+                .and_then(|n| usize::try_from(n).ok());
+            let message = length.and_then(|n| rest.get(16..16 + n));
+            let (Some(length), Some(message)) = (length, message) else {
+                return Err(format!("check {i}: a torn error record"));
+            };
+            rest = &rest[16 + length..];
+            Err(script_failed(&String::from_utf8_lossy(message)))
+        } else {
+            let n = check.limits.len();
+            let Some((records, tail)) = rest.split_at_checked(n * RECORD) else {
+                return Err(format!("check {i}: {} bytes for {n} limits", rest.len()));
+            };
+            if let Some(j) = records
+                .chunks_exact(RECORD)
+                .position(|r| r[..8] == FAILED.to_le_bytes())
+            {
+                return Err(format!("check {i}: an error record as limit {j}"));
             }
-            Some(&FAILED) => {
-                let length = rest
-                    .get(1..9)
-                    .and_then(exact_integer)
-                    .and_then(|n| usize::try_from(n).ok());
-                let message = length.and_then(|n| rest.get(9..9 + n));
-                let (Some(length), Some(message)) = (length, message) else {
-                    return Err(format!("check {i}: a torn error record"));
-                };
-                rest = &rest[9 + length..];
-                Err(script_failed(&String::from_utf8_lossy(message)))
-            }
-            Some(tag) => return Err(format!("check {i}: a record tagged {tag}")),
-            None => return Err(format!("{i} checks answered of {}", checks.len())),
+            rest = tail;
+            // The records are whole, so the checks after this one still line up: a value
+            // that is not an integer (a state corrupted out of band, read as infinity)
+            // fails this check alone, as its own error would.
+            let mut values = records.chunks_exact(RECORD).map(record_values);
+            let decided = if n == 1 {
+                // No `Vec` for the common case of one limit.
+                values.next().flatten().map(|v| decision(&v, &check.limits))
+            } else {
+                ints.clear();
+                values
+                    .try_for_each(|v| v.map(|v| ints.extend_from_slice(&v)))
+                    .map(|()| decision(&ints, &check.limits))
+            };
+            decided.unwrap_or_else(|| {
+                Err(malformed(format_args!(
+                    "check {i}: a value is not an integer"
+                )))
+            })
         };
         answers.push(answer);
     }
@@ -426,21 +460,21 @@ fn read_records(
     Ok(answers)
 }
 
-/// The five values of a limit's record (its tag already read), if each is an integer.
+/// The three values of a limit's record, if each is an integer.
 fn record_values(record: &[u8]) -> Option<[i64; REPLY_WIDTH]> {
     let mut values = [0; REPLY_WIDTH];
-    for (value, bytes) in values.iter_mut().zip(record[1..].chunks_exact(8)) {
+    for (value, bytes) in values.iter_mut().zip(record.chunks_exact(8)) {
         *value = exact_integer(bytes)?;
     }
     Some(values)
 }
 
 /// The integer that eight bytes hold as a little-endian double, if it is one the script can
-/// send: a whole number from -1 (no retry) up to 2^53, where doubles are exact.
+/// send: a whole number from -2 ([`NEVER`]) up to 2^53, where doubles are exact.
 fn exact_integer(bytes: &[u8]) -> Option<i64> {
     let v = f64::from_le_bytes(bytes.try_into().ok()?);
-    // 2^53 is exact as a double, and every whole number from -1 to it is exact as an i64.
-    if v.fract() != 0.0 || !(-1.0..=MAX_EXACT as f64).contains(&v) {
+    // 2^53 is exact as a double, and every whole number from -2 to it is exact as an i64.
+    if v.fract() != 0.0 || !(NEVER as f64..=MAX_EXACT as f64).contains(&v) {
         return None;
     }
     Some(v as i64)
@@ -455,28 +489,37 @@ fn script_failed(message: &str) -> StoreError {
     )
 }
 
-/// One check's decision from its five values per limit; one limit needs no `Vec`.
+/// One check's decision from its three values per limit; one limit needs no `Vec`.
 fn decision(reply: &[i64], limits: &[ScriptLimit]) -> Result<Decision, StoreError> {
     match (limits, reply) {
-        ([l], [_, _, _, _, _]) => Ok(Decision::single(snapshot(reply, &l.p)?)),
+        ([l], [_, _, _]) => Ok(Decision::single(snapshot(reply, l)?)),
         _ => parse_reply(reply, limits).map(Decision::from_snapshots),
     }
 }
 
-/// One limit's snapshot from its five values.
-fn snapshot(r: &[i64], p: &Params) -> Result<Snapshot, StoreError> {
+/// One limit's snapshot from its three values. Its capacity is the limit's: the burst of a
+/// bucket, the limit of a window, as the algorithms answer.
+fn snapshot(r: &[i64], l: &ScriptLimit) -> Result<Snapshot, StoreError> {
     let ticks = |v: i64| u64::try_from(v).map_err(|_| malformed(format_args!("{v}")));
-    let raw = Raw {
-        allowed: r[0] == 1,
-        capacity: ticks(r[1])?,
-        remaining: ticks(r[2])?,
-        reset_after: ticks(r[3])?,
-        retry_after: if r[4] < 0 { None } else { Some(ticks(r[4])?) },
+    let capacity = if l.algorithm.is_bucket() {
+        l.p.burst
+    } else {
+        l.p.limit
     };
-    Ok(raw.snapshot(p))
+    let raw = Raw {
+        allowed: r[2] == ALLOWED,
+        capacity,
+        remaining: ticks(r[0])?,
+        reset_after: ticks(r[1])?,
+        retry_after: match r[2] {
+            ALLOWED | NEVER => None,
+            wait => Some(ticks(wait)?),
+        },
+    };
+    Ok(raw.snapshot(&l.p))
 }
 
-/// One check's snapshots from its five values per limit.
+/// One check's snapshots from its three values per limit.
 fn parse_reply(reply: &[i64], limits: &[ScriptLimit]) -> Result<Vec<Snapshot>, StoreError> {
     if reply.len() != limits.len() * REPLY_WIDTH {
         return Err(malformed(format_args!(
@@ -488,7 +531,7 @@ fn parse_reply(reply: &[i64], limits: &[ScriptLimit]) -> Result<Vec<Snapshot>, S
     reply
         .chunks_exact(REPLY_WIDTH)
         .zip(limits)
-        .map(|(r, l)| snapshot(r, &l.p))
+        .map(|(r, l)| snapshot(r, l))
         .collect()
 }
 
@@ -558,18 +601,30 @@ mod tests {
     fn replies_convert_ticks_to_durations() {
         let l = Limit::new(Quota::per_second(nz(4)), Algorithm::Gcra);
         let limits = [ScriptLimit::new(&l).unwrap()];
-        let s = parse_reply(&[0, 4, 0, 1_000_000, 250_000], &limits).unwrap();
+        let s = parse_reply(&[0, 1_000_000, 250_000], &limits).unwrap();
+        assert!(!s[0].is_allowed());
         assert_eq!(s[0].retry_after(), Some(Duration::from_millis(250)));
         assert_eq!(s[0].reset_after(), Duration::from_secs(1));
-        let s = parse_reply(&[0, 4, 4, 0, -1], &limits).unwrap();
+        // The capacity is the limit's: a bucket's burst, a window's limit.
+        assert_eq!(s[0].limit(), 4);
+        let s = parse_reply(&[3, 250_000, ALLOWED], &limits).unwrap();
+        assert!(s[0].is_allowed() && s[0].retry_after().is_none());
+        assert_eq!(s[0].remaining(), 3);
+        let s = parse_reply(&[4, 0, NEVER], &limits).unwrap();
         assert!(s[0].is_never());
-        let err = parse_reply(&[1, 2, 3], &limits).unwrap_err();
+        let w = Limit::new(
+            Quota::per_second(nz(7)).burst(nz(9)).unwrap(),
+            Algorithm::FixedWindow,
+        );
+        let s = parse_reply(&[7, 0, ALLOWED], &[ScriptLimit::new(&w).unwrap()]).unwrap();
+        assert_eq!(s[0].limit(), 7);
+        let err = parse_reply(&[1, 2], &limits).unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::Backend);
     }
 
     /// A limit's record, as the script packs it.
-    fn record(values: [f64; 5]) -> Vec<u8> {
-        let mut r = vec![DECIDED];
+    fn record(values: [f64; 3]) -> Vec<u8> {
+        let mut r = Vec::new();
         for v in values {
             r.extend_from_slice(&v.to_le_bytes());
         }
@@ -578,7 +633,7 @@ mod tests {
 
     /// A failed check's record, as the script packs it.
     fn failure(message: &str) -> Vec<u8> {
-        let mut r = vec![FAILED];
+        let mut r = FAILED.to_le_bytes().to_vec();
         r.extend_from_slice(&f64::from(u32::try_from(message.len()).unwrap()).to_le_bytes());
         r.extend_from_slice(message.as_bytes());
         r
@@ -591,11 +646,11 @@ mod tests {
         let b = Check::new("rl", "b", &[l, l], 1, true).unwrap();
         let checks = [&a, &b, &a, &b];
         let parts = [
-            record([1.0, 4.0, 3.0, 250_000.0, -1.0]),
+            record([3.0, 250_000.0, -1.0]),
             failure("WRONGTYPE Operation against a key"),
-            record([0.0, 4.0, 0.0, 1_000_000.0, 250_000.0]),
-            record([1.0, 4.0, 2.0, 500_000.0, -1.0]),
-            record([1.0, 4.0, 1.0, 750_000.0, -1.0]),
+            record([0.0, 1_000_000.0, 250_000.0]),
+            record([2.0, 500_000.0, -1.0]),
+            record([1.0, 750_000.0, -1.0]),
         ];
         let reply = parts.concat();
         let answers = parse_batch(Value::BulkString(reply.clone()), &checks);
@@ -617,12 +672,13 @@ mod tests {
         // Anything that does not line up: nothing is trusted.
         let mut long = reply.clone();
         long.push(b'D');
+        // The failure's mark altered: read as records, what follows no longer lines up.
         let mut retagged = reply.clone();
         retagged[RECORD] = b'X';
-        // The second limit of the last check tagged as a failure.
+        // The second limit of the last check marked as a failure.
         let mut mixed = reply.clone();
         let second = reply.len() - RECORD;
-        mixed[second] = FAILED;
+        mixed[second..second + 8].copy_from_slice(&FAILED.to_le_bytes());
         let mut torn_failure = parts.concat();
         torn_failure.truncate(RECORD + 12);
         let bad = [
@@ -649,9 +705,9 @@ mod tests {
 
         // A whole record holding a value that is not an integer (a corrupted state): only its
         // check fails, whether it is a check's only limit or the second of two.
-        for v in [0.5, 2f64.powi(54), -2.0, f64::NAN, f64::INFINITY] {
-            let first = [&[record([1.0, 4.0, v, 0.0, -1.0])], &parts[1..]].concat();
-            let last = [&parts[..4], &[record([1.0, 4.0, 1.0, v, -1.0])]].concat();
+        for v in [0.5, 2f64.powi(54), -3.0, f64::NAN, f64::INFINITY] {
+            let first = [&[record([v, 0.0, -1.0])], &parts[1..]].concat();
+            let last = [&parts[..4], &[record([1.0, v, -1.0])]].concat();
             for (reply, bad) in [(first, 0), (last, 3)] {
                 let answers = parse_batch(Value::BulkString(reply.concat()), &checks);
                 assert_eq!(answers.len(), 4);
@@ -670,13 +726,14 @@ mod tests {
     }
 
     #[test]
-    fn exact_integers_are_whole_numbers_from_minus_one_to_two_to_the_53() {
+    fn exact_integers_are_whole_numbers_from_minus_two_to_two_to_the_53() {
         let read = |v: f64| exact_integer(&v.to_le_bytes());
+        assert_eq!(read(-2.0), Some(-2));
         assert_eq!(read(-1.0), Some(-1));
         assert_eq!(read(0.0), Some(0));
         assert_eq!(read(4_294_967_295.0), Some(4_294_967_295));
         assert_eq!(read(2f64.powi(53)), Some(1 << 53));
-        for v in [-2.0, 0.25, 2f64.powi(53) + 2.0, f64::NAN, f64::INFINITY] {
+        for v in [-3.0, 0.25, 2f64.powi(53) + 2.0, f64::NAN, f64::INFINITY] {
             assert_eq!(read(v), None, "{v}");
         }
         assert_eq!(exact_integer(&[0; 7]), None);
@@ -705,10 +762,10 @@ mod tests {
         // Only neighbours merge: order is kept, and the last `hot` is a run of its own.
         assert_eq!(runs, [3, 1, 1, 1, 1]);
 
-        let limit_args = |cost: &str, commit: &str, repeat: &str| {
+        let limit_args = |cost: &str, commit: &str, repeat: &str, groups: &str| {
             // 4/s: 1 s in microseconds, an interval of 250,000 µs and 0 ns.
             let v = [
-                "1", cost, commit, repeat, "6", "4", "4", "1000000", "250000", "0",
+                "1", cost, commit, repeat, groups, "6", "4", "4", "1000000", "250000", "0",
             ];
             v.join(" ")
         };
@@ -721,15 +778,25 @@ mod tests {
         let other_key = other.keys[0].as_str();
         assert_eq!(&a[3..8], [hot_key, hot_key, hot_key, other_key, hot_key]);
         assert_eq!(a[8], "42");
-        // One argument per entry.
+        // One argument per entry: the runs of `other` and the last `hot` differ only in their
+        // keys, and share one, of two groups.
         let want = [
-            limit_args("1", "1", "3"),
-            limit_args("1", "0", "1"),
-            limit_args("2", "1", "1"),
-            limit_args("1", "1", "1"),
-            limit_args("1", "1", "1"),
+            limit_args("1", "1", "3", "1"),
+            limit_args("1", "0", "1", "1"),
+            limit_args("2", "1", "1", "1"),
+            limit_args("1", "1", "1", "2"),
         ];
         assert_eq!(a[9..], want);
+        // Runs of different lengths are entries of their own.
+        let a = args(&command(Some(42), &[&hot, &other, &other, &hot]));
+        assert_eq!(
+            a[7..],
+            [
+                limit_args("1", "1", "1", "1"),
+                limit_args("1", "1", "2", "1"),
+                limit_args("1", "1", "1", "1"),
+            ]
+        );
         // Server time: now is sent empty.
         assert_eq!(args(&command(None, &[&hot]))[4], "");
     }
@@ -751,7 +818,8 @@ mod tests {
         let a = Check::new("rl", "a", &[l], u32::MAX, true).unwrap();
         let b = Check::new("prefix", &long, &[l, m], 1, false).unwrap();
         for checks in [vec![&a], vec![&a, &a, &b, &a, &b, &b]] {
-            let (args, bytes) = command_size(&runs(&checks));
+            let runs = runs(&checks);
+            let (args, bytes) = command_size(&runs, &entries(&runs));
             let cmd = command(Some(u64::MAX), &checks);
             assert_eq!(cmd.args_iter().count(), args);
             let written: usize = cmd
@@ -787,9 +855,10 @@ mod tests {
         let a = args(&command(Some(42), &[&refund, &refund, &check]));
         // The two refunds are one entry with a count; the check is not one of them.
         assert_eq!(a[2], "2");
-        assert_eq!(a[6], "1 3 2 2 2 6 4 4 1000000 250000 0");
-        assert_eq!(a[7], "1 3 1 1 6 4 4 1000000 250000 0");
-        let (args_n, bytes) = command_size(&runs(&[&refund]));
+        assert_eq!(a[6], "1 3 2 2 1 2 6 4 4 1000000 250000 0");
+        assert_eq!(a[7], "1 3 1 1 1 6 4 4 1000000 250000 0");
+        let runs = runs(&[&refund]);
+        let (args_n, bytes) = command_size(&runs, &entries(&runs));
         let cmd = command(None, &[&refund]);
         assert_eq!(cmd.args_iter().count(), args_n);
         let written: usize = args(&cmd).iter().map(String::len).sum();

@@ -3,8 +3,8 @@
 -- The Rust test `prev * (P - e) + (cur + cost) * P <= limit * P` is rewritten as
 -- `cur + cost <= limit and prev * (P - e) <= (limit - cur - cost) * P`, the same test whose
 -- products never exceed `limit * P`: the store checks that `limit * P < 2^53`.
-local function sliding_window(key, now, p, cost, commit)
-  local s = load_fields(key)
+local function sliding_window(st, now, p, cost, commit)
+  local s = st.fields
   -- A stored window newer than now (a clock behind the one that wrote it) is counted into as
   -- at its start; every wait adds the lag on the caller's clock.
   local lag = 0
@@ -41,26 +41,37 @@ local function sliding_window(key, now, p, cost, commit)
   if allowed and commit then
     cur = cur + cost
   end
-  local weighted_prev = ceil(carried / p.period)
+  -- ceil(carried / period), without a call (a C function call costs Redis hundreds of
+  -- instructions): carried and the period are whole.
+  local weighted_prev = carried / p.period
+  local whole = weighted_prev - weighted_prev % 1
+  if whole < weighted_prev then
+    whole = whole + 1
+  end
+  weighted_prev = whole
   local reset = 0
   if cur > 0 then
     reset = stop + p.period - now + lag
   elseif prev > 0 then
     reset = stop - now + lag
   end
-  local state = nil
   if cur > 0 or prev > 0 then
-    state = { start, cur, prev }
+    keep(st, reset, start, cur, prev)
+  else
+    save(st, nil, reset)
   end
-  save_fields(key, state, reset)
-  return allowed, p.limit, max(p.limit - (weighted_prev + cur), 0), reset, retry
+  local left = p.limit - (weighted_prev + cur)
+  if left < 0 then
+    left = 0
+  end
+  return allowed, p.limit, left, reset, retry
 end
 
 -- Refund: the twin of sliding_window.rs's `refund`: `cost` off the count of the window the charge
 -- time `at` falls in, the stored one or the one before it, not below 0; an older window gives
 -- nothing back. The caller's peek that follows sets the expiry.
-local function sliding_window_refund(key, now, p, cost, at)
-  local s = load_fields(key)
+local function sliding_window_refund(st, now, p, cost, at)
+  local s = st.fields
   if not s then
     return
   end
@@ -74,8 +85,8 @@ local function sliding_window_refund(key, now, p, cost, at)
     return
   end
   if cur == 0 and prev == 0 then
-    save_fields(key, nil, 0)
+    save(st, nil, 0)
   else
-    save_fields(key, { s[1], cur, prev }, 0)
+    save(st, { s[1], cur, prev }, 0)
   end
 end

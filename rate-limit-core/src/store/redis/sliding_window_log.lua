@@ -12,6 +12,8 @@
 -- denial finds the entry whose expiry frees enough in O(log i) LINDEX calls, i its position. LINDEX walks the
 -- list from its nearer end in nodes of some hundred entries, so no call reads the whole list.
 local TOTAL_MOD = 4294967296
+-- The list indexes the script passes as constants are written as strings: Lua 5.1 formats a
+-- number argument of redis.call with sprintf, some 2,000 instructions of Redis each.
 
 local function log_entry(text)
   local t, c, total = match(text, '^(%d+):(%d+):(%d+)$')
@@ -72,11 +74,11 @@ local function read_log(key)
     return { 0 }
   end
   local l = { n }
-  l[5], l[6], l[7] = log_entry(call('LINDEX', key, -1))
+  l[5], l[6], l[7] = log_entry(call('LINDEX', key, '-1'))
   if n == 1 then
     l[2], l[3], l[4] = l[5], l[6], l[7]
   else
-    l[2], l[3], l[4] = log_entry(call('LINDEX', key, 0))
+    l[2], l[3], l[4] = log_entry(call('LINDEX', key, '0'))
   end
   l[8] = false
   return l
@@ -89,7 +91,7 @@ local function flush_logs()
       if l[8] == 'RPUSH' then
         call('RPUSH', key, entry)
       else
-        call('LSET', key, -1, entry)
+        call('LSET', key, '-1', entry)
       end
       call('PEXPIRE', key, ttl_ms(l[9]))
     end
@@ -122,12 +124,12 @@ local function sliding_window_log(key, now, p, cost, commit)
         local keep = first_passing(key, 1, n - 1, 1, now - p.period + 1)
         -- Also right when the list does not hold the newest entry yet: the indexes below it
         -- are the same.
-        call('LTRIM', key, keep, -1)
+        call('LTRIM', key, keep, '-1')
         n = n - keep
         if n == 1 then
           first_t, first_c, first_total = last_t, last_c, last_total
         else
-          first_t, first_c, first_total = log_entry(call('LINDEX', key, 0))
+          first_t, first_c, first_total = log_entry(call('LINDEX', key, '0'))
         end
         l[1], l[2], l[3], l[4] = n, first_t, first_c, first_total
       end
@@ -175,7 +177,7 @@ local function sliding_window_log(key, now, p, cost, commit)
         if l[8] == 'RPUSH' then
           call('RPUSH', key, entry)
         else
-          call('LSET', key, -1, entry)
+          call('LSET', key, '-1', entry)
         end
       end
       n = n + 1
@@ -208,7 +210,7 @@ local function sliding_window_log_refund(key, now, p, cost, at)
       if l[8] == 'RPUSH' then
         call('RPUSH', key, entry)
       else
-        call('LSET', key, -1, entry)
+        call('LSET', key, '-1', entry)
       end
       call('PEXPIRE', key, ttl_ms(l[9]))
     end
@@ -218,14 +220,14 @@ local function sliding_window_log_refund(key, now, p, cost, at)
   if n == 0 then
     return
   end
-  local last_t = log_entry(call('LINDEX', key, -1))
+  local last_t = log_entry(call('LINDEX', key, '-1'))
   -- A clock behind the newest entry stands at it.
   now = max(now, last_t)
   if at + p.period <= now or last_t < at then
     return
   end
   local first = first_passing(key, 0, n - 1, 1, at)
-  local tail = call('LRANGE', key, first, -1)
+  local tail = call('LRANGE', key, first, '-1')
   local left, given = cost, 0
   local kept = {}
   local newest = nil
@@ -241,7 +243,7 @@ local function sliding_window_log_refund(key, now, p, cost, at)
   if first == 0 then
     call('DEL', key)
   else
-    call('LTRIM', key, 0, first - 1)
+    call('LTRIM', key, '0', first - 1)
   end
   -- In slices, to stay within what unpack may put on Lua's stack.
   for i = 1, #kept, 512 do

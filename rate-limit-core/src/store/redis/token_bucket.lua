@@ -4,14 +4,20 @@
 
 -- An interval of whole microseconds (most quotas) keeps every time whole: the same arithmetic
 -- in plain integers, with no pairs to carry. `s` is the state read.
-local function token_bucket_us(key, now, p, s, cost, commit)
+local function token_bucket_us(st, now, p, s, cost, commit)
   local interval = p.ih
   local tokens, last = p.burst, now
   if s then
-    local add = floor(max(now - s[2], 0) / interval)
-    tokens = min(s[1] + add, p.burst)
+    local add = 0
+    if now > s[2] then
+      add = (now - s[2]) / interval
+      add = add - add % 1
+    end
+    tokens = s[1] + add
     if tokens < p.burst then
       last = s[2] + add * interval
+    else
+      tokens = p.burst
     end
   end
   local allowed = cost <= tokens
@@ -22,19 +28,22 @@ local function token_bucket_us(key, now, p, s, cost, commit)
   if allowed and commit then
     tokens = tokens - cost
   end
-  local reset = max(last + (p.burst - tokens) * interval - now, 0)
-  local state = nil
-  if tokens < p.burst then
-    state = { tokens, last }
+  local reset = last + (p.burst - tokens) * interval - now
+  if reset < 0 then
+    reset = 0
   end
-  save_fields(key, state, reset)
+  if tokens < p.burst then
+    keep(st, reset, tokens, last)
+  else
+    save(st, nil, reset)
+  end
   return allowed, p.burst, tokens, reset, retry
 end
 
-local function token_bucket(key, now, p, cost, commit)
-  local s = load_fields(key)
+local function token_bucket(st, now, p, cost, commit)
+  local s = st.fields
   if p.il == 0 and not (s and s[3]) then
-    return token_bucket_us(key, now, p, s, cost, commit)
+    return token_bucket_us(st, now, p, s, cost, commit)
   end
   local tokens, lh, ll = p.burst, now, 0
   if s then
@@ -73,24 +82,24 @@ local function token_bucket(key, now, p, cost, commit)
       state = { tokens, lh }
     end
   end
-  save_fields(key, state, reset)
+  save(st, state, reset)
   return allowed, p.burst, tokens, reset, retry
 end
 
 -- Refund: the twin of token_bucket.rs's `refund`. A peek counts the refill to now (and saves it);
 -- then `cost` tokens come back, up to the burst. The caller's peek that follows sets the expiry.
-local function token_bucket_refund(key, now, p, cost, at)
-  token_bucket(key, now, p, cost, false)
-  local s = load_fields(key)
+local function token_bucket_refund(st, now, p, cost, at)
+  token_bucket(st, now, p, cost, false)
+  local s = st.fields
   if not s then
     return
   end
   local tokens = s[1] + min(cost, p.burst)
   if tokens >= p.burst then
-    save_fields(key, nil, 0)
+    save(st, nil, 0)
   elseif s[3] then
-    save_fields(key, { tokens, s[2], s[3] }, 0)
+    save(st, { tokens, s[2], s[3] }, 0)
   else
-    save_fields(key, { tokens, s[2] }, 0)
+    save(st, { tokens, s[2] }, 0)
   end
 end
