@@ -30,6 +30,44 @@ impl<C: ConnectionLike> Relay<C> {
     }
 }
 
+impl Relay<redis::aio::MultiplexedConnection> {
+    /// Sends each script call with `PERSIST` of its keys in the same pipeline, right behind it:
+    /// expiry runs on the server's real time, not on a test's manual clock, and a state a few
+    /// microseconds from full expires within a millisecond, which a stalled test would otherwise
+    /// see as a lost state. Every key is kept, so that only the transitions are compared
+    /// (expiry has tests of its own).
+    pub fn persisting(inner: redis::aio::MultiplexedConnection) -> Self {
+        Self::with(inner, persist_after_calls)
+    }
+}
+
+fn persist_after_calls<'a>(
+    conn: &'a mut redis::aio::MultiplexedConnection,
+    cmd: &'a Cmd,
+) -> RedisFuture<'a, Value> {
+    let args: Vec<Vec<u8>> = cmd
+        .args_iter()
+        .map(|a| match a {
+            redis::Arg::Simple(b) => b.to_vec(),
+            _ => Vec::new(),
+        })
+        .collect();
+    if args.first().map(Vec::as_slice) != Some(b"FCALL".as_slice()) {
+        return conn.req_packed_command(cmd);
+    }
+    let n: usize = String::from_utf8_lossy(&args[2]).parse().unwrap_or(0);
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd.clone());
+    for key in args.iter().skip(3).take(n) {
+        pipe.cmd("PERSIST").arg(key.as_slice());
+    }
+    Box::pin(async move {
+        let mut replies = conn.req_packed_commands(&pipe, 0, 1 + n).await?;
+        replies.truncate(1);
+        replies.pop().unwrap_or(Value::Nil).extract_error()
+    })
+}
+
 impl<C> std::fmt::Debug for Relay<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay").finish_non_exhaustive()

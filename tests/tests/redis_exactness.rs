@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use integration_tests::replay::snapshot_micros;
-use integration_tests::{RedisServer, redis_available};
+use integration_tests::{RedisServer, Relay, redis_available};
 use rate_limit_core::{
     Algorithm, Clock, Decision, Limit, MAX_SPAN, ManualClock, MemoryStore, Quota, RedisStore, Store,
 };
@@ -21,10 +21,11 @@ async fn store(
     prefix: &str,
     clock: &ManualClock,
     deny_cache: usize,
-) -> RedisStore<MultiplexedConnection> {
+) -> RedisStore<Relay<MultiplexedConnection>> {
     let client = redis::Client::open(server.url()).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
-    RedisStore::builder(conn)
+    // Expiry runs on the server's real time, not on the manual clock: every state is kept.
+    RedisStore::builder(Relay::persisting(conn))
         .prefix(prefix)
         .clock(clock.clone())
         .deny_cache(std::num::NonZeroUsize::new(deny_cache))
@@ -34,7 +35,7 @@ async fn store(
 
 /// A check as the tower layer makes it: the deny cache first, then Redis.
 async fn check(
-    store: &RedisStore<MultiplexedConnection>,
+    store: &RedisStore<Relay<MultiplexedConnection>>,
     key: &str,
     limits: &[Limit],
     cost: u32,
@@ -129,12 +130,6 @@ async fn memory_and_redis_agree_at_the_edges_of_a_quota() {
                 ));
                 let m = memory.check(&key, &limits, nz(cost)).await.unwrap();
                 let r = redis.check(&key, &limits, nz(cost)).await.unwrap();
-                // Expiry runs on the server's real time, not on the manual clock.
-                let _: i64 = redis::cmd("PERSIST")
-                    .arg(redis.state_key(&key, &limits[0]))
-                    .query_async(&mut redis.connection().clone())
-                    .await
-                    .unwrap();
                 assert_eq!(
                     (m.is_allowed(), snapshot_micros(&m)),
                     (r.is_allowed(), snapshot_micros(&r)),

@@ -115,7 +115,7 @@ async fn twins(server: &RedisServer, deny_cache: usize, compare: Compare) -> (us
     let conn = client.get_multiplexed_async_connection().await.unwrap();
     let start = Duration::from_secs(1_800_000_000);
     let clock = ManualClock::new(start);
-    let redis = RedisStore::builder(Relay::with(conn, persisting))
+    let redis = RedisStore::builder(Relay::persisting(conn))
         .prefix(format!("twins{deny_cache}"))
         .clock(clock.clone())
         .deny_cache(std::num::NonZeroUsize::new(deny_cache))
@@ -210,36 +210,4 @@ async fn twins(server: &RedisServer, deny_cache: usize, compare: Compare) -> (us
         }
     }
     (steps, cached)
-}
-
-/// Sends a command, and `PERSIST` of a script call's keys in the same pipeline, right behind
-/// it: expiry runs on the server's real time, not on the test's manual clock, and a state a few
-/// microseconds from full (as a refund often leaves one) expires within a millisecond. Every
-/// key is kept, so that only the transitions are compared (expiry has tests of its own).
-fn persisting<'a>(
-    conn: &'a mut redis::aio::MultiplexedConnection,
-    cmd: &'a redis::Cmd,
-) -> redis::RedisFuture<'a, redis::Value> {
-    use redis::aio::ConnectionLike;
-    let args: Vec<Vec<u8>> = cmd
-        .args_iter()
-        .map(|a| match a {
-            redis::Arg::Simple(b) => b.to_vec(),
-            _ => Vec::new(),
-        })
-        .collect();
-    if args.first().map(Vec::as_slice) != Some(b"FCALL".as_slice()) {
-        return conn.req_packed_command(cmd);
-    }
-    let n: usize = String::from_utf8_lossy(&args[2]).parse().unwrap();
-    let mut pipe = redis::pipe();
-    pipe.add_command(cmd.clone());
-    for key in &args[3..3 + n] {
-        pipe.cmd("PERSIST").arg(key.as_slice());
-    }
-    Box::pin(async move {
-        let mut replies = conn.req_packed_commands(&pipe, 0, 1 + n).await?;
-        replies.truncate(1);
-        replies.pop().unwrap().extract_error()
-    })
 }
