@@ -431,11 +431,7 @@ impl<C: Clock> MemoryStore<C> {
         let at = now.saturating_sub(since);
         let cost = u64::from(charge.cost().get());
         let h = self.hasher.hash_one(key);
-        let shard = &self.shards[usize::try_from((h >> 40) & self.mask).unwrap_or(0)];
-        let mut inner = lock(shard);
-        if now >= inner.next_sweep {
-            self.sweep_shard(&mut inner, now);
-        }
+        let mut inner = self.locked(self.shard(h), now);
         if let [limit] = limits {
             let raw = self.give_back(&mut inner, key, h, limit, now, cost, at);
             drop(inner);
@@ -452,12 +448,7 @@ impl<C: Clock> MemoryStore<C> {
             raws.push(r);
         }
         drop(inner);
-        Ok(Decision::from_snapshots(
-            raws.iter()
-                .zip(limits)
-                .map(|(r, l)| r.snapshot(l.nanos()))
-                .collect(),
-        ))
+        Ok(decision_of(&raws, limits))
     }
 
     /// Gives `cost`, charged at `at`, back to one key and limit; answers a peek of `cost` after
@@ -602,17 +593,13 @@ impl<C: Clock> MemoryStore<C> {
         let now = self.clock.now_nanos();
         let cost = u64::from(cost.get());
         let h = self.hasher.hash_one(key);
-        // The shard comes from bits the table does not use for its own buckets.
-        let shard = &self.shards[usize::try_from((h >> 40) & self.mask).unwrap_or(0)];
+        let shard = self.shard(h);
         if let [limit] = limits
             && let Some(raw) = fast::check_one_gcra(shard, key, h, limit, now, cost, commit)
         {
             return Ok(Decision::single(raw.snapshot(limit.nanos())));
         }
-        let mut inner = lock(shard);
-        if now >= inner.next_sweep {
-            self.sweep_shard(&mut inner, now);
-        }
+        let mut inner = self.locked(shard, now);
         if let [limit] = limits {
             let raw = self.apply(&mut inner, key, h, limit, now, cost, commit);
             drop(inner);
@@ -638,12 +625,21 @@ impl<C: Clock> MemoryStore<C> {
                 };
             }
         }
-        Ok(Decision::from_snapshots(
-            raws.iter()
-                .zip(limits)
-                .map(|(r, l)| r.snapshot(l.nanos()))
-                .collect(),
-        ))
+        Ok(decision_of(&raws, limits))
+    }
+
+    /// The shard of a key hashed to `h`: from bits the table does not use for its own buckets.
+    fn shard(&self, h: u64) -> &Shard {
+        &self.shards[usize::try_from((h >> 40) & self.mask).unwrap_or(0)]
+    }
+
+    /// `shard` locked for writing, swept first if its sweep is due.
+    fn locked<'s>(&self, shard: &'s Shard, now: u64) -> RwLockWriteGuard<'s, Inner> {
+        let mut inner = lock(shard);
+        if now >= inner.next_sweep {
+            self.sweep_shard(&mut inner, now);
+        }
+        inner
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -847,6 +843,16 @@ fn lock(shard: &Shard) -> RwLockWriteGuard<'_, Inner> {
     // A panic while holding a shard cannot leave an entry half-written (transitions are pure and
     // write back whole values), so a poisoned lock is still consistent.
     shard.0.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The decision of several limits from each one's answer.
+fn decision_of(raws: &[Raw], limits: &[Limit]) -> Decision {
+    Decision::from_snapshots(
+        raws.iter()
+            .zip(limits)
+            .map(|(r, l)| r.snapshot(l.nanos()))
+            .collect(),
+    )
 }
 
 /// For each limit, the position of the first limit with its id (its own when it is the first).
