@@ -342,32 +342,33 @@ impl After {
         let (head, body) = res.into_parts();
         let counts = (count_if.counts)(&head);
         let mut res = Response::from_parts(head, body);
-        let since = charged.since(shared.clock.now());
-        let charge = Charge::new(charged.cost)
-            .elapsed(since)
-            .decided_by(&decision);
+        let charge = (!counts).then(|| {
+            Charge::new(charged.cost)
+                .elapsed(charged.since(shared.clock.now()))
+                .decided_by(&decision)
+        });
+        // A store that gives back in place (memory) costs no future.
+        let in_place = charge.and_then(|charge| {
+            shared
+                .store
+                .try_refund_now(&charged.key, policy.limits(), charge)
+        });
+        let refund = match (charge, &in_place) {
+            (Some(charge), None) => Some(shared.refund(charged.key, policy.clone(), charge)),
+            _ => None,
+        };
         let mut after = After::Decided {
             decision,
             policy,
             shared,
         };
-        let After::Decided { policy, shared, .. } = &after else {
-            unreachable!("built as Decided just above");
+        let Some(refund) = refund else {
+            if let Some(result) = in_place {
+                after.refunded(&count_if, result);
+            }
+            after.apply(&mut res);
+            return Settled::Ready(res);
         };
-        if counts {
-            after.apply(&mut res);
-            return Settled::Ready(res);
-        }
-        // A store that gives back in place (memory) costs no future.
-        if let Some(result) = shared
-            .store
-            .try_refund_now(&charged.key, policy.limits(), charge)
-        {
-            after.refunded(&count_if, result);
-            after.apply(&mut res);
-            return Settled::Ready(res);
-        }
-        let refund = shared.refund(charged.key, policy.clone(), charge);
         Settled::Refunding(Box::new(Refunding {
             refund,
             count_if,
