@@ -204,6 +204,22 @@ local function firsts(k, n)
   return first
 end
 
+-- Each limit's answer for `cost` (charged if `commit`), a limit listed twice decided once and
+-- its other places given that answer; and whether every limit allows.
+local function decide_each(k, n, fns, ps, first, cost, commit)
+  local raws = {}
+  local all = true
+  for i = 1, n do
+    if first[i] < i then
+      raws[i] = raws[first[i]]
+    else
+      raws[i] = { fns[i](target(k, i, ps[i]), now, ps[i], cost, commit) }
+    end
+    all = all and raws[i][1]
+  end
+  return raws, all
+end
+
 -- One check of several limits, whose keys are KEYS[k + 1 .. k + n]: appends its n records.
 -- All or nothing: decide every limit without charging, then charge only if all allow. The
 -- states it writes are journaled, so that a failure can undo them. A limit listed twice has
@@ -212,24 +228,9 @@ end
 local function check_all(k, n, fns, ps, cost, commit)
   journal = {}
   local first = firsts(k, n)
-  local raws = {}
-  local all = true
-  for i = 1, n do
-    if first[i] < i then
-      raws[i] = raws[first[i]]
-    else
-      raws[i] = { fns[i](target(k, i, ps[i]), now, ps[i], cost, false) }
-    end
-    all = all and raws[i][1]
-  end
+  local raws, all = decide_each(k, n, fns, ps, first, cost, false)
   if all and commit then
-    for i = 1, n do
-      if first[i] < i then
-        raws[i] = raws[first[i]]
-      else
-        raws[i] = { fns[i](target(k, i, ps[i]), now, ps[i], cost, true) }
-      end
-    end
+    raws = decide_each(k, n, fns, ps, first, cost, true)
   end
   for i = 1, n do
     push(raws[i])
@@ -251,14 +252,7 @@ local function refund_all(k, n, fns, rfns, ps, cost, at)
       end
     end
   end
-  local raws = {}
-  for i = 1, n do
-    if first[i] < i then
-      raws[i] = raws[first[i]]
-    else
-      raws[i] = { fns[i](target(k, i, ps[i]), now, ps[i], cost, false) }
-    end
-  end
+  local raws = decide_each(k, n, fns, ps, first, cost, false)
   for i = 1, n do
     push(raws[i])
   end
