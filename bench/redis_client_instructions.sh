@@ -19,7 +19,8 @@
 # from before the bench crate), and it is built there.
 #
 # Settings (environment): CHECKS (N, default 5000), SHAPES (default "lone hot-32"), REV (a git
-# revision; default the work tree).
+# revision; default the work tree), KEEP (a directory to copy callgrind's outputs to, for
+# `callgrind_annotate --inclusive=yes KEEP/cg-lone-10000.out`).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,6 +28,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CHECKS=${CHECKS:-5000}
 SHAPES=${SHAPES:-lone hot-32}
 REV=${REV:-}
+KEEP=${KEEP:-}
 TARGET_DIR=$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)
 for tool in valgrind redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
@@ -96,3 +98,7 @@ for shape in $SHAPES; do
   per_call=$(awk -v c="$((3 * CHECKS))" -v n="${calls:-0}" 'BEGIN { if (n > 0) printf "%.1f", c / n; else print "n/a" }')
   echo "| $shape | $(((large - small) / CHECKS)) | $per_call |"
 done
+if [[ -n $KEEP ]]; then
+  mkdir -p "$KEEP"
+  cp "$OUT"/cg-*.out "$KEEP"/
+fi

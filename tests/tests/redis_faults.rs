@@ -279,3 +279,53 @@ async fn one_hung_master_does_not_stop_the_others() {
     }
     assert_eq!(store.get_ref().queue_len(), 0);
 }
+
+/// Replies withheld (a stalled link): every call in flight, a lone one and a batch, fails with
+/// the store's timeout error once its response timeout has passed, not before, and the store
+/// answers again once replies flow. Through `connect`'s `ConnectionManager` (whose only bound
+/// is the store's timeout) and through a `MultiplexedConnection` whose own timeout (500 ms by
+/// default) is longer than the store's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_calls_fail_at_the_response_timeout() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let url = format!("redis://127.0.0.1:{}", proxy.port());
+    let managed = Arc::new(RedisStore::connect(&url).await.unwrap());
+    stalled_calls_time_out(&managed, &proxy, "m").await;
+    let short = Duration::from_millis(150);
+    let muxed = RedisStore::builder(mux(&url).await).response_timeout(short);
+    stalled_calls_time_out(&Arc::new(muxed.build().unwrap()), &proxy, "x").await;
+}
+
+async fn stalled_calls_time_out<C>(store: &Arc<RedisStore<C>>, proxy: &FaultProxy, key: &str)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    answers_again(store, key).await;
+    let timeout = store.response_timeout();
+    proxy.stall(true);
+    let start = Instant::now();
+    let checks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(store);
+            let key = format!("{key}{}", i % 2);
+            tokio::spawn(async move { store.check(&key, &limit(), nz(1)).await })
+        })
+        .collect();
+    for check in checks {
+        let err = check.await.unwrap().unwrap_err();
+        let waited = start.elapsed();
+        assert_eq!(err.kind(), StoreErrorKind::Timeout, "{err}");
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        let cause = cause.unwrap_or_default();
+        assert!(cause.contains("store's response timeout"), "{err}: {cause}");
+        assert!(waited >= timeout, "failed after {waited:?}, before {timeout:?}");
+        // Far above the timeout on a loaded machine, far below a hang.
+        assert!(waited < timeout * 3, "failed after {waited:?}");
+    }
+    proxy.stall(false);
+    answers_again(store, key).await;
+}

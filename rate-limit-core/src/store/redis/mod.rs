@@ -459,7 +459,9 @@ impl RedisStore<ConnectionManager> {
     /// while Redis refused connections): a check that meets Redis down fails with a
     /// [`Connection`](StoreErrorKind::Connection) error within the store's
     /// [response timeout](RedisStoreBuilder::response_timeout), and the next check tries again.
-    /// Use [`connect_with`](Self::connect_with) for other settings.
+    /// The manager has no response timeout of its own (the `redis` crate's is 500 ms): the
+    /// store's bounds every call, reconnection included, and a second timer per call would only
+    /// cost the client. Use [`connect_with`](Self::connect_with) for other settings.
     ///
     /// # Errors
     ///
@@ -514,6 +516,8 @@ impl RedisStore<ConnectionManager> {
     /// A check waits at most the store's response timeout (2 s) in all, reconnection
     /// included: with settings whose reconnection takes longer, checks made while Redis is down
     /// fail with a [`Timeout`](StoreErrorKind::Timeout) error rather than a `Connection` one.
+    /// The `config`'s own response timeout (the `redis` crate's default is 500 ms) bounds each
+    /// call too; `set_response_timeout(None)` leaves the store's alone, as `connect` does.
     ///
     /// # Errors
     ///
@@ -531,12 +535,13 @@ impl RedisStore<ConnectionManager> {
 }
 
 /// The reconnection settings of [`RedisStore::connect`]: two attempts, at most 500 ms each and
-/// between them.
+/// between them; no response timeout but the store's.
 fn manager_config() -> redis::aio::ConnectionManagerConfig {
     redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
         .set_max_delay(std::time::Duration::from_millis(500))
         .set_number_of_retries(1)
+        .set_response_timeout(None)
 }
 
 #[cfg(feature = "cluster")]
