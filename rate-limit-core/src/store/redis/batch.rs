@@ -29,6 +29,7 @@ use redis::{ErrorKind, ServerErrorKind};
 use tokio::sync::oneshot;
 
 use super::call::{self, Answers};
+use super::deadline::Deadlines;
 use super::error;
 use super::script::{self, Check};
 use crate::clock::Clock;
@@ -56,7 +57,8 @@ pub(crate) struct Dispatcher<C> {
     pub(crate) conn: C,
     clock: Option<Arc<dyn Clock>>,
     max_batch: usize,
-    response_timeout: Duration,
+    /// The response timeout of every call.
+    deadlines: Arc<Deadlines>,
     /// Send one call per cluster slot rather than one per batch: set for a Redis Cluster
     /// connection, and learnt from a `CROSSSLOT` answer.
     per_slot: AtomicBool,
@@ -90,7 +92,7 @@ impl<C> Dispatcher<C> {
             conn,
             clock,
             max_batch,
-            response_timeout,
+            deadlines: Arc::new(Deadlines::new(response_timeout)),
             per_slot: AtomicBool::new(per_slot),
             lone: AtomicBool::new(true),
             lanes: Mutex::new(HashMap::new()),
@@ -107,7 +109,7 @@ impl<C> Dispatcher<C> {
     }
 
     pub(crate) fn response_timeout(&self) -> Duration {
-        self.response_timeout
+        self.deadlines.timeout()
     }
 
     /// Checks queued in every lane, awaited or not.
@@ -132,8 +134,8 @@ where
     pub(crate) async fn decide(self: &Arc<Self>, check: Check) -> Result<Decision, StoreError> {
         let runtime = tokio::runtime::Handle::try_current().is_ok();
         if self.max_batch == 1 || !runtime {
-            let timeout = runtime.then_some(self.response_timeout);
-            return match call::call(&self.conn, self.now(), &[&check], timeout).await {
+            let deadlines = runtime.then_some(&self.deadlines);
+            return match call::call(&self.conn, self.now(), &[&check], deadlines).await {
                 Ok(mut answers) => answers.pop().unwrap_or_else(|| Err(lost())),
                 Err(e) => Err(error::from_redis(e)),
             };
@@ -278,7 +280,7 @@ where
     /// answer per check.
     async fn call(&self, checks: &[&Check]) -> Answers {
         self.lone.store(checks.len() == 1, Ordering::Relaxed);
-        call::call(&self.conn, self.now(), checks, Some(self.response_timeout)).await
+        call::call(&self.conn, self.now(), checks, Some(&self.deadlines)).await
     }
 
     /// Now in ticks, in client-clock mode; `None` to use the server's `TIME`.

@@ -9,12 +9,13 @@
 //! `ASKING`), at most [`MAX_REDIRECTS`] times.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 
+use super::deadline::{Deadlines, Elapsed};
 use super::script::{self, Check};
 use crate::decision::Decision;
 use crate::error::StoreError;
@@ -37,24 +38,27 @@ static LOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub(crate) type Answers = Result<Vec<Result<Decision, StoreError>>, RedisError>;
 
 /// Decides `checks` in one script call on `conn`, at `now` (client-clock mode) or at the
-/// server's `TIME`. With a `timeout`, the call (its resends included) fails with a timeout
-/// once that has passed without a reply; the timer is Tokio's.
+/// server's `TIME`. With `deadlines`, the call (its resends included) fails with a timeout once
+/// the store's response timeout has passed without a reply.
 pub(crate) async fn call<C>(
     conn: &C,
     now: Option<u64>,
     checks: &[&Check],
-    timeout: Option<Duration>,
+    deadlines: Option<&Arc<Deadlines>>,
 ) -> Answers
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let attempt = send(conn.clone(), now, checks);
-    match timeout {
-        Some(limit) => match tokio::time::timeout(limit, attempt).await {
+    match deadlines {
+        Some(deadlines) => match deadlines.bound(attempt).await {
             Ok(answers) => answers,
-            Err(_elapsed) => Err(io::Error::new(
+            Err(Elapsed) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("no reply within the store's response timeout of {limit:?}"),
+                format!(
+                    "no reply within the store's response timeout of {:?}",
+                    deadlines.timeout()
+                ),
             )
             .into()),
         },

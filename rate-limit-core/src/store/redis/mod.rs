@@ -17,6 +17,7 @@ use crate::limit::Limit;
 mod batch;
 mod builder;
 mod call;
+mod deadline;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod deny_cache;
