@@ -30,7 +30,7 @@ SHAPES=${SHAPES:-lone hot-32}
 REV=${REV:-}
 KEEP=${KEEP:-}
 TARGET_DIR=$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)
-for tool in valgrind redis-server redis-cli; do
+for tool in valgrind callgrind_annotate redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
 done
 
@@ -77,11 +77,17 @@ RPID=$!
 wait_port "$PORT"
 URL="redis://127.0.0.1:$PORT"
 
-# Instructions of one run of SHAPE with COUNT checks.
+# Instructions of one run of SHAPE with COUNT checks, less the clock's calibration at start-up
+# (`quanta::Clock::new`, behind the deny cache's `SystemClock`), whose length varies from run to
+# run by a few hundred instructions per check.
 count() {
-  local shape=$1 count=$2
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/cg-$shape-$count.out" \
-    "$BIN" "$URL" "$count" "$shape" 2>&1 | awk '/Collected :/ { print $NF }'
+  local shape=$1 count=$2 out total calibration
+  out="$OUT/cg-$shape-$count.out"
+  total=$(valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "$BIN" "$URL" "$count" "$shape" 2>&1 | awk '/Collected :/ { print $NF }')
+  calibration=$(callgrind_annotate --inclusive=yes "$out" 2>/dev/null |
+    awk '/quanta::Clock::new/ { gsub(",", "", $1); print $1; exit }')
+  echo $((total - ${calibration:-0}))
 }
 
 echo
