@@ -15,11 +15,14 @@
 //! caller that gives up (a `Timeout` dropping its future) cancels nothing but its own wait. A
 //! flush takes what its lane holds (up to the maximum batch), skips checks whose caller has
 //! gone, sends them in one call (bounded by the store's response timeout, see
-//! [`call`](super::call)), answers each caller, and goes on while checks keep arriving. Either
-//! way a check is sent at once: no timer, no added wait.
+//! [`call`](super::call)), answers each caller, and goes on while checks keep arriving. Having
+//! answered a call, a flush that finds its lane empty yields once before it ends, so that the
+//! callers it woke, checking again, queue for it rather than each round of them starting a
+//! task. Either way a check is sent at once: no timer, no added wait.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -66,12 +69,41 @@ pub(crate) struct Dispatcher<C> {
     /// whose next check, finding its lane idle, is sent by its caller (see the module docs).
     lone: AtomicBool,
     /// The lanes that hold checks or have calls in flight, by slot (or [`SHARED_LANE`]).
-    lanes: Mutex<HashMap<u16, Lane>>,
+    lanes: Mutex<Lanes>,
+}
+
+/// The lanes by slot. A lone check finds, inserts and removes its lane: with the default
+/// SipHash that was about 250 client instructions per check.
+type Lanes = HashMap<u16, Lane, BuildHasherDefault<SlotHasher>>;
+
+/// Hashes a slot number by one multiplication (Fibonacci hashing), which spreads slots that are
+/// close over the whole `u64`, as the table's probing needs. Lane keys are slot numbers, not
+/// input an attacker chooses freely (any key maps to one of 16,384 slots).
+#[derive(Default)]
+struct SlotHasher(u64);
+
+impl Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.0 = u64::from(n);
+    }
 }
 
 struct Lane {
     waiting: VecDeque<Request>,
     in_flight: usize,
+    /// A flush found the lane empty and yields once before it ends: checks queued meanwhile
+    /// (the callers its call just answered, checking again) are its, and start no flush.
+    lingering: bool,
     prune_at: usize,
 }
 
@@ -95,7 +127,7 @@ impl<C> Dispatcher<C> {
             deadlines: Arc::new(Deadlines::new(response_timeout)),
             per_slot: AtomicBool::new(per_slot),
             lone: AtomicBool::new(true),
-            lanes: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(Lanes::default()),
         }
     }
 
@@ -117,7 +149,7 @@ impl<C> Dispatcher<C> {
         self.lock().values().map(|lane| lane.waiting.len()).sum()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u16, Lane>> {
+    fn lock(&self) -> MutexGuard<'_, Lanes> {
         // Lanes are only changed under the lock; a panic elsewhere cannot leave one
         // half-changed.
         self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
@@ -156,7 +188,7 @@ where
                     let l = lane.or_insert_with(Lane::new);
                     let (answer, wait) = oneshot::channel();
                     l.push(Request { check, answer });
-                    let start = l.in_flight < MAX_IN_FLIGHT;
+                    let start = l.in_flight < MAX_IN_FLIGHT && !l.lingering;
                     if start {
                         l.in_flight += 1;
                     }
@@ -197,22 +229,36 @@ where
             lane,
             armed: true,
         };
+        let mut lingered = false;
         loop {
             let batch = {
                 // Found empty and released under one lock: a check queued after this starts
                 // a flush of its own.
                 let mut lanes = self.lock();
-                let batch = lanes
-                    .get_mut(&lane)
-                    .map(|l| l.take(self.max_batch))
-                    .unwrap_or_default();
-                if batch.is_empty() {
+                let mut batch = Vec::new();
+                if let Some(l) = lanes.get_mut(&lane) {
+                    l.lingering = false;
+                    batch = l.take(self.max_batch);
+                    if batch.is_empty() && !lingered {
+                        // Once, after a call: the callers it answered, woken, may be about to
+                        // check again. Starting a task per call cost a hot key's check about
+                        // 190 client instructions.
+                        l.lingering = true;
+                    }
+                }
+                if batch.is_empty() && (lingered || !lanes.contains_key(&lane)) {
                     counted.armed = false;
                     release(&mut lanes, lane);
                     return;
                 }
                 batch
             };
+            if batch.is_empty() {
+                lingered = true;
+                tokio::task::yield_now().await;
+                continue;
+            }
+            lingered = false;
             self.send(lane, batch).await;
         }
     }
@@ -296,6 +342,7 @@ impl Lane {
         Self {
             waiting: VecDeque::new(),
             in_flight: 0,
+            lingering: false,
             prune_at: PRUNE_AT,
         }
     }
@@ -329,9 +376,12 @@ impl Lane {
 }
 
 /// Ends a flush of `lane`: one call fewer in flight, and the lane forgotten once it is idle.
-fn release(lanes: &mut HashMap<u16, Lane>, lane: u16) {
+fn release(lanes: &mut Lanes, lane: u16) {
     if let Some(l) = lanes.get_mut(&lane) {
         l.in_flight -= 1;
+        // A flush that lingered and was dropped (its runtime shutting down) must not keep
+        // later checks from starting one.
+        l.lingering = false;
         if l.in_flight == 0 && l.waiting.is_empty() {
             lanes.remove(&lane);
         }
