@@ -322,7 +322,10 @@ where
         let cause = std::error::Error::source(&err).map(ToString::to_string);
         let cause = cause.unwrap_or_default();
         assert!(cause.contains("store's response timeout"), "{err}: {cause}");
-        assert!(waited >= timeout, "failed after {waited:?}, before {timeout:?}");
+        assert!(
+            waited >= timeout,
+            "failed after {waited:?}, before {timeout:?}"
+        );
         // Far above the timeout on a loaded machine, far below a hang.
         assert!(waited < timeout * 3, "failed after {waited:?}");
     }

@@ -127,9 +127,11 @@ impl<C> RedisStoreBuilder<C> {
     /// flight for ever. A caller that wants a tighter budget wraps the store in a
     /// [`Timeout`](crate::resilience::Timeout); this one stays the store's backstop.
     ///
-    /// The timer is Tokio's, as the `redis` crate's own response timeouts are: checks must run
-    /// in a runtime with its time driver enabled (outside any Tokio runtime, each check is a
-    /// call of its own, bounded by the connection's timeout only).
+    /// One task per store keeps the deadlines of its calls in flight, on Tokio's timer, as the
+    /// `redis` crate's own response timeouts are: checks must run in a runtime with its time
+    /// driver enabled (outside any Tokio runtime, each check is a call of its own, bounded by
+    /// the connection's timeout only). The task runs on the runtime of the check that started
+    /// it, and ends after a timeout's length with no call.
     ///
     /// ```no_run
     /// use std::time::Duration;

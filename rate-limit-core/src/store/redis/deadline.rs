@@ -277,7 +277,11 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_millis(130));
         // A call that ended keeps the watchdog for a while; a whole timeout with no call stops
         // it, and the next call starts another.
-        assert!(d.bound(tokio::time::sleep(Duration::from_millis(10))).await.is_ok());
+        assert!(
+            d.bound(tokio::time::sleep(Duration::from_millis(10)))
+                .await
+                .is_ok()
+        );
         assert!(d.lock().watching);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!d.lock().watching);

@@ -17,9 +17,9 @@ use crate::limit::Limit;
 mod batch;
 mod builder;
 mod call;
-mod deadline;
 #[cfg(feature = "cluster")]
 mod cluster;
+mod deadline;
 mod deny_cache;
 use deny_cache::DenyCache;
 mod error;
