@@ -10,6 +10,12 @@
 //! Shapes: `lone` (default) sends one check at a time, each a call of its own; `hot-32` sends
 //! them from 32 tasks on one key, so that checks share calls (how many share one depends on
 //! timing). One current-thread Tokio runtime; a GCRA quota that never denies.
+//!
+//! Two floors, for what a connection costs apart from the store: `get-manager` sends `GET` of
+//! a 24-byte value (the size of a lone check's reply) one at a time through the `redis` crate's
+//! `ConnectionManager` (as `RedisStore::connect` builds it), and `get-raw` writes the same
+//! command to a Tokio `TcpStream` and reads the reply itself: no task, no channel, no parser
+//! beyond finding the reply's end.
 
 use std::num::NonZeroU32;
 use std::process::ExitCode;
@@ -35,6 +41,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(floor) = shape.strip_prefix("get-") {
+        return match runtime.block_on(get_floor(url, count, floor)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{shape}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let allowed = runtime.block_on(async {
         let store = match RedisStore::connect(url).await {
             Ok(store) => Arc::new(store),
@@ -92,4 +107,59 @@ fn main() -> ExitCode {
         }
         None => ExitCode::FAILURE,
     }
+}
+
+/// `count` `GET`s of a 24-byte value, one at a time, through `how` (`manager` or `raw`).
+async fn get_floor(url: &str, count: usize, how: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
+    let mut manager = redis::aio::ConnectionManager::new_with_config(client, config).await?;
+    let value = [7u8; 24];
+    let () = redis::cmd("SET")
+        .arg("floor")
+        .arg(&value[..])
+        .query_async(&mut manager)
+        .await?;
+    match how {
+        "manager" => {
+            for _ in 0..count {
+                let got: Vec<u8> = redis::cmd("GET")
+                    .arg("floor")
+                    .query_async(&mut manager)
+                    .await?;
+                if got != value {
+                    return Err("wrong value".into());
+                }
+            }
+        }
+        "raw" => {
+            let addr = url.trim_start_matches("redis://");
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let command = b"*2\r\n$3\r\nGET\r\n$5\r\nfloor\r\n";
+            // `$24\r\n`, the value, `\r\n`.
+            let mut reply = [0u8; 31];
+            for _ in 0..count {
+                // A command this small fits the socket's buffer whole.
+                if stream.try_write(command)? != command.len() {
+                    return Err("short write".into());
+                }
+                let mut read = 0;
+                while read < reply.len() {
+                    stream.readable().await?;
+                    match stream.try_read(&mut reply[read..]) {
+                        Ok(0) => return Err("closed".into()),
+                        Ok(n) => read += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if reply[5..29] != value {
+                    return Err("wrong value".into());
+                }
+            }
+        }
+        other => return Err(format!("unknown floor {other:?}").into()),
+    }
+    Ok(())
 }
