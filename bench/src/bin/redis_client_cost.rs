@@ -134,7 +134,7 @@ async fn get_floor(url: &str, count: usize, how: &str) -> Result<(), Box<dyn std
         }
         "raw" => {
             let addr = url.trim_start_matches("redis://");
-            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             let command = b"*2\r\n$3\r\nGET\r\n$5\r\nfloor\r\n";
             // `$24\r\n`, the value, `\r\n`.
