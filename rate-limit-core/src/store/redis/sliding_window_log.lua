@@ -52,15 +52,28 @@ local function log_format(n)
   return f
 end
 
--- The log's record during a call, by key: { m, h, first_t, base, head_total, last_t,
--- last_total, exp, pend, tdirty, fresh, gone, period, limit }: what the string holds as the checks
--- before saw it, m = 0 when the window holds nothing. Only the newest entry and the trailer may
--- be ahead of the string: `pend` when the newest entry (and the trailer) is to be written,
--- `tdirty` when only the trailer is (the head moved), `fresh` when the string is to be replaced
--- by the newest entry alone, `gone` when every entry has left the window (the key is deleted). `flush_logs` writes each once at the end of the call, so checks of
--- one hot key in one call read the string once and write it once. The searches never read the
--- newest entry from the string (it is their known end), so they read only what the string holds.
+-- The log's record during a call, by key: an array of
+--   [1] m, [2] h, [3] the head's tick, [4] base, [5] the head's total, [6] the newest tick,
+--   [7] the newest total, [8] the expiry second, [9] pend, [10] tdirty, [11] fresh, [12] gone,
+--   [13] period, [14] limit:
+-- what the string holds as the checks before saw it, m = 0 when the window holds nothing. Only
+-- the newest entry and the trailer may be ahead of the string: `pend` when the newest entry
+-- (and the trailer) is to be written, `tdirty` when only the trailer is (the head moved),
+-- `fresh` when the string is to be replaced by the newest entry alone, `gone` when every entry
+-- has left the window (the key is deleted). `flush_logs` writes each once at the end of the
+-- call, so checks of one hot key in one call read the string once and write it once. The
+-- searches never read the newest entry from the string (it is their known end), so they read
+-- only what the string holds. An array, not named fields, and records reused from call to call
+-- (`log_pool`): creating a table of a dozen fields costs Redis some 3,000 instructions.
 local logs = {}
+-- The keys given a record in this call, in order (`flush_logs` writes them in this order).
+local log_keys, log_count = {}, 0
+-- Records of calls before, to reuse, at most 256.
+local log_pool, log_spare = {}, 0
+-- The record of a call of one check of one log (`log_one`).
+local LOG_ONE = { 0, 0, 0, 0, 0, 0, 0, 0, false, false, false, false, 0, 0 }
+
+local NOT_A_LOG = 'rate-limit: the value at this key is not a state of this limit'
 
 -- The entries i .. j (i <= j) of the string at `key`, as { t_i, total_i, t_i+1, ... }.
 local function log_read(key, i, j)
@@ -70,10 +83,10 @@ end
 
 -- Entry i of the log `l` at `key`: its tick and running total.
 local function log_entry(key, l, i)
-  if i == l.m - 1 then
-    return l.last_t, l.last_total
-  elseif i == l.h then
-    return l.first_t, l.head_total
+  if i == l[1] - 1 then
+    return l[6], l[7]
+  elseif i == l[2] then
+    return l[3], l[5]
   end
   local bytes = call('GETRANGE', key, i * 12, i * 12 + 11)
   local t, total = sunpack('<dI4', bytes)
@@ -127,7 +140,7 @@ local function log_migrate(key)
   for i = 1, #items do
     local a, c, b = match(items[i], '^(%d+):(%d+):(%d+)$')
     if not a then
-      error('rate-limit: the value at this key is not a state of this limit', 0)
+      error(NOT_A_LOG, 0)
     end
     t, total = tonumber(a), tonumber(b)
     if i == 1 then
@@ -145,47 +158,77 @@ local function log_migrate(key)
   end
 end
 
--- The bytes at the end of the string at `key` (`range`, a negative start, as text), migrating
--- an earlier version's list first; '' when there is no log. Raises if the key holds another type.
+-- The bytes at the end of the string at `key` (`range`, a negative start, as text), converting
+-- an earlier version's list first; '' when there is no log; or nil and why it cannot be read
+-- (a key of another type), without raising. (A string's length tells it from an error reply,
+-- a table, whose length is 0: type() is a C call, hundreds of instructions.)
 local function log_tail(key, range)
   local tail = rpcall('GETRANGE', key, range, '-1')
-  if type(tail) == 'table' then
+  if #tail == 0 and tail ~= '' then
     local t = call('TYPE', key)
-    if t.ok ~= 'list' and t ~= 'list' then
-      error(tostring(tail.err or tail), 0)
+    if t.ok ~= 'list' then
+      return nil, tostring(tail.err or tail)
     end
-    log_migrate(key)
+    local done, err = pcall(log_migrate, key)
+    if not done then
+      return nil, tostring(err)
+    end
     tail = call('GETRANGE', key, range, '-1')
   end
   return tail
 end
 
-local function read_log(key)
-  local tail = log_tail(key, '-40')
+-- Reads the log at `key` into the record `l`: l, or nil and why it cannot be read.
+local function log_fill(key, l)
+  local tail, err = log_tail(key, '-40')
+  if not tail then
+    return nil, err
+  end
+  l[9], l[10], l[11], l[12] = false, false, false, false
   local n = #tail
   if n == 0 then
-    return { m = 0, h = 0, pend = false, tdirty = false, fresh = false, exp = 0 }
+    l[1], l[2], l[8] = 0, 0, 0
+    return l
+  elseif n ~= 40 then
+    return nil, NOT_A_LOG
   end
-  local last_t, last_total, m, h, first_t, base, head_total, exp
-  if n == 40 then
-    last_t, last_total, m, h, first_t, base, head_total, exp = sunpack(LOG_TAIL, tail)
+  l[6], l[7], l[1], l[2], l[3], l[4], l[5], l[8] = sunpack(LOG_TAIL, tail)
+  if l[2] >= l[1] then
+    return nil, NOT_A_LOG
   end
-  if n ~= 40 or h >= m then
-    error('rate-limit: the value at this key is not a state of this limit', 0)
+  return l
+end
+
+-- The record of the log at `key` in this call, read if it is not there yet; or nil and why it
+-- cannot be read, without raising.
+local function log_state(key)
+  local l = logs[key]
+  if l then
+    return l
   end
-  return {
-    m = m, h = h, first_t = first_t, base = base, head_total = head_total, last_t = last_t,
-    last_total = last_total, exp = exp, pend = false, tdirty = false, fresh = false,
-  }
+  if log_spare > 0 then
+    l = log_pool[log_spare]
+    log_spare = log_spare - 1
+  else
+    l = { 0, 0, 0, 0, 0, 0, 0, 0, false, false, false, false, 0, 0 }
+  end
+  local err
+  l, err = log_fill(key, l)
+  if l then
+    logs[key] = l
+    log_count = log_count + 1
+    log_keys[log_count] = key
+  end
+  return l, err
 end
 
 -- Moves the head of `l` to its first entry after `cutoff`, the head being at or before it and
 -- the newest entry after it.
 local function log_advance(key, l, cutoff)
-  local h, m = l.h, l.m
+  local h, m = l[2], l[1]
   local j, t, total
   -- The running total of the entry before `lo`.
-  local before = l.head_total
+  local before = l[5]
   -- Entries mostly leave a few at a time: the next few after the head, in one read.
   local lo = h + 1
   local last = h + LOG_CHUNK
@@ -214,24 +257,22 @@ local function log_advance(key, l, cutoff)
       _, before = log_entry(key, l, j - 1)
     end
   end
-  l.h, l.first_t, l.head_total, l.base, l.tdirty = j, t, total, before, true
+  l[2], l[3], l[5], l[4], l[10] = j, t, total, before, true
 end
 
 local function log_frees(arg, _, total)
   return (total - arg[1]) % LOG_MOD >= arg[2]
 end
 
-local function sliding_window_log(key, now, p, cost, commit)
-  local l = logs[key]
-  if not l then
-    l = read_log(key)
-    logs[key] = l
-  end
+-- A check of the log `l` at `key`: the twin of sliding_window_log.rs's `apply`, returning what
+-- an algorithm returns.
+local function log_check(key, l, now, p, cost, commit)
   local period, limit = p.period, p.limit
+  local m = l[1]
   local used = 0
-  if l.m > 0 then
+  if m > 0 then
     -- A clock that goes back is treated as standing still at the newest entry.
-    local last_t = l.last_t
+    local last_t = l[6]
     if now < last_t then
       now = last_t
     end
@@ -239,13 +280,14 @@ local function sliding_window_log(key, now, p, cost, commit)
     if last_t <= cutoff then
       -- Every entry has left the window: the key goes (a clock that steps back later must
       -- find it gone, as memory's state is).
-      l.m, l.gone = 0, true
+      m = 0
+      l[1], l[12] = 0, true
     else
-      if l.first_t <= cutoff then
+      if l[3] <= cutoff then
         -- Drop the entries older than one period (tidying never changes a later decision).
         log_advance(key, l, cutoff)
       end
-      used = (l.last_total - l.base) % LOG_MOD
+      used = (l[7] - l[4]) % LOG_MOD
     end
   end
   local allowed = used + cost <= limit
@@ -253,39 +295,51 @@ local function sliding_window_log(key, now, p, cost, commit)
   if not allowed and cost <= limit then
     -- Wait until the oldest entries that together free enough have left the window.
     local to_free = used + cost - limit
-    local at = l.first_t
-    if (l.head_total - l.base) % LOG_MOD < to_free then
-      local i = log_search(key, l, l.h + 1, l.m - 1, log_frees, { l.base, to_free })
+    local at = l[3]
+    if (l[5] - l[4]) % LOG_MOD < to_free then
+      local i = log_search(key, l, l[2] + 1, m - 1, log_frees, { l[4], to_free })
       at = log_entry(key, l, i)
     end
     retry = at + period - now
   end
   if allowed and commit then
-    local m = l.m
-    if m > 0 and l.last_t == now then
-      local total = (l.last_total + cost) % LOG_MOD
-      l.last_total = total
-      if l.h == m - 1 then
-        l.head_total = total
+    if m > 0 and l[6] == now then
+      local total = (l[7] + cost) % LOG_MOD
+      l[7] = total
+      if l[2] == m - 1 then
+        l[5] = total
       end
     elseif m > 0 then
-      l.m, l.last_t, l.last_total = m + 1, now, (l.last_total + cost) % LOG_MOD
+      -- (A call has one instant: an entry it appended is the newest, so it is never followed
+      -- by another before it is written.)
+      m = m + 1
+      l[1], l[6], l[7] = m, now, (l[7] + cost) % LOG_MOD
     else
-      l.m, l.h, l.first_t, l.base, l.head_total, l.last_t, l.last_total, l.fresh =
-        1, 0, now, 0, cost, now, cost, true
+      m = 1
+      l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[11] = 1, 0, now, 0, cost, now, cost, true
     end
-    l.pend, l.period, l.limit = true, period, limit
+    l[9], l[13], l[14] = true, period, limit
     used = used + cost
   end
   local reset = 0
-  if l.m > 0 then
-    reset = l.last_t + period - now
+  if m > 0 then
+    reset = l[6] + period - now
   end
   local remaining = 0
   if used < limit then
     remaining = limit - used
   end
   return allowed, limit, remaining, reset, retry
+end
+
+-- The algorithm as the checks of several limits call it (decide.lua's `algorithms`): raises if
+-- the log cannot be read.
+local function sliding_window_log(key, now, p, cost, commit)
+  local l, err = log_state(key)
+  if not l then
+    error(err, 0)
+  end
+  return log_check(key, l, now, p, cost, commit)
 end
 
 -- The expiry second of `l`'s key when it is set on the server's clock (false to keep the one
@@ -296,8 +350,8 @@ local function log_expiry(l)
   if not server_now then
     return 0
   end
-  local need = l.last_t + l.period
-  if l.exp * 1000000 >= need and not l.fresh then
+  local need = l[6] + l[13]
+  if l[8] * 1000000 >= need and not l[11] then
     return false
   end
   local s = need / 1000000
@@ -315,7 +369,7 @@ end
 -- the newest from `l`), dropping zero-cost entries and joining entries of one tick when
 -- `squeeze`; `exp` as log_expiry gives it.
 local function log_compact(key, l, exp, squeeze)
-  local h, m = l.h, l.m
+  local h, m = l[2], l[1]
   local text = ''
   local n = m - h
   if m - 2 >= h then
@@ -323,7 +377,7 @@ local function log_compact(key, l, exp, squeeze)
   end
   if squeeze then
     local parts, np = {}, 0
-    local before, pos = l.base, 1
+    local before, pos = l[4], 1
     local prev_t = -1
     local i = h
     while i <= m - 2 do
@@ -336,87 +390,114 @@ local function log_compact(key, l, exp, squeeze)
       for q = 1, k do
         local t, total = e[2 * q - 1], e[2 * q]
         if total ~= before then
-          if t == prev_t then
-            parts[np] = pack('<dI4', t, total)
-          else
+          if t ~= prev_t then
             np = np + 1
-            parts[np] = pack('<dI4', t, total)
           end
+          parts[np] = pack('<dI4', t, total)
           prev_t = t
         end
         before = total
       end
       i = i + k
     end
-    if l.last_t == prev_t then
+    if l[6] == prev_t then
       np = np - 1
     end
     text = concat(parts, '', 1, np)
     n = np + 1
   end
-  local kept = exp or l.exp
-  local first_t, head_total = l.first_t, l.head_total
+  local kept = exp or l[8]
+  local first_t, head_total = l[6], l[7]
   if n > 1 then
     first_t, head_total = sunpack('<dI4', text)
-  else
-    first_t, head_total = l.last_t, l.last_total
   end
-  text = text .. pack(LOG_TAIL, l.last_t, l.last_total, n, 0, first_t, l.base, head_total, kept)
+  text = text .. pack(LOG_TAIL, l[6], l[7], n, 0, first_t, l[4], head_total, kept)
   if not exp then
     call('SET', key, text, 'KEEPTTL')
   elseif exp == 0 then
-    call('SET', key, text, 'PX', ttl_ms(l.period))
+    call('SET', key, text, 'PX', ttl_ms(l[13]))
   else
     call('SET', key, text, 'EXAT', log_exp_text)
   end
-  l.m, l.h, l.first_t, l.head_total, l.exp = n, 0, first_t, head_total, kept
+  l[1], l[2], l[3], l[5], l[8] = n, 0, first_t, head_total, kept
 end
 
 -- Writes what `l` holds ahead of the string at `key`.
 local function write_log(key, l)
-  if l.pend then
+  if l[9] then
     local exp = log_expiry(l)
-    local m, h = l.m, l.h
-    if l.fresh then
-      local text = pack(LOG_TAIL, l.last_t, l.last_total, 1, 0, l.first_t, l.base,
-        l.head_total, exp)
+    local m, h = l[1], l[2]
+    if l[11] then
+      local text = pack(LOG_TAIL, l[6], l[7], 1, 0, l[3], l[4], l[5], exp)
       if exp == 0 then
-        call('SET', key, text, 'PX', ttl_ms(l.period))
+        call('SET', key, text, 'PX', ttl_ms(l[13]))
       else
         call('SET', key, text, 'EXAT', log_exp_text)
       end
-      l.exp = exp
-    elseif m - h > 2 * l.limit then
+      l[8] = exp
+    elseif m - h > 2 * l[14] then
       log_compact(key, l, exp, true)
     elseif h >= LOG_SLACK and h > m - h then
       log_compact(key, l, exp, false)
     else
-      call('SETRANGE', key, (m - 1) * 12, pack(LOG_TAIL, l.last_t, l.last_total, m, h,
-        l.first_t, l.base, l.head_total, exp or l.exp))
+      call('SETRANGE', key, (m - 1) * 12, pack(LOG_TAIL, l[6], l[7], m, h, l[3], l[4], l[5],
+        exp or l[8]))
       if exp == 0 then
-        call('PEXPIRE', key, ttl_ms(l.period))
+        call('PEXPIRE', key, ttl_ms(l[13]))
       elseif exp then
         call('EXPIREAT', key, log_exp_text)
       end
       if exp then
-        l.exp = exp
+        l[8] = exp
       end
     end
-  elseif l.gone then
+  elseif l[12] then
     call('DEL', key)
-  elseif l.tdirty and l.m > 0 then
-    call('SETRANGE', key, l.m * 12, pack(LOG_TRAILER, l.m, l.h, l.first_t, l.base,
-      l.head_total, l.exp))
+  elseif l[10] and l[1] > 0 then
+    call('SETRANGE', key, l[1] * 12, pack(LOG_TRAILER, l[1], l[2], l[3], l[4], l[5], l[8]))
   end
-  l.pend, l.tdirty, l.fresh, l.gone = false, false, false, false
+  l[9], l[10], l[11], l[12] = false, false, false, false
 end
 
+-- Writes every log of the call, and keeps their records for the calls after.
 local function flush_logs()
-  for key, l in pairs(logs) do
-    if l.pend or l.tdirty or l.gone then
-      write_log(key, l)
+  for i = 1, log_count do
+    local key = log_keys[i]
+    local l = logs[key]
+    -- (A key listed twice, given a new record by a refund, is written once.)
+    if l then
+      if l[9] or l[10] or l[12] then
+        write_log(key, l)
+      end
+      logs[key] = nil
+      if log_spare < 256 then
+        log_spare = log_spare + 1
+        log_pool[log_spare] = l
+      end
     end
+    log_keys[i] = nil
   end
+  log_count = 0
+end
+
+-- A call of one check of one log, the common call: decided and written with one record kept
+-- from call to call and none of the call's tables, its record the reply (three doubles, or a
+-- failed check's, as decide.lua writes them).
+local function log_one(key, now, p, cost, commit)
+  local l, err = log_fill(key, LOG_ONE)
+  if not l then
+    return pack('<dd', -1, #err) .. err
+  end
+  local allowed, _, remaining, reset, retry = log_check(key, l, now, p, cost, commit)
+  if l[9] or l[10] or l[12] then
+    write_log(key, l)
+  end
+  if allowed then
+    retry = -1
+  elseif retry < 0 then
+    retry = -2
+  end
+  return pack('<ddd', remaining, reset, retry)
 end
 
 local function log_at_or_after(at, t)
@@ -436,12 +517,15 @@ end
 local function sliding_window_log_refund(key, now, p, cost, at)
   local l = logs[key]
   if l then
-    if l.pend or l.tdirty or l.gone then
+    if l[9] or l[10] or l[12] then
       write_log(key, l)
     end
     logs[key] = nil
   end
-  local s = log_tail(key, '-220')
+  local s, err = log_tail(key, '-220')
+  if not s then
+    error(err, 0)
+  end
   local n = #s
   if n == 0 then
     return
@@ -451,17 +535,17 @@ local function sliding_window_log_refund(key, now, p, cost, at)
     m, h, first_t, base, head_total, exp = sunpack(LOG_TRAILER, s, n - 27)
   end
   if not m or h >= m then
-    error('rate-limit: the value at this key is not a state of this limit', 0)
+    error(NOT_A_LOG, 0)
   end
   -- The last k entries are in `s`: m - k .. m - 1.
   local k = (n - 28) / 12
   local e = { sunpack(log_format(k), s) }
   local last_t, last_total = e[2 * k - 1], e[2 * k]
-  l = {
-    m = m, h = h, first_t = first_t, base = base, head_total = head_total, last_t = last_t,
-    last_total = last_total, exp = exp, pend = false, tdirty = false, fresh = false,
-  }
+  l = { m, h, first_t, base, head_total, last_t, last_total, exp, false, false, false, false,
+    p.period, p.limit }
   logs[key] = l
+  log_count = log_count + 1
+  log_keys[log_count] = key
   -- A clock behind the newest entry stands at it.
   if now < last_t then
     now = last_t
@@ -523,7 +607,8 @@ local function sliding_window_log_refund(key, now, p, cost, at)
       kept[nk] = (total - given) % LOG_MOD
     end
   end
-  -- Entries f .. m - 1 become `dropped` copies of the entry before f (or dead room), then those kept.
+  -- Entries f .. m - 1 become `dropped` copies of the entry before f (or dead room), then
+  -- those kept.
   local dropped = m - f - nk / 2
   local parts, np = {}, 0
   local start = f
@@ -536,22 +621,22 @@ local function sliding_window_log_refund(key, now, p, cost, at)
   else
     if nk == 0 then
       call('DEL', key)
-      l.m = 0
+      l[1] = 0
       return
     end
     start = f + dropped
-    l.h, l.first_t, l.head_total = start, kept[1], kept[2]
+    l[2], l[3], l[5] = start, kept[1], kept[2]
   end
   for i = 1, nk, 2 do
     np = np + 1
     parts[np] = pack('<dI4', kept[i], kept[i + 1])
   end
   if nk > 0 then
-    l.last_t, l.last_total = kept[nk - 1], kept[nk]
+    l[6], l[7] = kept[nk - 1], kept[nk]
   else
-    l.last_t, l.last_total = e[1], e[2]
+    l[6], l[7] = e[1], e[2]
   end
   np = np + 1
-  parts[np] = pack(LOG_TRAILER, m, l.h, l.first_t, base, l.head_total, exp)
+  parts[np] = pack(LOG_TRAILER, m, l[2], l[3], base, l[5], exp)
   call('SETRANGE', key, start * 12, concat(parts, '', 1, np))
 end
