@@ -43,6 +43,24 @@ local log_formats = {}
 -- The last expiry second set, and it as text.
 local log_exp, log_exp_text = 0, '0'
 
+-- Byte offsets as text, by offset, at most 256: Redis formats a number argument of redis.call
+-- as a double (sprintf %.17g, some 2,000 instructions), while a string is passed as it is; and
+-- logs of the same length (keys of one batch, admitted alike) write at the same offsets.
+local log_texts, log_text_count = {}, 0
+
+local function log_text(n)
+  local text = log_texts[n]
+  if not text then
+    text = format('%d', n)
+    if log_text_count >= 256 then
+      log_texts, log_text_count = {}, 0
+    end
+    log_texts[n] = text
+    log_text_count = log_text_count + 1
+  end
+  return text
+end
+
 local function log_format(n)
   local f = log_formats[n]
   if not f then
@@ -77,7 +95,7 @@ local NOT_A_LOG = 'rate-limit: the value at this key is not a state of this limi
 
 -- The entries i .. j (i <= j) of the string at `key`, as { t_i, total_i, t_i+1, ... }.
 local function log_read(key, i, j)
-  local bytes = call('GETRANGE', key, i * 12, j * 12 + 11)
+  local bytes = call('GETRANGE', key, log_text(i * 12), log_text(j * 12 + 11))
   return { sunpack(log_format(j - i + 1), bytes) }
 end
 
@@ -88,7 +106,7 @@ local function log_entry(key, l, i)
   elseif i == l[2] then
     return l[3], l[5]
   end
-  local bytes = call('GETRANGE', key, i * 12, i * 12 + 11)
+  local bytes = call('GETRANGE', key, log_text(i * 12), log_text(i * 12 + 11))
   local t, total = sunpack('<dI4', bytes)
   return t, total
 end
@@ -440,8 +458,8 @@ local function write_log(key, l)
     elseif h >= LOG_SLACK and h > m - h then
       log_compact(key, l, exp, false)
     else
-      call('SETRANGE', key, (m - 1) * 12, pack(LOG_TAIL, l[6], l[7], m, h, l[3], l[4], l[5],
-        exp or l[8]))
+      call('SETRANGE', key, log_text((m - 1) * 12),
+        pack(LOG_TAIL, l[6], l[7], m, h, l[3], l[4], l[5], exp or l[8]))
       if exp == 0 then
         call('PEXPIRE', key, ttl_ms(l[13]))
       elseif exp then
@@ -454,7 +472,8 @@ local function write_log(key, l)
   elseif l[12] then
     call('DEL', key)
   elseif l[10] and l[1] > 0 then
-    call('SETRANGE', key, l[1] * 12, pack(LOG_TRAILER, l[1], l[2], l[3], l[4], l[5], l[8]))
+    call('SETRANGE', key, log_text(l[1] * 12),
+      pack(LOG_TRAILER, l[1], l[2], l[3], l[4], l[5], l[8]))
   end
   l[9], l[10], l[11], l[12] = false, false, false, false
 end
