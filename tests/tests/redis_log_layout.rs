@@ -72,7 +72,11 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 async fn layout(conn: &mut MultiplexedConnection, key: &str) -> Option<Layout> {
     let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(conn).await.unwrap();
     let b = bytes?;
-    assert!(b.len() >= 40 && (b.len() - 28) % 12 == 0, "{} bytes", b.len());
+    assert!(
+        b.len() >= 40 && (b.len() - 28) % 12 == 0,
+        "{} bytes",
+        b.len()
+    );
     let n = (b.len() - 28) / 12;
     let entries: Vec<(u64, u32)> = (0..n)
         .map(|i| (f64_at(&b, 12 * i), u32_at(&b, 12 * i + 8)))
@@ -222,15 +226,23 @@ async fn costs_above_one_wait_for_enough_to_leave_and_the_window_rolls() {
         let d = store.check("k", &l, nz(11)).await.unwrap();
         assert_eq!(d.retry_after(), None, "{backend}");
         // The window rolls: at one period after 0, its 3 have left; after 10, 2 more.
-        for (at, remaining) in [(3600_000_000 - 1, 0), (3600_000_000, 3), (3600_000_010, 5)] {
+        for (at, remaining) in [
+            (3_600_000_000 - 1, 0),
+            (3_600_000_000, 3),
+            (3_600_000_010, 5),
+        ] {
             clock.set(START + us(at));
             let d = store.peek("k", &l, nz(1)).await.unwrap();
             assert_eq!(d.remaining(), remaining, "{backend} at {at}");
         }
         // Everything has left one period after the newest: the key is gone.
-        clock.set(START + us(3600_000_020));
+        clock.set(START + us(3_600_000_020));
         let d = store.peek("k", &l, nz(1)).await.unwrap();
-        assert_eq!((d.remaining(), d.reset_after()), (10, Duration::ZERO), "{backend}");
+        assert_eq!(
+            (d.remaining(), d.reset_after()),
+            (10, Duration::ZERO),
+            "{backend}"
+        );
     }
     assert_eq!(server.cli(&["EXISTS", &redis.state_key("k", &l[0])]), "0");
 }
@@ -254,6 +266,10 @@ async fn the_log_key_expires_when_its_newest_entry_leaves() {
     assert!(on_server.check("s", &l, nz(1)).await.unwrap().is_allowed());
     let pttl: i64 = server.cli(&["PTTL", &key]).parse().unwrap();
     assert!((300..=1300).contains(&pttl), "{pttl}");
+    // The trailer records the expiry second it set.
+    let layout = layout(&mut conn.clone(), &key).await.unwrap();
+    let expires_at: u64 = server.cli(&["EXPIRETIME", &key]).parse().unwrap();
+    assert_eq!(u64::from(layout.expiry), expires_at);
     let expires = server.calls("expireat");
     for _ in 0..3 {
         assert!(on_server.check("s", &l, nz(1)).await.unwrap().is_allowed());
@@ -350,8 +366,12 @@ async fn admissions_and_refunds_in_a_loop_keep_the_key_bounded() {
             store.check("k", &l, cost).await.unwrap();
         }
         let (m, r) = (
-            memory.refund("k", &l, Charge::new(cost).elapsed(since)).await,
-            redis.refund("k", &l, Charge::new(cost).elapsed(since)).await,
+            memory
+                .refund("k", &l, Charge::new(cost).elapsed(since))
+                .await,
+            redis
+                .refund("k", &l, Charge::new(cost).elapsed(since))
+                .await,
         );
         assert_eq!(
             snapshot_micros(&m.unwrap()),

@@ -16,9 +16,12 @@
 -- instructions per byte read into Lua: reads are kept short). An admission writes the new or
 -- grown newest entry and the trailer with one SETRANGE (appending overwrites the old trailer).
 -- When the head has left the window, the first live entry is found from the entries after it
--- (one GETRANGE of the next few, then a galloping search of single-entry reads if they have all
--- left: O(log k) reads for k expired entries); a denial's wait, the entry whose expiry frees
--- enough, is found the same way, from the head (usually the head itself).
+-- (one GETRANGE of the next 8; if they have all left, a few probes and a halving of the rest by
+-- single-entry reads: O(log n) reads); a denial's wait, the entry whose expiry frees enough, is
+-- found by the same search from the head (usually the head itself, whose cost the trailer
+-- holds). On the server's clock the key expires when its newest entry leaves the window, rounded
+-- up to the second (so one EXPIREAT per key and second at most); on a client's clock, PEXPIRE of
+-- the period at each admission.
 --
 -- Memory: entries in the window each hold a cost of at least 1, so there are at most `limit` of
 -- them, but for a refund's zero-cost copies (see the refund). The dead room before the head is
