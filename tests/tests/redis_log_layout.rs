@@ -384,3 +384,43 @@ async fn admissions_and_refunds_in_a_loop_keep_the_key_bounded() {
     let bound = 4 * limit as usize + 9;
     assert!(most <= bound, "{most} entries, more than {bound}");
 }
+
+/// Each refund of the newest admission, behind an entry that stays, leaves a zero-cost copy in
+/// its place: once the live part holds more than twice the limit, the next admission rewrites
+/// it without them, so the key stays within a few times its limit however long this goes on.
+#[tokio::test]
+async fn zero_cost_copies_are_dropped_once_they_pass_twice_the_limit() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let mut conn = connect(&server).await;
+    let clock = ManualClock::new(START);
+    let redis = store(conn.clone(), &clock);
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let limit = 3;
+    let l = log_limit(limit, Duration::from_secs(3600));
+    let key = redis.state_key("k", &l[0]);
+    for store in [&redis as &dyn Store, &memory] {
+        assert!(store.check("k", &l, nz(1)).await.unwrap().is_allowed());
+    }
+    let mut most = 0;
+    for i in 0..40 {
+        clock.advance(Duration::from_micros(1));
+        for store in [&redis as &dyn Store, &memory] {
+            assert!(store.check("k", &l, nz(1)).await.unwrap().is_allowed());
+        }
+        let (m, r) = (
+            memory.refund("k", &l, Charge::new(nz(1))).await.unwrap(),
+            redis.refund("k", &l, Charge::new(nz(1))).await.unwrap(),
+        );
+        assert_eq!(snapshot_micros(&m), snapshot_micros(&r), "step {i}");
+        assert_eq!(r.remaining(), 2, "step {i}");
+        let layout = layout(&mut conn, &key).await.unwrap();
+        // The entry of 0, then copies of it.
+        assert!(layout.live().iter().all(|&(t, _)| t == layout.head_tick));
+        most = most.max(layout.entries.len());
+    }
+    // Without the rewrite, 41 entries.
+    assert!(most <= 2 * limit as usize + 1, "{most} entries");
+}
