@@ -424,3 +424,38 @@ async fn zero_cost_copies_are_dropped_once_they_pass_twice_the_limit() {
     // Without the rewrite, 41 entries.
     assert!(most <= 2 * limit as usize + 1, "{most} entries");
 }
+
+/// A refund of a charge made long before, with hundreds of entries logged since (more than one
+/// read of the last entries holds), finds the charge time by a search and rewrites them all.
+#[tokio::test]
+async fn a_refund_behind_hundreds_of_entries_rewrites_them_all() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let mut conn = connect(&server).await;
+    let clock = ManualClock::new(START);
+    let redis = store(conn.clone(), &clock);
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let l = log_limit(2_000, Duration::from_secs(3600));
+    for i in 0..700u32 {
+        clock.set(START + Duration::from_micros(u64::from(i) * 10));
+        for store in [&redis as &dyn Store, &memory] {
+            let cost = nz(1 + i % 2);
+            assert!(store.check("k", &l, cost).await.unwrap().is_allowed());
+        }
+    }
+    // Charges made at 95 µs (between entries), 2,000 µs and 0: 900 units from each time on.
+    for (since, cost) in [(6_995 - 95, 900), (6_990 - 2_000, 900), (6_990, 50)] {
+        let charge = Charge::new(nz(cost)).elapsed(Duration::from_micros(since));
+        let (m, r) = (
+            memory.refund("k", &l, charge).await.unwrap(),
+            redis.refund("k", &l, charge).await.unwrap(),
+        );
+        assert_eq!(snapshot_micros(&m), snapshot_micros(&r), "since {since}");
+        // (The last refund empties the log: its key goes.)
+        let layout = layout(&mut conn, &redis.state_key("k", &l[0])).await;
+        let used: u32 = layout.map_or(0, |l| l.live().iter().map(|&(_, c)| c).sum());
+        assert_eq!(2_000 - used, m.remaining(), "since {since}");
+    }
+}

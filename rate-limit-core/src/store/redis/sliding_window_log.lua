@@ -96,10 +96,27 @@ local LOG_ONE = { 0, 0, 0, 0, 0, 0, 0, 0, false, false, false, false, 0, 0 }
 
 local NOT_A_LOG = 'rate-limit: the value at this key is not a state of this limit'
 
--- The entries i .. j (i <= j) of the string at `key`, as { t_i, total_i, t_i+1, ... }.
+-- The entries i .. j (i <= j) of the string at `key`, as { t_i, total_i, t_i+1, ... }: unpacked
+-- 200 at a time, within what Lua's C stack holds (and so `log_formats` holds few formats).
 local function log_read(key, i, j)
   local bytes = call('GETRANGE', key, log_text(i * 12), log_text(j * 12 + 11))
-  return { sunpack(log_format(j - i + 1), bytes) }
+  local n = j - i + 1
+  if n <= 200 then
+    return { sunpack(log_format(n), bytes) }
+  end
+  local e, ne, pos = {}, 0, 1
+  while n > 0 do
+    local k = n
+    if k > 200 then
+      k = 200
+    end
+    local part = { sunpack(log_format(k), bytes, pos) }
+    for q = 1, 2 * k do
+      e[ne + q] = part[q]
+    end
+    ne, pos, n = ne + 2 * k, part[2 * k + 1], n - k
+  end
+  return e
 end
 
 -- Entry i of the log `l` at `key`: its tick and running total.
