@@ -32,10 +32,10 @@
 local KEYS, ARGV
 
 -- Each is called as algorithm(st, now, p, cost, commit), st the state's record (see `states`;
--- the sliding window log, whose state is read in pieces, is given its key), and returns five values (not a table,
--- which would cost an allocation per check; only a check of several limits keeps each limit's
--- answer in a table until all are decided): allowed, capacity, remaining, reset after, and
--- retry after or -1.
+-- the sliding window log, whose state is read in pieces, is given its key), and returns five
+-- values (not a table, which would cost an allocation per check; only a check of several limits
+-- keeps each limit's answer in a table until all are decided): allowed, capacity, remaining,
+-- reset after, and retry after or -1.
 local algorithms = {
   token_bucket, leaky_bucket, fixed_window, sliding_window_log, sliding_window, gcra,
 }

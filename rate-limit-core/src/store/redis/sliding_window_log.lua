@@ -231,7 +231,7 @@ local function log_fill(key, l)
     return nil, NOT_A_LOG
   end
   l[6], l[7], l[1], l[2], l[3], l[4], l[5], l[8] = sunpack(LOG_TAIL, tail)
-  if l[2] >= l[1] then
+  if l[2] >= l[1] or not (l[3] <= l[6]) then
     return nil, NOT_A_LOG
   end
   return l
