@@ -274,17 +274,26 @@ local function log_advance(key, l, cutoff)
     last = m - 2
   end
   if lo <= last then
-    local e = log_read(key, lo, last)
-    for i = 1, last - lo + 1 do
-      local ti = e[2 * i - 1]
-      if ti > cutoff then
-        j, t, total = lo + i - 1, ti, e[2 * i]
-        break
+    local bytes = call('GETRANGE', key, log_text(lo * 12), log_text(last * 12 + 11))
+    -- Mostly the head alone has left: its successor, unpacked alone (a table of them all, with
+    -- its allocation and collection, costs Redis some 2,000 instructions more).
+    local t1, total1 = sunpack('<dI4', bytes)
+    if t1 > cutoff then
+      j, t, total = lo, t1, total1
+    else
+      local e = { sunpack(log_format(last - lo + 1), bytes) }
+      before = total1
+      for i = 2, last - lo + 1 do
+        local ti = e[2 * i - 1]
+        if ti > cutoff then
+          j, t, total = lo + i - 1, ti, e[2 * i]
+          break
+        end
+        before = e[2 * i]
       end
-      before = e[2 * i]
-    end
-    if not j then
-      lo = last + 1
+      if not j then
+        lo = last + 1
+      end
     end
   end
   if not j then
