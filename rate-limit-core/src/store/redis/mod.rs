@@ -195,7 +195,7 @@ pub use sentinel::SentinelConnection;
 /// its tick and total, the total before it, the key's expiry second), so about 12 bytes an entry
 /// (2.6 MB for a full log of 200,000). A check reads the newest entry and the trailer (the last
 /// 40 bytes, one `GETRANGE`) and an admission rewrites them (one `SETRANGE`); dropping expired
-/// entries moves the head by a search (one read of the 8 entries after it, O(log n) single
+/// entries moves the head by a search (one read of the 9 to 12 entries after it, O(log n) single
 /// reads beyond), and finding a denial's wait searches from the head likewise, so a denial or a
 /// peek costs Redis a few times an admission whatever the limit
 /// (`tests/tests/redis_sliding_log.rs` measures it with `INFO commandstats`), never a read of

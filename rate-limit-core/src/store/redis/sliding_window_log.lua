@@ -16,8 +16,8 @@
 -- instructions per byte read into Lua: reads are kept short). An admission writes the new or
 -- grown newest entry and the trailer with one SETRANGE (appending overwrites the old trailer).
 -- When the head has left the window, the first live entry is found from the entries after it
--- (one GETRANGE of the next 8; if they have all left, a few probes and a halving of the rest by
--- single-entry reads: O(log n) reads); a denial's wait, the entry whose expiry frees enough, is
+-- (one GETRANGE of the next 9 or more; if they have all left, a few probes and a halving of the
+-- rest by single-entry reads: O(log n) reads); a denial's wait, the entry whose expiry frees enough, is
 -- found by the same search from the head (usually the head itself, whose cost the trailer
 -- holds). On the server's clock the key expires when its newest entry leaves the window, rounded
 -- up to the second (so one EXPIREAT per key and second at most); on a client's clock, PEXPIRE of
@@ -37,8 +37,10 @@ local LOG_MOD = 4294967296
 -- The newest entry and the trailer.
 local LOG_TAIL = '<dI4I4I4dI4I4I4'
 local LOG_TRAILER = '<I4I4dI4I4I4'
--- Entries read at once after the head when it has left the window.
-local LOG_CHUNK = 8
+-- Entries read at once after the head when it has left the window, from an index that is a
+-- multiple of LOG_ALIGN: at least LOG_CHUNK - LOG_ALIGN + 1 entries after the head.
+local LOG_CHUNK = 12
+local LOG_ALIGN = 4
 -- Dead entries kept before the live part is moved to the start of the string.
 local LOG_SLACK = 8
 -- Struct formats of n entries, by n.
@@ -267,26 +269,30 @@ local function log_advance(key, l, cutoff)
   local j, t, total
   -- The running total of the entry before `lo`.
   local before = l[5]
-  -- Entries mostly leave a few at a time: the next few after the head, in one read.
+  -- Entries mostly leave a few at a time: the ones after the head, in one read of LOG_CHUNK
+  -- entries from the multiple of LOG_ALIGN at or before the first of them (so that the
+  -- offsets' text, kept by log_text, serves the next heads too: formatting it costs more than
+  -- reading the few entries before it).
   local lo = h + 1
-  local last = h + LOG_CHUNK
+  local b = lo - lo % LOG_ALIGN
+  local last = b + LOG_CHUNK - 1
   if last > m - 2 then
     last = m - 2
   end
   if lo <= last then
-    local bytes = call('GETRANGE', key, log_text(lo * 12), log_text(last * 12 + 11))
+    local bytes = call('GETRANGE', key, log_text(b * 12), log_text(last * 12 + 11))
     -- Mostly the head alone has left: its successor, unpacked alone (a table of them all, with
-    -- its allocation and collection, costs Redis some 2,000 instructions more).
-    local t1, total1 = sunpack('<dI4', bytes)
+    -- its allocation and collection, costs Redis some 5,000 instructions more).
+    local t1, total1 = sunpack('<dI4', bytes, (lo - b) * 12 + 1)
     if t1 > cutoff then
       j, t, total = lo, t1, total1
     else
-      local e = { sunpack(log_format(last - lo + 1), bytes) }
+      local e = { sunpack(log_format(last - b + 1), bytes) }
       before = total1
-      for i = 2, last - lo + 1 do
+      for i = lo - b + 2, last - b + 1 do
         local ti = e[2 * i - 1]
         if ti > cutoff then
-          j, t, total = lo + i - 1, ti, e[2 * i]
+          j, t, total = b + i - 1, ti, e[2 * i]
           break
         end
         before = e[2 * i]
