@@ -13,7 +13,8 @@ use crate::quota::Params;
 /// one is added, so a log holds at most `limit` entries. In a
 /// [`MemoryStore`](crate::MemoryStore) they take 16 bytes each, boxed beside the key's 64-byte
 /// entry, in a buffer never more than four times what it holds (or 16 entries): at most
-/// `64 × limit` bytes per key and limit. On Redis each is a list element of about 26 bytes.
+/// `64 × limit` bytes per key and limit. On Redis each takes 12 bytes of one string (see
+/// [`RedisStore`](crate::RedisStore)'s state).
 ///
 /// Cost: what is in the window and how long a denial must wait are read from the running
 /// totals by binary search, so a check costs O(log n) in the log's length, never a walk over it.

@@ -32,10 +32,10 @@
 local KEYS, ARGV
 
 -- Each is called as algorithm(st, now, p, cost, commit), st the state's record (see `states`;
--- the sliding window log, whose state is a list, is given its key), and returns five values (not a table,
--- which would cost an allocation per check; only a check of several limits keeps each limit's
--- answer in a table until all are decided): allowed, capacity, remaining, reset after, and
--- retry after or -1.
+-- the sliding window log, whose state is read in pieces, is given its key), and returns five
+-- values (not a table, which would cost an allocation per check; only a check of several limits
+-- keeps each limit's answer in a table until all are decided): allowed, capacity, remaining,
+-- reset after, and retry after or -1.
 local algorithms = {
   token_bucket, leaky_bucket, fixed_window, sliding_window_log, sliding_window, gcra,
 }
@@ -318,8 +318,10 @@ local function decide(keys, args)
   end
   if #ARGV == 2 then
     local e = entry_of(ARGV[2])
-    if e and e[1] == 1 and e[4] == 1 and e[10] == 1 and not e[7] and not e[8]
-      and not e[6][1].log then
+    if e and e[1] == 1 and e[4] == 1 and e[10] == 1 and not e[7] and not e[8] then
+      if e[6][1].log then
+        return log_one(KEYS[1], now, e[6][1], e[2], e[3])
+      end
       return decide_one(KEYS[1], e[5][1], e[6][1], e[2], e[3])
     end
   end
@@ -380,17 +382,26 @@ local function decide(keys, args)
           end
         end
       elseif n == 1 then
-        -- One limit of a log: its algorithm writes its state only once it has read and computed
-        -- all, so a failure leaves nothing to undo.
-        local fn, p, key = fns[1], ps[1], KEYS[k + 1]
-        for _ = 1, repeats do
-          -- The five values of the answer, or false and the error.
-          local done, allowed, _, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
-          if done then
-            vals[nv + 1], vals[nv + 2], vals[nv + 3] = remaining, reset, retry_value(allowed, retry)
-            nv = nv + 3
-          else
-            fail(message(allowed))
+        -- One limit of a log: its record is read here, without raising, and its check, which
+        -- then reads only a string's bytes, cannot fail: no pcall.
+        local p, key = ps[1], KEYS[k + 1]
+        local l, err = log_state(key)
+        if l then
+          local vs, m, t = vals, nv, now
+          for _ = 1, repeats do
+            local allowed, _, remaining, reset, retry = log_check(key, l, t, p, cost, commit)
+            if allowed then
+              retry = -1
+            elseif retry < 0 then
+              retry = -2
+            end
+            vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
+            m = m + 3
+          end
+          nv = m
+        else
+          for _ = 1, repeats do
+            fail(err)
           end
         end
       else

@@ -85,8 +85,9 @@ pub use sentinel::SentinelConnection;
 /// server's time, a key expires when its state is full again, rounded up to the next second
 /// (so that a write within the second keeps the expiry, with `SETRANGE`, which costs Redis less
 /// than setting one); on a client's clock, with `PX`, at every write.
-/// The sliding window log, a list, is trimmed in place; its size and ends are read once per
-/// call, and its newest entry is written once, with the expiry, at the end of the call.
+/// The sliding window log, one string of packed entries, is read in pieces: its newest entry
+/// and trailer once per call (one `GETRANGE`), and written once, at the end of the call (one
+/// `SETRANGE` of the newest entry and the trailer).
 ///
 /// This changes no decision. A script runs alone on the server, so the checks of one call are
 /// decided serially, each on the state the one before left, as if each had been a call of its
@@ -136,9 +137,9 @@ pub use sentinel::SentinelConnection;
 /// caller has gone is not sent.
 ///
 /// The script's work is a check's, but for the sliding window log, whose refund rewrites the
-/// entries logged since the charge time (one `LRANGE`, `LTRIM` and `RPUSH`, after finding that
-/// time in O(log n) `LINDEX` reads): few for a prompt refund, up to the whole log for a charge
-/// made nearly a period ago.
+/// entries logged since the charge time (one `GETRANGE` and one `SETRANGE`, after finding that
+/// time among the last 16 entries, or beyond them in O(log n) reads): few for a prompt refund,
+/// up to the whole log for a charge made nearly a period ago.
 ///
 /// When a refund's call has ended, the [deny cache](#deny-cache) drops what it keeps for the key
 /// (every set of limits), and a denial of a check sent before is not kept: the budget given back
@@ -189,13 +190,24 @@ pub use sentinel::SentinelConnection;
 /// State: the buckets, the fixed window, the sliding window counter and GCRA keep a short string
 /// of integers (`tokens:last`, `level:at`, `start:count`, `start:cur:prev`, `tat`, in
 /// microseconds; a bucket whose time or level is not a whole microsecond adds its nanoseconds
-/// after them: `tokens:last:ns`, `level:at:ns`, `tat:ns`); the sliding window log keeps a list
-/// of `tick:cost:running total` entries (the total modulo 2^32), at most `limit` long, about 26
-/// bytes an entry: 5.3 MB for a full log of 200,000. A check of a log reads its two ends;
-/// dropping expired entries and finding a denial's wait search it with `LINDEX` in O(log n)
-/// reads, so a denial or a peek costs Redis a few times an admission whatever the limit
+/// after them: `tokens:last:ns`, `level:at:ns`, `tat:ns`); the sliding window log keeps one
+/// string of 12-byte entries (a tick as a little-endian double, the running total of the costs
+/// modulo 2^32) and a 28-byte trailer (the number of entries, the index of the oldest live one,
+/// its tick and total, the total before it, the key's expiry second), so about 12 bytes an entry
+/// (2.6 MB for a full log of 200,000). A check reads the newest entry and the trailer (the last
+/// 40 bytes, one `GETRANGE`) and an admission rewrites them (one `SETRANGE`); dropping expired
+/// entries moves the head by a search (one read of the 9 to 12 entries after it, O(log n) single
+/// reads beyond), and finding a denial's wait searches from the head likewise, so a denial or a
+/// peek costs Redis a few times an admission whatever the limit
 /// (`tests/tests/redis_sliding_log.rs` measures it with `INFO commandstats`), never a read of
-/// the whole list.
+/// the whole log. The room dropped entries leave is reclaimed when an admission finds it larger
+/// than the live part (and at least 8 entries): the live part is moved to the start of the
+/// string, one copy paid for by the entries that left. A refund may leave zero-cost copies in
+/// place of the entries it empties, which are dropped once the live part exceeds twice the
+/// limit: a key holds at most about 4 × limit entries, 2 × limit without refunds (and Redis
+/// caps a string at 512 MB: keep a log's limit below some 10 million). A log written by an
+/// earlier version as a list of `tick:cost:total` entries is converted, entries and expiry, when
+/// it is first read.
 ///
 /// # Servers
 ///
