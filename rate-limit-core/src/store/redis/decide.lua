@@ -43,6 +43,12 @@ local algorithms = {
 -- Each refund is called as refund(st, now, p, cost, at) (the log's with its key), in the same
 -- order: gives back `cost`
 -- charged at tick `at`, and returns nothing (the entry point peeks after it).
+-- Each algorithm's run, in the same order, or false: run(st, now, p, cost, commit, r, vs, m)
+-- decides r checks in a row of one key, as r calls of the algorithm would, appends their three
+-- values each to vs[m + 1 ..] and returns the new m; or nil, having done nothing, when it does
+-- not take the case (see `gcra_run`).
+local runs = { false, false, false, false, false, gcra_run }
+
 local refunds = {
   token_bucket_refund, leaky_bucket_refund, fixed_window_refund, sliding_window_log_refund,
   sliding_window_refund, gcra_refund,
@@ -107,6 +113,7 @@ local function read_entry(spec)
     p.th, p.tl = ns_mul(p.burst, p.ih, p.il)
     -- The log's list is written in place by a refund: refunded after the other limits.
     p.log = v[b + 1] == 4
+    p.run = runs[v[b + 1]]
     fns[i], ps[i] = fn, p
     if rfns then
       rfns[i] = refunds[v[b + 1]]
@@ -186,7 +193,7 @@ local function target(k, i, p)
   if p.log then
     return KEYS[k + i]
   end
-  return state_of(KEYS[k + i])
+  return state_of(KEYS[k + i], k + i)
 end
 
 -- For each of the n keys KEYS[k + 1 .. k + n], the position of the first with its name.
@@ -324,7 +331,10 @@ local function decide(keys, args)
     end
   end
   states, state_order, journal, logs = {}, {}, nil, {}
-  nv, np = 0, 0
+  nv, np, pooled, nstates = 0, 0, 0, 0
+  if #KEYS > 1 then
+    prefetch_states(KEYS, #KEYS)
+  end
   local k = 0
   for a = 2, #ARGV do
     local e = entry_of(ARGV[a])
@@ -335,31 +345,26 @@ local function decide(keys, args)
       break
     end
     local n, cost, commit, repeats, fns, ps = e[1], e[2], e[3], e[4], e[5], e[6]
-    -- g groups of keys, each checked r times.
-    for _ = 1, e[10] do
-      if e[7] then
-        for _ = 1, repeats do
-          fail(e[7])
+    if n == 1 and not e[7] and not e[8] and not ps[1].log then
+      -- One limit of a text state, for each of the g keys that follow: its state is read here,
+      -- without raising, and its algorithm, which only computes once it has it, cannot fail:
+      -- no pcall. The common entry, a key's alone or many keys' of one limit: what each key
+      -- costs is kept to the fewest Lua instructions.
+      local fn, p = fns[1], ps[1]
+      local run = p.run
+      for idx = k + 1, k + e[10] do
+        local key = KEYS[idx]
+        local s, err = states[key], nil
+        if not s then
+          s, err = read_state(key, idx)
         end
-      elseif e[8] then
-        -- A refund: the charge time is now less the ticks since the charge, not before 0.
-        local at = max(now - e[9], 0)
-        for _ = 1, repeats do
-          local m = nv
-          local done, err = pcall(refund_all, k, n, fns, e[8], ps, cost, at)
-          if not done then
-            rollback_states()
-            nv = m
-            fail(message(err))
-          end
-          journal = nil
+        local m = nil
+        if s and run then
+          m = run(s, now, p, cost, commit, repeats, vals, nv)
         end
-      elseif n == 1 and not ps[1].log then
-        -- One limit of a text state: its state is read here, without raising, and its algorithm,
-        -- which only computes once it has it, cannot fail: no pcall.
-        local fn, p, key = fns[1], ps[1], KEYS[k + 1]
-        local s, err = read_state(key)
-        if s then
+        if m then
+          nv = m
+        elseif s then
           -- Packed here rather than through push, which would cost this, the hot path, a
           -- table or a call per check; in locals, not upvalues, while the repeats run.
           local vs, m, t = vals, nv, now
@@ -379,34 +384,59 @@ local function decide(keys, args)
             fail(err)
           end
         end
-      elseif n == 1 then
-        -- One limit of a log: its algorithm writes its state only once it has read and computed
-        -- all, so a failure leaves nothing to undo.
-        local fn, p, key = fns[1], ps[1], KEYS[k + 1]
-        for _ = 1, repeats do
-          -- The five values of the answer, or false and the error.
-          local done, allowed, _, remaining, reset, retry = pcall(fn, key, now, p, cost, commit)
-          if done then
-            vals[nv + 1], vals[nv + 2], vals[nv + 3] = remaining, reset, retry_value(allowed, retry)
-            nv = nv + 3
-          else
-            fail(message(allowed))
-          end
-        end
-      else
-        for _ = 1, repeats do
-          local m = nv
-          local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
-          if not done then
-            -- Undo its states and drop its partial answer; its answer is the message.
-            rollback_states()
-            nv = m
-            fail(message(err))
-          end
-          journal = nil
-        end
       end
-      k = k + n
+      k = k + e[10]
+    else
+      -- g groups of keys, each checked r times.
+      for _ = 1, e[10] do
+        if e[7] then
+          for _ = 1, repeats do
+            fail(e[7])
+          end
+        elseif e[8] then
+          -- A refund: the charge time is now less the ticks since the charge, not before 0.
+          local at = max(now - e[9], 0)
+          for _ = 1, repeats do
+            local m = nv
+            local done, err = pcall(refund_all, k, n, fns, e[8], ps, cost, at)
+            if not done then
+              rollback_states()
+              nv = m
+              fail(message(err))
+            end
+            journal = nil
+          end
+        elseif n == 1 then
+          -- One limit of a log: its algorithm writes its state only once it has read and
+          -- computed all, so a failure leaves nothing to undo.
+          local fn, p, key = fns[1], ps[1], KEYS[k + 1]
+          for _ = 1, repeats do
+            -- The five values of the answer, or false and the error.
+            local done, allowed, _, remaining, reset, retry =
+              pcall(fn, key, now, p, cost, commit)
+            if done then
+              vals[nv + 1], vals[nv + 2], vals[nv + 3] =
+                remaining, reset, retry_value(allowed, retry)
+              nv = nv + 3
+            else
+              fail(message(allowed))
+            end
+          end
+        else
+          for _ = 1, repeats do
+            local m = nv
+            local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
+            if not done then
+              -- Undo its states and drop its partial answer; its answer is the message.
+              rollback_states()
+              nv = m
+              fail(message(err))
+            end
+            journal = nil
+          end
+        end
+        k = k + n
+      end
     end
   end
   flush_states()
@@ -420,6 +450,6 @@ local function decide(keys, args)
     parts[i] = nil
   end
   -- Nothing of the call is kept but `vals`, numbers: the other tables go with it.
-  states, state_order, logs = nil, nil, nil
+  states, state_order, logs, texts = nil, nil, nil, nil
   return reply
 end
