@@ -47,7 +47,9 @@ local algorithms = {
 -- decides r checks in a row of one key, as r calls of the algorithm would, appends their three
 -- values each to vs[m + 1 ..] and returns the new m; or nil, having done nothing, when it does
 -- not take the case (see `gcra_run`).
-local runs = { false, false, false, false, false, gcra_run }
+local runs = {
+  token_bucket_run, leaky_bucket_run, fixed_window_run, false, sliding_window_run, gcra_run,
+}
 
 local refunds = {
   token_bucket_refund, leaky_bucket_refund, fixed_window_refund, sliding_window_log_refund,
