@@ -175,9 +175,12 @@ local function blank_record()
 end
 
 -- The texts of the call's keys, read at its start by `prefetch_states`: texts[i] is KEYS[i]'s,
--- or false when MGET found no string there; `missing` tells whether every false one is a
--- missing key (else a key may hold another type, and its GET tells). nil before the read.
-local texts, missing = nil, false
+-- or false when MGET found no string there; nil before the read. `missing`: whether every key
+-- MGET found nothing at is missing (else one may hold another type, and its GET tells), nil
+-- until a state needs to know (`absent_are_missing`).
+local texts, missing = nil, nil
+-- The keys whose texts `texts` holds.
+local text_keys = nil
 
 -- Keys MGET reads at once, at most: what unpack may put on Lua's stack.
 local MGET_SLICE = 512
@@ -185,9 +188,7 @@ local MGET_SLICE = 512
 -- Reads the texts of the call's keys `keys[1 .. nk]` with one MGET per 512 keys, rather than
 -- one GET each as a state is first needed: a command called from the script costs Redis some
 -- 4,000 instructions whatever it does, a key more of MGET under 2,000. A log's key is read too
--- (MGET answers false for a list), and never used. MGET answers false for a key holding another
--- type as for a missing one: one EXISTS of the keys it answers false for tells whether all are
--- missing; if not, each is read again by GET when needed (`read_state`).
+-- (MGET answers false for a list), and never used.
 local function prefetch_states(keys, nk)
   local all = nil
   for i = 1, nk, MGET_SLICE do
@@ -204,28 +205,29 @@ local function prefetch_states(keys, nk)
       all = part
     end
   end
-  local absent, na = nil, 0
-  for i = 1, nk do
-    if not all[i] then
-      if not absent then
-        absent = {}
-      end
+  texts, missing, text_keys = all, nil, keys
+end
+
+-- Whether every key of the call MGET found nothing at is missing: MGET answers false for a key
+-- holding another type as for a missing one, and one EXISTS of them all tells.
+local function absent_are_missing()
+  local absent, na = {}, 0
+  for i = 1, #texts do
+    if not texts[i] then
       na = na + 1
-      absent[na] = keys[i]
+      absent[na] = text_keys[i]
     end
   end
-  missing = true
   for i = 1, na, MGET_SLICE do
     local j = i + MGET_SLICE - 1
     if j > na then
       j = na
     end
     if call('EXISTS', unpack(absent, i, j)) ~= 0 then
-      missing = false
-      break
+      return false
     end
   end
-  texts = all
+  return true
 end
 
 -- The state of `key`, KEYS[idx], in the call's cache, read if it is not there yet (from
@@ -240,6 +242,9 @@ local function read_state(key, idx)
     return s
   end
   local text = texts and texts[idx]
+  if text == false and missing == nil then
+    missing = absent_are_missing()
+  end
   if text == nil or (not text and not missing) then
     -- GET answers false for a missing key, a table for an error (whose length, 0, is no
     -- state's: told apart only then, as type() is a C call, hundreds of instructions).

@@ -72,9 +72,9 @@ local now
 local time_s, time_ticks = false, 0
 
 -- The entries read so far, by their argument: { n, cost, commit, repeats, fns, ps, err, rfns,
--- since, groups }, err the message when a limit cannot be decided (an unknown algorithm), or false when
--- n is not even readable; rfns the refund functions and since the ticks since the charge for a
--- refund (mode 2), else false. Kept from call to call: checks mostly repeat the same few
+-- since, groups, log }, err the message when a limit cannot be decided (an unknown algorithm),
+-- or false when n is not even readable; rfns the refund functions and since the ticks since the
+-- charge for a refund (mode 2), else false; log whether a limit is a sliding window log. Kept from call to call: checks mostly repeat the same few
 -- entries (a hot key's, every client's one limit), and a Lua string is interned, so
 -- finding an entry costs one table lookup where reading it costs parsing ten integers. The
 -- parameters are only read, never changed. Emptied when it holds `MAX_ENTRIES`. Refunds are not
@@ -98,7 +98,7 @@ local function read_entry(spec)
   if not n or n < 1 or #v ~= head + 6 * n or v[5] < 1 then
     return false
   end
-  local fns, ps, rfns = {}, {}, false
+  local fns, ps, rfns, log = {}, {}, false, false
   if head == 6 then
     rfns = {}
   end
@@ -115,13 +115,14 @@ local function read_entry(spec)
     p.th, p.tl = ns_mul(p.burst, p.ih, p.il)
     -- The log's list is written in place by a refund: refunded after the other limits.
     p.log = v[b + 1] == 4
+    log = log or p.log
     p.run = runs[v[b + 1]]
     fns[i], ps[i] = fn, p
     if rfns then
       rfns[i] = refunds[v[b + 1]]
     end
   end
-  return { n, v[2], v[3] == 1, v[4], fns, ps, false, rfns, rfns and v[6], v[5] }
+  return { n, v[2], v[3] == 1, v[4], fns, ps, false, rfns, rfns and v[6], v[5], log }
 end
 
 local function entry_of(spec)
@@ -334,8 +335,21 @@ local function decide(keys, args)
   end
   states, state_order, journal, logs = {}, {}, nil, {}
   nv, np, pooled, nstates = 0, 0, 0, 0
-  if #KEYS > 1 then
-    prefetch_states(KEYS, #KEYS)
+  -- Every key's text read at once, unless a log's list is among them: MGET would read the
+  -- lists for nothing (each log reads its own ends).
+  local nk = #KEYS
+  if nk > 1 then
+    local lists = false
+    for a = 2, #ARGV do
+      local e = entry_of(ARGV[a])
+      if e and e[11] then
+        lists = true
+        break
+      end
+    end
+    if not lists then
+      prefetch_states(KEYS, nk)
+    end
   end
   local k = 0
   for a = 2, #ARGV do
@@ -358,7 +372,30 @@ local function decide(keys, args)
         local key = KEYS[idx]
         local s, err = states[key], nil
         if not s then
-          s, err = read_state(key, idx)
+          -- read_state, inline where MGET read a state's text and a pooled record is free: a
+          -- call costs Redis hundreds of instructions.
+          local text = texts and texts[idx]
+          local n = text and #text
+          local layout = n and LAYOUTS[n]
+          local next = pooled + 1
+          s = pool[next]
+          if layout and s then
+            -- The integers, then the expiry and the position after it.
+            local a, b, c, d = sunpack(layout, text)
+            if n == 12 then
+              b, c, d = nil, nil, b
+            elseif n == 20 then
+              c, d = nil, c
+            end
+            local f = s.own
+            f[1], f[2], f[3] = a, b, c
+            s.read, s.fields, s.exp, s.saved, s.key = text, f, d, false, key
+            pooled, states[key] = next, s
+            local o = nstates + 1
+            state_order[o], nstates = s, o
+          else
+            s, err = read_state(key, idx)
+          end
         end
         local m = nil
         if s and run then
@@ -452,6 +489,6 @@ local function decide(keys, args)
     parts[i] = nil
   end
   -- Nothing of the call is kept but `vals`, numbers: the other tables go with it.
-  states, state_order, logs, texts = nil, nil, nil, nil
+  states, state_order, logs, texts, text_keys = nil, nil, nil, nil, nil
   return reply
 end
