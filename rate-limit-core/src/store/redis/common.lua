@@ -418,7 +418,15 @@ local function write_state(key, read, exp, fields, ttl)
     -- again, and after now (an instant that has come would delete the key).
     local kept = exp * 1000000
     if kept >= server_now + ttl and kept > server_now then
-      local text = state_text(fields, exp)
+      -- state_text(fields, exp), inline: the common write of a lone check.
+      local n, text = #fields, nil
+      if n == 1 then
+        text = pack('<dI4', fields[1] + 0, exp)
+      elseif n == 2 then
+        text = pack('<ddI4', fields[1] + 0, fields[2] + 0, exp)
+      else
+        text = pack('<dddI4', fields[1] + 0, fields[2] + 0, fields[3] + 0, exp)
+      end
       if text ~= read then
         if #text == #read then
           -- Overwrites the value in place and keeps the expiry: cheaper than SET ... KEEPTTL
