@@ -72,9 +72,11 @@ local now
 local time_s, time_ticks = false, 0
 
 -- The entries read so far, by their argument: { n, cost, commit, repeats, fns, ps, err, rfns,
--- since, groups, log }, err the message when a limit cannot be decided (an unknown algorithm),
--- or false when n is not even readable; rfns the refund functions and since the ticks since the
--- charge for a refund (mode 2), else false; log whether a limit is a sliding window log. Kept from call to call: checks mostly repeat the same few
+-- since, groups, log, one }, err the message when a limit cannot be decided (an unknown
+-- algorithm), or false when n is not even readable; rfns the refund functions and since the
+-- ticks since the charge for a refund (mode 2), else false; log whether a limit is a sliding
+-- window log; one whether the entry is a check or peek of one limit of a text state, once, of
+-- one key (what `decide_one` decides). Kept from call to call: checks mostly repeat the same few
 -- entries (a hot key's, every client's one limit), and a Lua string is interned, so
 -- finding an entry costs one table lookup where reading it costs parsing ten integers. The
 -- parameters are only read, never changed. Emptied when it holds `MAX_ENTRIES`. Refunds are not
@@ -122,7 +124,8 @@ local function read_entry(spec)
       rfns[i] = refunds[v[b + 1]]
     end
   end
-  return { n, v[2], v[3] == 1, v[4], fns, ps, false, rfns, rfns and v[6], v[5], log }
+  local one = n == 1 and not rfns and not log and v[4] == 1 and v[5] == 1
+  return { n, v[2], v[3] == 1, v[4], fns, ps, false, rfns, rfns and v[6], v[5], log, one }
 end
 
 local function entry_of(spec)
@@ -355,8 +358,7 @@ local function decide(keys, args)
   end
   if #ARGV == 2 then
     local e = entry_of(ARGV[2])
-    if e and e[1] == 1 and e[4] == 1 and e[10] == 1 and not e[7] and not e[8]
-      and not e[6][1].log then
+    if e and e[12] then
       return decide_one(KEYS[1], e[5][1], e[6][1], e[2], e[3])
     end
   end
