@@ -173,7 +173,9 @@ async fn keys_read_together_on_the_server_clock_admit_exactly_their_quota() {
                 .cloned()
                 .map(|(key, limits, cost, _)| {
                     let store = Arc::clone(&redis);
-                    tokio::spawn(async move { (key.clone(), store.check(&key, &limits, cost).await) })
+                    tokio::spawn(
+                        async move { (key.clone(), store.check(&key, &limits, cost).await) },
+                    )
                 })
                 .collect();
             for h in handles {
@@ -185,7 +187,8 @@ async fn keys_read_together_on_the_server_clock_admit_exactly_their_quota() {
                     }
                     _ => {
                         let d = got.unwrap();
-                        if let Some(k) = key.rsplit('-').next().and_then(|k| k.parse::<usize>().ok())
+                        if let Some(k) =
+                            key.rsplit('-').next().and_then(|k| k.parse::<usize>().ok())
                         {
                             admitted[k] += usize::from(d.is_allowed());
                         }
@@ -206,7 +209,10 @@ async fn keys_read_together_on_the_server_clock_admit_exactly_their_quota() {
             .cli(&["PTTL", &redis.state_key(&format!("{alg}-3"), &limits[0])])
             .parse()
             .unwrap();
-        assert!(pttl > 0 && pttl <= 2 * 86_400_000 + 1_000, "{alg}: pttl {pttl}");
+        assert!(
+            pttl > 0 && pttl <= 2 * 86_400_000 + 1_000,
+            "{alg}: pttl {pttl}"
+        );
         assert_eq!(
             server.cli(&["TYPE", &redis.state_key("a-list", &limits[0])]),
             "list"
