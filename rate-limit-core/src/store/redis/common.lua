@@ -96,22 +96,24 @@ local function ns_ceil(h, l)
 end
 
 -- The states stored as strings (every algorithm but the sliding window log, each of whose files
--- names its integers in order, as "a:b"; see `LAYOUTS`), cached for one call:
--- the first read of a key does the GET; later reads and writes in the same call work here;
--- `flush_states` writes each key whose final text differs from what was read, once. So the
--- checks of one call on one hot key cost one GET and at most one SET, and each check sees the
--- state the checks before it left, exactly as separate calls would.
+-- names its integers in order, as "a:b"; see `LAYOUTS`), cached for one call: a call of
+-- several keys reads all their texts first (`prefetch_states`: one MGET), a lone key's by GET;
+-- the first use of a key makes its record from its text; later reads and writes in the same
+-- call work on the record; `flush_states` writes each key whose final text differs from what
+-- was read, once. So the checks of one call on one hot key cost one read and at most one write,
+-- and each check sees the state the checks before it left, exactly as separate calls would.
 --
 -- states[key] = { read = text or false, fields = integers or false, exp = the key's expiry as
--- the text read records it (see `LAYOUTS`), ttl = ticks, saved = bool }, the state's record.
+-- the text read records it (see `LAYOUTS`), ttl = ticks, saved = bool, key = the key, own =
+-- the record's table of integers }, the state's record, taken from `pool`.
 -- The algorithms are handed the record itself (`st`), read its integers (`st.fields`, false for
 -- no state; shared, only read) and `save` their result into it: no lookup by key and no call
 -- to find it, which a check, costing Redis about fifty instructions per Lua instruction, feels.
 -- Only a state saved during the call is written back.
 local states = {}
--- Keys in the order they were first read, so the writes at the end are in a fixed order.
+-- The records in the order their keys were first read (state_order[1 .. nstates]), so the
+-- writes at the end are in a fixed order.
 local state_order = {}
--- How many records state_order holds.
 local nstates = 0
 -- While a check of several limits runs: for each key it wrote, the state before its first
 -- write, so that a check that fails leaves the states as they were (`rollback_states`). A check
