@@ -362,7 +362,8 @@ local function decide(keys, args)
       return decide_one(KEYS[1], e[5][1], e[6][1], e[2], e[3])
     end
   end
-  states, state_order, journal, logs = {}, {}, nil, {}
+  -- All set anew, even `texts`: a call that raised may have left its own.
+  states, state_order, journal, logs, texts, text_keys = {}, {}, nil, {}, nil, nil
   nv, np, pooled, nstates = 0, 0, 0, 0
   -- Every key's text read at once, unless a log's list is among them: MGET would read the
   -- lists for nothing (each log reads its own ends).
