@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rate_limit_core::{Algorithm, Limit, Quota, RedisStore, Store};
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// Checks per round of the concurrent shapes.
 const ROUND: usize = 32;
@@ -102,7 +102,12 @@ async fn run(
     count: usize,
 ) -> Result<usize, String> {
     let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
-    let conn = ConnectionManager::new(client)
+    // Patient timeouts: a server under callgrind, on a loaded machine, can take seconds to load
+    // the library, far beyond the redis crate's default of half a second.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(60)))
+        .set_response_timeout(Some(Duration::from_secs(600)));
+    let conn = ConnectionManager::new_with_config(client, config)
         .await
         .map_err(|e| format!("cannot connect to {url}: {e}"))?;
     let store = RedisStore::builder(conn)

@@ -96,21 +96,25 @@ local function ns_ceil(h, l)
 end
 
 -- The states stored as strings (every algorithm but the sliding window log, each of whose files
--- names its integers in order, as "a:b"; see `LAYOUTS`), cached for one call:
--- the first read of a key does the GET; later reads and writes in the same call work here;
--- `flush_states` writes each key whose final text differs from what was read, once. So the
--- checks of one call on one hot key cost one GET and at most one SET, and each check sees the
--- state the checks before it left, exactly as separate calls would.
+-- names its integers in order, as "a:b"; see `LAYOUTS`), cached for one call: a call of
+-- several keys reads all their texts first (`prefetch_states`: one MGET), a lone key's by GET;
+-- the first use of a key makes its record from its text; later reads and writes in the same
+-- call work on the record; `flush_states` writes each key whose final text differs from what
+-- was read, once. So the checks of one call on one hot key cost one read and at most one write,
+-- and each check sees the state the checks before it left, exactly as separate calls would.
 --
 -- states[key] = { read = text or false, fields = integers or false, exp = the key's expiry as
--- the text read records it (see `LAYOUTS`), ttl = ticks, saved = bool }, the state's record.
+-- the text read records it (see `LAYOUTS`), ttl = ticks, saved = bool, key = the key, own =
+-- the record's table of integers }, the state's record, taken from `pool`.
 -- The algorithms are handed the record itself (`st`), read its integers (`st.fields`, false for
 -- no state; shared, only read) and `save` their result into it: no lookup by key and no call
 -- to find it, which a check, costing Redis about fifty instructions per Lua instruction, feels.
 -- Only a state saved during the call is written back.
 local states = {}
--- Keys in the order they were first read, so the writes at the end are in a fixed order.
+-- The records in the order their keys were first read (state_order[1 .. nstates]), so the
+-- writes at the end are in a fixed order.
 local state_order = {}
+local nstates = 0
 -- While a check of several limits runs: for each key it wrote, the state before its first
 -- write, so that a check that fails leaves the states as they were (`rollback_states`). A check
 -- of one limit needs none: its algorithm writes only once it has read and computed everything.
@@ -156,38 +160,148 @@ local function fields_of(text)
 end
 
 
--- The state of `key` in the call's cache, read (GET) if it is not there yet; or nil and why it
--- cannot be read (a key of another type, a text no state has), without raising, so that a
--- check of one limit needs no pcall. (The message of an error reply: a table { err = message }
--- in some versions, the message in others.)
-local function read_state(key)
+-- The records of the call's states are kept from call to call, each with a table of its own
+-- for its integers (`own`), and reused: a table costs Redis some 1,500 instructions to make and
+-- collect, and a record and its integers were two per key. `pooled` counts those the call has
+-- taken. Nothing a record holds is read in a later call before it is set again.
+local pool, pooled = {}, 0
+-- Records kept, at most: a call of more states makes the others anew.
+local POOL_MAX = 1024
+
+-- A record with nothing in it yet.
+local function blank_record()
+  return {
+    read = false, fields = false, exp = 0, ttl = 0, saved = false, key = false,
+    own = { 0, 0, 0 },
+  }
+end
+
+-- The texts of the call's keys, read at its start by `prefetch_states`: texts[i] is KEYS[i]'s,
+-- or false when MGET found no string there; nil before the read. `missing`: whether every key
+-- MGET found nothing at is missing (else one may hold another type, and its GET tells), nil
+-- until a state needs to know (`absent_are_missing`).
+local texts, missing = nil, nil
+-- The keys whose texts `texts` holds.
+local text_keys = nil
+
+-- Keys MGET reads at once, at most: what unpack may put on Lua's stack.
+local MGET_SLICE = 512
+
+-- Reads the texts of the call's keys `keys[1 .. nk]` with one MGET per 512 keys, rather than
+-- one GET each as a state is first needed: a command called from the script costs Redis some
+-- 4,000 instructions whatever it does, a key more of MGET under 2,000. A log's key is read too
+-- (MGET answers false for a list), and never used.
+local function prefetch_states(keys, nk)
+  local all = nil
+  for i = 1, nk, MGET_SLICE do
+    local j = i + MGET_SLICE - 1
+    if j > nk then
+      j = nk
+    end
+    local part = call('MGET', unpack(keys, i, j))
+    if all then
+      for x = 1, #part do
+        all[i + x - 1] = part[x]
+      end
+    else
+      all = part
+    end
+  end
+  texts, missing, text_keys = all, nil, keys
+end
+
+-- Whether every key of the call MGET found nothing at is missing: MGET answers false for a key
+-- holding another type as for a missing one, and one EXISTS of them all tells.
+local function absent_are_missing()
+  local absent, na = {}, 0
+  for i = 1, #texts do
+    if not texts[i] then
+      na = na + 1
+      absent[na] = text_keys[i]
+    end
+  end
+  for i = 1, na, MGET_SLICE do
+    local j = i + MGET_SLICE - 1
+    if j > na then
+      j = na
+    end
+    if call('EXISTS', unpack(absent, i, j)) ~= 0 then
+      return false
+    end
+  end
+  return true
+end
+
+-- The state of `key`, KEYS[idx], in the call's cache, read if it is not there yet (from
+-- `texts`, or by GET); or nil and why it cannot be read (a key of another type, a text no
+-- state has), without raising, so that a check of one limit needs no pcall. (The message of an
+-- error reply: a table { err = message } in some versions, the message in others.) Its integers
+-- are read into the record's own table. One function, with no call of another but to read the
+-- text: each Lua instruction costs Redis some fifty, a call some hundreds.
+local function read_state(key, idx)
   local s = states[key]
   if s then
     return s
   end
-  -- GET answers false for a missing key, a table for an error (whose length, 0, is no
-  -- state's: told apart only then, as type() is a C call, hundreds of instructions).
-  local text = rpcall('GET', key)
-  local fields, exp = fields_of(text)
-  if fields == nil then
-    if type(text) == 'table' then
-      return nil, tostring(text.err or text)
-    end
-    return nil, NOT_A_STATE
+  local text = texts and texts[idx]
+  if text == false and missing == nil then
+    missing = absent_are_missing()
   end
-  s = { read = text, fields = fields, exp = exp, ttl = 0, saved = false }
+  if text == nil or (not text and not missing) then
+    -- GET answers false for a missing key, a table for an error (whose length, 0, is no
+    -- state's: told apart only then, as type() is a C call, hundreds of instructions).
+    text = rpcall('GET', key)
+  end
+  local a, b, c, e = false, nil, nil, 0
+  if text then
+    local n = #text
+    if n == 12 then
+      a, e = sunpack('<dI4', text)
+    elseif n == 20 then
+      a, b, e = sunpack('<ddI4', text)
+    elseif n == 28 then
+      a, b, c, e = sunpack('<dddI4', text)
+    elseif n == 8 then
+      a = sunpack('<d', text)
+    elseif n == 16 then
+      a, b = sunpack('<dd', text)
+    elseif n == 24 then
+      a, b, c = sunpack('<ddd', text)
+    elseif type(text) == 'table' then
+      return nil, tostring(text.err or text)
+    else
+      return nil, NOT_A_STATE
+    end
+  end
+  local next = pooled + 1
+  s = pool[next]
+  if s then
+    pooled = next
+  else
+    s = blank_record()
+    if next <= POOL_MAX then
+      pool[next], pooled = s, next
+    end
+  end
+  local fields = false
+  if a then
+    fields = s.own
+    fields[1], fields[2], fields[3] = a, b, c
+  end
+  s.read, s.fields, s.exp, s.saved, s.key = text, fields, e, false, key
   states[key] = s
-  state_order[#state_order + 1] = key
+  local n = nstates + 1
+  state_order[n], nstates = s, n
   return s
 end
 
-local function state_of(key)
+local function state_of(key, idx)
   local s = states[key]
   if s then
     return s
   end
   local err
-  s, err = read_state(key)
+  s, err = read_state(key, idx)
   if not s then
     error(err, 0)
   end
@@ -306,7 +420,15 @@ local function write_state(key, read, exp, fields, ttl)
     -- again, and after now (an instant that has come would delete the key).
     local kept = exp * 1000000
     if kept >= server_now + ttl and kept > server_now then
-      local text = state_text(fields, exp)
+      -- state_text(fields, exp), inline: the common write of a lone check.
+      local n, text = #fields, nil
+      if n == 1 then
+        text = pack('<dI4', fields[1] + 0, exp)
+      elseif n == 2 then
+        text = pack('<ddI4', fields[1] + 0, fields[2] + 0, exp)
+      else
+        text = pack('<dddI4', fields[1] + 0, fields[2] + 0, fields[3] + 0, exp)
+      end
       if text ~= read then
         if #text == #read then
           -- Overwrites the value in place and keeps the expiry: cheaper than SET ... KEEPTTL
@@ -348,12 +470,34 @@ local function write_state(key, read, exp, fields, ttl)
   end
 end
 
+-- Writes every state saved during the call, as `write_state` does; the common write, a state
+-- whose key keeps its expiry, inline: a call costs Redis hundreds of instructions.
 local function flush_states()
-  for i = 1, #state_order do
-    local key = state_order[i]
-    local s = states[key]
+  local order, t = state_order, server_now
+  for i = 1, nstates do
+    local s = order[i]
     if s.saved then
-      write_state(key, s.read, s.exp, s.fields, s.ttl)
+      local fields, read, exp, ttl = s.fields, s.read, s.exp, s.ttl
+      local kept = exp * 1000000
+      if fields and t and kept >= t + ttl and kept > t then
+        local n, text = #fields, nil
+        if n == 1 then
+          text = pack('<dI4', fields[1] + 0, exp)
+        elseif n == 2 then
+          text = pack('<ddI4', fields[1] + 0, fields[2] + 0, exp)
+        else
+          text = pack('<dddI4', fields[1] + 0, fields[2] + 0, fields[3] + 0, exp)
+        end
+        if text ~= read then
+          if #text == #read then
+            call('SETRANGE', s.key, '0', text)
+          else
+            call('SET', s.key, text, 'KEEPTTL')
+          end
+        end
+      else
+        write_state(s.key, read, exp, fields, ttl)
+      end
     end
   end
 end

@@ -43,6 +43,14 @@ local algorithms = {
 -- Each refund is called as refund(st, now, p, cost, at) (the log's with its key), in the same
 -- order: gives back `cost`
 -- charged at tick `at`, and returns nothing (the entry point peeks after it).
+-- Each algorithm's run, in the same order, or false: run(st, now, p, cost, commit, r, vs, m)
+-- decides r checks in a row of one key, as r calls of the algorithm would, appends their three
+-- values each to vs[m + 1 ..] and returns the new m; or nil, having done nothing, when it does
+-- not take the case (see `gcra_run`).
+local runs = {
+  token_bucket_run, leaky_bucket_run, fixed_window_run, false, sliding_window_run, gcra_run,
+}
+
 local refunds = {
   token_bucket_refund, leaky_bucket_refund, fixed_window_refund, sliding_window_log_refund,
   sliding_window_refund, gcra_refund,
@@ -64,9 +72,11 @@ local now
 local time_s, time_ticks = false, 0
 
 -- The entries read so far, by their argument: { n, cost, commit, repeats, fns, ps, err, rfns,
--- since, groups }, err the message when a limit cannot be decided (an unknown algorithm), or false when
--- n is not even readable; rfns the refund functions and since the ticks since the charge for a
--- refund (mode 2), else false. Kept from call to call: checks mostly repeat the same few
+-- since, groups, log, one }, err the message when a limit cannot be decided (an unknown
+-- algorithm), or false when n is not even readable; rfns the refund functions and since the
+-- ticks since the charge for a refund (mode 2), else false; log whether a limit is a sliding
+-- window log; one whether the entry is a check or peek of one limit of a text state, once, of
+-- one key (what `decide_one` decides). Kept from call to call: checks mostly repeat the same few
 -- entries (a hot key's, every client's one limit), and a Lua string is interned, so
 -- finding an entry costs one table lookup where reading it costs parsing ten integers. The
 -- parameters are only read, never changed. Emptied when it holds `MAX_ENTRIES`. Refunds are not
@@ -90,7 +100,7 @@ local function read_entry(spec)
   if not n or n < 1 or #v ~= head + 6 * n or v[5] < 1 then
     return false
   end
-  local fns, ps, rfns = {}, {}, false
+  local fns, ps, rfns, log = {}, {}, false, false
   if head == 6 then
     rfns = {}
   end
@@ -107,12 +117,15 @@ local function read_entry(spec)
     p.th, p.tl = ns_mul(p.burst, p.ih, p.il)
     -- The log's list is written in place by a refund: refunded after the other limits.
     p.log = v[b + 1] == 4
+    log = log or p.log
+    p.run = runs[v[b + 1]]
     fns[i], ps[i] = fn, p
     if rfns then
       rfns[i] = refunds[v[b + 1]]
     end
   end
-  return { n, v[2], v[3] == 1, v[4], fns, ps, false, rfns, rfns and v[6], v[5] }
+  local one = n == 1 and not rfns and not log and v[4] == 1 and v[5] == 1
+  return { n, v[2], v[3] == 1, v[4], fns, ps, false, rfns, rfns and v[6], v[5], log, one }
 end
 
 local function entry_of(spec)
@@ -186,7 +199,7 @@ local function target(k, i, p)
   if p.log then
     return KEYS[k + i]
   end
-  return state_of(KEYS[k + i])
+  return state_of(KEYS[k + i], k + i)
 end
 
 -- For each of the n keys KEYS[k + 1 .. k + n], the position of the first with its name.
@@ -268,25 +281,52 @@ local function message(err)
 end
 
 -- The state's record of `decide_one`, kept from call to call.
-local one = { read = false, fields = false, exp = 0, ttl = 0, saved = false }
+local one = { read = false, fields = false, exp = 0, ttl = 0, saved = false, own = { 0, 0, 0 } }
+-- The three values of `decide_one`'s answer, when its algorithm's run gives it.
+local one_vals = { 0, 0, 0 }
 
 -- A call of one check of one limit (not a refund, not a log), the common call: its state is
--- read and written directly, with none of the call's tables (its record is `one`), and its
--- record is the reply. Decides as the general path does.
+-- read and written directly, with none of the call's tables (its record is `one`, its integers
+-- read into the record's own table), and its record is the reply. Decides as the general path
+-- does, through the algorithm's run when it takes the case (fewer calls than the algorithm's).
 local function decide_one(key, fn, p, cost, commit)
   -- redis.pcall: a key of another type is this check's error record, not the call's error.
   local read = rpcall('GET', key)
-  local fields, exp = fields_of(read)
-  if fields == nil then
-    -- An error reply is a table (told apart only here: type() is a C call).
-    if type(read) == 'table' then
-      return failure(message(read))
-    end
-    return failure(NOT_A_STATE)
-  end
   local st = one
+  local fields, exp = false, 0
+  if read then
+    local n = #read
+    local layout = LAYOUTS[n]
+    if layout then
+      -- The integers, then the expiry and the position after it.
+      local a, b, c, d = sunpack(layout, read)
+      if n == 12 then
+        b, c, d = nil, nil, b
+      elseif n == 20 then
+        c, d = nil, c
+      end
+      fields, exp = st.own, d
+      fields[1], fields[2], fields[3] = a, b, c
+    else
+      fields, exp = fields_of(read)
+      if fields == nil then
+        -- An error reply is a table (told apart only here: type() is a C call).
+        if type(read) == 'table' then
+          return failure(message(read))
+        end
+        return failure(NOT_A_STATE)
+      end
+    end
+  end
   st.read, st.fields, st.exp, st.ttl, st.saved = read, fields, exp, 0, false
-  local allowed, capacity, remaining, reset, retry = fn(st, now, p, cost, commit)
+  local run = p.run
+  if run and run(st, now, p, cost, commit, 1, one_vals, 0) then
+    if st.saved then
+      write_state(key, read, exp, st.fields, st.ttl)
+    end
+    return pack('<ddd', one_vals[1], one_vals[2], one_vals[3])
+  end
+  local allowed, _, remaining, reset, retry = fn(st, now, p, cost, commit)
   if st.saved then
     write_state(key, read, exp, st.fields, st.ttl)
   end
@@ -318,15 +358,32 @@ local function decide(keys, args)
   end
   if #ARGV == 2 then
     local e = entry_of(ARGV[2])
-    if e and e[1] == 1 and e[4] == 1 and e[10] == 1 and not e[7] and not e[8] then
-      if e[6][1].log then
-        return log_one(KEYS[1], now, e[6][1], e[2], e[3])
-      end
+    if e and e[12] then
       return decide_one(KEYS[1], e[5][1], e[6][1], e[2], e[3])
     end
+    if e and e[11] and e[1] == 1 and e[4] == 1 and e[10] == 1 and not e[7] and not e[8] then
+      return log_one(KEYS[1], now, e[6][1], e[2], e[3])
+    end
   end
-  states, state_order, journal, logs = {}, {}, nil, {}
-  nv, np = 0, 0
+  -- All set anew, even `texts`: a call that raised may have left its own.
+  states, state_order, journal, logs, texts, text_keys = {}, {}, nil, {}, nil, nil
+  nv, np, pooled, nstates = 0, 0, 0, 0
+  -- Every key's text read at once, unless a log is among them: MGET would read whole logs
+  -- for nothing (each log reads only its trailer and the entries it needs).
+  local nk = #KEYS
+  if nk > 1 then
+    local has_log = false
+    for a = 2, #ARGV do
+      local e = entry_of(ARGV[a])
+      if e and e[11] then
+        has_log = true
+        break
+      end
+    end
+    if not has_log then
+      prefetch_states(KEYS, nk)
+    end
+  end
   local k = 0
   for a = 2, #ARGV do
     local e = entry_of(ARGV[a])
@@ -337,31 +394,49 @@ local function decide(keys, args)
       break
     end
     local n, cost, commit, repeats, fns, ps = e[1], e[2], e[3], e[4], e[5], e[6]
-    -- g groups of keys, each checked r times.
-    for _ = 1, e[10] do
-      if e[7] then
-        for _ = 1, repeats do
-          fail(e[7])
-        end
-      elseif e[8] then
-        -- A refund: the charge time is now less the ticks since the charge, not before 0.
-        local at = max(now - e[9], 0)
-        for _ = 1, repeats do
-          local m = nv
-          local done, err = pcall(refund_all, k, n, fns, e[8], ps, cost, at)
-          if not done then
-            rollback_states()
-            nv = m
-            fail(message(err))
+    if n == 1 and not e[7] and not e[8] and not ps[1].log then
+      -- One limit of a text state, for each of the g keys that follow: its state is read here,
+      -- without raising, and its algorithm, which only computes once it has it, cannot fail:
+      -- no pcall. The common entry, a key's alone or many keys' of one limit: what each key
+      -- costs is kept to the fewest Lua instructions.
+      local fn, p = fns[1], ps[1]
+      local run = p.run
+      for idx = k + 1, k + e[10] do
+        local key = KEYS[idx]
+        local s, err = states[key], nil
+        if not s then
+          -- read_state, inline where MGET read a state's text and a pooled record is free: a
+          -- call costs Redis hundreds of instructions.
+          local text = texts and texts[idx]
+          local n = text and #text
+          local layout = n and LAYOUTS[n]
+          local next = pooled + 1
+          s = pool[next]
+          if layout and s then
+            -- The integers, then the expiry and the position after it.
+            local a, b, c, d = sunpack(layout, text)
+            if n == 12 then
+              b, c, d = nil, nil, b
+            elseif n == 20 then
+              c, d = nil, c
+            end
+            local f = s.own
+            f[1], f[2], f[3] = a, b, c
+            s.read, s.fields, s.exp, s.saved, s.key = text, f, d, false, key
+            pooled, states[key] = next, s
+            local o = nstates + 1
+            state_order[o], nstates = s, o
+          else
+            s, err = read_state(key, idx)
           end
-          journal = nil
         end
-      elseif n == 1 and not ps[1].log then
-        -- One limit of a text state: its state is read here, without raising, and its algorithm,
-        -- which only computes once it has it, cannot fail: no pcall.
-        local fn, p, key = fns[1], ps[1], KEYS[k + 1]
-        local s, err = read_state(key)
-        if s then
+        local m = nil
+        if s and run then
+          m = run(s, now, p, cost, commit, repeats, vals, nv)
+        end
+        if m then
+          nv = m
+        elseif s then
           -- Packed here rather than through push, which would cost this, the hot path, a
           -- table or a call per check; in locals, not upvalues, while the repeats run.
           local vs, m, t = vals, nv, now
@@ -381,43 +456,66 @@ local function decide(keys, args)
             fail(err)
           end
         end
-      elseif n == 1 then
-        -- One limit of a log: its record is read here, without raising, and its check, which
-        -- then reads only a string's bytes, cannot fail: no pcall.
-        local p, key = ps[1], KEYS[k + 1]
-        local l, err = log_state(key)
-        if l then
-          local vs, m, t = vals, nv, now
+      end
+      k = k + e[10]
+    else
+      -- g groups of keys, each checked r times.
+      for _ = 1, e[10] do
+        if e[7] then
           for _ = 1, repeats do
-            local allowed, _, remaining, reset, retry = log_check(key, l, t, p, cost, commit)
-            if allowed then
-              retry = -1
-            elseif retry < 0 then
-              retry = -2
-            end
-            vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
-            m = m + 3
+            fail(e[7])
           end
-          nv = m
+        elseif e[8] then
+          -- A refund: the charge time is now less the ticks since the charge, not before 0.
+          local at = max(now - e[9], 0)
+          for _ = 1, repeats do
+            local m = nv
+            local done, err = pcall(refund_all, k, n, fns, e[8], ps, cost, at)
+            if not done then
+              rollback_states()
+              nv = m
+              fail(message(err))
+            end
+            journal = nil
+          end
+        elseif n == 1 then
+          -- One limit of a log: its record is read here, without raising, and its check, which
+          -- then reads only a string's bytes, cannot fail: no pcall.
+          local p, key = ps[1], KEYS[k + 1]
+          local l, err = log_state(key)
+          if l then
+            local vs, m, t = vals, nv, now
+            for _ = 1, repeats do
+              local allowed, _, remaining, reset, retry = log_check(key, l, t, p, cost, commit)
+              if allowed then
+                retry = -1
+              elseif retry < 0 then
+                retry = -2
+              end
+              vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
+              m = m + 3
+            end
+            nv = m
+          else
+            for _ = 1, repeats do
+              fail(err)
+            end
+          end
         else
           for _ = 1, repeats do
-            fail(err)
+            local m = nv
+            local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
+            if not done then
+              -- Undo its states and drop its partial answer; its answer is the message.
+              rollback_states()
+              nv = m
+              fail(message(err))
+            end
+            journal = nil
           end
         end
-      else
-        for _ = 1, repeats do
-          local m = nv
-          local done, err = pcall(check_all, k, n, fns, ps, cost, commit)
-          if not done then
-            -- Undo its states and drop its partial answer; its answer is the message.
-            rollback_states()
-            nv = m
-            fail(message(err))
-          end
-          journal = nil
-        end
+        k = k + n
       end
-      k = k + n
     end
   end
   flush_states()
@@ -431,6 +529,6 @@ local function decide(keys, args)
     parts[i] = nil
   end
   -- Nothing of the call is kept but `vals`, numbers: the other tables go with it.
-  states, state_order, logs = nil, nil, nil
+  states, state_order, logs, texts, text_keys = nil, nil, nil, nil, nil
   return reply
 end

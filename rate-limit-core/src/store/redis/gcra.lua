@@ -112,3 +112,63 @@ local function gcra_refund(st, now, p, cost, at)
     save(st, { nh }, ttl)
   end
 end
+
+-- `r` checks in a row of one key at one instant, as r calls of `gcra` would decide them, with
+-- the TAT in a local and the state saved once, at the end: what a hot key's repeats cost is
+-- mostly the calls and table writes of each check. Appends each check's three values to
+-- vs[m + 1 ..] and returns the new m; or nil, having done nothing, when the interval or the
+-- state is not whole microseconds (then `gcra` decides each).
+local function gcra_run(st, now, p, cost, commit, r, vs, m)
+  local s = st.fields
+  if p.il ~= 0 or (s and s[2]) then
+    return nil
+  end
+  local burst, th, ih = p.burst, p.th, p.ih
+  local step = cost * ih
+  -- The state's TAT (false: none), and the last write of the checks: 1 kept, 0 dropped.
+  local cur = s and s[1]
+  local last = nil
+  for _ = 1, r do
+    local tat = now
+    if cur and cur > now then
+      tat = cur
+    else
+      cur, last = false, 0
+    end
+    local retry = -2
+    if cost <= burst then
+      -- Allowed from allow_at on (gcra_us clamps it at 0, which now, at least 0, passes too).
+      local allow_at = tat + step - th
+      if allow_at <= now then
+        if commit then
+          tat = tat + step
+          cur, last = tat, 1
+        end
+        retry = -1
+      else
+        retry = allow_at - now
+      end
+    end
+    local free = now + th - tat
+    if free <= 0 then
+      free = 0
+    else
+      free = free / ih
+      free = free - free % 1
+    end
+    vs[m + 1], vs[m + 2], vs[m + 3] = free, tat - now, retry
+    m = m + 3
+  end
+  if last == 1 then
+    -- keep(st, cur - now, cur), inline when it writes into the state's own table, whose
+    -- second integer is nil (checked above).
+    if s and not journal then
+      s[1], st.ttl, st.saved = cur, cur - now, true
+    else
+      keep(st, cur - now, cur)
+    end
+  elseif last == 0 then
+    save(st, nil, 0)
+  end
+  return m
+end

@@ -100,3 +100,66 @@ local function leaky_bucket_refund(st, now, p, cost, at)
     save(st, { lh, s[2] }, 0)
   end
 end
+
+-- `r` checks in a row of one key at one instant, as r calls of `leaky_bucket` would decide
+-- them, with the state in locals and saved once, at the end (see `gcra_run`); nil, having done
+-- nothing, when the interval or the state is not whole microseconds.
+local function leaky_bucket_run(st, now, p, cost, commit, r, vs, m)
+  local s = st.fields
+  if p.il ~= 0 or (s and s[3]) then
+    return nil
+  end
+  local burst, th, ih = p.burst, p.th, p.ih
+  -- The state as the checks leave it: none (has false), or the level and its time.
+  local has, lvl, lat = false, 0, 0
+  if s then
+    has, lvl, lat = true, s[1], s[2]
+  end
+  local reset = 0
+  for _ = 1, r do
+    local level, at = 0, now
+    if has then
+      if lat > now then
+        at = lat
+      end
+      level = lvl - (at - lat)
+      if level < 0 then
+        level = 0
+      end
+    end
+    local lag = at - now
+    local poured = level + cost * ih
+    local retry = -1
+    if cost <= burst and poured <= th then
+      if commit then
+        level = poured
+      end
+    elseif cost <= burst then
+      retry = poured - th + lag
+      if retry < 0 then
+        retry = -2
+      end
+    else
+      retry = -2
+    end
+    reset = 0
+    has = level > 0
+    if has then
+      reset = level + lag
+      lvl, lat = level, at
+    end
+    local room = 0
+    if level < th then
+      room = (th - level) / ih
+      room = room - room % 1
+    end
+    vs[m + 1], vs[m + 2], vs[m + 3] = room, reset, retry
+    m = m + 3
+  end
+  if has then
+    keep(st, reset, lvl, lat)
+  else
+    save(st, nil, reset)
+  end
+  return m
+end

@@ -90,3 +90,81 @@ local function sliding_window_refund(st, now, p, cost, at)
     save(st, { s[1], cur, prev }, 0)
   end
 end
+
+-- `r` checks in a row of one key at one instant, as r calls of `sliding_window` would decide
+-- them, with the state in locals and saved once, at the end (see `gcra_run`).
+local function sliding_window_run(st, now0, p, cost, commit, r, vs, m)
+  local s = st.fields
+  local period, limit = p.period, p.limit
+  -- The state as the checks leave it: none (has false), or start, cur and prev.
+  local has, sst, scur, sprev = false, 0, 0, 0
+  if s then
+    has, sst, scur, sprev = true, s[1], s[2], s[3]
+  end
+  local reset = 0
+  for _ = 1, r do
+    local now, lag = now0, 0
+    if has and sst > now then
+      lag = sst - now
+      now = sst
+    end
+    local start = now - now % period
+    local cur, prev = 0, 0
+    if has then
+      if sst == start then
+        cur, prev = scur, sprev
+      elseif sst + period == start then
+        prev = scur
+      end
+    end
+    local elapsed = now - start
+    local carried = prev * (period - elapsed)
+    local retry = -1
+    if cost <= limit and cur + cost <= limit and carried <= (limit - cur - cost) * period then
+      if commit then
+        cur = cur + cost
+      end
+    elseif cost <= limit then
+      if cur + cost <= limit then
+        local k = floor((limit - cur - cost) * period / prev)
+        retry = period - k - elapsed + lag
+      else
+        local k = floor((limit - cost) * period / cur)
+        retry = 2 * period - k - elapsed + lag
+      end
+      if retry < 0 then
+        retry = -2
+      end
+    else
+      retry = -2
+    end
+    local stop = start + period
+    local weighted_prev = carried / period
+    local whole = weighted_prev - weighted_prev % 1
+    if whole < weighted_prev then
+      whole = whole + 1
+    end
+    reset = 0
+    if cur > 0 then
+      reset = stop + period - now + lag
+    elseif prev > 0 then
+      reset = stop - now + lag
+    end
+    has = cur > 0 or prev > 0
+    if has then
+      sst, scur, sprev = start, cur, prev
+    end
+    local left = limit - (whole + cur)
+    if left < 0 then
+      left = 0
+    end
+    vs[m + 1], vs[m + 2], vs[m + 3] = left, reset, retry
+    m = m + 3
+  end
+  if has then
+    keep(st, reset, sst, scur, sprev)
+  else
+    save(st, nil, reset)
+  end
+  return m
+end

@@ -1,0 +1,225 @@
+//! Calls that carry many checks of several keys, as the script decides them: read at once,
+//! decided in turn (a key's checks in a row together), written once. Compared check by check
+//! with the in-memory transitions, and on the server's clock with the quota each key admits.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::replay::{Rng, snapshot_micros};
+use integration_tests::{RedisServer, redis_available};
+use rate_limit_core::{
+    Algorithm, Decision, Limit, ManualClock, MemoryStore, Quota, RedisStore, Store, StoreError,
+    StoreErrorKind, conformance,
+};
+use redis::aio::MultiplexedConnection;
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+async fn mux(server: &RedisServer) -> MultiplexedConnection {
+    let client = redis::Client::open(server.url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+fn quota(limit: u32, period_ms: u64, burst: u32) -> Quota {
+    Quota::with_period(nz(limit), Duration::from_millis(period_ms))
+        .unwrap()
+        .burst(nz(burst))
+        .unwrap()
+}
+
+/// One check of a round: its key, limits, cost, and whether it is a peek.
+type Ask = (String, Vec<Limit>, NonZeroU32, bool);
+
+/// Spawns every check of `asks` before any runs (one thread: they queue in this order and share
+/// the calls that follow), and returns their answers in that order.
+async fn at_once<S: Store + 'static>(store: &Arc<S>, asks: &[Ask]) -> Vec<Decision> {
+    let handles: Vec<_> = asks
+        .iter()
+        .cloned()
+        .map(|(key, limits, cost, peek)| {
+            let store = Arc::clone(store);
+            tokio::spawn(async move {
+                if peek {
+                    store.peek(&key, &limits, cost).await
+                } else {
+                    store.check(&key, &limits, cost).await
+                }
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn checks_of_many_keys_in_one_call_decide_as_the_transitions_in_turn() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let clock = ManualClock::new(conformance::BASE);
+    let redis = Arc::new(
+        RedisStore::builder(mux(&server).await)
+            .clock(clock.clone())
+            .deny_cache(None)
+            .build()
+            .unwrap(),
+    );
+    let memory = Arc::new(MemoryStore::builder().clock(clock.clone()).build());
+    // Intervals of whole microseconds (500 ms, 125 ms) and not (333,333.334 µs, 1.001 µs).
+    let quotas = [
+        quota(8, 4_000, 3),
+        quota(8, 1_000, 8),
+        quota(3, 1_000, 3),
+        quota(999_999, 1_000, 999_999),
+    ];
+    let mut limit_sets: Vec<Vec<Limit>> = Vec::new();
+    for alg in Algorithm::ALL {
+        if alg != Algorithm::SlidingWindowLog {
+            for q in quotas {
+                limit_sets.push(vec![Limit::new(q, alg)]);
+            }
+        }
+    }
+    limit_sets.push(vec![
+        Limit::new(quotas[0], Algorithm::Gcra),
+        Limit::new(quotas[1], Algorithm::FixedWindow),
+    ]);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut compared = 0;
+    for round in 0..150 {
+        clock.advance(Duration::from_micros(rng.below(600_000)));
+        // Some 40 checks of 12 keys, each key under one limit set: runs of one key in a row,
+        // keys mixed, costs up to above the capacity, some peeks.
+        let mut asks: Vec<Ask> = Vec::new();
+        while asks.len() < 40 {
+            let k = rng.below(12) as usize;
+            let limits = limit_sets[(k * 5 + round / 10) % limit_sets.len()].clone();
+            let capacity = limits[0].quota().burst_size().get();
+            let cost = match rng.below(10) {
+                0 => capacity + 1,
+                1..=3 => 1 + u32::try_from(rng.below(u64::from(capacity))).unwrap(),
+                _ => 1,
+            };
+            let peek = rng.below(8) == 0;
+            for _ in 0..=rng.below(4) {
+                asks.push((format!("keys-{k}"), limits.clone(), nz(cost), peek));
+            }
+        }
+        let got = at_once(&redis, &asks).await;
+        let mut want = Vec::new();
+        for (key, limits, cost, peek) in &asks {
+            want.push(if *peek {
+                memory.peek(key, limits, *cost).await.unwrap()
+            } else {
+                memory.check(key, limits, *cost).await.unwrap()
+            });
+        }
+        for (i, ((g, w), ask)) in got.iter().zip(&want).zip(&asks).enumerate() {
+            assert_eq!(
+                (g.is_allowed(), snapshot_micros(g)),
+                (w.is_allowed(), snapshot_micros(w)),
+                "round {round}, check {i}: {ask:?}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 150 * 40, "{compared} checks compared");
+}
+
+#[tokio::test]
+async fn keys_read_together_on_the_server_clock_admit_exactly_their_quota() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let redis = Arc::new(
+        RedisStore::builder(mux(&server).await)
+            .deny_cache(None)
+            .build()
+            .unwrap(),
+    );
+    let day = Duration::from_secs(86_400);
+    for alg in Algorithm::ALL {
+        if alg == Algorithm::SlidingWindowLog {
+            continue;
+        }
+        let limits = vec![Limit::new(Quota::with_period(nz(5), day).unwrap(), alg)];
+        // A key holding a list where a state belongs, and a text that is no state: each fails
+        // its own check in calls of keys that exist and keys that do not.
+        server.cli(&["LPUSH", &redis.state_key("a-list", &limits[0]), "x"]);
+        server.cli(&["SET", &redis.state_key("a-text", &limits[0]), "not a state"]);
+        let mut admitted = vec![0; 16];
+        for round in 0..8 {
+            let mut asks: Vec<Ask> = (0..16)
+                .map(|k| (format!("{alg}-{k}"), limits.clone(), nz(1), false))
+                .collect();
+            // A hot key too, three times in a row, and the two bad keys in the middle.
+            for _ in 0..3 {
+                asks.push((format!("{alg}-hot"), limits.clone(), nz(1), false));
+            }
+            if round % 2 == 1 {
+                asks.insert(5, ("a-list".to_owned(), limits.clone(), nz(1), false));
+                asks.insert(9, ("a-text".to_owned(), limits.clone(), nz(1), false));
+            }
+            let handles: Vec<_> = asks
+                .iter()
+                .cloned()
+                .map(|(key, limits, cost, _)| {
+                    let store = Arc::clone(&redis);
+                    tokio::spawn(
+                        async move { (key.clone(), store.check(&key, &limits, cost).await) },
+                    )
+                })
+                .collect();
+            for h in handles {
+                let (key, got): (String, Result<Decision, StoreError>) = h.await.unwrap();
+                match key.as_str() {
+                    "a-list" | "a-text" => {
+                        let err = got.unwrap_err();
+                        assert_eq!(err.kind(), StoreErrorKind::Backend, "{alg} {key}: {err}");
+                    }
+                    _ => {
+                        let d = got.unwrap();
+                        if let Some(k) =
+                            key.rsplit('-').next().and_then(|k| k.parse::<usize>().ok())
+                        {
+                            admitted[k] += usize::from(d.is_allowed());
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(admitted, vec![5; 16], "{alg}");
+        // The hot key's 24 checks admitted its 5; the states live until they are full again (a
+        // sliding window's count weighs on the next window: two periods at most), and the bad
+        // keys were not written over.
+        let d = redis
+            .peek(&format!("{alg}-hot"), &limits, nz(1))
+            .await
+            .unwrap();
+        assert!(!d.is_allowed(), "{alg}: {d:?}");
+        let pttl: i64 = server
+            .cli(&["PTTL", &redis.state_key(&format!("{alg}-3"), &limits[0])])
+            .parse()
+            .unwrap();
+        assert!(
+            pttl > 0 && pttl <= 2 * 86_400_000 + 1_000,
+            "{alg}: pttl {pttl}"
+        );
+        assert_eq!(
+            server.cli(&["TYPE", &redis.state_key("a-list", &limits[0])]),
+            "list"
+        );
+        assert_eq!(
+            server.cli(&["GET", &redis.state_key("a-text", &limits[0])]),
+            "not a state"
+        );
+    }
+}
