@@ -10,7 +10,7 @@ use http::request::Parts;
 use rate_limit_core::{Algorithm, BoxFuture, Clock, Decision, Store, StoreError};
 use tracing::Instrument as _;
 
-use crate::headers::HeaderSettings;
+use crate::headers::{HeaderSettings, HeaderStyle};
 use crate::key::{self, KeyExtractor};
 use crate::observe::{self, LayerLog};
 use crate::outcome::{Charged, CountIf};
@@ -122,6 +122,9 @@ pub(crate) enum Planned {
     Pass,
     /// No key and [`MissingKey::Reject`].
     MissingKey,
+    /// Allowed in place, and already counted, with nothing to write on the response or give
+    /// back: call the inner service.
+    Admitted,
     /// The store answered in place ([`Store::try_check_now`]).
     Decided {
         picked: Option<Policy>,
@@ -166,6 +169,12 @@ impl Shared {
             let charge = self.charge(key, cost);
             let policy = picked.as_ref().unwrap_or(&self.policy);
             match self.check_now(key, policy, cost) {
+                // The decision goes no further: nothing carries it on (a copy of it at each step
+                // out to the response future).
+                Some(Ok(decision)) if decision.is_allowed() && charge.is_none() && self.quiet() => {
+                    policy.count(self.backend, observe::Outcome::Allowed);
+                    Planned::Admitted
+                }
                 Some(result) => Planned::Decided {
                     picked,
                     charge,
@@ -179,6 +188,13 @@ impl Shared {
                 },
             }
         })
+    }
+
+    /// Whether an allowed request's response gets nothing from the layer: no header, no
+    /// decision in its extensions (with `count_if`, its charge waits for the response too).
+    #[inline]
+    pub(crate) fn quiet(&self) -> bool {
+        self.headers.style == HeaderStyle::None && !self.decision_extensions
     }
 
     /// Plans the request, writing its store key (`{policy}:{key}`) into `store_key`, which

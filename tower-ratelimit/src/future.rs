@@ -13,7 +13,7 @@ use rate_limit_core::{BoxFuture, Decision, StoreError};
 use tower_service::Service;
 
 use crate::config::{FailureMode, Shared};
-use crate::headers::{HeaderStyle, set_rate_limit_headers, set_retry_after};
+use crate::headers::{set_rate_limit_headers, set_retry_after};
 use crate::observe::Outcome;
 use crate::outcome::{Refunding, Settled, Settling};
 use crate::policy::Policy;
@@ -271,7 +271,7 @@ where
             }
             if shared.decision_extensions {
                 extensions.insert(decision.clone());
-            } else if shared.headers.style == HeaderStyle::None && shared.count_if.is_none() {
+            } else if shared.quiet() && shared.count_if.is_none() {
                 // Nothing to write on the response, nothing to give back.
                 return Next::Call(None);
             }

@@ -124,7 +124,7 @@ where
                 charge,
                 key,
             } => (picked, cost, charge, key),
-            Planned::Pass => {
+            Planned::Pass | Planned::Admitted => {
                 let req = Request::from_parts(parts, body);
                 return ResponseFuture::calling(self.inner.call(req), None);
             }
