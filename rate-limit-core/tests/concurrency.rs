@@ -12,7 +12,10 @@ use rate_limit_core::{Algorithm, Limit, ManualClock, MemoryStore, Quota};
 fn eight_threads_on_one_key_admit_exactly_the_quota() {
     // A second's quota keeps a token bucket packed for the shared-lock path; an hour's does not.
     let quotas = [Quota::per_hour(1000), Quota::per_second(1000)];
-    for (alg, quota) in Algorithm::ALL.into_iter().flat_map(|a| quotas.map(|q| (a, q))) {
+    for (alg, quota) in Algorithm::ALL
+        .into_iter()
+        .flat_map(|a| quotas.map(|q| (a, q)))
+    {
         // Time stands still, so nothing refills during the test.
         let clock = ManualClock::new(Duration::from_secs(1_800_000_000));
         let store = Arc::new(MemoryStore::builder().clock(clock).build());

@@ -174,8 +174,13 @@ where
                         rejection,
                     } = pending;
                     let charge = shared.carried(&mut req);
-                    let next = match resolve(result, req.extensions_mut(), &policy, &shared, &*rejection)
-                    {
+                    let next = match resolve(
+                        result,
+                        req.extensions_mut(),
+                        &policy,
+                        &shared,
+                        &*rejection,
+                    ) {
                         Next::Call(after) => {
                             // Before the call: `charging` times the check.
                             *this.after = after.map(|after| after.charging(charge));

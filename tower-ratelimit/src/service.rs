@@ -109,7 +109,13 @@ where
                 let mut req = Request::from_parts(parts, body);
                 let policy = picked.as_ref().unwrap_or(&self.shared.policy);
                 let rejection = &*self.rejection;
-                let next = resolve(result, req.extensions_mut(), policy, &self.shared, rejection);
+                let next = resolve(
+                    result,
+                    req.extensions_mut(),
+                    policy,
+                    &self.shared,
+                    rejection,
+                );
                 return match next {
                     Next::Call(after) => {
                         let after = after.map(|after| after.charging(charge));

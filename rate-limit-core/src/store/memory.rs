@@ -27,9 +27,12 @@ const DEFAULT_SHARDS: usize = 64;
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// An in-process store: a fixed number of shards, each a lock around a hash table, so that
-/// checks on different keys rarely contend and no lock is global. A check of one GCRA limit on a
-/// key already held shares its shard's lock with other such checks and updates its entry by
-/// compare-and-swap, so that threads checking one hot key do not queue for it.
+/// checks on different keys rarely contend and no lock is global. A check of one GCRA or token
+/// bucket limit on a key already held shares its shard's lock with other such checks and updates
+/// its entry by compare-and-swap, so that threads checking one hot key do not queue for it. (A
+/// token bucket does so while its state fits one word: while it is full again within 78 hours
+/// of the refill time the locked path last stored it with, for a burst under 65,536; within
+/// 4.29 s for the largest bursts.)
 ///
 /// Each entry (one key and one limit) takes 64 bytes, one cache line, with keys of up to 22
 /// bytes inside it (longer keys are boxed). A shard keeps its entries dense in a vector that
@@ -113,7 +116,7 @@ pub struct MemoryStoreBuilder<C = SystemClock> {
 
 // Padded to a cache line pair so that neighbouring shards' locks do not share a line.
 //
-// Everything but the shared-lock GCRA path (`fast.rs`) takes the write lock.
+// Everything but the shared-lock path (`fast.rs`) takes the write lock.
 #[repr(align(128))]
 struct Shard(RwLock<Inner>);
 
@@ -992,15 +995,24 @@ mod tests {
             let p = limit[0].nanos();
             let (mut state, mut packs) = (None, [false, false]);
             // Forward, back behind the refill time, and forward again.
-            let ms = [0, 0, 150, 120, 90, 400, 380, 380, 1_200, 1_100, 5_000, 4_990, 9_000];
+            let ms = [
+                0, 0, 150, 120, 90, 400, 380, 380, 1_200, 1_100, 5_000, 4_990, 9_000,
+            ];
             for ms in ms {
                 let at = t0 + Duration::from_millis(ms);
                 clock.set(at);
                 let (peek, _) =
                     Algorithm::TokenBucket.transition(state.clone(), at, &q, nz(cost), false);
                 let (want, next) = Algorithm::TokenBucket.transition(state, at, &q, nz(cost), true);
-                assert_eq!(s.peek_now("k", &limit, nz(cost)).unwrap().snapshots(), &[peek]);
-                assert_eq!(check(&s, "k", &limit, cost).snapshots(), &[want], "{q:?} {ms}");
+                assert_eq!(
+                    s.peek_now("k", &limit, nz(cost)).unwrap().snapshots(),
+                    &[peek]
+                );
+                assert_eq!(
+                    check(&s, "k", &limit, cost).snapshots(),
+                    &[want],
+                    "{q:?} {ms}"
+                );
                 state = next;
                 if let Some(State::TokenBucket(b)) = &state {
                     let room = u64::MAX >> fast::token_bits(p);

@@ -154,7 +154,11 @@ mod tests {
         let p = params(1_000, 50); // 1 ms an interval
         let bits = token_bits(&p);
         assert_eq!(bits, 6);
-        for (tokens, last, base) in [(0, 5_000, 5_000), (49, 7_123, 5_000), (10, 1 << 40, 1 << 40)] {
+        for (tokens, last, base) in [
+            (0, 5_000, 5_000),
+            (49, 7_123, 5_000),
+            (10, 1 << 40, 1 << 40),
+        ] {
             let s = TokenBucketState { tokens, last };
             let word = pack(&s, base, bits, &p).unwrap();
             assert_eq!(unpack(word, base, bits, &p), s);
