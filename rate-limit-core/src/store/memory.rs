@@ -30,9 +30,9 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// checks on different keys rarely contend and no lock is global. A check of one GCRA or token
 /// bucket limit on a key already held shares its shard's lock with other such checks and updates
 /// its entry by compare-and-swap, so that threads checking one hot key do not queue for it. (A
-/// token bucket does so while its state fits one word: while it is full again within 78 hours
-/// of the refill time the locked path last stored it with, for a burst under 65,536; within
-/// 4.29 s for the largest bursts.)
+/// token bucket does so while its state fits the one word that holds its missing tokens and
+/// when it is full again, counted from the refill time it was last stored with under the lock:
+/// for years with one token missing, for 67 ms with 2^32 - 1.)
 ///
 /// Each entry (one key and one limit) takes 64 bytes, one cache line, with keys of up to 22
 /// bytes inside it (longer keys are boxed). A shard keeps its entries dense in a vector that
@@ -169,9 +169,9 @@ enum Stored {
     /// GCRA: `word` is the theoretical arrival time, which is also the instant the state is full
     /// again.
     Gcra,
-    /// A token bucket packed into `word` (see [`fast::pack`]): its tokens in the low `bits` bits,
-    /// and when it is full again as `base` plus the high bits.
-    TokenBucket { base: u64, bits: u8 },
+    /// A token bucket packed into `word` (see [`fast::pack`]): its missing tokens, and when it is
+    /// full again, from `base`.
+    TokenBucket { base: u64 },
     /// Any other state, or a token bucket too far from full to pack: `word` is the instant the
     /// state is full again.
     State(State),
@@ -199,9 +199,7 @@ impl Entry {
         let word = *self.word.get_mut();
         match std::mem::replace(&mut self.stored, Stored::Gcra) {
             Stored::Gcra => State::Gcra(GcraState { tat: word }),
-            Stored::TokenBucket { base, bits } => {
-                State::TokenBucket(fast::unpack(word, base, bits, p))
-            }
+            Stored::TokenBucket { base } => State::TokenBucket(fast::unpack(word, base, p)),
             Stored::State(state) => state,
         }
     }
@@ -212,13 +210,10 @@ impl Entry {
     fn put(&mut self, state: State, expires: u64, p: &Params) {
         let (stored, word) = match state {
             State::Gcra(s) => (Stored::Gcra, s.tat),
-            State::TokenBucket(s) => {
-                let bits = fast::token_bits(p);
-                match fast::pack(&s, s.last, bits, p) {
-                    Some(word) => (Stored::TokenBucket { base: s.last, bits }, word),
-                    None => (Stored::State(state), expires),
-                }
-            }
+            State::TokenBucket(s) => match fast::pack(&s, s.last, p) {
+                Some(word) => (Stored::TokenBucket { base: s.last }, word),
+                None => (Stored::State(state), expires),
+            },
             state => (Stored::State(state), expires),
         };
         self.stored = stored;
@@ -231,7 +226,7 @@ impl Entry {
         // Under the write lock nothing else writes it; under the read lock, only by CAS.
         let word = self.word.load(Ordering::Relaxed);
         match self.stored {
-            Stored::TokenBucket { base, bits } => fast::packed_full_at(word, base, bits),
+            Stored::TokenBucket { base } => fast::packed_full_at(word, base),
             Stored::Gcra | Stored::State(_) => word,
         }
     }
@@ -982,14 +977,12 @@ mod tests {
         let clock = ManualClock::new(t0);
         let s = store(100, &clock);
         // Packed exactly when the bucket is full again soon enough after its refill time for
-        // the bits its burst leaves: always with a small burst; with a burst of 2^31 and one a
-        // second, while up to four tokens are missing (4.29 s).
-        let big = nz(1 << 31);
+        // the bits its missing tokens leave: always here but with a quota of one in 31 years.
+        let decades = Quota::with_period(nz(1), Duration::from_secs(1_000_000_000)).unwrap();
         for (q, cost) in [
             (Quota::per_second(nz(10)).burst(nz(5)).unwrap(), 1),
             (Quota::per_hour(nz(60)).burst(nz(10)).unwrap(), 3),
-            (Quota::per_second(nz(1)).burst(big).unwrap(), 1),
-            (Quota::per_second(nz(1)).burst(big).unwrap(), 2),
+            (decades.burst(nz(2)).unwrap(), 1),
         ] {
             let limit = [Limit::new(q, Algorithm::TokenBucket)];
             let p = limit[0].nanos();
@@ -1015,15 +1008,14 @@ mod tests {
                 );
                 state = next;
                 if let Some(State::TokenBucket(b)) = &state {
-                    let room = u64::MAX >> fast::token_bits(p);
-                    let fits = (p.burst - u64::from(b.tokens)) * p.interval <= room;
+                    let fits = fast::pack(b, b.last, p).is_some();
                     assert_eq!(packed(&s), fits, "{q:?} {ms}");
                     packs[usize::from(fits)] = true;
                 }
             }
-            // The sequence tried the shared-lock path, and with the big burst the locked one.
-            assert!(packs[1], "{q:?}");
-            assert_eq!(packs[0], q.burst_size() == big, "{q:?}");
+            // The sequence tried the shared-lock path, or with the 31 years' quota the locked one.
+            let slow = q.period() == decades.period();
+            assert_eq!(packs, [slow, !slow], "{q:?}");
             clock.set(t0 + Duration::from_secs(3_600));
             s.sweep();
         }

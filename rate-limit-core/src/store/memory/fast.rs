@@ -2,8 +2,8 @@
 //! holds.
 //!
 //! Such an entry keeps its whole state in one atomic word (see [`Stored`](super::Stored)): a
-//! GCRA state is its theoretical arrival time (TAT), and a token bucket's tokens and the instant
-//! it is full again are packed into one `u64` ([`pack`]). So such a check needs no exclusive
+//! GCRA state is its theoretical arrival time (TAT), and a token bucket's missing tokens and the
+//! instant it is full again are packed into one `u64` ([`pack`]). So such a check needs no exclusive
 //! access: it takes the shard's read lock, finds the entry, runs the same transition as every
 //! other path ([`gcra::apply`], [`token_bucket::apply`]) on the state it loaded, and writes the
 //! new state by compare-and-swap from the word it decided on; if another check moved the word
@@ -65,11 +65,11 @@ pub(super) fn check_one(
             // Full again: the entry must leave the shard, under the write lock.
             Some((raw, state?.tat))
         }),
-        Stored::TokenBucket { base, bits } => swap(&e.word, |word| {
-            let mut state = Some(unpack(word, base, bits, p));
+        Stored::TokenBucket { base } => swap(&e.word, |word| {
+            let mut state = Some(unpack(word, base, p));
             let raw = token_bucket::apply(&mut state, now, p, cost, commit);
             // Full again, or too far from its base to pack: the write-locked path stores it.
-            Some((raw, pack(&state?, base, bits, p)?))
+            Some((raw, pack(&state?, base, p)?))
         }),
         Stored::State(_) => None,
     }
@@ -93,46 +93,64 @@ fn swap(word: &AtomicU64, mut decide: impl FnMut(u64) -> Option<(Raw, u64)>) -> 
     }
 }
 
-/// How many low bits of a packed token bucket hold its tokens: enough for its burst (a bucket
-/// with state holds fewer tokens than that), from 1 to 32. The rest of the word, 32 bits or more,
-/// holds when it is full again.
+/// The high bits of a packed token bucket that say how many bits its missing tokens take.
+const LEN_BITS: u32 = 6;
+
+/// The bits left for the missing tokens and the time together.
+const BODY_BITS: u32 = 64 - LEN_BITS;
+
+/// `n` low bits set, for `n` up to [`BODY_BITS`].
 #[inline]
-pub(super) fn token_bits(p: &Params) -> u8 {
-    // `burst` is a `u32` of at least 1: between 32 and 63 leading zeros.
-    u8::try_from(64 - p.burst.leading_zeros()).unwrap_or(32)
+fn low_bits(n: u32) -> u64 {
+    (1 << n.min(BODY_BITS)) - 1
 }
 
-/// A token bucket's state in one word: its tokens in the low `bits` bits ([`token_bits`]), and in
-/// the others when it is full again, in nanoseconds after `base` (its refill time when it was
-/// stored under the write lock). Exact both ways ([`unpack`]), since the bucket is full again a
-/// whole number of intervals per missing token after its refill time. `None` when that instant
-/// comes before `base` or too long after it for the bits left: at least 2^32 ns (4.29 s) with a
-/// burst of 2^31 or more, 2^48 ns (78 hours) with a burst under 65,536. Such a bucket is kept
-/// unpacked, and decided under the write lock, which packs it again from a new base.
+/// A token bucket's state in one word: how many tokens it misses (its burst less its tokens,
+/// 1 to 2^32 - 1) in as many bits as that takes, the number of those bits in the top 6, and
+/// when the bucket is full again, in nanoseconds after `base` (its refill time when it was stored
+/// under the write lock), in the bits left. Exact both ways ([`unpack`]), since the bucket is
+/// full again a whole number of intervals per missing token after its refill time. `None` when
+/// that instant comes before `base`, or too long after it for the bits left: 2^57 ns (4.5 years)
+/// with one token missing, 2^26 ns (67 ms) with 2^32 - 1. Such a bucket is kept unpacked, and
+/// decided under the write lock, which packs it again from a new base.
 #[inline]
-pub(super) fn pack(state: &TokenBucketState, base: u64, bits: u8, p: &Params) -> Option<u64> {
+pub(super) fn pack(state: &TokenBucketState, base: u64, p: &Params) -> Option<u64> {
     let missing = p.burst.checked_sub(u64::from(state.tokens))?;
     let full_at = state.last.checked_add(missing.checked_mul(p.interval)?)?;
     let off = full_at.checked_sub(base)?;
-    (off <= u64::MAX >> bits).then_some((off << bits) | u64::from(state.tokens))
+    let len = 64 - missing.leading_zeros();
+    let time_bits = BODY_BITS.checked_sub(len)?;
+    (off <= low_bits(time_bits))
+        .then_some((u64::from(len) << BODY_BITS) | (missing << time_bits) | off)
 }
 
-/// The token bucket [`pack`] packed into `word` with `base` and `bits`.
+/// The token bucket [`pack`] packed into `word` with `base`.
 #[inline]
-pub(super) fn unpack(word: u64, base: u64, bits: u8, p: &Params) -> TokenBucketState {
-    let tokens = u32::try_from(word & ((1 << bits) - 1)).unwrap_or(u32::MAX);
-    let missing = p.burst.saturating_sub(u64::from(tokens));
+pub(super) fn unpack(word: u64, base: u64, p: &Params) -> TokenBucketState {
+    let (missing, full_at) = fields(word, base);
     TokenBucketState {
-        tokens,
+        tokens: u32::try_from(p.burst.saturating_sub(missing)).unwrap_or(u32::MAX),
         // Within `u64` by construction: `pack` added these to `last` without overflow.
-        last: packed_full_at(word, base, bits).saturating_sub(missing.saturating_mul(p.interval)),
+        last: full_at.saturating_sub(missing.saturating_mul(p.interval)),
     }
 }
 
-/// When the token bucket packed into `word` with `base` and `bits` is full again.
+/// When the token bucket packed into `word` with `base` is full again.
 #[inline]
-pub(super) fn packed_full_at(word: u64, base: u64, bits: u8) -> u64 {
-    base.saturating_add(word >> bits)
+pub(super) fn packed_full_at(word: u64, base: u64) -> u64 {
+    fields(word, base).1
+}
+
+/// The missing tokens and the instant full again of a packed token bucket.
+#[inline]
+fn fields(word: u64, base: u64) -> (u64, u64) {
+    // `pack` writes at most 58 for the length; a word is only ever written by `pack`.
+    let len = u32::try_from(word >> BODY_BITS).unwrap_or(0).min(BODY_BITS);
+    let time_bits = BODY_BITS - len;
+    let missing = (word & low_bits(BODY_BITS))
+        .checked_shr(time_bits)
+        .unwrap_or(0);
+    (missing, base.saturating_add(word & low_bits(time_bits)))
 }
 
 #[cfg(test)]
@@ -152,47 +170,48 @@ mod tests {
     #[test]
     fn a_packed_bucket_unpacks_to_itself() {
         let p = params(1_000, 50); // 1 ms an interval
-        let bits = token_bits(&p);
-        assert_eq!(bits, 6);
         for (tokens, last, base) in [
             (0, 5_000, 5_000),
             (49, 7_123, 5_000),
             (10, 1 << 40, 1 << 40),
         ] {
             let s = TokenBucketState { tokens, last };
-            let word = pack(&s, base, bits, &p).unwrap();
-            assert_eq!(unpack(word, base, bits, &p), s);
+            let word = pack(&s, base, &p).unwrap();
+            assert_eq!(unpack(word, base, &p), s);
             let full_at = last + u64::from(50 - tokens) * 1_000_000;
-            assert_eq!(packed_full_at(word, base, bits), full_at);
+            assert_eq!(packed_full_at(word, base), full_at);
         }
     }
 
     #[test]
     fn a_bucket_full_again_too_late_for_its_bits_does_not_pack() {
-        // Burst 2^31: 32 bits for the time, 4.29 s. 1 per second, 5 missing: 5 s.
-        let p = Quota::per_second(NonZeroU32::MIN)
-            .burst(NonZeroU32::new(1 << 31).unwrap())
+        // A burst of 2^32 - 1 at 1 ns, all missing: 4.29 s of refill, past its 26 bits of time.
+        let p = Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap())
+            .burst(NonZeroU32::MAX)
             .unwrap()
             .params(1);
-        let bits = token_bits(&p);
-        assert_eq!(bits, 32);
-        let s = |missing: u32| TokenBucketState {
-            tokens: (1 << 31) - missing,
-            last: 1_000,
-        };
-        assert_eq!(pack(&s(5), 1_000, bits, &p), None);
-        // Four missing: 4 s, which fits.
-        let word = pack(&s(4), 1_000, bits, &p).unwrap();
-        assert_eq!(unpack(word, 1_000, bits, &p), s(4));
-        // Before its base: never packed.
-        assert_eq!(pack(&s(4), 5_000_000_000, bits, &p), None);
-        // Burst 10: 60 bits for the time, decades.
-        let p = params(1, 10);
+        assert_eq!(p.interval, 1);
         let s = TokenBucketState {
             tokens: 0,
             last: 1_000,
         };
-        let word = pack(&s, 0, token_bits(&p), &p).unwrap();
-        assert_eq!(packed_full_at(word, 0, token_bits(&p)), 10_000_001_000);
+        assert_eq!(pack(&s, 1_000, &p), None);
+        // Half of it missing: 31 bits of tokens, 27 of time, 2.1 s: too long still; a
+        // thousand missing: 1 µs, which fits.
+        let s = |tokens| TokenBucketState { tokens, last: 0 };
+        assert_eq!(pack(&s(1 << 31), 0, &p), None);
+        let word = pack(&s(u32::MAX - 1_000), 0, &p).unwrap();
+        assert_eq!(unpack(word, 0, &p), s(u32::MAX - 1_000));
+        // Before its base: never packed.
+        assert_eq!(pack(&s(u32::MAX - 1_000), 5_000, &p), None);
+        // One missing at 1 per second: 2^57 ns of time, years.
+        let p = params(1, 10);
+        let s = TokenBucketState {
+            tokens: 9,
+            last: 1_000,
+        };
+        let word = pack(&s, 0, &p).unwrap();
+        assert_eq!(packed_full_at(word, 0), 1_000_001_000);
+        assert!(pack(&s, 0, &p).is_some());
     }
 }
