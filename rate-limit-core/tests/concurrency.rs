@@ -10,14 +10,16 @@ use rate_limit_core::{Algorithm, Limit, ManualClock, MemoryStore, Quota};
 
 #[test]
 fn eight_threads_on_one_key_admit_exactly_the_quota() {
-    for alg in Algorithm::ALL {
+    // A second's quota keeps a token bucket packed for the shared-lock path; an hour's does not.
+    let quotas = [Quota::per_hour(1000), Quota::per_second(1000)];
+    for (alg, quota) in Algorithm::ALL
+        .into_iter()
+        .flat_map(|a| quotas.map(|q| (a, q)))
+    {
         // Time stands still, so nothing refills during the test.
         let clock = ManualClock::new(Duration::from_secs(1_800_000_000));
         let store = Arc::new(MemoryStore::builder().clock(clock).build());
-        let limits = Arc::new([Limit::new(
-            Quota::per_hour(NonZeroU32::new(1000).unwrap()),
-            alg,
-        )]);
+        let limits = Arc::new([Limit::new(quota, alg)]);
         let admitted = Arc::new(AtomicU32::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
@@ -37,15 +39,24 @@ fn eight_threads_on_one_key_admit_exactly_the_quota() {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(admitted.load(Ordering::Relaxed), 1000, "{alg}");
+        assert_eq!(admitted.load(Ordering::Relaxed), 1000, "{alg} {quota:?}");
     }
 }
 
-/// Checks of one GCRA limit on a held key share the shard's lock and swap the state; every
-/// other check takes the lock alone. Mixed on one key and one shard, with sweeps, peeks and new
-/// keys between them, they still admit exactly the quota.
+/// Checks of one GCRA or token-bucket limit on a held key share the shard's lock and swap the
+/// state; every other check takes the lock alone. Mixed on one key and one shard, with sweeps,
+/// peeks and new keys between them, they still admit exactly the quota.
 #[test]
 fn shared_lock_checks_and_locked_checks_of_one_key_admit_exactly_the_quota() {
+    for hot in [
+        Limit::new(Quota::per_hour(1000), Algorithm::Gcra),
+        Limit::new(Quota::per_second(1000), Algorithm::TokenBucket),
+    ] {
+        mixed_checks_of_one_key(hot);
+    }
+}
+
+fn mixed_checks_of_one_key(hot: Limit) {
     let clock = ManualClock::new(Duration::from_secs(1_800_000_000));
     let store = Arc::new(
         MemoryStore::builder()
@@ -53,7 +64,6 @@ fn shared_lock_checks_and_locked_checks_of_one_key_admit_exactly_the_quota() {
             .clock(clock)
             .build(),
     );
-    let hot = Limit::new(Quota::per_hour(1000), Algorithm::Gcra);
     let wide = Limit::new(Quota::per_hour(1_000_000), Algorithm::TokenBucket);
     let admitted = Arc::new(AtomicU32::new(0));
     let threads: Vec<_> = (0..8)
@@ -86,7 +96,7 @@ fn shared_lock_checks_and_locked_checks_of_one_key_admit_exactly_the_quota() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(admitted.load(Ordering::Relaxed), 1000);
+    assert_eq!(admitted.load(Ordering::Relaxed), 1000, "{hot:?}");
     let left = store.peek_now("hot", &[hot], NonZeroU32::MIN).unwrap();
     assert_eq!(left.remaining(), 0);
 }

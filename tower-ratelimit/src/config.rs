@@ -1,6 +1,6 @@
 //! The settings a layer shares with its services, and what they decide before the store call.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -10,10 +10,10 @@ use http::request::Parts;
 use rate_limit_core::{Algorithm, BoxFuture, Clock, Decision, Store, StoreError};
 use tracing::Instrument as _;
 
-use crate::headers::HeaderSettings;
+use crate::headers::{HeaderSettings, HeaderStyle};
 use crate::key::{self, KeyExtractor};
 use crate::observe::{self, LayerLog};
-use crate::outcome::CountIf;
+use crate::outcome::{Charged, CountIf};
 use crate::policy::Policy;
 use rate_limit_core::logging::Causes;
 
@@ -80,11 +80,11 @@ pub(crate) struct Shared {
 }
 
 thread_local! {
-    /// The store key buffer of the requests decided on this thread: a key decided in place
+    /// The store key buffer of the requests planned on this thread: a key decided in place
     /// (memory store, deny cache) is only borrowed by the store, so one buffer serves them all
     /// and a request allocates no key. One that goes to the store's future takes the buffer
     /// with it; the next request on the thread starts a new one.
-    static KEY_BUFFER: Cell<String> = const { Cell::new(String::new()) };
+    static KEY_BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// Room a new key buffer starts with: a policy name, `:` and a hashed key (33 bytes) fit.
@@ -93,45 +93,119 @@ const KEY_BUFFER_START: usize = 64;
 /// A buffer larger than this is not kept for the next request (a long key, before hashing).
 const KEY_BUFFER_KEEP: usize = 512;
 
-/// An empty store key buffer: this thread's, or a new one.
-pub(crate) fn take_key_buffer() -> String {
-    let mut key = KEY_BUFFER.try_with(Cell::take).unwrap_or_default();
-    if key.capacity() == 0 {
-        key.reserve(KEY_BUFFER_START);
+/// Runs `f` with this thread's key buffer, empty, borrowed in place (no move in or out); with a
+/// new buffer if this thread's is in use (a hook that sends a request through another layer on
+/// the same thread) or gone (the thread's teardown).
+fn with_key_buffer<T>(mut f: impl FnMut(&mut String) -> T) -> T {
+    let done = KEY_BUFFER.try_with(|buffer| {
+        let mut key = buffer.try_borrow_mut().ok()?;
+        if key.capacity() == 0 {
+            key.reserve(KEY_BUFFER_START);
+        }
+        let out = f(&mut key);
+        if key.capacity() > KEY_BUFFER_KEEP {
+            *key = String::new();
+        } else {
+            key.clear();
+        }
+        Some(out)
+    });
+    match done {
+        Ok(Some(out)) => out,
+        _ => f(&mut String::with_capacity(KEY_BUFFER_START)),
     }
-    key
 }
 
-/// Gives `key` back to this thread's buffer, for the next request.
-pub(crate) fn return_key_buffer(mut key: String) {
-    if key.capacity() <= KEY_BUFFER_KEEP {
-        key.clear();
-        // During the thread's teardown there is no buffer to give it back to.
-        let _ = KEY_BUFFER.try_with(|buffer| buffer.set(key));
-    }
-}
-
-/// What to do with a request, decided from its head before any I/O.
-pub(crate) enum Plan {
+/// What to do with a request, once planned and, if the store can answer in place, decided.
+pub(crate) enum Planned {
     /// Not limited: call the inner service.
     Pass,
     /// No key and [`MissingKey::Reject`].
     MissingKey,
-    /// Ask the store, with the store key written into the caller's buffer.
-    Check { policy: Policy, cost: NonZeroU32 },
+    /// Allowed in place, and already counted, with nothing to write on the response or give
+    /// back: call the inner service.
+    Admitted,
+    /// The store answered in place ([`Store::try_check_now`]).
+    Decided {
+        picked: Option<Policy>,
+        charge: Option<Box<Charged>>,
+        result: Result<Decision, StoreError>,
+    },
+    /// The store answers through its future, for this store key.
+    Ask {
+        picked: Option<Policy>,
+        cost: NonZeroU32,
+        charge: Option<Box<Charged>>,
+        key: String,
+    },
+}
+
+/// What to do with a request, decided from its head before any I/O.
+enum Plan {
+    /// Not limited: call the inner service.
+    Pass,
+    /// No key and [`MissingKey::Reject`].
+    MissingKey,
+    /// Ask the store, with the store key written into the caller's buffer, under the policy a
+    /// [policy hook](crate::RateLimitLayer::policy) picked (`None`: the layer's own, borrowed
+    /// from the settings rather than cloned for each request).
+    Check {
+        picked: Option<Policy>,
+        cost: NonZeroU32,
+    },
 }
 
 impl Shared {
+    /// Plans the request and asks the store for an answer in place, with the store key in this
+    /// thread's buffer: a request decided in place allocates no key. The buffer goes with a
+    /// request whose store answers through a future.
+    pub(crate) fn plan_and_check(&self, parts: &Parts) -> Planned {
+        with_key_buffer(|key| {
+            let (picked, cost) = match self.plan(parts, key) {
+                Plan::Check { picked, cost } => (picked, cost),
+                Plan::Pass => return Planned::Pass,
+                Plan::MissingKey => return Planned::MissingKey,
+            };
+            let charge = self.charge(key, cost);
+            let policy = picked.as_ref().unwrap_or(&self.policy);
+            match self.check_now(key, policy, cost) {
+                // The decision goes no further: nothing carries it on (a copy of it at each step
+                // out to the response future).
+                Some(Ok(decision)) if decision.is_allowed() && charge.is_none() && self.quiet() => {
+                    policy.count(self.backend, observe::Outcome::Allowed);
+                    Planned::Admitted
+                }
+                Some(result) => Planned::Decided {
+                    picked,
+                    charge,
+                    result,
+                },
+                None => Planned::Ask {
+                    picked,
+                    cost,
+                    charge,
+                    key: std::mem::take(key),
+                },
+            }
+        })
+    }
+
+    /// Whether an allowed request's response gets nothing from the layer: no header, no
+    /// decision in its extensions (with `count_if`, its charge waits for the response too).
+    #[inline]
+    pub(crate) fn quiet(&self) -> bool {
+        self.headers.style == HeaderStyle::None && !self.decision_extensions
+    }
+
     /// Plans the request, writing its store key (`{policy}:{key}`) into `store_key`, which
     /// the caller passes empty: a buffer it reuses, so that a key costs no allocation.
-    pub(crate) fn plan(&self, parts: &Parts, store_key: &mut String) -> Plan {
+    fn plan(&self, parts: &Parts, store_key: &mut String) -> Plan {
         if self.skip.as_ref().is_some_and(|skip| skip(parts)) {
             return Plan::Pass;
         }
         let Some(pick) = &self.policy_fn else {
             // The usual case: the key is written straight after the policy's prefix.
-            let policy = self.policy.clone();
-            policy.push_store_key_prefix(store_key);
+            self.policy.push_store_key_prefix(store_key);
             let start = store_key.len();
             if !self.extract_into(parts, store_key, start) {
                 return self.missing_plan();
@@ -139,17 +213,20 @@ impl Shared {
             let Some(cost) = self.cost(parts) else {
                 return Plan::Pass;
             };
-            return Plan::Check { policy, cost };
+            return Plan::Check { picked: None, cost };
         };
         if !self.extract_into(parts, store_key, 0) {
             return self.missing_plan();
         }
-        let policy = pick(parts, store_key).unwrap_or_else(|| self.policy.clone());
+        let picked = pick(parts, store_key);
         let Some(cost) = self.cost(parts) else {
             return Plan::Pass;
         };
-        policy.prefix_store_key(store_key);
-        Plan::Check { policy, cost }
+        picked
+            .as_ref()
+            .unwrap_or(&self.policy)
+            .prefix_store_key(store_key);
+        Plan::Check { picked, cost }
     }
 
     /// Appends the request's compacted key to `out`, or the shared key of

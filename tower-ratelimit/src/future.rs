@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Extensions, Request, Response};
 use pin_project_lite::pin_project;
 use rate_limit_core::{BoxFuture, Decision, StoreError};
 use tower_service::Service;
 
 use crate::config::{FailureMode, Shared};
-use crate::headers::{HeaderStyle, set_rate_limit_headers, set_retry_after};
+use crate::headers::{set_rate_limit_headers, set_retry_after};
 use crate::observe::Outcome;
 use crate::outcome::{Refunding, Settled, Settling};
 use crate::policy::Policy;
@@ -174,7 +174,13 @@ where
                         rejection,
                     } = pending;
                     let charge = shared.carried(&mut req);
-                    let next = match resolve(result, &mut req, policy, shared, &*rejection) {
+                    let next = match resolve(
+                        result,
+                        req.extensions_mut(),
+                        &policy,
+                        &shared,
+                        &*rejection,
+                    ) {
                         Next::Call(after) => {
                             // Before the call: `charging` times the check.
                             *this.after = after.map(|after| after.charging(charge));
@@ -231,14 +237,16 @@ pub(crate) enum Next<ResBody> {
     Respond(Response<ResBody>),
 }
 
-/// Turns the store's answer into a call of the inner service or a response of our own. The
-/// request is borrowed, not moved in and out: it is large, and each move is a copy.
+/// Turns the store's answer into a call of the inner service or a response of our own. Only the
+/// request's extensions are borrowed: the request is large, and each move of it is a copy. The policy
+/// and the settings are borrowed too, and cloned only into what the response needs: a request
+/// that writes no header takes no reference to either.
 #[inline]
-pub(crate) fn resolve<ReqBody, ResBody, R>(
+pub(crate) fn resolve<ResBody, R>(
     result: Result<Decision, StoreError>,
-    req: &mut Request<ReqBody>,
-    policy: Policy,
-    shared: Arc<Shared>,
+    extensions: &mut Extensions,
+    policy: &Policy,
+    shared: &Arc<Shared>,
     rejection: &R,
 ) -> Next<ResBody>
 where
@@ -260,27 +268,27 @@ where
                 }
                 After::Decided {
                     decision,
-                    policy,
-                    shared,
+                    policy: policy.clone(),
+                    shared: Arc::clone(shared),
                 }
                 .apply(&mut res);
                 return Next::Respond(res);
             }
             if shared.decision_extensions {
-                req.extensions_mut().insert(decision.clone());
-            } else if shared.headers.style == HeaderStyle::None && shared.count_if.is_none() {
+                extensions.insert(decision.clone());
+            } else if shared.quiet() && shared.count_if.is_none() {
                 // Nothing to write on the response, nothing to give back.
                 return Next::Call(None);
             }
             let after = After::Decided {
                 decision,
-                policy,
-                shared,
+                policy: policy.clone(),
+                shared: Arc::clone(shared),
             };
             Next::Call(Some(after))
         }
         Err(err) => {
-            shared.log_failure(&policy, &err);
+            shared.log_failure(policy, &err);
             let failure = StoreFailure::new(&err, backend);
             if shared.failure == FailureMode::Closed {
                 policy.count(backend, Outcome::FailedClosed);
@@ -290,7 +298,7 @@ where
                 return Next::Respond(res);
             }
             policy.count(backend, Outcome::FailedOpen);
-            req.extensions_mut().insert(failure.clone());
+            extensions.insert(failure.clone());
             Next::Call(Some(After::Failed(failure)))
         }
     }

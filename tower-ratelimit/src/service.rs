@@ -8,7 +8,7 @@ use http::{Request, Response};
 use rate_limit_core::{Quota, Store};
 use tower_service::Service;
 
-use crate::config::{Plan, Shared, return_key_buffer, take_key_buffer};
+use crate::config::{Planned, Shared};
 use crate::future::{Next, Pending, ResponseFuture, resolve};
 use crate::layer::RateLimitLayer;
 use crate::outcome::carry;
@@ -98,39 +98,53 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        let mut key = take_key_buffer();
-        let (policy, cost) = match self.shared.plan(&parts, &mut key) {
-            Plan::Check { policy, cost } => (policy, cost),
-            Plan::Pass => {
-                return_key_buffer(key);
+        let (picked, cost, charge, key) = match self.shared.plan_and_check(&parts) {
+            // A store that can decide in place (memory, a remote store's deny cache) costs no
+            // future, and the inner service that was polled ready is called right away.
+            Planned::Decided {
+                picked,
+                charge,
+                result,
+            } => {
+                let mut req = Request::from_parts(parts, body);
+                let policy = picked.as_ref().unwrap_or(&self.shared.policy);
+                let rejection = &*self.rejection;
+                let next = resolve(
+                    result,
+                    req.extensions_mut(),
+                    policy,
+                    &self.shared,
+                    rejection,
+                );
+                return match next {
+                    Next::Call(after) => {
+                        let after = after.map(|after| after.charging(charge));
+                        ResponseFuture::calling(self.inner.call(req), after)
+                    }
+                    Next::Respond(res) => ResponseFuture::respond(res),
+                };
+            }
+            Planned::Ask {
+                picked,
+                cost,
+                charge,
+                key,
+            } => (picked, cost, charge, key),
+            Planned::Pass | Planned::Admitted => {
                 let req = Request::from_parts(parts, body);
                 return ResponseFuture::calling(self.inner.call(req), None);
             }
-            Plan::MissingKey => {
-                return_key_buffer(key);
+            Planned::MissingKey => {
                 self.shared.missing_key(&parts);
                 return ResponseFuture::respond(self.rejection.response(&Rejection::MissingKey));
             }
         };
         let mut req = Request::from_parts(parts, body);
-        let charge = self.shared.charge(&key, cost);
-        // A store that can decide in place (memory, a remote store's deny cache) costs no
-        // future, and the inner service that was polled ready is called right away.
-        if let Some(result) = self.shared.check_now(&key, &policy, cost) {
-            return_key_buffer(key);
-            let shared = Arc::clone(&self.shared);
-            return match resolve(result, &mut req, policy, shared, &*self.rejection) {
-                Next::Call(after) => {
-                    let after = after.map(|after| after.charging(charge));
-                    ResponseFuture::calling(self.inner.call(req), after)
-                }
-                Next::Respond(res) => ResponseFuture::respond(res),
-            };
-        }
         // The service that was polled ready goes with this request; a clone stays for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         carry(&mut req, charge);
+        let policy = picked.unwrap_or_else(|| self.shared.policy.clone());
         let check = self.shared.check(key, policy.clone(), cost);
         ResponseFuture::checking(
             check,

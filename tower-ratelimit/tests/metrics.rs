@@ -130,6 +130,30 @@ fn decisions_are_counted_by_outcome_policy_and_backend() {
     }
 }
 
+/// With no header to write, an allowed request is counted where the store decides it in place,
+/// rather than on the way to the response: counted all the same, once each.
+#[test]
+fn decisions_without_headers_are_counted_alike() {
+    let capture = Capture::default();
+    let clock = clock();
+    let layer = RateLimitLayer::new(store(&clock), Quota::per_minute(nz(2)))
+        .name("quiet")
+        .key(Header::new("x-client"))
+        .headers(tower_ratelimit::HeaderStyle::None);
+    run(&capture, async {
+        let svc = ServiceBuilder::new().layer(layer).service_fn(ok);
+        for _ in 0..5 {
+            send(&svc, get_with("/", "x-client", b"client")).await;
+        }
+    });
+    let c = |outcome: &str| {
+        capture.get(&format!(
+            "ratelimit_decisions_total{{backend=memory,outcome={outcome},policy=quiet}}"
+        ))
+    };
+    assert_eq!((c("allowed"), c("denied")), (2, 3));
+}
+
 #[test]
 fn store_failures_are_counted_by_mode() {
     let capture = Capture::default();

@@ -17,6 +17,7 @@ pub struct GcraState {
     pub(crate) tat: u64,
 }
 
+#[inline]
 pub(crate) fn apply(
     state: &mut Option<GcraState>,
     now: u64,

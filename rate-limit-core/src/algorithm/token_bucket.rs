@@ -17,6 +17,7 @@ pub struct TokenBucketState {
     pub(crate) last: u64,
 }
 
+#[inline]
 pub(crate) fn apply(
     state: &mut Option<TokenBucketState>,
     now: u64,

@@ -10,11 +10,13 @@ use std::time::Duration;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::{BoxFuture, Charge, Store};
+use crate::algorithm::gcra::GcraState;
 use crate::algorithm::{self, Raw, State};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::limit::Limit;
+use crate::quota::Params;
 
 mod fast;
 mod full;
@@ -25,9 +27,12 @@ const DEFAULT_SHARDS: usize = 64;
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// An in-process store: a fixed number of shards, each a lock around a hash table, so that
-/// checks on different keys rarely contend and no lock is global. A check of one GCRA limit on a
-/// key already held shares its shard's lock with other such checks and updates its entry by
-/// compare-and-swap, so that threads checking one hot key do not queue for it.
+/// checks on different keys rarely contend and no lock is global. A check of one GCRA or token
+/// bucket limit on a key already held shares its shard's lock with other such checks and updates
+/// its entry by compare-and-swap, so that threads checking one hot key do not queue for it. (A
+/// token bucket does so while its state fits the one word that holds its missing tokens and
+/// when it is full again, counted from the refill time it was last stored with under the lock:
+/// for years with one token missing, for 67 ms with 2^32 - 1.)
 ///
 /// Each entry (one key and one limit) takes 64 bytes, one cache line, with keys of up to 22
 /// bytes inside it (longer keys are boxed). A shard keeps its entries dense in a vector that
@@ -111,7 +116,7 @@ pub struct MemoryStoreBuilder<C = SystemClock> {
 
 // Padded to a cache line pair so that neighbouring shards' locks do not share a line.
 //
-// Everything but the shared-lock GCRA path (`fast.rs`) takes the write lock.
+// Everything but the shared-lock path (`fast.rs`) takes the write lock.
 #[repr(align(128))]
 struct Shard(RwLock<Inner>);
 
@@ -139,59 +144,91 @@ struct Inner {
     last_insert: Option<(u64, u64)>,
 }
 
-/// One key and one limit. `stored` is never `None` while stored.
+/// One key and one limit.
 ///
 /// 64 bytes, aligned to a cache line, so that reading an entry touches one line (plus the key's
 /// heap bytes only for keys longer than [`INLINE_KEY`]).
 ///
-/// A GCRA state's theoretical arrival time is the instant it is full again, so a GCRA entry
-/// keeps it in `expires` alone: that is the atomic the shared-lock path (`fast.rs`) updates by
-/// compare-and-swap. The copy inside `stored` is brought up to date by
-/// [`state_mut`](Self::state_mut), under the write lock. So every transition of an entry
-/// (check, peek, refund) either holds the shard's write lock and goes through `state_mut` and
-/// [`set_expires`](Self::set_expires), or holds the read lock and swaps `expires` from the value
-/// it decided on: the two never interleave on one entry.
+/// The state of the two algorithms the shared-lock path (`fast.rs`) decides lives in the atomic
+/// `word`, which that path updates by compare-and-swap: a GCRA state is its theoretical arrival
+/// time, and a token bucket is packed into it whole ([`Stored::TokenBucket`]). Every other state
+/// is in `stored`. Every transition of an entry (check, peek, refund) either holds the shard's
+/// write lock and goes through [`take`](Self::take) and [`put`](Self::put), or holds the read
+/// lock and swaps `word` from the value it decided on: the two never interleave on one entry.
 #[repr(align(64))]
 struct Entry {
     key: Key,
     limit: u64,
-    /// Nanoseconds since the epoch at which the state is full again (GCRA: its TAT).
-    expires: AtomicU64,
-    stored: Option<State>,
+    /// What [`Stored`] says: a TAT, a packed token bucket, or when the state is full again.
+    word: AtomicU64,
+    stored: Stored,
 }
 
+/// How an entry keeps its state, and what its `word` holds.
+enum Stored {
+    /// GCRA: `word` is the theoretical arrival time, which is also the instant the state is full
+    /// again.
+    Gcra,
+    /// A token bucket packed into `word` (see [`fast::pack`]): its missing tokens, and when it is
+    /// full again, from `base`.
+    TokenBucket { base: u64 },
+    /// Any other state, or a token bucket too far from full to pack: `word` is the instant the
+    /// state is full again.
+    State(State),
+}
+
+// One cache line, as the docs above say: `Stored` takes no more room than the state it holds.
+const _: () = assert!(std::mem::size_of::<Entry>() == 64);
+
 impl Entry {
-    fn new(key: &str, limit: u64, expires: u64, state: State) -> Self {
-        Self {
+    fn new(key: &str, limit: u64, state: State, expires: u64, p: &Params) -> Self {
+        let mut entry = Self {
             key: Key::new(key),
             limit,
-            expires: AtomicU64::new(expires),
-            stored: Some(state),
+            word: AtomicU64::new(0),
+            stored: Stored::Gcra,
+        };
+        entry.put(state, expires, p);
+        entry
+    }
+
+    /// The state, taken out for a transition under the write lock, which [`put`](Self::put)
+    /// puts back unless the state is full again (and the entry leaves the shard).
+    #[inline]
+    fn take(&mut self, p: &Params) -> State {
+        let word = *self.word.get_mut();
+        match std::mem::replace(&mut self.stored, Stored::Gcra) {
+            Stored::Gcra => State::Gcra(GcraState { tat: word }),
+            Stored::TokenBucket { base } => State::TokenBucket(fast::unpack(word, base, p)),
+            Stored::State(state) => state,
         }
     }
 
-    /// The state, for a transition under the write lock; a GCRA state's TAT is read from
-    /// `expires`, which the shared-lock path may have moved.
+    /// Stores `state` after a transition under the write lock; `expires` is when it is full
+    /// again (`now + reset_after`; for GCRA, the TAT).
     #[inline]
-    fn state_mut(&mut self) -> &mut Option<State> {
-        if let Some(State::Gcra(s)) = &mut self.stored {
-            s.tat = *self.expires.get_mut();
-        }
-        &mut self.stored
+    fn put(&mut self, state: State, expires: u64, p: &Params) {
+        let (stored, word) = match state {
+            State::Gcra(s) => (Stored::Gcra, s.tat),
+            State::TokenBucket(s) => match fast::pack(&s, s.last, p) {
+                Some(word) => (Stored::TokenBucket { base: s.last }, word),
+                None => (Stored::State(state), expires),
+            },
+            state => (Stored::State(state), expires),
+        };
+        self.stored = stored;
+        *self.word.get_mut() = word;
     }
 
     /// When the state is full again.
     #[inline]
     fn expires(&self) -> u64 {
         // Under the write lock nothing else writes it; under the read lock, only by CAS.
-        self.expires.load(Ordering::Relaxed)
-    }
-
-    /// Sets when the state is full again, after a transition under the write lock (for GCRA,
-    /// `now + reset_after` is the TAT just written into the state).
-    #[inline]
-    fn set_expires(&mut self, at: u64) {
-        *self.expires.get_mut() = at;
+        let word = self.word.load(Ordering::Relaxed);
+        match self.stored {
+            Stored::TokenBucket { base } => fast::packed_full_at(word, base),
+            Stored::Gcra | Stored::State(_) => word,
+        }
     }
 }
 
@@ -479,14 +516,16 @@ impl<C: Clock> MemoryStore<C> {
         let e = &mut entries[i];
         // Under the write lock, which shuts out the shared-lock path: a refund and a check of
         // the same key never interleave.
-        let raw = algorithm::refund(limit.algorithm(), e.state_mut(), now, p, cost, at);
-        if e.stored.is_none() {
-            slot.remove();
-            self.remove_at(inner, i);
-        } else {
+        let mut state = Some(e.take(p));
+        let raw = algorithm::refund(limit.algorithm(), &mut state, now, p, cost, at);
+        match state {
             // Sooner than before: `reclaim_at` may now be late, which only delays reclaiming
             // this entry's room to the next sweep.
-            e.set_expires(now.saturating_add(raw.reset_after));
+            Some(state) => e.put(state, now.saturating_add(raw.reset_after), p),
+            None => {
+                slot.remove();
+                self.remove_at(inner, i);
+            }
         }
         raw
     }
@@ -595,7 +634,7 @@ impl<C: Clock> MemoryStore<C> {
         let h = self.hasher.hash_one(key);
         let shard = self.shard(h);
         if let [limit] = limits
-            && let Some(raw) = fast::check_one_gcra(shard, key, h, limit, now, cost, commit)
+            && let Some(raw) = fast::check_one(shard, key, h, limit, now, cost, commit)
         {
             return Ok(Decision::single(raw.snapshot(limit.nanos())));
         }
@@ -664,12 +703,14 @@ impl<C: Clock> MemoryStore<C> {
         if let Ok(slot) = found {
             let i = *slot.get() as usize;
             let e = &mut entries[i];
-            let raw = algorithm::apply(limit.algorithm(), e.state_mut(), now, p, cost, commit);
-            if e.stored.is_none() {
-                slot.remove();
-                self.remove_at(inner, i);
-            } else {
-                e.set_expires(now.saturating_add(raw.reset_after));
+            let mut state = Some(e.take(p));
+            let raw = algorithm::apply(limit.algorithm(), &mut state, now, p, cost, commit);
+            match state {
+                Some(state) => e.put(state, now.saturating_add(raw.reset_after), p),
+                None => {
+                    slot.remove();
+                    self.remove_at(inner, i);
+                }
             }
             return raw;
         }
@@ -701,7 +742,7 @@ impl<C: Clock> MemoryStore<C> {
                 entries.reserve_exact(step.max(1));
             }
             let expires = now.saturating_add(raw.reset_after);
-            entries.push(Entry::new(key, id, expires, state));
+            entries.push(Entry::new(key, id, state, expires, p));
             index.insert_unique(hash, pos(len), |&i| self.rehash(&entries[i as usize]));
             if !inner.rationed {
                 inner.reclaim_at = inner.reclaim_at.min(expires);
@@ -920,6 +961,64 @@ mod tests {
         let d = check(&s, "k", &both, 1);
         assert!(d.is_allowed());
         assert_eq!((d.remaining(), d.binding_index()), (0, 1));
+    }
+
+    /// Whether the entry of the only shard's first key keeps a packed token bucket.
+    fn packed(s: &MemoryStore<ManualClock>) -> bool {
+        matches!(
+            lock(&s.shards[0]).entries[0].stored,
+            Stored::TokenBucket { .. }
+        )
+    }
+
+    #[test]
+    fn a_token_bucket_decides_as_its_transition_packed_or_not_and_when_time_steps_back() {
+        let t0 = Duration::from_secs(1_000);
+        let clock = ManualClock::new(t0);
+        let s = store(100, &clock);
+        // Packed exactly when the bucket is full again soon enough after its refill time for
+        // the bits its missing tokens leave: always here but with a quota of one in 31 years.
+        let decades = Quota::with_period(nz(1), Duration::from_secs(1_000_000_000)).unwrap();
+        for (q, cost) in [
+            (Quota::per_second(nz(10)).burst(nz(5)).unwrap(), 1),
+            (Quota::per_hour(nz(60)).burst(nz(10)).unwrap(), 3),
+            (decades.burst(nz(2)).unwrap(), 1),
+        ] {
+            let limit = [Limit::new(q, Algorithm::TokenBucket)];
+            let p = limit[0].nanos();
+            let (mut state, mut packs) = (None, [false, false]);
+            // Forward, back behind the refill time, and forward again.
+            let ms = [
+                0, 0, 150, 120, 90, 400, 380, 380, 1_200, 1_100, 5_000, 4_990, 9_000,
+            ];
+            for ms in ms {
+                let at = t0 + Duration::from_millis(ms);
+                clock.set(at);
+                let (peek, _) =
+                    Algorithm::TokenBucket.transition(state.clone(), at, &q, nz(cost), false);
+                let (want, next) = Algorithm::TokenBucket.transition(state, at, &q, nz(cost), true);
+                assert_eq!(
+                    s.peek_now("k", &limit, nz(cost)).unwrap().snapshots(),
+                    &[peek]
+                );
+                assert_eq!(
+                    check(&s, "k", &limit, cost).snapshots(),
+                    &[want],
+                    "{q:?} {ms}"
+                );
+                state = next;
+                if let Some(State::TokenBucket(b)) = &state {
+                    let fits = fast::pack(b, b.last, p).is_some();
+                    assert_eq!(packed(&s), fits, "{q:?} {ms}");
+                    packs[usize::from(fits)] = true;
+                }
+            }
+            // The sequence tried the shared-lock path, or with the 31 years' quota the locked one.
+            let slow = q.period() == decades.period();
+            assert_eq!(packs, [slow, !slow], "{q:?}");
+            clock.set(t0 + Duration::from_secs(3_600));
+            s.sweep();
+        }
     }
 
     #[test]
