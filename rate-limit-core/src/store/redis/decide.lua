@@ -484,18 +484,7 @@ local function decide(keys, args)
           local p, key = ps[1], KEYS[k + 1]
           local l, err = log_state(key)
           if l then
-            local vs, m, t = vals, nv, now
-            for _ = 1, repeats do
-              local allowed, _, remaining, reset, retry = log_check(key, l, t, p, cost, commit)
-              if allowed then
-                retry = -1
-              elseif retry < 0 then
-                retry = -2
-              end
-              vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
-              m = m + 3
-            end
-            nv = m
+            nv = log_run(key, l, now, p, cost, commit, repeats, vals, nv)
           else
             for _ = 1, repeats do
               fail(err)

@@ -385,6 +385,60 @@ local function log_check(key, l, now, p, cost, commit)
   return allowed, limit, remaining, reset, retry
 end
 
+-- `r` checks in a row of the log `l` at `key` at one instant, as r calls of `log_check` would
+-- decide them: appends each check's three values to vs[m + 1 ..] and returns the new m. The
+-- first is log_check's; a check that changes nothing (a denial, a peek) is answered alike by
+-- the ones after it; and admissions after an admission, which only grow the newest entry, are
+-- decided with its running total in a local (`used` is then limit - remaining, and the reset,
+-- the newest entry's, stays). A hot key's repeats cost a few Lua instructions each.
+local function log_run(key, l, now, p, cost, commit, r, vs, m)
+  local allowed, limit, remaining, reset, retry = log_check(key, l, now, p, cost, commit)
+  if allowed then
+    retry = -1
+  elseif retry < 0 then
+    retry = -2
+  end
+  vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
+  m = m + 3
+  local i = 2
+  if allowed and commit and r > 1 then
+    local used, total = limit - remaining, l[7]
+    while i <= r do
+      used = used + cost
+      if used > limit then
+        break
+      end
+      total = (total + cost) % LOG_MOD
+      remaining = limit - used
+      vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, -1
+      m = m + 3
+      i = i + 1
+    end
+    l[7] = total
+    if l[2] == l[1] - 1 then
+      l[5] = total
+    end
+    if i <= r then
+      -- Denied: what the check after the last admission frees, found as log_check finds it.
+      local _
+      allowed, _, remaining, reset, retry = log_check(key, l, now, p, cost, commit)
+      if allowed then
+        retry = -1
+      elseif retry < 0 then
+        retry = -2
+      end
+      vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
+      m = m + 3
+      i = i + 1
+    end
+  end
+  for _ = i, r do
+    vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
+    m = m + 3
+  end
+  return m
+end
+
 -- The algorithm as the checks of several limits call it (decide.lua's `algorithms`): raises if
 -- the log cannot be read.
 local function sliding_window_log(key, now, p, cost, commit)
