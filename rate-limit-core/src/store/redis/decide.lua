@@ -483,7 +483,18 @@ local function decide(keys, args)
           -- then reads only a string's bytes, cannot fail: no pcall.
           local p, key = ps[1], KEYS[k + 1]
           local l, err = log_state(key)
-          if l then
+          if l and repeats == 1 then
+            -- (Many keys' one check each: no run, whose call costs more than it saves.)
+            local allowed, _, remaining, reset, retry = log_check(key, l, now, p, cost, commit)
+            if allowed then
+              retry = -1
+            elseif retry < 0 then
+              retry = -2
+            end
+            local m = nv
+            vals[m + 1], vals[m + 2], vals[m + 3] = remaining, reset, retry
+            nv = m + 3
+          elseif l then
             nv = log_run(key, l, now, p, cost, commit, repeats, vals, nv)
           else
             for _ = 1, repeats do

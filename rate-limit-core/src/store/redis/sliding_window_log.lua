@@ -198,12 +198,14 @@ local function log_migrate(key)
   end
 end
 
--- The bytes at the end of the string at `key` (`range`, a negative start, as text), converting
--- an earlier version's list first; '' when there is no log; or nil and why it cannot be read
--- (a key of another type), without raising. (A string's length tells it from an error reply,
+-- The bytes at the end of the string at `key` (`range`, a negative start, as text, or `tail`
+-- when they were read already), converting an earlier version's list first; '' when there is
+-- no log; or nil and why it cannot be read (a key of another type), without raising. (A string's length tells it from an error reply,
 -- a table, whose length is 0: type() is a C call, hundreds of instructions.)
-local function log_tail(key, range)
-  local tail = rpcall('GETRANGE', key, range, '-1')
+local function log_tail(key, range, tail)
+  if not tail then
+    tail = rpcall('GETRANGE', key, range, '-1')
+  end
   if #tail == 0 and tail ~= '' then
     local t = call('TYPE', key)
     if t.ok ~= 'list' then
@@ -220,12 +222,19 @@ end
 
 -- Reads the log at `key` into the record `l`: l, or nil and why it cannot be read.
 local function log_fill(key, l)
-  local tail, err = log_tail(key, '-40')
-  if not tail then
-    return nil, err
+  -- A log's 40 bytes read here, log_tail called only for what is not (a call costs Redis
+  -- hundreds of instructions).
+  local tail = rpcall('GETRANGE', key, '-40', '-1')
+  local n = #tail
+  if n ~= 40 then
+    local err
+    tail, err = log_tail(key, '-40', tail)
+    if not tail then
+      return nil, err
+    end
+    n = #tail
   end
   l[9], l[10], l[11], l[12] = false, false, false, false
-  local n = #tail
   if n == 0 then
     l[1], l[2], l[8] = 0, 0, 0
     return l
@@ -532,7 +541,14 @@ end
 -- Writes what `l` holds ahead of the string at `key`.
 local function write_log(key, l)
   if l[9] then
-    local exp = log_expiry(l)
+    -- log_expiry's answer, called only when it may set one.
+    local exp = 0
+    if server_now then
+      exp = false
+      if l[11] or l[8] * 1000000 < l[6] + l[13] then
+        exp = log_expiry(l)
+      end
+    end
     local m, h = l[1], l[2]
     if l[11] then
       local text = pack(LOG_TAIL, l[6], l[7], 1, 0, l[3], l[4], l[5], exp)
@@ -547,7 +563,8 @@ local function write_log(key, l)
     elseif h >= LOG_SLACK and h > m - h then
       log_compact(key, l, exp, false)
     else
-      call('SETRANGE', key, log_text((m - 1) * 12),
+      local at = (m - 1) * 12
+      call('SETRANGE', key, log_texts[at] or log_text(at),
         pack(LOG_TAIL, l[6], l[7], m, h, l[3], l[4], l[5], exp or l[8]))
       if exp == 0 then
         call('PEXPIRE', key, ttl_ms(l[13]))
