@@ -625,6 +625,28 @@ local function log_one(key, now, p, cost, commit)
   return pack('<ddd', remaining, reset, retry)
 end
 
+-- One check of the log at `key` that no record of the call holds: decided with the record
+-- LOG_ONE and written at once, as `log_one` does, so that many keys' one check each cost no
+-- record of their own, nor a turn of `flush_logs` (a later check of the key in the call reads
+-- the string anew). Returns the check's three values (as decide.lua's records hold them), or
+-- nil and why the log cannot be read.
+local function log_once(key, now, p, cost, commit)
+  local l, err = log_fill(key, LOG_ONE)
+  if not l then
+    return nil, err
+  end
+  local allowed, _, remaining, reset, retry = log_check(key, l, now, p, cost, commit)
+  if l[9] or l[10] or l[12] then
+    write_log(key, l)
+  end
+  if allowed then
+    retry = -1
+  elseif retry < 0 then
+    retry = -2
+  end
+  return remaining, reset, retry
+end
+
 local function log_at_or_after(at, t)
   return t >= at
 end
