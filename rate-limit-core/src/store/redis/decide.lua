@@ -482,21 +482,23 @@ local function decide(keys, args)
           -- One limit of a log: its record is read here, without raising, and its check, which
           -- then reads only a string's bytes, cannot fail: no pcall.
           local p, key = ps[1], KEYS[k + 1]
-          local l, err = log_state(key)
-          if l then
-            local vs, m, t = vals, nv, now
-            for _ = 1, repeats do
-              local allowed, _, remaining, reset, retry = log_check(key, l, t, p, cost, commit)
-              if allowed then
-                retry = -1
-              elseif retry < 0 then
-                retry = -2
-              end
-              vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
-              m = m + 3
+          local l, err = nil, nil
+          if repeats == 1 and not logs[key] then
+            -- Many keys' one check each: decided and written at once, with no record.
+            local remaining, reset, retry = log_once(key, now, p, cost, commit)
+            if remaining then
+              local m = nv
+              vals[m + 1], vals[m + 2], vals[m + 3] = remaining, reset, retry
+              nv = m + 3
+            else
+              fail(reset)
             end
-            nv = m
           else
+            l, err = log_state(key)
+          end
+          if l then
+            nv = log_run(key, l, now, p, cost, commit, repeats, vals, nv)
+          elseif err then
             for _ = 1, repeats do
               fail(err)
             end

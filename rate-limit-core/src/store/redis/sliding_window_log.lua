@@ -198,12 +198,14 @@ local function log_migrate(key)
   end
 end
 
--- The bytes at the end of the string at `key` (`range`, a negative start, as text), converting
--- an earlier version's list first; '' when there is no log; or nil and why it cannot be read
--- (a key of another type), without raising. (A string's length tells it from an error reply,
+-- The bytes at the end of the string at `key` (`range`, a negative start, as text, or `tail`
+-- when they were read already), converting an earlier version's list first; '' when there is
+-- no log; or nil and why it cannot be read (a key of another type), without raising. (A string's length tells it from an error reply,
 -- a table, whose length is 0: type() is a C call, hundreds of instructions.)
-local function log_tail(key, range)
-  local tail = rpcall('GETRANGE', key, range, '-1')
+local function log_tail(key, range, tail)
+  if not tail then
+    tail = rpcall('GETRANGE', key, range, '-1')
+  end
   if #tail == 0 and tail ~= '' then
     local t = call('TYPE', key)
     if t.ok ~= 'list' then
@@ -220,12 +222,19 @@ end
 
 -- Reads the log at `key` into the record `l`: l, or nil and why it cannot be read.
 local function log_fill(key, l)
-  local tail, err = log_tail(key, '-40')
-  if not tail then
-    return nil, err
+  -- A log's 40 bytes read here, log_tail called only for what is not (a call costs Redis
+  -- hundreds of instructions).
+  local tail = rpcall('GETRANGE', key, '-40', '-1')
+  local n = #tail
+  if n ~= 40 then
+    local err
+    tail, err = log_tail(key, '-40', tail)
+    if not tail then
+      return nil, err
+    end
+    n = #tail
   end
   l[9], l[10], l[11], l[12] = false, false, false, false
-  local n = #tail
   if n == 0 then
     l[1], l[2], l[8] = 0, 0, 0
     return l
@@ -385,6 +394,60 @@ local function log_check(key, l, now, p, cost, commit)
   return allowed, limit, remaining, reset, retry
 end
 
+-- `r` checks in a row of the log `l` at `key` at one instant, as r calls of `log_check` would
+-- decide them: appends each check's three values to vs[m + 1 ..] and returns the new m. The
+-- first is log_check's; a check that changes nothing (a denial, a peek) is answered alike by
+-- the ones after it; and admissions after an admission, which only grow the newest entry, are
+-- decided with its running total in a local (`used` is then limit - remaining, and the reset,
+-- the newest entry's, stays). A hot key's repeats cost a few Lua instructions each.
+local function log_run(key, l, now, p, cost, commit, r, vs, m)
+  local allowed, limit, remaining, reset, retry = log_check(key, l, now, p, cost, commit)
+  if allowed then
+    retry = -1
+  elseif retry < 0 then
+    retry = -2
+  end
+  vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
+  m = m + 3
+  local i = 2
+  if allowed and commit and r > 1 then
+    local used, total = limit - remaining, l[7]
+    while i <= r do
+      used = used + cost
+      if used > limit then
+        break
+      end
+      total = (total + cost) % LOG_MOD
+      remaining = limit - used
+      vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, -1
+      m = m + 3
+      i = i + 1
+    end
+    l[7] = total
+    if l[2] == l[1] - 1 then
+      l[5] = total
+    end
+    if i <= r then
+      -- Denied: what the check after the last admission frees, found as log_check finds it.
+      local _
+      allowed, _, remaining, reset, retry = log_check(key, l, now, p, cost, commit)
+      if allowed then
+        retry = -1
+      elseif retry < 0 then
+        retry = -2
+      end
+      vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
+      m = m + 3
+      i = i + 1
+    end
+  end
+  for _ = i, r do
+    vs[m + 1], vs[m + 2], vs[m + 3] = remaining, reset, retry
+    m = m + 3
+  end
+  return m
+end
+
 -- The algorithm as the checks of several limits call it (decide.lua's `algorithms`): raises if
 -- the log cannot be read.
 local function sliding_window_log(key, now, p, cost, commit)
@@ -478,7 +541,14 @@ end
 -- Writes what `l` holds ahead of the string at `key`.
 local function write_log(key, l)
   if l[9] then
-    local exp = log_expiry(l)
+    -- log_expiry's answer, called only when it may set one.
+    local exp = 0
+    if server_now then
+      exp = false
+      if l[11] or l[8] * 1000000 < l[6] + l[13] then
+        exp = log_expiry(l)
+      end
+    end
     local m, h = l[1], l[2]
     if l[11] then
       local text = pack(LOG_TAIL, l[6], l[7], 1, 0, l[3], l[4], l[5], exp)
@@ -493,7 +563,8 @@ local function write_log(key, l)
     elseif h >= LOG_SLACK and h > m - h then
       log_compact(key, l, exp, false)
     else
-      call('SETRANGE', key, log_text((m - 1) * 12),
+      local at = (m - 1) * 12
+      call('SETRANGE', key, log_texts[at] or log_text(at),
         pack(LOG_TAIL, l[6], l[7], m, h, l[3], l[4], l[5], exp or l[8]))
       if exp == 0 then
         call('PEXPIRE', key, ttl_ms(l[13]))
@@ -552,6 +623,28 @@ local function log_one(key, now, p, cost, commit)
     retry = -2
   end
   return pack('<ddd', remaining, reset, retry)
+end
+
+-- One check of the log at `key` that no record of the call holds: decided with the record
+-- LOG_ONE and written at once, as `log_one` does, so that many keys' one check each cost no
+-- record of their own, nor a turn of `flush_logs` (a later check of the key in the call reads
+-- the string anew). Returns the check's three values (as decide.lua's records hold them), or
+-- nil and why the log cannot be read.
+local function log_once(key, now, p, cost, commit)
+  local l, err = log_fill(key, LOG_ONE)
+  if not l then
+    return nil, err
+  end
+  local allowed, _, remaining, reset, retry = log_check(key, l, now, p, cost, commit)
+  if l[9] or l[10] or l[12] then
+    write_log(key, l)
+  end
+  if allowed then
+    retry = -1
+  elseif retry < 0 then
+    retry = -2
+  end
+  return remaining, reset, retry
 end
 
 local function log_at_or_after(at, t)
