@@ -55,8 +55,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 hz=$(getconf CLK_TCK)
-echo "| mode | keys | requests/s | server user µs/req | server kernel µs/req | redis-server µs/req | checks per script call |"
-echo "|---|---|---:|---:|---:|---:|---:|"
+echo "| mode | keys | requests/s | server user µs/req | server kernel µs/req | redis-server µs/req | of which user / kernel | checks per script call |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
 for mode in "${MODES[@]}"; do
   redis_pid="" redis_url=""
   if [[ $mode == redis* || $mode == trl-redis ]]; then
@@ -75,20 +75,21 @@ for mode in "${MODES[@]}"; do
   wait_port "$port"
   taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "${load[@]}" "http://127.0.0.1:$port/" >/dev/null
   read -r su1 ss1 < <(ticks "$server_pid")
-  r1=0 c1=0
-  [[ -n $redis_pid ]] && r1=$(ticks "$redis_pid" | awk '{ print $1 + $2 }') && c1=$(calls "$rport")
+  ru1=0 rs1=0 c1=0
+  [[ -n $redis_pid ]] && read -r ru1 rs1 < <(ticks "$redis_pid") && c1=$(calls "$rport")
   out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${load[@]}" "http://127.0.0.1:$port/")
   read -r su2 ss2 < <(ticks "$server_pid")
-  r2=0 c2=0
-  [[ -n $redis_pid ]] && r2=$(ticks "$redis_pid" | awk '{ print $1 + $2 }') && c2=$(calls "$rport")
+  ru2=0 rs2=0 c2=0
+  [[ -n $redis_pid ]] && read -r ru2 rs2 < <(ticks "$redis_pid") && c2=$(calls "$rport")
   requests=$(awk '/requests in/ { print $1 }' <<<"$out")
   rps=$(awk '/Requests\/sec:/ { print $2 }' <<<"$out")
   awk -v m="$mode" -v k="$KEYS" -v n="$requests" -v rps="$rps" -v hz="$hz" \
-    -v u=$((su2 - su1)) -v s=$((ss2 - ss1)) -v r=$((r2 - r1)) -v c=$((c2 - c1)) \
+    -v u=$((su2 - su1)) -v s=$((ss2 - ss1)) -v ru=$((ru2 - ru1)) -v rs=$((rs2 - rs1)) -v c=$((c2 - c1)) \
     -v redis="$redis_pid" 'BEGIN {
       us = 1e6 / hz / n
-      printf "| %s | %s | %.0f | %.1f | %.1f | %s | %s |\n", m, k, rps, u * us, s * us,
-        (redis == "" ? "n/a" : sprintf("%.1f", r * us)),
+      printf "| %s | %s | %.0f | %.1f | %.1f | %s | %s | %s |\n", m, k, rps, u * us, s * us,
+        (redis == "" ? "n/a" : sprintf("%.1f", (ru + rs) * us)),
+        (redis == "" ? "n/a" : sprintf("%.1f / %.1f", ru * us, rs * us)),
         (redis == "" || c == 0 ? "n/a" : sprintf("%.1f", n / c))
     }'
   kill "$server_pid" 2>/dev/null || true
