@@ -192,6 +192,13 @@ impl Entry {
         entry
     }
 
+    /// Whether this is the entry of `key` under the limit `limit`: the test every lookup in a
+    /// shard's index makes.
+    #[inline]
+    fn is(&self, key: &str, limit: u64) -> bool {
+        self.limit == limit && self.key.as_bytes() == key.as_bytes()
+    }
+
     /// The state, taken out for a transition under the write lock, which [`put`](Self::put)
     /// puts back unless the state is full again (and the entry leaves the shard).
     #[inline]
@@ -505,10 +512,7 @@ impl<C: Clock> MemoryStore<C> {
         let p = limit.nanos();
         let id = limit.id();
         let Inner { entries, index, .. } = &mut *inner;
-        let found = index.find_entry(hash, |&i| {
-            let e = &entries[i as usize];
-            e.limit == id && e.key.as_bytes() == key.as_bytes()
-        });
+        let found = index.find_entry(hash, |&i| entries[i as usize].is(key, id));
         let Ok(slot) = found else {
             return algorithm::refund(limit.algorithm(), &mut None, now, p, cost, at);
         };
@@ -696,10 +700,7 @@ impl<C: Clock> MemoryStore<C> {
         let p = limit.nanos();
         let id = limit.id();
         let Inner { entries, index, .. } = &mut *inner;
-        let found = index.find_entry(hash, |&i| {
-            let e = &entries[i as usize];
-            e.limit == id && e.key.as_bytes() == key.as_bytes()
-        });
+        let found = index.find_entry(hash, |&i| entries[i as usize].is(key, id));
         if let Ok(slot) = found {
             let i = *slot.get() as usize;
             let e = &mut entries[i];

@@ -51,8 +51,7 @@ pub(super) fn check_one(
     let id = limit.id();
     let entries = &inner.entries;
     let &i = inner.index.find(entry_hash(key_hash, id), |&i| {
-        let e = &entries[i as usize];
-        e.limit == id && e.key.as_bytes() == key.as_bytes()
+        entries[i as usize].is(key, id)
     })?;
     let e = entries.get(i as usize)?;
     let p = limit.nanos();
