@@ -171,7 +171,7 @@ impl Shared {
             match self.check_now(key, policy, cost) {
                 // The decision goes no further: nothing carries it on (a copy of it at each step
                 // out to the response future).
-                Some(Ok(decision)) if decision.is_allowed() && charge.is_none() && self.quiet() => {
+                Some(Ok(decision)) if decision.is_allowed() && self.quiet() => {
                     policy.count(self.backend, observe::Outcome::Allowed);
                     Planned::Admitted
                 }
@@ -191,10 +191,12 @@ impl Shared {
     }
 
     /// Whether an allowed request's response gets nothing from the layer: no header, no
-    /// decision in its extensions (with `count_if`, its charge waits for the response too).
+    /// decision in its extensions, no charge to give back (`count_if`).
     #[inline]
     pub(crate) fn quiet(&self) -> bool {
-        self.headers.style == HeaderStyle::None && !self.decision_extensions
+        self.headers.style == HeaderStyle::None
+            && !self.decision_extensions
+            && self.count_if.is_none()
     }
 
     /// Plans the request, writing its store key (`{policy}:{key}`) into `store_key`, which

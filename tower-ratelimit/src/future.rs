@@ -276,7 +276,7 @@ where
             }
             if shared.decision_extensions {
                 extensions.insert(decision.clone());
-            } else if shared.quiet() && shared.count_if.is_none() {
+            } else if shared.quiet() {
                 // Nothing to write on the response, nothing to give back.
                 return Next::Call(None);
             }
