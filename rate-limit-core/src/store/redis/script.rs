@@ -157,12 +157,32 @@ impl ScriptLimit {
     }
 }
 
+/// One value or several: a check's keys and limits, of which most checks have one, kept in
+/// place rather than in a `Vec` of one.
+#[derive(Clone, Debug)]
+pub(crate) enum Few<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> std::ops::Deref for Few<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many,
+        }
+    }
+}
+
 /// One check as the script reads it: its state keys (one per limit, all with the hash tag of
 /// one client key) and the integers of its limits, prepared by the caller so that the call
 /// itself only copies bytes.
+#[derive(Clone)]
 pub(crate) struct Check {
-    keys: Vec<String>,
-    limits: Vec<ScriptLimit>,
+    keys: Few<String>,
+    limits: Few<ScriptLimit>,
     cost: u32,
     commit: bool,
     /// A refund: how long before the call the charge was made, in ticks (rounded up, so that
@@ -189,12 +209,26 @@ impl Check {
                 "no limits to check",
             ));
         }
+        let (keys, limits) = match limits {
+            // Most checks have one limit: its key and limit are kept in place, not in two
+            // `Vec`s (two allocations, about 300 client instructions a check).
+            [limit] => (
+                Few::One(keys::state_key_of(prefix, key, limit.id())),
+                Few::One(ScriptLimit::new(limit)?),
+            ),
+            _ => (
+                Few::Many(keys::state_keys(prefix, key, limits.iter().map(Limit::id))),
+                Few::Many(
+                    limits
+                        .iter()
+                        .map(ScriptLimit::new)
+                        .collect::<Result<_, StoreError>>()?,
+                ),
+            ),
+        };
         Ok(Self {
-            keys: keys::state_keys(prefix, key, limits.iter().map(Limit::id)),
-            limits: limits
-                .iter()
-                .map(ScriptLimit::new)
-                .collect::<Result<_, StoreError>>()?,
+            keys,
+            limits,
             cost,
             commit,
             refund: None,
@@ -229,7 +263,7 @@ impl Check {
 
     /// Whether `other` asks the same: same keys, limits, cost and mode.
     fn same_as(&self, other: &Self) -> bool {
-        self.same_entry(other) && self.keys == other.keys
+        self.same_entry(other) && *self.keys == *other.keys
     }
 
     /// Whether `other` asks the same of its own keys: same limits, cost and mode.
@@ -237,7 +271,7 @@ impl Check {
         self.cost == other.cost
             && self.commit == other.commit
             && self.refund == other.refund
-            && self.limits == other.limits
+            && *self.limits == *other.limits
     }
 
     /// The Redis Cluster slot of its keys (they share one).
@@ -269,7 +303,7 @@ pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
         .arg(LIBRARY.name.as_str())
         .arg(runs.iter().map(|(c, _)| c.keys.len()).sum::<usize>());
     for (check, _) in &runs {
-        for key in &check.keys {
+        for key in check.keys.iter() {
             cmd.arg(key.as_str());
         }
     }
@@ -295,7 +329,7 @@ pub(crate) fn command(now_ticks: Option<u64>, checks: &[&Check]) -> redis::Cmd {
             entry.push(b' ');
             push_int(&mut entry, n);
         }
-        for l in &check.limits {
+        for l in check.limits.iter() {
             for n in [
                 u64::from(code(l.algorithm)),
                 l.p.limit,
@@ -320,18 +354,32 @@ const ENTRY_HEAD: usize = 6 * 21;
 /// Bytes of a limit's six integers in an entry, at most.
 const ENTRY_LIMIT: usize = 6 * 21;
 
-/// Appends `n` in decimal.
+/// Appends `n` in decimal, two digits per division (one digit at a time cost a lone check
+/// about 950 client instructions over its eleven integers).
 fn push_int(out: &mut Vec<u8>, mut n: u64) {
+    // "00" to "99".
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut digits = [0u8; 20];
     let mut i = digits.len();
-    loop {
+    while n >= 100 {
+        // Below 100, so its two digits are at 2 * pair.
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
         // A digit: below 10.
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[i] = b'0' + n as u8;
     }
     out.extend_from_slice(&digits[i..]);
 }
@@ -803,7 +851,9 @@ mod tests {
 
     #[test]
     fn integers_are_written_in_decimal() {
-        for n in [0, 7, 10, 999, 1_000_000_000, u64::MAX] {
+        let powers = (0..20).map(|e| 10u64.pow(e));
+        let edges = powers.flat_map(|p| [p - 1, p, p + 1]);
+        for n in (0..=100_000).chain(edges).chain([u64::MAX - 1, u64::MAX]) {
             let mut out = b"x".to_vec();
             push_int(&mut out, n);
             assert_eq!(out, format!("x{n}").into_bytes());
