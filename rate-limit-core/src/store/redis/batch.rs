@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 use super::call::{self, Answers};
 use super::deadline::Deadlines;
 use super::error;
-use super::script::{self, Check};
+use super::script::{self, Ask, Check};
 use crate::clock::Clock;
 use crate::decision::Decision;
 use crate::error::{StoreError, StoreErrorKind};
@@ -105,11 +105,45 @@ struct Lane {
     /// (the callers its call just answered, checking again) are its, and start no flush.
     lingering: bool,
     prune_at: usize,
+    /// Requests pushed since the last that held its own check: a hint of where the check the
+    /// last request repeats is (see [`Lane::last_check`]).
+    repeats: usize,
 }
 
+/// A queued check. Without a check of its own it repeats the request before it in its lane
+/// (a hot key's callers queue one check, not one each): the first request of a lane always
+/// holds its check, and one that leaves a lane ahead of its repeats (its caller gone, or taken
+/// into a batch without them) hands its check on to them.
 struct Request {
-    check: Check,
+    check: Option<Check>,
     answer: oneshot::Sender<Result<Decision, StoreError>>,
+}
+
+/// What a caller asks the dispatcher to decide.
+pub(crate) enum Query<'a> {
+    /// A check still to be built, which may join the one queued last.
+    Asked(Ask<'a>),
+    /// A check already built (a refund): queued on its own.
+    Built(Check),
+}
+
+impl Query<'_> {
+    fn build(self) -> Result<Check, StoreError> {
+        match self {
+            Self::Asked(ask) => ask.check(),
+            Self::Built(check) => Ok(check),
+        }
+    }
+}
+
+/// What a caller found under the lanes' lock.
+enum Step {
+    /// Its lane idle: it sends its check itself.
+    Alone,
+    /// Queued: whether to start a flush, and where its answer comes.
+    Queued(bool, oneshot::Receiver<Result<Decision, StoreError>>),
+    /// Its check must be built (outside the lock) before it is queued.
+    Build,
 }
 
 impl<C> Dispatcher<C> {
@@ -163,42 +197,74 @@ where
     /// Decides `check`: through its lane, or in a call of its own when batching is off
     /// (`max_batch` 1) or there is no Tokio runtime to run a flush on (and no timer to bound
     /// the call with: the connection's own timeout applies).
-    pub(crate) async fn decide(self: &Arc<Self>, check: Check) -> Result<Decision, StoreError> {
+    pub(crate) async fn decide(self: &Arc<Self>, query: Query<'_>) -> Result<Decision, StoreError> {
         let runtime = tokio::runtime::Handle::try_current().is_ok();
         if self.max_batch == 1 || !runtime {
+            let check = query.build()?;
             let deadlines = runtime.then_some(&self.deadlines);
             return match call::call(&self.conn, self.now(), &[&check], deadlines).await {
                 Ok(mut answers) => answers.pop().unwrap_or_else(|| Err(lost())),
                 Err(e) => Err(error::from_redis(e)),
             };
         }
-        let lane = if self.per_slot.load(Ordering::Relaxed) {
-            check.slot()
-        } else {
-            SHARED_LANE
+        // On a cluster the lane is the check's slot, read from the built check.
+        let (ask, mut built) = match query {
+            Query::Asked(ask) if self.per_slot.load(Ordering::Relaxed) => {
+                (None, Some(ask.check()?))
+            }
+            Query::Asked(ask) => (Some(ask), None),
+            Query::Built(check) => (None, Some(check)),
         };
-        let queued = {
-            let mut lanes = self.lock();
-            match lanes.entry(lane) {
-                Entry::Vacant(idle) if self.lone.load(Ordering::Relaxed) => {
-                    idle.insert(Lane::new()).in_flight = 1;
-                    Err(check)
-                }
-                lane => {
-                    let l = lane.or_insert_with(Lane::new);
-                    let (answer, wait) = oneshot::channel();
-                    l.push(Request { check, answer });
-                    let start = l.in_flight < MAX_IN_FLIGHT && !l.lingering;
-                    if start {
-                        l.in_flight += 1;
+        let lane = match &built {
+            Some(check) if self.per_slot.load(Ordering::Relaxed) => check.slot(),
+            _ => SHARED_LANE,
+        };
+        let queued = loop {
+            let step = {
+                let mut lanes = self.lock();
+                // The same as the check queued last: joins it, unbuilt.
+                let repeat = built.is_none()
+                    && ask.as_ref().is_some_and(|ask| {
+                        lanes
+                            .get(&lane)
+                            .and_then(Lane::last_check)
+                            .is_some_and(|last| last.is_asked_by(ask))
+                    });
+                match lanes.entry(lane) {
+                    Entry::Vacant(idle) if self.lone.load(Ordering::Relaxed) => {
+                        idle.insert(Lane::new()).in_flight = 1;
+                        Step::Alone
                     }
-                    Ok((start, wait))
+                    // Built outside the lock, then queued.
+                    _ if !repeat && built.is_none() => Step::Build,
+                    lane => {
+                        let l = lane.or_insert_with(Lane::new);
+                        let (answer, wait) = oneshot::channel();
+                        l.push(Request {
+                            check: built.take(),
+                            answer,
+                        });
+                        let start = l.in_flight < MAX_IN_FLIGHT && !l.lingering;
+                        if start {
+                            l.in_flight += 1;
+                        }
+                        Step::Queued(start, wait)
+                    }
                 }
+            };
+            match step {
+                Step::Build => {
+                    if let Some(ask) = &ask {
+                        built = Some(ask.check()?);
+                    }
+                }
+                Step::Queued(start, wait) => break Ok((start, wait)),
+                Step::Alone => break Err(()),
             }
         };
         let (start, wait) = match queued {
             Ok(queued) => queued,
-            Err(check) => {
+            Err(()) => {
                 // The lane was idle: this check is sent at once, by its caller, as one call
                 // counted in flight, so that checks arriving meanwhile queue and ride the next
                 // call. No flush task, no channel: the caller owns only its own check, and
@@ -207,6 +273,11 @@ where
                     dispatcher: self.as_ref(),
                     lane,
                     armed: true,
+                };
+                let check = match (built, ask) {
+                    (Some(check), _) => check,
+                    (None, Some(ask)) => ask.check()?,
+                    (None, None) => return Err(lost()),
                 };
                 return match self.call(&[&check]).await {
                     Ok(mut answers) => answers.pop().unwrap_or_else(|| Err(lost())),
@@ -275,9 +346,9 @@ where
         let answers = self.call(&checks(&batch)).await;
         if let Err(e) = &answers
             && e.kind() == ErrorKind::Server(ServerErrorKind::CrossSlot)
-            && batch
-                .iter()
-                .any(|r| r.check.slot() != batch[0].check.slot())
+            && checks(&batch)
+                .windows(2)
+                .any(|w| w[0].slot() != w[1].slot())
         {
             // A cluster behind a connection type not known as one: nothing ran (the server
             // checks slots first), so send again, one call per slot; later checks queue in the
@@ -291,12 +362,31 @@ where
     /// One call per slot, concurrently; returns when every caller has its answer. Only for the
     /// checks of the shared lane once `CROSSSLOT` has shown that the connection is a cluster's.
     async fn send_per_slot(self: &Arc<Self>, mut batch: Vec<Request>) {
+        // Each request holds its own check before they are sorted: a repeat may no longer
+        // follow the request it repeats.
+        let mut last: Option<&Check> = None;
+        let copies: Vec<Option<Check>> = batch
+            .iter()
+            .map(|r| match &r.check {
+                Some(check) => {
+                    last = Some(check);
+                    None
+                }
+                None => last.cloned(),
+            })
+            .collect();
+        for (request, copy) in batch.iter_mut().zip(copies) {
+            if request.check.is_none() {
+                request.check = copy;
+            }
+        }
+        let slot_of = |r: &Request| r.check.as_ref().map_or(0, Check::slot);
         // A stable sort keeps arrival order within each slot.
-        batch.sort_by_key(|r| r.check.slot());
+        batch.sort_by_key(slot_of);
         let mut groups = Vec::new();
         while let Some(last) = batch.last() {
-            let slot = last.check.slot();
-            let start = batch.partition_point(|r| r.check.slot() < slot);
+            let slot = slot_of(last);
+            let start = batch.partition_point(|r| slot_of(r) < slot);
             groups.push(batch.split_off(start));
         }
         if groups.len() == 1 {
@@ -344,6 +434,7 @@ impl Lane {
             in_flight: 0,
             lingering: false,
             prune_at: PRUNE_AT,
+            repeats: 0,
         }
     }
 
@@ -351,28 +442,93 @@ impl Lane {
         // Callers give up about in the order they came (each after its own budget): the ones
         // at the front that have gone are dropped at once, the others at the next prune.
         while self.waiting.front().is_some_and(|r| r.answer.is_closed()) {
-            self.waiting.pop_front();
+            let gone = self.waiting.pop_front();
+            self.hand_on(gone.and_then(|r| r.check));
         }
         if self.waiting.len() >= self.prune_at {
-            self.waiting.retain(|r| !r.answer.is_closed());
+            let mut carried = None;
+            self.waiting.retain_mut(|r| keep(r, &mut carried));
             self.prune_at = (self.waiting.len() * 2).max(PRUNE_AT);
+            // Requests left the middle: the hint counts again.
+            self.repeats = self
+                .waiting
+                .iter()
+                .rev()
+                .take_while(|r| r.check.is_none())
+                .count();
         }
+        self.repeats = match request.check {
+            Some(_) => 0,
+            None => self.repeats + 1,
+        };
         self.waiting.push_back(request);
     }
 
-    /// Up to `max` checks whose callers still wait, oldest first.
+    /// The check of the last request: its own, or the one it repeats. The repeats at the
+    /// lane's end are counted as they are pushed, so this is found at once; the count is only
+    /// a hint (requests leave from the front, and their checks move to the front), checked
+    /// before it is used.
+    fn last_check(&self) -> Option<&Check> {
+        let last = self.waiting.len().checked_sub(1)?;
+        let hinted = last.saturating_sub(self.repeats);
+        match self.waiting.get(hinted).and_then(|r| r.check.as_ref()) {
+            Some(check) => Some(check),
+            None => self.waiting.iter().rev().find_map(|r| r.check.as_ref()),
+        }
+    }
+
+    /// Gives `check`, of a request that left the front, to the new front if that repeats it.
+    fn hand_on(&mut self, check: Option<Check>) {
+        if let Some(front) = self.waiting.front_mut()
+            && front.check.is_none()
+        {
+            front.check = check;
+        }
+    }
+
+    /// Up to `max` checks whose callers still wait, oldest first, each holding its check
+    /// unless it repeats the one before it in the batch.
     fn take(&mut self, max: usize) -> Vec<Request> {
-        let mut batch = Vec::with_capacity(max.min(self.waiting.len()));
+        let mut batch: Vec<Request> = Vec::with_capacity(max.min(self.waiting.len()));
+        let mut carried = None;
         while batch.len() < max {
-            let Some(request) = self.waiting.pop_front() else {
+            let Some(mut request) = self.waiting.pop_front() else {
                 break;
             };
-            if !request.answer.is_closed() {
+            if keep(&mut request, &mut carried) {
+                if request.check.is_none() && batch.is_empty() {
+                    // Nothing it could repeat: never so while the first request of a lane
+                    // holds its check.
+                    let _ = request.answer.send(Err(lost()));
+                    continue;
+                }
                 batch.push(request);
             }
         }
+        // A repeat left at the front needs the check it repeats, which has left: a copy of it
+        // (a batch cut short by the maximum, the only case a hot key pays a second build).
+        if self.waiting.front().is_some_and(|r| r.check.is_none()) {
+            let check = carried.or_else(|| batch.iter().rev().find_map(|r| r.check.clone()));
+            self.hand_on(check);
+        }
         batch
     }
+}
+
+/// Whether `request` stays (its caller still waits). A request that goes leaves its check in
+/// `carried` for the repeats after it; a repeat that stays takes the check carried, if any.
+fn keep(request: &mut Request, carried: &mut Option<Check>) -> bool {
+    if request.answer.is_closed() {
+        if let Some(check) = request.check.take() {
+            *carried = Some(check);
+        }
+        return false;
+    }
+    match request.check {
+        Some(_) => *carried = None,
+        None => request.check = carried.take(),
+    }
+    true
 }
 
 /// Ends a flush of `lane`: one call fewer in flight, and the lane forgotten once it is idle.
@@ -406,8 +562,18 @@ fn answer(batch: Vec<Request>, answers: Answers) {
     }
 }
 
+/// The check of each request of a batch: its own, or the one before it that it repeats.
 fn checks(batch: &[Request]) -> Vec<&Check> {
-    batch.iter().map(|r| &r.check).collect()
+    let mut last = None;
+    batch
+        .iter()
+        .filter_map(|r| {
+            if let Some(check) = &r.check {
+                last = Some(check);
+            }
+            last
+        })
+        .collect()
 }
 
 /// The answer never came: the flush carrying the check was dropped (its runtime shut down).
@@ -430,5 +596,194 @@ impl<C> Drop for InFlight<'_, C> {
         if self.armed {
             release(&mut self.dispatcher.lock(), self.lane);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+    use crate::{Algorithm, Limit, Quota};
+
+    type Wait = oneshot::Receiver<Result<Decision, StoreError>>;
+
+    fn limit() -> Limit {
+        Limit::new(Quota::per_second(NonZeroU32::MIN), Algorithm::Gcra)
+    }
+
+    fn check(key: &str) -> Check {
+        Check::new("rl", key, &[limit()], 1, true).unwrap()
+    }
+
+    /// Queues the check of `key`, or a repeat of the last one (`None`).
+    fn queue(lane: &mut Lane, key: Option<&str>) -> Wait {
+        let (answer, wait) = oneshot::channel();
+        lane.push(Request {
+            check: key.map(check),
+            answer,
+        });
+        wait
+    }
+
+    /// The client key of each check of a batch, read back from its state key.
+    fn keys_of(batch: &[Request]) -> Vec<String> {
+        checks(batch)
+            .iter()
+            .map(|c| {
+                let k = c.state_key();
+                k[k.find('{').unwrap() + 1..k.find('}').unwrap()].to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn repeats_are_decided_as_the_check_they_repeat() {
+        let mut lane = Lane::new();
+        let _w = [
+            queue(&mut lane, Some("a")),
+            queue(&mut lane, None),
+            queue(&mut lane, Some("b")),
+            queue(&mut lane, None),
+            queue(&mut lane, None),
+        ];
+        let batch = lane.take(10);
+        assert_eq!(keys_of(&batch), ["a", "a", "b", "b", "b"]);
+        assert_eq!(batch.iter().filter(|r| r.check.is_some()).count(), 2);
+    }
+
+    #[test]
+    fn a_gone_caller_hands_its_check_to_its_repeats() {
+        let mut lane = Lane::new();
+        let gone = queue(&mut lane, Some("a"));
+        let w1 = queue(&mut lane, None);
+        let gone2 = queue(&mut lane, None);
+        let w3 = queue(&mut lane, None);
+        drop((gone, gone2));
+        let batch = lane.take(10);
+        assert_eq!(keys_of(&batch), ["a", "a"]);
+        assert!(batch[0].check.is_some());
+        drop((w1, w3));
+    }
+
+    #[test]
+    fn a_batch_cut_short_leaves_the_next_one_its_check() {
+        let mut lane = Lane::new();
+        let _w: Vec<Wait> = [Some("a"), None, None, None, None]
+            .into_iter()
+            .map(|k| queue(&mut lane, k))
+            .collect();
+        assert_eq!(keys_of(&lane.take(2)), ["a", "a"]);
+        assert_eq!(keys_of(&lane.take(2)), ["a", "a"]);
+        assert_eq!(keys_of(&lane.take(2)), ["a"]);
+        assert!(lane.take(2).is_empty());
+    }
+
+    #[test]
+    fn callers_gone_at_the_front_hand_their_check_on() {
+        let mut lane = Lane::new();
+        let gone = queue(&mut lane, Some("a"));
+        let _w1 = queue(&mut lane, None);
+        drop(gone);
+        // Pushing drops the gone front: its repeat now holds the check.
+        let _w2 = queue(&mut lane, Some("b"));
+        assert_eq!(lane.waiting.len(), 2);
+        assert!(lane.waiting.front().unwrap().check.is_some());
+        assert_eq!(keys_of(&lane.take(10)), ["a", "b"]);
+    }
+
+    #[test]
+    fn callers_gone_in_a_prune_hand_their_check_on() {
+        let mut lane = Lane::new();
+        let _a = queue(&mut lane, Some("a"));
+        let gone_repeat = queue(&mut lane, None);
+        let gone_b = queue(&mut lane, Some("b"));
+        let _rb = queue(&mut lane, None);
+        let _rb2 = queue(&mut lane, None);
+        drop((gone_repeat, gone_b));
+        lane.prune_at = 5;
+        let _c = queue(&mut lane, Some("c"));
+        // Pruned: the gone two are out, and the first repeat of b holds b's check.
+        assert_eq!(lane.waiting.len(), 4);
+        assert!(lane.waiting[1].check.is_some());
+        assert!(lane.waiting[2].check.is_none());
+        assert_eq!(keys_of(&lane.take(10)), ["a", "b", "b", "c"]);
+    }
+
+    #[test]
+    fn the_last_check_is_the_one_the_last_request_repeats() {
+        let key = |lane: &Lane| {
+            let k = lane.last_check().unwrap().state_key();
+            k[k.find('{').unwrap() + 1..k.find('}').unwrap()].to_owned()
+        };
+        let mut lane = Lane::new();
+        assert!(lane.last_check().is_none());
+        let _a = queue(&mut lane, Some("a"));
+        let gone_b = queue(&mut lane, Some("b"));
+        let _r = [queue(&mut lane, None), queue(&mut lane, None)];
+        assert_eq!(key(&lane), "b");
+        // b's caller goes and a prune moves its check to its first repeat.
+        drop(gone_b);
+        lane.prune_at = 4;
+        let _r2 = queue(&mut lane, None);
+        assert_eq!(lane.waiting.len(), 4);
+        assert_eq!(key(&lane), "b");
+        // A batch takes a and b's holder: the front left behind holds a copy.
+        assert_eq!(keys_of(&lane.take(2)), ["a", "b"]);
+        assert_eq!(key(&lane), "b");
+        let _c = queue(&mut lane, Some("c"));
+        assert_eq!(key(&lane), "c");
+        assert_eq!(keys_of(&lane.take(10)), ["b", "b", "c"]);
+        assert!(lane.last_check().is_none());
+    }
+
+    #[test]
+    fn a_lone_repeat_with_nothing_to_repeat_fails_rather_than_misalign() {
+        let mut lane = Lane::new();
+        let (answer, mut wait) = oneshot::channel();
+        lane.waiting.push_back(Request {
+            check: None,
+            answer,
+        });
+        let _w = queue(&mut lane, Some("a"));
+        assert_eq!(keys_of(&lane.take(10)), ["a"]);
+        let err = wait.try_recv().unwrap().unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Connection);
+    }
+
+    #[test]
+    fn a_check_is_asked_by_the_same_key_limits_cost_and_mode_only() {
+        let limits = [limit()];
+        let ask = |key, cost, commit| Ask {
+            prefix: "rl",
+            key,
+            limits: &limits,
+            cost,
+            commit,
+        };
+        let c = check("a");
+        assert!(c.is_asked_by(&ask("a", 1, true)));
+        assert!(!c.is_asked_by(&ask("b", 1, true)));
+        assert!(!c.is_asked_by(&ask("a", 2, true)));
+        assert!(!c.is_asked_by(&ask("a", 1, false)));
+        let other = [Limit::new(
+            Quota::per_second(NonZeroU32::MIN),
+            Algorithm::TokenBucket,
+        )];
+        assert!(!c.is_asked_by(&Ask {
+            limits: &other,
+            ..ask("a", 1, true)
+        }));
+        assert!(!c.is_asked_by(&Ask {
+            limits: &[limit(), limit()],
+            ..ask("a", 1, true)
+        }));
+        assert!(!c.is_asked_by(&Ask {
+            prefix: "rl2",
+            ..ask("a", 1, true)
+        }));
+        // A key that needs escaping is never joined: its caller builds its own check.
+        let escaped = Check::new("rl", "a{b", &limits, 1, true).unwrap();
+        assert!(!escaped.is_asked_by(&ask("a{b", 1, true)));
     }
 }

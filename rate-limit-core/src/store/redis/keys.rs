@@ -104,29 +104,13 @@ pub(crate) fn state_keys(
 /// Appends `n` as 16 lowercase hex digits, written in one piece (a `char` at a time cost a
 /// check about 160 client instructions).
 fn push_hex16(out: &mut String, n: u64) {
-    out.push_str(&hex16(n));
-}
-
-/// `n` as 16 lowercase hex digits.
-fn hex16(n: u64) -> HexDigits {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     for (i, d) in digits.iter_mut().enumerate() {
         *d = DIGITS[((n >> ((15 - i) * 4)) & 0xf) as usize];
     }
-    HexDigits(digits)
-}
-
-/// 16 hex digits, as text.
-struct HexDigits([u8; 16]);
-
-impl std::ops::Deref for HexDigits {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        // Hex digits are ASCII.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
+    // Hex digits are ASCII.
+    out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
 }
 
 /// The state key of the client key `key` for one limit id, as [`state_keys`] writes it.
@@ -140,15 +124,11 @@ pub(crate) fn state_key_of(prefix: &str, key: &str, limit_id: u64) -> String {
     out
 }
 
-/// Whether `state_key` is the state key of the client key `key` under `prefix` for `limit_id`,
-/// without building it. `false` for a key that needs escaping (whose text differs from its
-/// tag's); callers then build the key and compare.
-pub(crate) fn is_state_key_of(state_key: &str, prefix: &str, key: &str, limit_id: u64) -> bool {
-    if key.is_empty() || key.contains(escaped) {
-        return false;
-    }
-    let rest = state_key.as_bytes();
-    let Some(rest) = rest.strip_prefix(prefix.as_bytes()) else {
+/// Whether `state_key` is a state key of the client key `key` under `prefix` (for any limit
+/// id: the caller compares ids), found without building it. `false` for a key that needs
+/// escaping (whose tag is not its text), and for the empty key.
+pub(crate) fn is_state_key_of(state_key: &str, prefix: &str, key: &str) -> bool {
+    let Some(rest) = state_key.as_bytes().strip_prefix(prefix.as_bytes()) else {
         return false;
     };
     let Some(rest) = rest.strip_prefix(b":{") else {
@@ -157,10 +137,12 @@ pub(crate) fn is_state_key_of(state_key: &str, prefix: &str, key: &str, limit_id
     let Some(rest) = rest.strip_prefix(key.as_bytes()) else {
         return false;
     };
-    let Some(rest) = rest.strip_prefix(b"}:") else {
-        return false;
-    };
-    rest == hex16(limit_id).0
+    // A tag holds no brace and no control character, so a key equal to one needs no escaping
+    // unless it holds a `%`: then `key` is its own tag, and the key whose tag it is, is `key`.
+    rest.len() == 2 + 16
+        && rest.starts_with(b"}:")
+        && !key.is_empty()
+        && !key.as_bytes().contains(&b'%')
 }
 
 /// The Redis Cluster slot of `key`, by Redis's rule: CRC16 (XMODEM), modulo 16384, of the text
@@ -230,25 +212,33 @@ mod tests {
     #[test]
     fn one_state_key_is_the_state_key_and_is_recognised() {
         let ids = [0, 0xab, u64::MAX, 0x0123_4567_89ab_cdef];
-        for key in ["client-1", "", "}x{", "50%", "a\nb", "東京", "a:b"] {
+        let keys = [
+            "client-1", "", "}x{", "50%", "a\nb", "東京", "a:b", "%7B", "%",
+        ];
+        for key in keys {
             for id in ids {
                 let built = state_key_of("rl", key, id);
                 assert_eq!(built, state_key("rl", &tag(key), id));
                 // Recognised exactly when the key needs no escaping (and is not empty).
                 let plain = !key.is_empty() && !key.contains(escaped);
-                assert_eq!(is_state_key_of(&built, "rl", key, id), plain, "{key:?}");
-                for other in ids.iter().filter(|&&o| o != id) {
-                    assert!(!is_state_key_of(&built, "rl", key, *other));
+                assert_eq!(is_state_key_of(&built, "rl", key), plain, "{key:?}");
+                // No other key is recognised in it: "%7B" is the tag of "{", not its own.
+                for other in keys.iter().filter(|&&o| o != key) {
+                    assert!(
+                        !is_state_key_of(&built, "rl", other),
+                        "{other:?} in {built}"
+                    );
                 }
-                assert!(!is_state_key_of(&built, "rl2", key, id));
-                assert!(!is_state_key_of(&built, "r", key, id));
-                assert!(!is_state_key_of(&built, "rl", "client-", id));
-                assert!(!is_state_key_of(&built, "rl", "client-12", id));
+                assert!(!is_state_key_of(&built, "rl2", key));
+                assert!(!is_state_key_of(&built, "r", key));
+                assert!(!is_state_key_of(&built, "rl", "client-"));
+                assert!(!is_state_key_of(&built, "rl", "client-12"));
             }
         }
-        assert!(!is_state_key_of("rl:{k}:00000000000000a", "rl", "k", 0xa));
-        assert!(!is_state_key_of("rl:{k}:000000000000000a0", "rl", "k", 0xa));
-        assert!(is_state_key_of("rl:{k}:000000000000000a", "rl", "k", 0xa));
+        assert!(!is_state_key_of("rl:{k}:00000000000000a", "rl", "k"));
+        assert!(!is_state_key_of("rl:{k}:000000000000000a0", "rl", "k"));
+        assert!(!is_state_key_of("rl:{k}x000000000000000a", "rl", "k"));
+        assert!(is_state_key_of("rl:{k}:000000000000000a", "rl", "k"));
     }
 
     #[test]

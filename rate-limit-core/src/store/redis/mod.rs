@@ -835,8 +835,14 @@ where
             }
             None => None,
         };
-        let check = script::Check::new(&self.prefix, key, limits, cost.get(), commit)?;
-        let decision = self.dispatcher.decide(check).await?;
+        let ask = script::Ask {
+            prefix: &self.prefix,
+            key,
+            limits,
+            cost: cost.get(),
+            commit,
+        };
+        let decision = self.dispatcher.decide(batch::Query::Asked(ask)).await?;
         if let Some((slot, sent_at)) = cached {
             DenyCache::record(&slot, key, limits, cost, sent_at, &decision);
         }
@@ -881,7 +887,7 @@ where
                 .deny_cache
                 .as_ref()
                 .map(|cache| VoidDenials(cache, key));
-            self.dispatcher.decide(refund).await
+            self.dispatcher.decide(batch::Query::Built(refund)).await
         })
     }
 

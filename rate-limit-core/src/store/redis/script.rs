@@ -144,6 +144,8 @@ pub(crate) struct ScriptLimit {
     algorithm: Algorithm,
     p: Params,
     interval_nanos: u64,
+    /// The limit's id, which its state key holds.
+    id: u64,
 }
 
 impl ScriptLimit {
@@ -153,7 +155,30 @@ impl ScriptLimit {
             algorithm: limit.algorithm(),
             p: params(limit)?,
             interval_nanos: limit.nanos().interval,
+            id: limit.id(),
         })
+    }
+}
+
+/// A check as its caller asks it, before its [`Check`] is built: a caller whose check repeats
+/// the one queued last (a hot key's callers) joins that one rather than build its own.
+#[derive(Clone, Copy)]
+pub(crate) struct Ask<'a> {
+    pub(crate) prefix: &'a str,
+    pub(crate) key: &'a str,
+    pub(crate) limits: &'a [Limit],
+    pub(crate) cost: u32,
+    pub(crate) commit: bool,
+}
+
+impl Ask<'_> {
+    /// The check asked for.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Check::new`].
+    pub(crate) fn check(&self) -> Result<Check, StoreError> {
+        Check::new(self.prefix, self.key, self.limits, self.cost, self.commit)
     }
 }
 
@@ -266,12 +291,41 @@ impl Check {
         self.same_entry(other) && *self.keys == *other.keys
     }
 
+    /// Whether `ask` asks what this check asks (the same keys, limits, cost and mode), found
+    /// without building its check. A limit is known by its id, the fingerprint of its
+    /// algorithm and quota that its state key ends with (two limits of one id share one state
+    /// in Redis whatever this answers), and its algorithm and interval. `false` for a client
+    /// key that needs escaping: such a caller builds its own check.
+    pub(crate) fn is_asked_by(&self, ask: &Ask<'_>) -> bool {
+        self.refund.is_none()
+            && self.cost == ask.cost
+            && self.commit == ask.commit
+            && self.limits.len() == ask.limits.len()
+            && self
+                .limits
+                .iter()
+                .zip(self.keys.iter())
+                .zip(ask.limits)
+                .all(|((l, key), asked)| {
+                    l.id == asked.id()
+                        && l.algorithm == asked.algorithm()
+                        && l.interval_nanos == asked.nanos().interval
+                        && keys::is_state_key_of(key, ask.prefix, ask.key)
+                })
+    }
+
     /// Whether `other` asks the same of its own keys: same limits, cost and mode.
     fn same_entry(&self, other: &Self) -> bool {
         self.cost == other.cost
             && self.commit == other.commit
             && self.refund == other.refund
             && *self.limits == *other.limits
+    }
+
+    /// Its first state key.
+    #[cfg(test)]
+    pub(crate) fn state_key(&self) -> &str {
+        &self.keys[0]
     }
 
     /// The Redis Cluster slot of its keys (they share one).
