@@ -704,3 +704,79 @@ async fn rounds_of_clients_checking_again_share_calls_after_lone_checks() {
     // idle and went by itself) would make it 40.
     assert!(calls <= 24, "{calls} calls for 20 rounds of 32 checks");
 }
+
+/// A hot key's callers queue one check and repeats of it: callers that give up while queued
+/// (the first of a run among them, whose check the others repeat) are never charged, and the
+/// callers that stay each get their own answer, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_key_callers_that_give_up_are_not_charged_and_the_rest_stay_in_order() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = Arc::new(
+        RedisStore::builder(mux(&server).await)
+            .deny_cache(None)
+            .build()
+            .unwrap(),
+    );
+    warm_up(&store).await;
+    // 1,000 per hour: nothing refills, and nobody is denied.
+    let limit = [Limit::new(
+        Quota::per_hour(nz(1_000)),
+        Algorithm::TokenBucket,
+    )];
+    let mut rng = Rng(7);
+    let (mut answered, mut gone) = (0u64, 0u64);
+    for round in 0..20 {
+        let mut tasks = Vec::new();
+        for i in 0..48 {
+            let store = Arc::clone(&store);
+            // About a third give up at once, the first of the round among them half the time.
+            let gives_up = (i == 0 && round % 2 == 0) || rng.below(3) == 0;
+            tasks.push(tokio::spawn(async move {
+                let check = store.check("hot-gives-up", &limit, nz(1));
+                if gives_up {
+                    tokio::time::timeout(Duration::ZERO, check).await.ok()
+                } else {
+                    Some(check.await)
+                }
+            }));
+        }
+        let mut remaining = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Some(d) => {
+                    let d = d.unwrap();
+                    assert!(d.is_allowed());
+                    remaining.push(d.remaining());
+                    answered += 1;
+                }
+                None => gone += 1,
+            }
+        }
+        // Each answer is its own: no two callers were told the same remaining count.
+        let answers = remaining.len();
+        remaining.sort_unstable();
+        remaining.dedup();
+        assert_eq!(remaining.len(), answers, "round {round}: answers shared");
+    }
+    // Only the callers that got an answer were charged (a caller that gave up after its call
+    // was sent may have been: it was answered, or it was not sent at all).
+    let left = store
+        .peek("hot-gives-up", &limit, nz(1))
+        .await
+        .unwrap()
+        .remaining();
+    let charged = u64::from(1_000 - left);
+    assert!(
+        charged >= answered,
+        "{charged} charged, {answered} answered"
+    );
+    assert!(
+        charged <= answered + gone,
+        "{charged} charged, {answered} answered, {gone} gave up"
+    );
+    assert!(gone > 0 && answered > 0);
+    eprintln!("{answered} answered, {gone} gave up, {charged} charged");
+}
