@@ -16,6 +16,8 @@
 #   lone      one check at a time, each a call of its own
 #   hot-32    rounds of 32 concurrent checks of one key (one call each)
 #   keys-32   rounds of 32 concurrent checks of 32 different keys (one call each)
+#   new-32    as keys-32, each round's 32 keys new to the server (clients whose state expired;
+#             not in the default SHAPES)
 #
 # Algorithms: each with a limit that never denies, and `sliding_window_log-denied` (a full log
 # of 1,000 entries, every measured check denied). Instruction counts do not depend on machine
@@ -24,7 +26,8 @@
 #
 # Settings (environment): N (checks per measurement, default 640), SHAPES, ALGORITHMS, PORT
 # (default: a free one), PROFILE (cargo profile of the program, default release; the server's
-# count does not depend on it).
+# count does not depend on it), KEEP (a directory to copy each measurement's callgrind output
+# to, as cg-SHAPE-ALGORITHM.out, for `callgrind_annotate --inclusive=yes`).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,6 +36,7 @@ N=${N:-640}
 SHAPES=${SHAPES:-lone hot-32 keys-32}
 ALGORITHMS=${ALGORITHMS:-gcra token_bucket leaky_bucket fixed_window sliding_window sliding_window_log sliding_window_log-denied}
 PROFILE=${PROFILE:-release}
+KEEP=${KEEP:-}
 for tool in valgrind callgrind_control redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
 done
@@ -82,6 +86,7 @@ measure() {
   wait "$PROGRAM_PID" || { echo "$shape $algorithm: the program failed ($line)" >&2; exit 1; }
   dump=$(ls -t "$OUT"/cg."$VPID".* | head -1)
   total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+  [[ -n $KEEP ]] && mkdir -p "$KEEP" && cp "$dump" "$KEEP/cg-$shape-$algorithm.out"
   echo "$((total / N)) $((N / calls))"
 }
 

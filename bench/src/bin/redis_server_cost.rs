@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Shapes: `lone` (one check at a time, each a call of its own), `hot-32` (rounds of 32
-//! concurrent checks of one key) and `keys-32` (rounds of 32 concurrent checks of 32 keys). A
+//! concurrent checks of one key), `keys-32` (rounds of 32 concurrent checks of 32 keys) and
+//! `new-32` (as `keys-32`, each round's 32 keys new to the server: clients whose state had
+//! expired). A
 //! round's 32 checks are queued before its flush task runs (one current-thread runtime), so
 //! they go in one call. `ALGORITHM` is an algorithm's name; its limit never denies (a million
 //! per second: an emission interval of one microsecond, whole as most quotas' are), except `sliding_window_log-denied`: a sliding window log of 1,000 per hour,
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
         args.get(4).and_then(|n| n.parse::<usize>().ok()),
     ) else {
         eprintln!(
-            "usage: redis_server_cost <redis-url> <lone|hot-32|keys-32> <algorithm> <checks>"
+            "usage: redis_server_cost <redis-url> <lone|hot-32|keys-32|new-32> <algorithm> <checks>"
         );
         return ExitCode::from(2);
     };
@@ -120,9 +122,12 @@ async fn run(
     let keys: Vec<String> = match shape {
         "lone" => vec!["lone".to_owned()],
         "hot-32" => vec!["hot".to_owned(); ROUND],
-        "keys-32" => (0..ROUND).map(|i| format!("key-{i}")).collect(),
+        "keys-32" | "new-32" => (0..ROUND).map(|i| format!("key-{i}")).collect(),
         other => return Err(format!("unknown shape {other:?}")),
     };
+    // `new-32`: every round's keys are new to the server, as a client's are after its state
+    // expired.
+    let fresh = shape == "new-32";
     // Warm-up: the library loaded, every key's state present (a full log when denied: one
     // call per admission, each at a later microsecond of the server's clock, is an entry).
     let fill = if denied { FULL_LOG as usize } else { 2 };
@@ -155,7 +160,9 @@ async fn run(
         .map_err(|e| e.to_string())?;
     let mut allowed = 0;
     let mut left = count;
+    let mut round = 0;
     while left > 0 {
+        round += 1;
         let n = keys.len().min(left);
         left -= n;
         // Spawned before any is awaited: on this one thread, all of them queue before the
@@ -163,7 +170,12 @@ async fn run(
         let tasks: Vec<_> = keys[..n]
             .iter()
             .map(|key| {
-                let (store, key) = (Arc::clone(&store), key.clone());
+                let key = if fresh {
+                    format!("{key}-{round}")
+                } else {
+                    key.clone()
+                };
+                let store = Arc::clone(&store);
                 tokio::spawn(async move { store.check(&key, &limit, NonZeroU32::MIN).await })
             })
             .collect();
