@@ -11,7 +11,7 @@ use std::num::NonZeroU32;
 use axum::Router;
 use axum::response::Response;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
-use rate_limit_core::{Quota, Store};
+use rate_limit_core::{Algorithm, Quota, Store};
 use tower::util::MapResponseLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor as GovernorKey;
@@ -55,6 +55,29 @@ pub fn never_deny() -> Quota {
 /// `style`.
 pub fn ours(store: impl Store, style: HeaderStyle) -> RateLimitLayer {
     RateLimitLayer::new(store, never_deny())
+        .key(key::Header::new(CLIENT_HEADER))
+        .headers(style)
+}
+
+/// tower-rate-limit-redis's quota as [`with_trl_redis`] sets it: 65,535 at once, one more
+/// each millisecond (an emission interval of whole microseconds, as most quotas have; the
+/// never-denying quota's interval of one nanosecond takes the script's exact-nanosecond path).
+///
+/// # Panics
+///
+/// Never: the count and period are valid.
+pub fn trl_quota() -> Quota {
+    let count = NonZeroU32::new(u32::from(u16::MAX)).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(count, std::time::Duration::from_millis(u64::from(u16::MAX)))
+        .unwrap_or_else(|_| never_deny())
+}
+
+/// Our layer on `store` with tower-rate-limit-redis's algorithm (GCRA) and quota
+/// ([`trl_quota`]), keyed by [`CLIENT_HEADER`], writing `style`: the peer's limiter, decided by
+/// ours.
+pub fn ours_as_trl(store: impl Store, style: HeaderStyle) -> RateLimitLayer {
+    RateLimitLayer::new(store, trl_quota())
+        .algorithm(Algorithm::Gcra)
         .key(key::Header::new(CLIENT_HEADER))
         .headers(style)
 }

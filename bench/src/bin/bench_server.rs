@@ -10,21 +10,23 @@
 //!
 //! - `BENCH_MODE` (required): `bare` (no limiter), `memory` (our layer on a `MemoryStore`),
 //!   `redis` (our layer on a `RedisStore`), `redis-unbatched` (the same with batching and the
-//!   deny cache off: one `EVALSHA` per request), `governor` (tower_governor's keyed limiter with
+//!   deny cache off: one `FCALL` per request), `redis-as-trl` (our layer on a `RedisStore`
+//!   with tower-rate-limit-redis's algorithm and quota, GCRA at 65,535 at once and one per
+//!   millisecond: compare it with `trl-redis`, with 10k random keys), `governor` (tower_governor's keyed limiter with
 //!   `use_headers()`: two rate-limit fields), `governor-no-headers` (the same without them) or
 //!   `headers` (no limiter: only the five rate-limit fields our layer writes by default, as
 //!   fixed values, the least any layer that writes them can cost), or `trl-redis`
 //!   (tower-rate-limit-redis 1.0, a one-key GCRA script per request, no headers; its largest
 //!   quota denies one hot client under load, so compare it with 10k random keys).
 //! - `HEADER_STYLE` (default `both`): the rate-limit headers our layer writes in `memory`,
-//!   `redis` and `redis-unbatched` modes: `none`, `legacy` (three fields), `ietf` (two) or
+//!   `redis`, `redis-unbatched` and `redis-as-trl` modes: `none`, `legacy` (three fields), `ietf` (two) or
 //!   `both` (five). The other modes do not read it.
 //! - `PORT` (default 3000): the port to listen on, on 127.0.0.1.
 //! - `REDIS_URL` (required in the redis modes), e.g. `redis://127.0.0.1:6390`.
 //!
-//! Every limiter keys requests by the `X-Client-ID` header and has a quota far above what one
-//! machine can send (10^9 per second, burst 10^9), so it never denies and every request pays
-//! the full admitted path (see the `bench` library). A bad value exits with status 2 and a
+//! Every limiter keys requests by the `X-Client-ID` header and, but for `redis-as-trl` and
+//! `trl-redis`, has a quota far above what one machine can send (10^9 per second, burst 10^9),
+//! so it never denies and every request pays the full admitted path (see the `bench` library). A bad value exits with status 2 and a
 //! message naming the variable.
 
 use std::fmt;
@@ -34,7 +36,8 @@ use std::process::ExitCode;
 use axum::Router;
 use axum::routing::get;
 use bench::{
-    header_style, header_style_names, ours, with_fixed_fields, with_governor, with_trl_redis,
+    header_style, header_style_names, ours, ours_as_trl, with_fixed_fields, with_governor,
+    with_trl_redis,
 };
 use rate_limit_core::{MemoryStore, RedisStore};
 use tower_ratelimit::HeaderStyle;
@@ -46,6 +49,7 @@ enum Mode {
     Memory,
     Redis,
     RedisUnbatched,
+    RedisAsTrl,
     Governor,
     GovernorNoHeaders,
     Headers,
@@ -53,11 +57,12 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Bare,
         Self::Memory,
         Self::Redis,
         Self::RedisUnbatched,
+        Self::RedisAsTrl,
         Self::Governor,
         Self::GovernorNoHeaders,
         Self::Headers,
@@ -70,6 +75,7 @@ impl Mode {
             Self::Memory => "memory",
             Self::Redis => "redis",
             Self::RedisUnbatched => "redis-unbatched",
+            Self::RedisAsTrl => "redis-as-trl",
             Self::Governor => "governor",
             Self::GovernorNoHeaders => "governor-no-headers",
             Self::Headers => "headers",
@@ -144,8 +150,10 @@ impl Config {
             None => 3000,
         };
         let redis_url = var("REDIS_URL").filter(|url| !url.is_empty());
-        if matches!(mode, Mode::Redis | Mode::RedisUnbatched | Mode::TrlRedis)
-            && redis_url.is_none()
+        if matches!(
+            mode,
+            Mode::Redis | Mode::RedisUnbatched | Mode::RedisAsTrl | Mode::TrlRedis
+        ) && redis_url.is_none()
         {
             return Err(EnvError {
                 var: "REDIS_URL",
@@ -166,7 +174,10 @@ impl Config {
     /// The mode, and the header style where the mode reads it.
     fn describe(&self) -> String {
         let mode = self.mode.name();
-        if !matches!(self.mode, Mode::Memory | Mode::Redis | Mode::RedisUnbatched) {
+        if !matches!(
+            self.mode,
+            Mode::Memory | Mode::Redis | Mode::RedisUnbatched | Mode::RedisAsTrl
+        ) {
             return mode.to_owned();
         }
         let style = bench::HEADER_STYLES
@@ -202,6 +213,11 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
                 .deny_cache(None)
                 .build()?;
             router.layer(ours(store, style))
+        }
+        Mode::RedisAsTrl => {
+            let url = config.redis_url.as_deref().unwrap_or_default();
+            let store = RedisStore::connect(url).await?;
+            router.layer(ours_as_trl(store, style))
         }
         Mode::TrlRedis => {
             with_trl_redis(router, config.redis_url.as_deref().unwrap_or_default()).await?
@@ -349,10 +365,18 @@ mod tests {
         }
         let server = integration_tests::RedisServer::start();
         let url = server.url();
-        for mode in ["redis", "redis-unbatched"] {
+        for mode in ["redis", "redis-unbatched", "redis-as-trl"] {
             assert_eq!(fields(mode, "both", &url).await, 5, "{mode}");
             assert_eq!(fields(mode, "legacy", &url).await, 3, "{mode}");
         }
+        // The peer's quota, decided by ours: 65,535 at once.
+        let res = response(&[
+            ("BENCH_MODE", "redis-as-trl"),
+            ("HEADER_STYLE", "legacy"),
+            ("REDIS_URL", &url),
+        ])
+        .await;
+        assert_eq!(res.headers()["x-ratelimit-limit"], "65535");
         // The peer writes no rate-limit fields, and decides in a script of its own.
         let before = server.calls("evalsha") + server.calls("eval");
         assert_eq!(fields("trl-redis", "both", &url).await, 0);
