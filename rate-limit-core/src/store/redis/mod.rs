@@ -19,16 +19,19 @@ mod builder;
 mod call;
 #[cfg(feature = "cluster")]
 mod cluster;
+mod connection;
 mod deadline;
 mod deny_cache;
 use deny_cache::DenyCache;
 mod error;
 mod keys;
+mod resp;
 mod script;
 #[cfg(feature = "sentinel")]
 mod sentinel;
 
 pub use builder::RedisStoreBuilder;
+pub use connection::RedisConnection;
 #[cfg(feature = "cluster")]
 pub use cluster::RebuildingClusterConnection;
 #[cfg(feature = "sentinel")]
@@ -390,7 +393,7 @@ pub use sentinel::SentinelConnection;
 /// # Ok(())
 /// # }
 /// ```
-pub struct RedisStore<C = ConnectionManager> {
+pub struct RedisStore<C = RedisConnection> {
     dispatcher: Arc<batch::Dispatcher<C>>,
     prefix: Arc<str>,
     backend: &'static str,
@@ -463,24 +466,27 @@ fn is_cluster<C: 'static>(conn: &C) -> bool {
     }
 }
 
-impl RedisStore<ConnectionManager> {
-    /// Connects to `url` through a `ConnectionManager`, which reconnects after a failure, with
+impl RedisStore<RedisConnection> {
+    /// Connects to `url` through a [`RedisConnection`], which reconnects after a failure, with
     /// the default prefix and server time.
     ///
-    /// A reconnection makes two attempts, about 100 ms apart, each waiting at most 500 ms to
-    /// connect, rather than the `redis` crate's seven (which kept a check waiting about 3.4 s
-    /// while Redis refused connections): a check that meets Redis down fails with a
-    /// [`Connection`](StoreErrorKind::Connection) error within the store's
-    /// [response timeout](RedisStoreBuilder::response_timeout), and the next check tries again.
-    /// The manager has no response timeout of its own (the `redis` crate's is 500 ms): the
-    /// store's bounds every call, reconnection included, and a second timer per call would only
-    /// cost the client. Use [`connect_with`](Self::connect_with) for other settings.
+    /// The connection sends each command once, and never again; when its socket fails, the
+    /// calls waiting on it fail with a [`Connection`](StoreErrorKind::Connection) error, and the
+    /// next call connects again (waiting at most 500 ms; after a failed attempt, calls fail at
+    /// once for 100 ms): a check that meets Redis down fails within the store's
+    /// [response timeout](RedisStoreBuilder::response_timeout), and a later check tries again.
+    /// A `rediss://` URL is served by a `redis::aio::ConnectionManager` with the same bounds
+    /// (two attempts, 500 ms each). Use [`connect_with`](RedisStore::connect_with) for a
+    /// `ConnectionManager` with other settings.
     ///
     /// # Errors
     ///
-    /// The URL is invalid, or the first connection failed.
+    /// The URL is invalid, or the first connection (or its `AUTH`) failed.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_with(url, manager_config()).await
+        let conn = RedisConnection::connect(url)
+            .await
+            .map_err(error::from_redis)?;
+        Ok(Self::builder(conn).assemble())
     }
 
     /// As [`connect`](Self::connect), without waiting for Redis: the store is built at once
@@ -508,8 +514,8 @@ impl RedisStore<ConnectionManager> {
     ///
     /// # Errors
     ///
-    /// The URL is invalid, or this is called outside a Tokio runtime (the connection's tasks
-    /// need one).
+    /// The URL is invalid, or this is called outside a Tokio runtime (the connection's task
+    /// needs one).
     pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(StoreError::new(
@@ -517,20 +523,20 @@ impl RedisStore<ConnectionManager> {
                 "RedisStore::connect_lazy needs a Tokio runtime",
             ));
         }
-        let client = redis::Client::open(url).map_err(error::from_redis)?;
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config())
-            .map_err(error::from_redis)?;
+        let conn = RedisConnection::lazy(url).map_err(error::from_redis)?;
         Ok(Self::builder(conn).assemble())
     }
+}
 
-    /// As [`connect`](Self::connect), with the `ConnectionManager`'s reconnection settings
-    /// (delays, timeouts, retries) given by `config`.
+impl RedisStore<ConnectionManager> {
+    /// As [`connect`](RedisStore::connect), through a `ConnectionManager` with the reconnection
+    /// settings (delays, timeouts, retries) given by `config`.
     ///
     /// A check waits at most the store's response timeout (2 s) in all, reconnection
     /// included: with settings whose reconnection takes longer, checks made while Redis is down
     /// fail with a [`Timeout`](StoreErrorKind::Timeout) error rather than a `Connection` one.
     /// The `config`'s own response timeout (the `redis` crate's default is 500 ms) bounds each
-    /// call too; `set_response_timeout(None)` leaves the store's alone, as `connect` does.
+    /// call too; `set_response_timeout(None)` leaves the store's alone.
     ///
     /// # Errors
     ///
@@ -547,7 +553,8 @@ impl RedisStore<ConnectionManager> {
     }
 }
 
-/// The reconnection settings of [`RedisStore::connect`]: two attempts, at most 500 ms each and
+/// The reconnection settings of [`RedisStore::connect`]'s `ConnectionManager` (for TLS URLs):
+/// two attempts, at most 500 ms each and
 /// between them; no response timeout but the store's.
 fn manager_config() -> redis::aio::ConnectionManagerConfig {
     redis::aio::ConnectionManagerConfig::new()
