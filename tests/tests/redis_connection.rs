@@ -33,7 +33,11 @@ async fn query<T: redis::FromRedisValue>(conn: &RedisConnection, args: &[&str]) 
 async fn wait_blocked(server: &RedisServer, n: u32) {
     let want = format!("blocked_clients:{n}");
     for _ in 0..200 {
-        if server.cli(&["INFO", "clients"]).lines().any(|l| l.trim() == want) {
+        if server
+            .cli(&["INFO", "clients"])
+            .lines()
+            .any(|l| l.trim() == want)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -127,7 +131,13 @@ async fn auth_from_the_url_and_no_password_in_errors() {
     assert_eq!(query::<String>(&conn, &["PING"]).await.unwrap(), "PONG");
     assert!(!format!("{conn:?}").contains("right-pass-7f3"));
     let store = RedisStore::connect(&good).await.unwrap();
-    assert!(store.check("a", &limit(), nz(1)).await.unwrap().is_allowed());
+    assert!(
+        store
+            .check("a", &limit(), nz(1))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
     // No password: the server refuses the commands.
     let none = RedisConnection::connect(server.url()).await.unwrap();
     assert!(query::<String>(&none, &["PING"]).await.is_err());
@@ -155,7 +165,10 @@ async fn auth_from_the_url_and_no_password_in_errors() {
     ]);
     let user = format!("redis://limiter:user-pass-2b8@127.0.0.1:{port}");
     let conn = RedisConnection::connect(user.as_str()).await.unwrap();
-    assert_eq!(query::<String>(&conn, &["ACL", "WHOAMI"]).await.unwrap(), "limiter");
+    assert_eq!(
+        query::<String>(&conn, &["ACL", "WHOAMI"]).await.unwrap(),
+        "limiter"
+    );
 }
 
 #[tokio::test]
@@ -197,9 +210,19 @@ async fn unix_sockets_work() {
         format!("redis+unix://{path_text}?db=2"),
     ] {
         let conn = RedisConnection::connect(url.as_str()).await.unwrap();
-        assert_eq!(query::<i64>(&conn, &["INCR", "u"]).await.unwrap(), 1, "{url}");
+        assert_eq!(
+            query::<i64>(&conn, &["INCR", "u"]).await.unwrap(),
+            1,
+            "{url}"
+        );
         let store = RedisStore::connect(&url).await.unwrap();
-        assert!(store.check("u", &limit(), nz(1)).await.unwrap().is_allowed());
+        assert!(
+            store
+                .check("u", &limit(), nz(1))
+                .await
+                .unwrap()
+                .is_allowed()
+        );
     }
     assert_eq!(server.cli(&["-n", "2", "GET", "u"]), "1");
     drop(server);
@@ -215,10 +238,17 @@ async fn a_killed_server_fails_calls_and_a_restarted_one_serves_again() {
     }
     let mut server = RedisServer::start();
     let store = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
-    assert!(store.check("k", &limit(), nz(1)).await.unwrap().is_allowed());
+    assert!(
+        store
+            .check("k", &limit(), nz(1))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
 
     let conn = store.connection().clone();
-    let pending = tokio::spawn(async move { query::<Value>(&conn, &["BLPOP", "never", "10"]).await });
+    let pending =
+        tokio::spawn(async move { query::<Value>(&conn, &["BLPOP", "never", "10"]).await });
     wait_blocked(&server, 1).await;
     server.kill9();
     let err = pending.await.unwrap().unwrap_err();
@@ -254,7 +284,13 @@ async fn a_check_after_function_flush_loads_the_library_again() {
     }
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url()).await.unwrap();
-    assert!(store.check("f", &limit(), nz(1)).await.unwrap().is_allowed());
+    assert!(
+        store
+            .check("f", &limit(), nz(1))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
     assert_eq!(server.cli(&["FUNCTION", "FLUSH"]), "OK");
     let d = store.check("f", &limit(), nz(1)).await.unwrap();
     assert_eq!(d.remaining(), 98);

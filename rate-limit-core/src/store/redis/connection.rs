@@ -579,7 +579,11 @@ impl Link {
             if signals.closed {
                 return Poll::Ready(Event::Closed);
             }
-            if !signals.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            if !signals
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
                 signals.waker = Some(cx.waker().clone());
             }
             signals.flush
@@ -690,9 +694,5 @@ fn lost() -> RedisError {
 }
 
 fn closed() -> RedisError {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "redis closed the connection",
-    )
-    .into()
+    io::Error::new(io::ErrorKind::UnexpectedEof, "redis closed the connection").into()
 }

@@ -31,9 +31,9 @@ mod script;
 mod sentinel;
 
 pub use builder::RedisStoreBuilder;
-pub use connection::RedisConnection;
 #[cfg(feature = "cluster")]
 pub use cluster::RebuildingClusterConnection;
+pub use connection::RedisConnection;
 #[cfg(feature = "sentinel")]
 pub use sentinel::SentinelConnection;
 
@@ -222,14 +222,21 @@ pub use sentinel::SentinelConnection;
 ///
 /// # Connections, TLS and AUTH
 ///
-/// Any clonable `redis::aio::ConnectionLike` works: a reconnecting `ConnectionManager` (what
-/// [`RedisStore::connect`] builds), a `MultiplexedConnection`, or, with the `cluster` feature, a
+/// [`RedisStore::connect`] builds a [`RedisConnection`] ([`connect_lazy`](RedisStore::connect_lazy)
+/// one that connects on its first check): the store's own connection to one node (TCP, or a Unix
+/// socket with `unix:///path` or `redis+unix:///path`), which pipelines every command on one
+/// socket, has each caller write its command itself and one task read the replies, and
+/// reconnects after a failure. It costs a lone check about a quarter less than the `redis`
+/// crate's `ConnectionManager` (`bench/README.md`). A `rediss://` URL is served by a
+/// `ConnectionManager` behind the same type.
+///
+/// Any clonable `redis::aio::ConnectionLike` works too: a reconnecting `ConnectionManager`
+/// ([`RedisStore::connect_with`]), a `MultiplexedConnection`, or, with the `cluster` feature, a
 /// `ClusterConnection` or a [`RebuildingClusterConnection`], which wraps one and replaces it
 /// when a master hangs ([`RedisStore::connect_cluster`] builds one, or
 /// [`connect_cluster_lazy`](RedisStore::connect_cluster_lazy), which does not wait for the
-/// cluster; [`connect_lazy`](RedisStore::connect_lazy) and
-/// [`connect_sentinel_lazy`](RedisStore::connect_sentinel_lazy) are the others'). Each call
-/// clones the handle, which is cheap: they multiplex one socket. A cluster connection of
+/// cluster; [`connect_sentinel_lazy`](RedisStore::connect_sentinel_lazy) is Sentinel's). Each
+/// call clones the handle, which is cheap: they multiplex one socket. A cluster connection of
 /// another type is recognised by the first `CROSSSLOT` answer, and the batch is sent again one
 /// call per slot; pass one of these two to get a queue per slot, and `ASK` redirects followed.
 ///
@@ -262,6 +269,12 @@ pub use sentinel::SentinelConnection;
 ///
 /// The connections must not re-send on their own either:
 ///
+/// - [`RedisConnection`] sends each command once, and never again. When its socket fails (the
+///   server closed it, a reset, a write error), every call waiting on it fails with a
+///   [`Connection`](StoreErrorKind::Connection) error, and the next call connects again (at
+///   most 500 ms; the calls arriving meanwhile wait for that attempt, and after a failed one
+///   calls fail at once for 100 ms rather than each waiting to connect). A caller that gives up
+///   leaves its reply to be read and dropped: no other caller gets it.
 /// - `ConnectionManager` (redis 1.8) sends a command once; when the connection drops, the
 ///   error goes to the caller and it reconnects in the background (its `number_of_retries` is
 ///   about reconnecting, not re-sending; see `ConnectionManager::send_packed_command`). A
@@ -279,8 +292,8 @@ pub use sentinel::SentinelConnection;
 /// Every call waits at most the store's
 /// [`response_timeout`](RedisStoreBuilder::response_timeout) (2 s by default) for its reply,
 /// or less if the connection's own timeout is shorter (500 ms by default for a
-/// `ConnectionManager` or a `MultiplexedConnection`; a `ClusterConnection` has none unless
-/// given one): then it fails with a `Timeout` error and frees its place in flight. A caller
+/// `ConnectionManager` or a `MultiplexedConnection`; a [`RedisConnection`] has none, and a
+/// `ClusterConnection` none unless given one): then it fails with a `Timeout` error and frees its place in flight. A caller
 /// with a tighter budget wraps the store in a
 /// [`resilience::Timeout`](crate::resilience::Timeout). When it gives up, its check is dropped
 /// from the queue, at the latest when the calls ahead of it end: it is never sent, and nothing

@@ -70,7 +70,10 @@ fn value(buf: &[u8], at: usize, depth: usize) -> Result<Step, RedisError> {
             if &buf[end..end + 2] != b"\r\n" {
                 return Err(invalid("a bulk string not followed by CRLF"));
             }
-            return Ok(Step::Done(Value::BulkString(buf[next..end].to_vec()), end + 2));
+            return Ok(Step::Done(
+                Value::BulkString(buf[next..end].to_vec()),
+                end + 2,
+            ));
         }
         b'*' => {
             let n = integer(line)?;
@@ -103,7 +106,10 @@ fn value(buf: &[u8], at: usize, depth: usize) -> Result<Step, RedisError> {
 /// The index of the `\r` ending the line that starts at `at`, once `\r\n` has arrived.
 fn line_end(buf: &[u8], at: usize) -> Result<Option<usize>, RedisError> {
     let from = at + 1;
-    let Some(rel) = buf.get(from..).and_then(|rest| rest.iter().position(|&b| b == b'\n')) else {
+    let Some(rel) = buf
+        .get(from..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+    else {
         return Ok(None);
     };
     let lf = from + rel;
@@ -136,7 +142,11 @@ fn integer(digits: &[u8]) -> Result<i64, RedisError> {
 }
 
 fn invalid(what: &'static str) -> RedisError {
-    RedisError::from((ErrorKind::Parse, "invalid reply from redis", what.to_owned()))
+    RedisError::from((
+        ErrorKind::Parse,
+        "invalid reply from redis",
+        what.to_owned(),
+    ))
 }
 
 #[cfg(test)]
@@ -183,10 +193,7 @@ mod tests {
     fn integers() {
         assert_eq!(split_everywhere(b":0\r\n"), Value::Int(0));
         assert_eq!(split_everywhere(b":-42\r\n"), Value::Int(-42));
-        assert_eq!(
-            whole(b":9223372036854775807\r\n"),
-            Value::Int(i64::MAX)
-        );
+        assert_eq!(whole(b":9223372036854775807\r\n"), Value::Int(i64::MAX));
         assert!(parse(b":99999999999999999999\r\n").is_err());
         assert!(parse(b":1x\r\n").is_err());
         assert!(parse(b":\r\n").is_err());
