@@ -482,10 +482,10 @@ impl State {
                 }
                 Some(Waiter::Many { total, values, .. }) => {
                     values.push(reply);
-                    if values.len() == *total {
-                        if let Some(waiter) = self.waiters.pop_front() {
-                            waiter.complete();
-                        }
+                    if values.len() == *total
+                        && let Some(waiter) = self.waiters.pop_front()
+                    {
+                        waiter.complete();
                     }
                 }
             }
