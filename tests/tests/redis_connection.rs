@@ -87,6 +87,42 @@ async fn concurrent_commands_each_get_their_own_reply() {
     assert_eq!((a, b.as_str()), (1, "x"));
 }
 
+/// Commands and replies larger than the socket's buffers: the part a caller could not write is
+/// written by the reader task, a reply is read across many reads, and small commands queued
+/// behind them keep their places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_commands_and_replies_cross_the_socket_in_parts() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let conn = RedisConnection::connect(server.url()).await.unwrap();
+    let tasks: Vec<_> = (0..4_u8)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let big = vec![b'a' + i; 3 << 20];
+                let key = format!("big{i}");
+                let mut set = redis::cmd("SET");
+                set.arg(&key).arg(&big[..]);
+                let small = format!("small{i}");
+                let (mut writer, args) = (conn.clone(), ["INCR", small.as_str()]);
+                let (stored, counted) = tokio::join!(
+                    set.query_async::<()>(&mut writer),
+                    query::<i64>(&conn, &args),
+                );
+                stored.unwrap();
+                assert_eq!(counted.unwrap(), 1);
+                let got: Vec<u8> = query(&conn, &["GET", &key]).await.unwrap();
+                assert!(got == big, "{key}: {} bytes back", got.len());
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_gives_up_does_not_shift_later_replies() {
     if !redis_available() {

@@ -14,6 +14,7 @@ use redis::{
     Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisError,
     RedisFuture, RedisResult, Value,
 };
+use tokio::io::Interest;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -307,11 +308,28 @@ impl Stream {
         }
     }
 
+    /// Reads what the socket holds into `buf`'s spare room. A read that leaves room unfilled
+    /// has drained the socket: its readiness is cleared then (as Tokio's own `poll_read`
+    /// does), so that the reader parks at once rather than after a read that finds nothing.
     fn try_read_buf(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let room = buf.capacity() - buf.len();
+        let drained = || Err(io::ErrorKind::WouldBlock.into());
         match self {
-            Self::Tcp(s) => s.try_read_buf(buf),
+            Self::Tcp(s) => {
+                let n = s.try_read_buf(buf)?;
+                if n > 0 && n < room {
+                    let _cleared: io::Result<()> = s.try_io(Interest::READABLE, drained);
+                }
+                Ok(n)
+            }
             #[cfg(unix)]
-            Self::Unix(s) => s.try_read_buf(buf),
+            Self::Unix(s) => {
+                let n = s.try_read_buf(buf)?;
+                if n > 0 && n < room {
+                    let _cleared: io::Result<()> = s.try_io(Interest::READABLE, drained);
+                }
+                Ok(n)
+            }
         }
     }
 
