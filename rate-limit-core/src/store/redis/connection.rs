@@ -50,6 +50,23 @@ const READ_CHUNK: usize = 16 * 1024;
 ///
 /// A `rediss://` (TLS) URL, or one asking for RESP3, is served by a `redis::aio::ConnectionManager`
 /// instead, with [`RedisStore::connect`](super::RedisStore::connect)'s settings.
+///
+/// ```
+/// use rate_limit_core::{RedisConnection, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Port 1: nothing listens there. A lazy connection tries on its first command.
+/// let mut conn = RedisConnection::lazy("redis://:secret@127.0.0.1:1/2")?;
+/// let err = redis::cmd("PING").query_async::<String>(&mut conn).await.unwrap_err();
+/// assert!(err.is_connection_refusal());
+/// assert!(!format!("{conn:?}").contains("secret"));
+/// // The same handle serves a store, with other settings than `connect`'s.
+/// let store = RedisStore::builder(conn).prefix("app").build()?;
+/// assert_eq!(store.prefix(), "app");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RedisConnection {
     inner: Inner,
@@ -92,10 +109,14 @@ impl RedisConnection {
     ///
     /// # Errors
     ///
-    /// The URL is invalid; for a TLS URL, this is called outside a Tokio runtime.
+    /// The URL is invalid; for a TLS URL, this is called outside a Tokio runtime (its
+    /// `ConnectionManager` starts a task at once).
     pub fn lazy(url: impl IntoConnectionInfo) -> RedisResult<Self> {
         let inner = match Target::of(url)? {
             Ok(target) => Inner::Own(Arc::new(Shared::new(target))),
+            Err(_) if tokio::runtime::Handle::try_current().is_err() => {
+                return Err(no_runtime());
+            }
             Err(info) => Inner::Manager(ConnectionManager::new_lazy_with_config(
                 redis::Client::open(info)?,
                 super::manager_config(),
@@ -441,12 +462,7 @@ impl Shared {
                 return Err(e);
             }
         };
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            RedisError::from((
-                ErrorKind::Client,
-                "RedisConnection needs a Tokio runtime to read replies on",
-            ))
-        })?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| no_runtime())?;
         let link = Arc::new(Link {
             stream,
             signals: Mutex::new(Signals::default()),
@@ -700,6 +716,13 @@ async fn read(link: Arc<Link>, shared: Weak<Shared>, generation: u64) {
             state.fail(&failure);
         }
     }
+}
+
+fn no_runtime() -> RedisError {
+    RedisError::from((
+        ErrorKind::Client,
+        "RedisConnection needs a Tokio runtime to run its connection on",
+    ))
 }
 
 /// The error of calls whose reply will not come: the socket failed, or was closed.
