@@ -19,7 +19,7 @@
 //!
 //! | Feature | Enables |
 //! |---|---|
-//! | `redis` | `RedisStore` and `RedisStoreBuilder`, on a single node or a `ConnectionManager`; the `redis` crate, re-exported |
+//! | `redis` | `RedisStore`, `RedisStoreBuilder` and `RedisConnection`, on a single node or any `redis` crate connection; the `redis` crate, re-exported |
 //! | `cluster` | `RedisStore` over Redis Cluster (implies `redis`) |
 //! | `tls` | `rediss://` URLs, with rustls (implies `redis`) |
 //! | `resilience` | the `resilience` module: `Timeout`, `CircuitBreaker`, `Fallback` |
@@ -85,7 +85,7 @@ pub use store::redis::RebuildingClusterConnection;
 #[cfg(feature = "sentinel")]
 pub use store::redis::SentinelConnection;
 #[cfg(feature = "redis")]
-pub use store::redis::{RedisStore, RedisStoreBuilder};
+pub use store::redis::{RedisConnection, RedisStore, RedisStoreBuilder};
 pub use store::{BoxFuture, Charge, Store};
 
 /// The per-algorithm state types held inside [`State`]. Opaque: only transitions read them.

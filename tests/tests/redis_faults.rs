@@ -282,7 +282,7 @@ async fn one_hung_master_does_not_stop_the_others() {
 
 /// Replies withheld (a stalled link): every call in flight, a lone one and a batch, fails with
 /// the store's timeout error once its response timeout has passed, not before, and the store
-/// answers again once replies flow. Through `connect`'s `ConnectionManager` (whose only bound
+/// answers again once replies flow. Through `connect`'s `RedisConnection` (whose only bound
 /// is the store's timeout) and through a `MultiplexedConnection` whose own timeout (500 ms by
 /// default) is longer than the store's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use integration_tests::{Fault, FaultProxy, PartitionedRedis, RedisServer, redis_available};
 use rate_limit_core::resilience::{CircuitBreaker, CircuitState, DecidedBy, Fallback, Timeout};
 use rate_limit_core::{Algorithm, Limit, MemoryStore, Quota, RedisStore, Store, StoreErrorKind};
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 
 const BUDGET: Duration = Duration::from_millis(100);
 const QUOTA: u32 = 50;
@@ -238,7 +238,7 @@ async fn after_a_partition_heals_the_breaker_closes_and_redis_decides() {
 /// The stack the link tests put over a store behind the proxy: a 100 ms budget, a breaker that
 /// opens after 3 failures and probes after 200 to 400 ms, and a local fallback on half of
 /// each quota.
-type Stack = Fallback<CircuitBreaker<Timeout<RedisStore<ConnectionManager>>>, MemoryStore>;
+type Stack = Fallback<CircuitBreaker<Timeout<RedisStore>>, MemoryStore>;
 
 async fn stack(url: &str) -> Stack {
     let breaker = CircuitBreaker::new(Timeout::new(

@@ -129,7 +129,7 @@
 //! | Feature | Enables |
 //! |---|---|
 //! | `axum` | [`key::PeerIp`] and [`key::ForwardedIp`] also read axum's `ConnectInfo<SocketAddr>`; [`with_axum_rejection`](RateLimitLayer::with_axum_rejection) takes what an axum handler returns (`IntoResponse`) |
-//! | `redis` | `RedisStore` and `RedisStoreBuilder`: one budget per client shared through Redis; the `redis` crate, re-exported |
+//! | `redis` | `RedisStore`, `RedisStoreBuilder` and `RedisConnection`: one budget per client shared through Redis; the `redis` crate, re-exported |
 //! | `cluster` | `RedisStore` over Redis Cluster, and `RebuildingClusterConnection` (implies `redis`) |
 //! | `sentinel` | `RedisStore` over Redis Sentinel, and `SentinelConnection` (implies `redis`) |
 //! | `tls` | `rediss://` URLs, with rustls (implies `redis`) |
@@ -190,4 +190,4 @@ pub use rate_limit_core::{
     StoreError, StoreErrorKind, SystemClock, WhenFull,
 };
 #[cfg(feature = "redis")]
-pub use rate_limit_core::{RedisStore, RedisStoreBuilder, redis};
+pub use rate_limit_core::{RedisConnection, RedisStore, RedisStoreBuilder, redis};

@@ -11,11 +11,11 @@
 //! them from 32 tasks on one key, so that checks share calls (how many share one depends on
 //! timing). One current-thread Tokio runtime; a GCRA quota that never denies.
 //!
-//! Two floors, for what a connection costs apart from the store: `get-manager` sends `GET` of
+//! Three floors, for what a connection costs apart from the store: `get-manager` sends `GET` of
 //! a 24-byte value (the size of a lone check's reply) one at a time through the `redis` crate's
-//! `ConnectionManager` (as `RedisStore::connect` builds it), and `get-raw` writes the same
-//! command to a Tokio `TcpStream` and reads the reply itself: no task, no channel, no parser
-//! beyond finding the reply's end.
+//! `ConnectionManager`, `get-own` through the store's `RedisConnection` (what
+//! `RedisStore::connect` builds), and `get-raw` writes the same command to a Tokio `TcpStream`
+//! and reads the reply itself: no task, no channel, no parser beyond finding the reply's end.
 
 use std::num::NonZeroU32;
 use std::process::ExitCode;
@@ -109,7 +109,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// `count` `GET`s of a 24-byte value, one at a time, through `how` (`manager` or `raw`).
+/// `count` `GET`s of a 24-byte value, one at a time, through `how` (`manager`, `own` or `raw`).
 async fn get_floor(url: &str, count: usize, how: &str) -> Result<(), Box<dyn std::error::Error>> {
     let client = redis::Client::open(url)?;
     let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
@@ -127,6 +127,15 @@ async fn get_floor(url: &str, count: usize, how: &str) -> Result<(), Box<dyn std
                     .arg("floor")
                     .query_async(&mut manager)
                     .await?;
+                if got != value {
+                    return Err("wrong value".into());
+                }
+            }
+        }
+        "own" => {
+            let mut own = rate_limit_core::RedisConnection::connect(url).await?;
+            for _ in 0..count {
+                let got: Vec<u8> = redis::cmd("GET").arg("floor").query_async(&mut own).await?;
                 if got != value {
                     return Err("wrong value".into());
                 }

@@ -19,11 +19,13 @@ mod builder;
 mod call;
 #[cfg(feature = "cluster")]
 mod cluster;
+mod connection;
 mod deadline;
 mod deny_cache;
 use deny_cache::DenyCache;
 mod error;
 mod keys;
+mod resp;
 mod script;
 #[cfg(feature = "sentinel")]
 mod sentinel;
@@ -31,6 +33,7 @@ mod sentinel;
 pub use builder::RedisStoreBuilder;
 #[cfg(feature = "cluster")]
 pub use cluster::RebuildingClusterConnection;
+pub use connection::RedisConnection;
 #[cfg(feature = "sentinel")]
 pub use sentinel::SentinelConnection;
 
@@ -219,14 +222,21 @@ pub use sentinel::SentinelConnection;
 ///
 /// # Connections, TLS and AUTH
 ///
-/// Any clonable `redis::aio::ConnectionLike` works: a reconnecting `ConnectionManager` (what
-/// [`RedisStore::connect`] builds), a `MultiplexedConnection`, or, with the `cluster` feature, a
+/// [`RedisStore::connect`] builds a [`RedisConnection`] ([`connect_lazy`](RedisStore::connect_lazy)
+/// one that connects on its first check): the store's own connection to one node (TCP, or a Unix
+/// socket with `unix:///path` or `redis+unix:///path`), which pipelines every command on one
+/// socket, has each caller write its command itself and one task read the replies, and
+/// reconnects after a failure. It costs a lone check about a quarter less than the `redis`
+/// crate's `ConnectionManager` (`bench/README.md`). A `rediss://` URL is served by a
+/// `ConnectionManager` behind the same type.
+///
+/// Any clonable `redis::aio::ConnectionLike` works too: a reconnecting `ConnectionManager`
+/// ([`RedisStore::connect_with`]), a `MultiplexedConnection`, or, with the `cluster` feature, a
 /// `ClusterConnection` or a [`RebuildingClusterConnection`], which wraps one and replaces it
 /// when a master hangs ([`RedisStore::connect_cluster`] builds one, or
 /// [`connect_cluster_lazy`](RedisStore::connect_cluster_lazy), which does not wait for the
-/// cluster; [`connect_lazy`](RedisStore::connect_lazy) and
-/// [`connect_sentinel_lazy`](RedisStore::connect_sentinel_lazy) are the others'). Each call
-/// clones the handle, which is cheap: they multiplex one socket. A cluster connection of
+/// cluster; [`connect_sentinel_lazy`](RedisStore::connect_sentinel_lazy) is Sentinel's). Each
+/// call clones the handle, which is cheap: they multiplex one socket. A cluster connection of
 /// another type is recognised by the first `CROSSSLOT` answer, and the batch is sent again one
 /// call per slot; pass one of these two to get a queue per slot, and `ASK` redirects followed.
 ///
@@ -259,6 +269,12 @@ pub use sentinel::SentinelConnection;
 ///
 /// The connections must not re-send on their own either:
 ///
+/// - [`RedisConnection`] sends each command once, and never again. When its socket fails (the
+///   server closed it, a reset, a write error), every call waiting on it fails with a
+///   [`Connection`](StoreErrorKind::Connection) error, and the next call connects again (at
+///   most 500 ms; the calls arriving meanwhile wait for that attempt, and after a failed one
+///   calls fail at once for 100 ms rather than each waiting to connect). A caller that gives up
+///   leaves its reply to be read and dropped: no other caller gets it.
 /// - `ConnectionManager` (redis 1.8) sends a command once; when the connection drops, the
 ///   error goes to the caller and it reconnects in the background (its `number_of_retries` is
 ///   about reconnecting, not re-sending; see `ConnectionManager::send_packed_command`). A
@@ -276,8 +292,8 @@ pub use sentinel::SentinelConnection;
 /// Every call waits at most the store's
 /// [`response_timeout`](RedisStoreBuilder::response_timeout) (2 s by default) for its reply,
 /// or less if the connection's own timeout is shorter (500 ms by default for a
-/// `ConnectionManager` or a `MultiplexedConnection`; a `ClusterConnection` has none unless
-/// given one): then it fails with a `Timeout` error and frees its place in flight. A caller
+/// `ConnectionManager` or a `MultiplexedConnection`; a [`RedisConnection`] has none, and a
+/// `ClusterConnection` none unless given one): then it fails with a `Timeout` error and frees its place in flight. A caller
 /// with a tighter budget wraps the store in a
 /// [`resilience::Timeout`](crate::resilience::Timeout). When it gives up, its check is dropped
 /// from the queue, at the latest when the calls ahead of it end: it is never sent, and nothing
@@ -390,7 +406,7 @@ pub use sentinel::SentinelConnection;
 /// # Ok(())
 /// # }
 /// ```
-pub struct RedisStore<C = ConnectionManager> {
+pub struct RedisStore<C = RedisConnection> {
     dispatcher: Arc<batch::Dispatcher<C>>,
     prefix: Arc<str>,
     backend: &'static str,
@@ -463,24 +479,27 @@ fn is_cluster<C: 'static>(conn: &C) -> bool {
     }
 }
 
-impl RedisStore<ConnectionManager> {
-    /// Connects to `url` through a `ConnectionManager`, which reconnects after a failure, with
+impl RedisStore<RedisConnection> {
+    /// Connects to `url` through a [`RedisConnection`], which reconnects after a failure, with
     /// the default prefix and server time.
     ///
-    /// A reconnection makes two attempts, about 100 ms apart, each waiting at most 500 ms to
-    /// connect, rather than the `redis` crate's seven (which kept a check waiting about 3.4 s
-    /// while Redis refused connections): a check that meets Redis down fails with a
-    /// [`Connection`](StoreErrorKind::Connection) error within the store's
-    /// [response timeout](RedisStoreBuilder::response_timeout), and the next check tries again.
-    /// The manager has no response timeout of its own (the `redis` crate's is 500 ms): the
-    /// store's bounds every call, reconnection included, and a second timer per call would only
-    /// cost the client. Use [`connect_with`](Self::connect_with) for other settings.
+    /// The connection sends each command once, and never again; when its socket fails, the
+    /// calls waiting on it fail with a [`Connection`](StoreErrorKind::Connection) error, and the
+    /// next call connects again (waiting at most 500 ms; after a failed attempt, calls fail at
+    /// once for 100 ms): a check that meets Redis down fails within the store's
+    /// [response timeout](RedisStoreBuilder::response_timeout), and a later check tries again.
+    /// A `rediss://` URL is served by a `redis::aio::ConnectionManager` with the same bounds
+    /// (two attempts, 500 ms each). Use [`connect_with`](RedisStore::connect_with) for a
+    /// `ConnectionManager` with other settings.
     ///
     /// # Errors
     ///
-    /// The URL is invalid, or the first connection failed.
+    /// The URL is invalid, or the first connection (or its `AUTH`) failed.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_with(url, manager_config()).await
+        let conn = RedisConnection::connect(url)
+            .await
+            .map_err(error::from_redis)?;
+        Ok(Self::builder(conn).assemble())
     }
 
     /// As [`connect`](Self::connect), without waiting for Redis: the store is built at once
@@ -508,8 +527,8 @@ impl RedisStore<ConnectionManager> {
     ///
     /// # Errors
     ///
-    /// The URL is invalid, or this is called outside a Tokio runtime (the connection's tasks
-    /// need one).
+    /// The URL is invalid, or this is called outside a Tokio runtime (the connection's task
+    /// needs one).
     pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(StoreError::new(
@@ -517,20 +536,20 @@ impl RedisStore<ConnectionManager> {
                 "RedisStore::connect_lazy needs a Tokio runtime",
             ));
         }
-        let client = redis::Client::open(url).map_err(error::from_redis)?;
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config())
-            .map_err(error::from_redis)?;
+        let conn = RedisConnection::lazy(url).map_err(error::from_redis)?;
         Ok(Self::builder(conn).assemble())
     }
+}
 
-    /// As [`connect`](Self::connect), with the `ConnectionManager`'s reconnection settings
-    /// (delays, timeouts, retries) given by `config`.
+impl RedisStore<ConnectionManager> {
+    /// As [`connect`](RedisStore::connect), through a `ConnectionManager` with the reconnection
+    /// settings (delays, timeouts, retries) given by `config`.
     ///
     /// A check waits at most the store's response timeout (2 s) in all, reconnection
     /// included: with settings whose reconnection takes longer, checks made while Redis is down
     /// fail with a [`Timeout`](StoreErrorKind::Timeout) error rather than a `Connection` one.
     /// The `config`'s own response timeout (the `redis` crate's default is 500 ms) bounds each
-    /// call too; `set_response_timeout(None)` leaves the store's alone, as `connect` does.
+    /// call too; `set_response_timeout(None)` leaves the store's alone.
     ///
     /// # Errors
     ///
@@ -547,7 +566,8 @@ impl RedisStore<ConnectionManager> {
     }
 }
 
-/// The reconnection settings of [`RedisStore::connect`]: two attempts, at most 500 ms each and
+/// The reconnection settings of [`RedisStore::connect`]'s `ConnectionManager` (for TLS URLs):
+/// two attempts, at most 500 ms each and
 /// between them; no response timeout but the store's.
 fn manager_config() -> redis::aio::ConnectionManagerConfig {
     redis::aio::ConnectionManagerConfig::new()
