@@ -473,7 +473,8 @@ fn runs<'a>(checks: &[&'a Check]) -> Vec<(&'a Check, usize)> {
     let mut runs: Vec<(&Check, usize)> = Vec::new();
     for &check in checks {
         match runs.last_mut() {
-            Some((last, n)) if last.same_as(check) => *n += 1,
+            // A repeat queued without a check of its own is the very check it repeats.
+            Some((last, n)) if std::ptr::eq(*last, check) || last.same_as(check) => *n += 1,
             _ => runs.push((check, 1)),
         }
     }
