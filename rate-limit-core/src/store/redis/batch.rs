@@ -115,7 +115,8 @@ struct Lane {
 /// holds its check, and one that leaves a lane ahead of its repeats (its caller gone, or taken
 /// into a batch without them) hands its check on to them.
 struct Request {
-    check: Option<Check>,
+    /// Boxed: a hot key's repeats, which hold none, stay small as the lane moves them.
+    check: Option<Box<Check>>,
     answer: oneshot::Sender<Result<Decision, StoreError>>,
 }
 
@@ -241,7 +242,7 @@ where
                         let l = lane.or_insert_with(Lane::new);
                         let (answer, wait) = oneshot::channel();
                         l.push(Request {
-                            check: built.take(),
+                            check: built.take().map(Box::new),
                             answer,
                         });
                         let start = l.in_flight < MAX_IN_FLIGHT && !l.lingering;
@@ -365,14 +366,14 @@ where
         // Each request holds its own check before they are sorted: a repeat may no longer
         // follow the request it repeats.
         let mut last: Option<&Check> = None;
-        let copies: Vec<Option<Check>> = batch
+        let copies: Vec<Option<Box<Check>>> = batch
             .iter()
-            .map(|r| match &r.check {
+            .map(|r| match r.check.as_deref() {
                 Some(check) => {
                     last = Some(check);
                     None
                 }
-                None => last.cloned(),
+                None => last.map(|check| Box::new(check.clone())),
             })
             .collect();
         for (request, copy) in batch.iter_mut().zip(copies) {
@@ -380,7 +381,7 @@ where
                 request.check = copy;
             }
         }
-        let slot_of = |r: &Request| r.check.as_ref().map_or(0, Check::slot);
+        let slot_of = |r: &Request| r.check.as_deref().map_or(0, Check::slot);
         // A stable sort keeps arrival order within each slot.
         batch.sort_by_key(slot_of);
         let mut groups = Vec::new();
@@ -471,14 +472,14 @@ impl Lane {
     fn last_check(&self) -> Option<&Check> {
         let last = self.waiting.len().checked_sub(1)?;
         let hinted = last.saturating_sub(self.repeats);
-        match self.waiting.get(hinted).and_then(|r| r.check.as_ref()) {
+        match self.waiting.get(hinted).and_then(|r| r.check.as_deref()) {
             Some(check) => Some(check),
-            None => self.waiting.iter().rev().find_map(|r| r.check.as_ref()),
+            None => self.waiting.iter().rev().find_map(|r| r.check.as_deref()),
         }
     }
 
     /// Gives `check`, of a request that left the front, to the new front if that repeats it.
-    fn hand_on(&mut self, check: Option<Check>) {
+    fn hand_on(&mut self, check: Option<Box<Check>>) {
         if let Some(front) = self.waiting.front_mut()
             && front.check.is_none()
         {
@@ -517,7 +518,7 @@ impl Lane {
 
 /// Whether `request` stays (its caller still waits). A request that goes leaves its check in
 /// `carried` for the repeats after it; a repeat that stays takes the check carried, if any.
-fn keep(request: &mut Request, carried: &mut Option<Check>) -> bool {
+fn keep(request: &mut Request, carried: &mut Option<Box<Check>>) -> bool {
     if request.answer.is_closed() {
         if let Some(check) = request.check.take() {
             *carried = Some(check);
@@ -568,7 +569,7 @@ fn checks(batch: &[Request]) -> Vec<&Check> {
     batch
         .iter()
         .filter_map(|r| {
-            if let Some(check) = &r.check {
+            if let Some(check) = r.check.as_deref() {
                 last = Some(check);
             }
             last
@@ -620,7 +621,7 @@ mod tests {
     fn queue(lane: &mut Lane, key: Option<&str>) -> Wait {
         let (answer, wait) = oneshot::channel();
         lane.push(Request {
-            check: key.map(check),
+            check: key.map(|k| Box::new(check(k))),
             answer,
         });
         wait
