@@ -199,6 +199,9 @@ fn three_demos_sharing_one_redis_admit_exactly_the_quota() {
         let vars = [
             ("REDIS_URL", url.as_str()),
             ("FAILURE_MODE", "closed"),
+            // A loaded machine can take longer than the default 50 ms for the first call
+            // (connecting, loading the library): closed mode would answer 503, not a decision.
+            ("REDIS_TIMEOUT_MS", "2000"),
             ("RATE_LIMIT", "10"),
             ("RATE_LIMIT_WINDOW_SEC", DAY),
             ("RATE_LIMIT_ALGORITHM", algorithm),
@@ -618,7 +621,11 @@ fn closed_mode_refuses_to_start_when_redis_refuses_the_password_or_the_database(
     }
     // The right password and database: it starts, and Redis decides.
     let good = format!("redis://:the-right-one@127.0.0.1:{port}/1");
-    let demo = Demo::start(&[("REDIS_URL", &good), ("FAILURE_MODE", "closed")]);
+    let demo = Demo::start(&[
+        ("REDIS_URL", &good),
+        ("FAILURE_MODE", "closed"),
+        ("REDIS_TIMEOUT_MS", "2000"),
+    ]);
     assert_eq!(
         demo.get("/ratelimit", &id("a")).status,
         200,
