@@ -105,18 +105,12 @@ struct Lane {
     /// (the callers its call just answered, checking again) are its, and start no flush.
     lingering: bool,
     prune_at: usize,
-    /// Requests pushed since the last that held its own check: a hint of where the check the
-    /// last request repeats is (see [`Lane::last_check`]).
-    repeats: usize,
 }
 
-/// A queued check. Without a check of its own it repeats the request before it in its lane
-/// (a hot key's callers queue one check, not one each): the first request of a lane always
-/// holds its check, and one that leaves a lane ahead of its repeats (its caller gone, or taken
-/// into a batch without them) hands its check on to them.
+/// A queued check. A caller whose check is the one queued last (a hot key's callers) shares
+/// it rather than build its own.
 struct Request {
-    /// Boxed: a hot key's repeats, which hold none, stay small as the lane moves them.
-    check: Option<Box<Check>>,
+    check: Arc<Check>,
     answer: oneshot::Sender<Result<Decision, StoreError>>,
 }
 
@@ -223,33 +217,36 @@ where
         let queued = loop {
             let step = {
                 let mut lanes = self.lock();
-                // The same as the check queued last: joins it, unbuilt.
-                let repeat = built.is_none()
-                    && ask.as_ref().is_some_and(|ask| {
-                        lanes
-                            .get(&lane)
-                            .and_then(Lane::last_check)
-                            .is_some_and(|last| last.is_asked_by(ask))
-                    });
                 match lanes.entry(lane) {
                     Entry::Vacant(idle) if self.lone.load(Ordering::Relaxed) => {
                         idle.insert(Lane::new()).in_flight = 1;
                         Step::Alone
                     }
-                    // Built outside the lock, then queued.
-                    _ if !repeat && built.is_none() => Step::Build,
-                    lane => {
-                        let l = lane.or_insert_with(Lane::new);
-                        let (answer, wait) = oneshot::channel();
-                        l.push(Request {
-                            check: built.take().map(Box::new),
-                            answer,
-                        });
-                        let start = l.in_flight < MAX_IN_FLIGHT && !l.lingering;
-                        if start {
-                            l.in_flight += 1;
+                    entry => {
+                        // The check queued last, if this one asks the same: shared, not built.
+                        let shared = match (&ask, &entry) {
+                            (Some(ask), Entry::Occupied(l)) => l
+                                .get()
+                                .waiting
+                                .back()
+                                .filter(|last| last.check.is_asked_by(ask))
+                                .map(|last| Arc::clone(&last.check)),
+                            _ => None,
+                        };
+                        match shared.or_else(|| built.take().map(Arc::new)) {
+                            // Built outside the lock, then queued.
+                            None => Step::Build,
+                            Some(check) => {
+                                let l = entry.or_insert_with(Lane::new);
+                                let (answer, wait) = oneshot::channel();
+                                l.push(Request { check, answer });
+                                let start = l.in_flight < MAX_IN_FLIGHT && !l.lingering;
+                                if start {
+                                    l.in_flight += 1;
+                                }
+                                Step::Queued(start, wait)
+                            }
                         }
-                        Step::Queued(start, wait)
                     }
                 }
             };
@@ -347,9 +344,9 @@ where
         let answers = self.call(&checks(&batch)).await;
         if let Err(e) = &answers
             && e.kind() == ErrorKind::Server(ServerErrorKind::CrossSlot)
-            && checks(&batch)
-                .windows(2)
-                .any(|w| w[0].slot() != w[1].slot())
+            && batch
+                .iter()
+                .any(|r| r.check.slot() != batch[0].check.slot())
         {
             // A cluster behind a connection type not known as one: nothing ran (the server
             // checks slots first), so send again, one call per slot; later checks queue in the
@@ -363,31 +360,12 @@ where
     /// One call per slot, concurrently; returns when every caller has its answer. Only for the
     /// checks of the shared lane once `CROSSSLOT` has shown that the connection is a cluster's.
     async fn send_per_slot(self: &Arc<Self>, mut batch: Vec<Request>) {
-        // Each request holds its own check before they are sorted: a repeat may no longer
-        // follow the request it repeats.
-        let mut last: Option<&Check> = None;
-        let copies: Vec<Option<Box<Check>>> = batch
-            .iter()
-            .map(|r| match r.check.as_deref() {
-                Some(check) => {
-                    last = Some(check);
-                    None
-                }
-                None => last.map(|check| Box::new(check.clone())),
-            })
-            .collect();
-        for (request, copy) in batch.iter_mut().zip(copies) {
-            if request.check.is_none() {
-                request.check = copy;
-            }
-        }
-        let slot_of = |r: &Request| r.check.as_deref().map_or(0, Check::slot);
         // A stable sort keeps arrival order within each slot.
-        batch.sort_by_key(slot_of);
+        batch.sort_by_key(|r| r.check.slot());
         let mut groups = Vec::new();
         while let Some(last) = batch.last() {
-            let slot = slot_of(last);
-            let start = batch.partition_point(|r| slot_of(r) < slot);
+            let slot = last.check.slot();
+            let start = batch.partition_point(|r| r.check.slot() < slot);
             groups.push(batch.split_off(start));
         }
         if groups.len() == 1 {
@@ -435,7 +413,6 @@ impl Lane {
             in_flight: 0,
             lingering: false,
             prune_at: PRUNE_AT,
-            repeats: 0,
         }
     }
 
@@ -443,93 +420,28 @@ impl Lane {
         // Callers give up about in the order they came (each after its own budget): the ones
         // at the front that have gone are dropped at once, the others at the next prune.
         while self.waiting.front().is_some_and(|r| r.answer.is_closed()) {
-            let gone = self.waiting.pop_front();
-            self.hand_on(gone.and_then(|r| r.check));
+            self.waiting.pop_front();
         }
         if self.waiting.len() >= self.prune_at {
-            let mut carried = None;
-            self.waiting.retain_mut(|r| keep(r, &mut carried));
+            self.waiting.retain(|r| !r.answer.is_closed());
             self.prune_at = (self.waiting.len() * 2).max(PRUNE_AT);
-            // Requests left the middle: the hint counts again.
-            self.repeats = self
-                .waiting
-                .iter()
-                .rev()
-                .take_while(|r| r.check.is_none())
-                .count();
         }
-        self.repeats = match request.check {
-            Some(_) => 0,
-            None => self.repeats + 1,
-        };
         self.waiting.push_back(request);
     }
 
-    /// The check of the last request: its own, or the one it repeats. The repeats at the
-    /// lane's end are counted as they are pushed, so this is found at once; the count is only
-    /// a hint (requests leave from the front, and their checks move to the front), checked
-    /// before it is used.
-    fn last_check(&self) -> Option<&Check> {
-        let last = self.waiting.len().checked_sub(1)?;
-        let hinted = last.saturating_sub(self.repeats);
-        match self.waiting.get(hinted).and_then(|r| r.check.as_deref()) {
-            Some(check) => Some(check),
-            None => self.waiting.iter().rev().find_map(|r| r.check.as_deref()),
-        }
-    }
-
-    /// Gives `check`, of a request that left the front, to the new front if that repeats it.
-    fn hand_on(&mut self, check: Option<Box<Check>>) {
-        if let Some(front) = self.waiting.front_mut()
-            && front.check.is_none()
-        {
-            front.check = check;
-        }
-    }
-
-    /// Up to `max` checks whose callers still wait, oldest first, each holding its check
-    /// unless it repeats the one before it in the batch.
+    /// Up to `max` checks whose callers still wait, oldest first.
     fn take(&mut self, max: usize) -> Vec<Request> {
-        let mut batch: Vec<Request> = Vec::with_capacity(max.min(self.waiting.len()));
-        let mut carried = None;
+        let mut batch = Vec::with_capacity(max.min(self.waiting.len()));
         while batch.len() < max {
-            let Some(mut request) = self.waiting.pop_front() else {
+            let Some(request) = self.waiting.pop_front() else {
                 break;
             };
-            if keep(&mut request, &mut carried) {
-                if request.check.is_none() && batch.is_empty() {
-                    // Nothing it could repeat: never so while the first request of a lane
-                    // holds its check.
-                    let _ = request.answer.send(Err(lost()));
-                    continue;
-                }
+            if !request.answer.is_closed() {
                 batch.push(request);
             }
         }
-        // A repeat left at the front needs the check it repeats, which has left: a copy of it
-        // (a batch cut short by the maximum, the only case a hot key pays a second build).
-        if self.waiting.front().is_some_and(|r| r.check.is_none()) {
-            let check = carried.or_else(|| batch.iter().rev().find_map(|r| r.check.clone()));
-            self.hand_on(check);
-        }
         batch
     }
-}
-
-/// Whether `request` stays (its caller still waits). A request that goes leaves its check in
-/// `carried` for the repeats after it; a repeat that stays takes the check carried, if any.
-fn keep(request: &mut Request, carried: &mut Option<Box<Check>>) -> bool {
-    if request.answer.is_closed() {
-        if let Some(check) = request.check.take() {
-            *carried = Some(check);
-        }
-        return false;
-    }
-    match request.check {
-        Some(_) => *carried = None,
-        None => request.check = carried.take(),
-    }
-    true
 }
 
 /// Ends a flush of `lane`: one call fewer in flight, and the lane forgotten once it is idle.
@@ -563,18 +475,8 @@ fn answer(batch: Vec<Request>, answers: Answers) {
     }
 }
 
-/// The check of each request of a batch: its own, or the one before it that it repeats.
 fn checks(batch: &[Request]) -> Vec<&Check> {
-    let mut last = None;
-    batch
-        .iter()
-        .filter_map(|r| {
-            if let Some(check) = r.check.as_deref() {
-                last = Some(check);
-            }
-            last
-        })
-        .collect()
+    batch.iter().map(|r| &*r.check).collect()
 }
 
 /// The answer never came: the flush carrying the check was dropped (its runtime shut down).
@@ -617,29 +519,40 @@ mod tests {
         Check::new("rl", key, &[limit()], 1, true).unwrap()
     }
 
-    /// Queues the check of `key`, or a repeat of the last one (`None`).
+    /// Queues the check of `key`, or (`None`) the check queued last again, shared.
     fn queue(lane: &mut Lane, key: Option<&str>) -> Wait {
+        let check = match key {
+            Some(k) => Arc::new(check(k)),
+            None => Arc::clone(&lane.waiting.back().unwrap().check),
+        };
         let (answer, wait) = oneshot::channel();
-        lane.push(Request {
-            check: key.map(|k| Box::new(check(k))),
-            answer,
-        });
+        lane.push(Request { check, answer });
         wait
     }
 
     /// The client key of each check of a batch, read back from its state key.
     fn keys_of(batch: &[Request]) -> Vec<String> {
-        checks(batch)
-            .iter()
-            .map(|c| {
-                let k = c.state_key();
-                k[k.find('{').unwrap() + 1..k.find('}').unwrap()].to_owned()
-            })
-            .collect()
+        checks(batch).iter().map(|c| client_key(c)).collect()
+    }
+
+    fn client_key(c: &Check) -> String {
+        let k = c.state_key();
+        k[k.find('{').unwrap() + 1..k.find('}').unwrap()].to_owned()
+    }
+
+    /// The checks a batch carries that are not the one before them.
+    fn built(batch: &[Request]) -> usize {
+        let checks = checks(batch);
+        let mut n = usize::from(!checks.is_empty());
+        n += checks
+            .windows(2)
+            .filter(|w| !std::ptr::eq(w[0], w[1]))
+            .count();
+        n
     }
 
     #[test]
-    fn repeats_are_decided_as_the_check_they_repeat() {
+    fn shared_checks_are_decided_as_the_check_they_share() {
         let mut lane = Lane::new();
         let _w = [
             queue(&mut lane, Some("a")),
@@ -650,11 +563,11 @@ mod tests {
         ];
         let batch = lane.take(10);
         assert_eq!(keys_of(&batch), ["a", "a", "b", "b", "b"]);
-        assert_eq!(batch.iter().filter(|r| r.check.is_some()).count(), 2);
+        assert_eq!(built(&batch), 2);
     }
 
     #[test]
-    fn a_gone_caller_hands_its_check_to_its_repeats() {
+    fn a_gone_caller_leaves_its_check_to_those_sharing_it() {
         let mut lane = Lane::new();
         let gone = queue(&mut lane, Some("a"));
         let w1 = queue(&mut lane, None);
@@ -663,7 +576,7 @@ mod tests {
         drop((gone, gone2));
         let batch = lane.take(10);
         assert_eq!(keys_of(&batch), ["a", "a"]);
-        assert!(batch[0].check.is_some());
+        assert_eq!(built(&batch), 1);
         drop((w1, w3));
     }
 
@@ -681,20 +594,19 @@ mod tests {
     }
 
     #[test]
-    fn callers_gone_at_the_front_hand_their_check_on() {
+    fn callers_gone_at_the_front_are_dropped_and_the_rest_keep_their_checks() {
         let mut lane = Lane::new();
         let gone = queue(&mut lane, Some("a"));
         let _w1 = queue(&mut lane, None);
         drop(gone);
-        // Pushing drops the gone front: its repeat now holds the check.
+        // Pushing drops the gone front.
         let _w2 = queue(&mut lane, Some("b"));
         assert_eq!(lane.waiting.len(), 2);
-        assert!(lane.waiting.front().unwrap().check.is_some());
         assert_eq!(keys_of(&lane.take(10)), ["a", "b"]);
     }
 
     #[test]
-    fn callers_gone_in_a_prune_hand_their_check_on() {
+    fn callers_gone_in_a_prune_are_dropped_and_the_rest_keep_their_checks() {
         let mut lane = Lane::new();
         let _a = queue(&mut lane, Some("a"));
         let gone_repeat = queue(&mut lane, None);
@@ -704,52 +616,29 @@ mod tests {
         drop((gone_repeat, gone_b));
         lane.prune_at = 5;
         let _c = queue(&mut lane, Some("c"));
-        // Pruned: the gone two are out, and the first repeat of b holds b's check.
+        // Pruned: the gone two are out.
         assert_eq!(lane.waiting.len(), 4);
-        assert!(lane.waiting[1].check.is_some());
-        assert!(lane.waiting[2].check.is_none());
         assert_eq!(keys_of(&lane.take(10)), ["a", "b", "b", "c"]);
     }
 
     #[test]
-    fn the_last_check_is_the_one_the_last_request_repeats() {
-        let key = |lane: &Lane| {
-            let k = lane.last_check().unwrap().state_key();
-            k[k.find('{').unwrap() + 1..k.find('}').unwrap()].to_owned()
-        };
+    fn a_caller_shares_the_last_check_only_if_it_asks_the_same() {
         let mut lane = Lane::new();
-        assert!(lane.last_check().is_none());
         let _a = queue(&mut lane, Some("a"));
-        let gone_b = queue(&mut lane, Some("b"));
-        let _r = [queue(&mut lane, None), queue(&mut lane, None)];
-        assert_eq!(key(&lane), "b");
-        // b's caller goes and a prune moves its check to its first repeat.
-        drop(gone_b);
-        lane.prune_at = 4;
-        let _r2 = queue(&mut lane, None);
-        assert_eq!(lane.waiting.len(), 4);
-        assert_eq!(key(&lane), "b");
-        // A batch takes a and b's holder: the front left behind holds a copy.
-        assert_eq!(keys_of(&lane.take(2)), ["a", "b"]);
-        assert_eq!(key(&lane), "b");
-        let _c = queue(&mut lane, Some("c"));
-        assert_eq!(key(&lane), "c");
-        assert_eq!(keys_of(&lane.take(10)), ["b", "b", "c"]);
-        assert!(lane.last_check().is_none());
-    }
-
-    #[test]
-    fn a_lone_repeat_with_nothing_to_repeat_fails_rather_than_misalign() {
-        let mut lane = Lane::new();
-        let (answer, mut wait) = oneshot::channel();
-        lane.waiting.push_back(Request {
-            check: None,
-            answer,
-        });
-        let _w = queue(&mut lane, Some("a"));
-        assert_eq!(keys_of(&lane.take(10)), ["a"]);
-        let err = wait.try_recv().unwrap().unwrap_err();
-        assert_eq!(err.kind(), StoreErrorKind::Connection);
+        let limits = [limit()];
+        let ask = |key| Ask {
+            prefix: "rl",
+            key,
+            limits: &limits,
+            cost: 1,
+            commit: true,
+        };
+        let last = |lane: &Lane| Arc::clone(&lane.waiting.back().unwrap().check);
+        assert!(last(&lane).is_asked_by(&ask("a")));
+        assert!(!last(&lane).is_asked_by(&ask("b")));
+        let _b = queue(&mut lane, Some("b"));
+        assert_eq!(client_key(&last(&lane)), "b");
+        assert!(!last(&lane).is_asked_by(&ask("a")));
     }
 
     #[test]

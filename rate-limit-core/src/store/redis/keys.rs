@@ -35,13 +35,14 @@ fn escaped(c: char) -> bool {
 }
 
 /// The hash-tagged part of every key of `key`, braces included: `{<escaped key>}`.
+#[cfg(test)]
 pub(crate) fn tag(key: &str) -> String {
     let mut out = String::with_capacity(key.len() + 2);
     push_tag(&mut out, key);
     out
 }
 
-/// Appends the [`tag`] of `key` to `out`.
+/// Appends the tag of `key` (`{<escaped key>}`) to `out`.
 fn push_tag(out: &mut String, key: &str) {
     out.push('{');
     if key.is_empty() {
@@ -62,13 +63,20 @@ fn push_tag(out: &mut String, key: &str) {
     out.push('}');
 }
 
-/// The state key of one limit: `{prefix}:{tag}:{id:016x}`.
-pub(crate) fn state_key(prefix: &str, tag: &str, limit_id: u64) -> String {
-    let mut out = String::with_capacity(prefix.len() + tag.len() + 18);
+/// `{prefix}:{tag}:` of the client key `key`, with room for a limit id after it.
+fn base(prefix: &str, key: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + key.len() + 4 + 16);
     out.push_str(prefix);
     out.push(':');
-    out.push_str(tag);
+    push_tag(&mut out, key);
     out.push(':');
+    out
+}
+
+/// The state key of the client key `key` for one limit: `{prefix}:{tag}:{id:016x}`, the tag
+/// escaped in place (one string).
+pub(crate) fn state_key(prefix: &str, key: &str, limit_id: u64) -> String {
+    let mut out = base(prefix, key);
     push_hex16(&mut out, limit_id);
     out
 }
@@ -81,11 +89,7 @@ pub(crate) fn state_keys(
     ids: impl ExactSizeIterator<Item = u64>,
 ) -> Vec<String> {
     let n = ids.len();
-    let mut base = String::with_capacity(prefix.len() + key.len() + 4 + 16);
-    base.push_str(prefix);
-    base.push(':');
-    push_tag(&mut base, key);
-    base.push(':');
+    let mut base = base(prefix, key);
     let mut keys = Vec::with_capacity(n);
     for (i, id) in ids.enumerate() {
         let mut k = if i + 1 == n {
@@ -111,17 +115,6 @@ fn push_hex16(out: &mut String, n: u64) {
     }
     // Hex digits are ASCII.
     out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
-}
-
-/// The state key of the client key `key` for one limit id, as [`state_keys`] writes it.
-pub(crate) fn state_key_of(prefix: &str, key: &str, limit_id: u64) -> String {
-    let mut out = String::with_capacity(prefix.len() + key.len() + 4 + 16);
-    out.push_str(prefix);
-    out.push(':');
-    push_tag(&mut out, key);
-    out.push(':');
-    push_hex16(&mut out, limit_id);
-    out
 }
 
 /// Whether `state_key` is a state key of the client key `key` under `prefix` (for any limit
@@ -185,10 +178,7 @@ mod tests {
     #[test]
     fn plain_keys_stay_readable() {
         assert_eq!(tag("client-1"), "{client-1}");
-        assert_eq!(
-            state_key("rl", &tag("a:b"), 0xab),
-            "rl:{a:b}:00000000000000ab"
-        );
+        assert_eq!(state_key("rl", "a:b", 0xab), "rl:{a:b}:00000000000000ab");
         assert_eq!(tag("zoë 東京"), "{zoë 東京}");
     }
 
@@ -199,26 +189,27 @@ mod tests {
             let keys = state_keys("rl", key, ids.into_iter());
             let want: Vec<String> = ids
                 .iter()
-                .map(|&id| state_key("rl", &tag(key), id))
+                .map(|&id| format!("rl:{}:{id:016x}", tag(key)))
                 .collect();
             assert_eq!(keys, want);
             let one = state_keys("app:rl", key, [7].into_iter());
-            assert_eq!(one, [state_key("app:rl", &tag(key), 7)]);
+            assert_eq!(one, [state_key("app:rl", key, 7)]);
+            assert_eq!(one, [format!("app:rl:{}:0000000000000007", tag(key))]);
         }
-        assert_eq!(state_key("rl", "{k}", u64::MAX), "rl:{k}:ffffffffffffffff");
+        assert_eq!(state_key("rl", "k", u64::MAX), "rl:{k}:ffffffffffffffff");
         assert!(state_keys("rl", "k", std::iter::empty()).is_empty());
     }
 
     #[test]
-    fn one_state_key_is_the_state_key_and_is_recognised() {
+    fn a_state_key_is_recognised_as_its_client_keys() {
         let ids = [0, 0xab, u64::MAX, 0x0123_4567_89ab_cdef];
         let keys = [
             "client-1", "", "}x{", "50%", "a\nb", "東京", "a:b", "%7B", "%",
         ];
         for key in keys {
             for id in ids {
-                let built = state_key_of("rl", key, id);
-                assert_eq!(built, state_key("rl", &tag(key), id));
+                let built = state_key("rl", key, id);
+                assert_eq!(built, format!("rl:{}:{id:016x}", tag(key)));
                 // Recognised exactly when the key needs no escaping (and is not empty).
                 let plain = !key.is_empty() && !key.contains(escaped);
                 assert_eq!(is_state_key_of(&built, "rl", key), plain, "{key:?}");
@@ -261,7 +252,7 @@ mod tests {
     #[test]
     fn the_tag_is_the_first_braced_part_and_never_empty() {
         for key in ["", "}", "{}", "x}{y", "{{", "}}"] {
-            let full = state_key("rl", &tag(key), 1);
+            let full = state_key("rl", key, 1);
             let open = full.find('{').unwrap();
             let close = open + full[open..].find('}').unwrap();
             assert_eq!(&full[open..=close], tag(key));
@@ -281,7 +272,7 @@ mod tests {
         // An empty tag hashes the whole key; only the first braces count.
         assert_eq!(slot("a{}b"), crc16(b"a{}b") % 16_384);
         assert_eq!(slot("x{hash_tag}{other}"), 2_515);
-        let state = state_key("rl", &tag("東京"), 7);
+        let state = state_key("rl", "東京", 7);
         assert_eq!(slot(&state), slot(&tag("東京")));
     }
 

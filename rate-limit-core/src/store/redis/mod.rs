@@ -685,7 +685,7 @@ impl RedisStore {
     /// assert_eq!(key, "rl:{a%7Bb%7D}:4877b29fe38dc867");
     /// ```
     pub fn key_layout(prefix: &str, key: &str, limit: &Limit) -> String {
-        keys::state_key(prefix, &keys::tag(key), limit.id())
+        keys::state_key(prefix, key, limit.id())
     }
 
     /// Whether the script decides `limit` exactly; see [exactness](RedisStore#exactness).

@@ -184,7 +184,7 @@ impl Ask<'_> {
 
 /// One value or several: a check's keys and limits, of which most checks have one, kept in
 /// place rather than in a `Vec` of one.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) enum Few<T> {
     One(T),
     Many(Vec<T>),
@@ -204,7 +204,6 @@ impl<T> std::ops::Deref for Few<T> {
 /// One check as the script reads it: its state keys (one per limit, all with the hash tag of
 /// one client key) and the integers of its limits, prepared by the caller so that the call
 /// itself only copies bytes.
-#[derive(Clone)]
 pub(crate) struct Check {
     keys: Few<String>,
     limits: Few<ScriptLimit>,
@@ -238,7 +237,7 @@ impl Check {
             // Most checks have one limit: its key and limit are kept in place, not in two
             // `Vec`s (two allocations, about 300 client instructions a check).
             [limit] => (
-                Few::One(keys::state_key_of(prefix, key, limit.id())),
+                Few::One(keys::state_key(prefix, key, limit.id())),
                 Few::One(ScriptLimit::new(limit)?),
             ),
             _ => (
@@ -294,8 +293,8 @@ impl Check {
     /// Whether `ask` asks what this check asks (the same keys, limits, cost and mode), found
     /// without building its check. A limit is known by its id, the fingerprint of its
     /// algorithm and quota that its state key ends with (two limits of one id share one state
-    /// in Redis whatever this answers), and its algorithm and interval. `false` for a client
-    /// key that needs escaping: such a caller builds its own check.
+    /// in Redis whatever this answers). `false` for a client key that needs escaping: such a
+    /// caller builds its own check.
     pub(crate) fn is_asked_by(&self, ask: &Ask<'_>) -> bool {
         self.refund.is_none()
             && self.cost == ask.cost
@@ -307,10 +306,7 @@ impl Check {
                 .zip(self.keys.iter())
                 .zip(ask.limits)
                 .all(|((l, key), asked)| {
-                    l.id == asked.id()
-                        && l.algorithm == asked.algorithm()
-                        && l.interval_nanos == asked.nanos().interval
-                        && keys::is_state_key_of(key, ask.prefix, ask.key)
+                    l.id == asked.id() && keys::is_state_key_of(key, ask.prefix, ask.key)
                 })
     }
 
