@@ -10,8 +10,10 @@ use rate_limit_core::{Algorithm, Limit, ManualClock, MemoryStore, Quota};
 
 #[test]
 fn eight_threads_on_one_key_admit_exactly_the_quota() {
-    // A second's quota keeps a token bucket packed for the shared-lock path; an hour's does not.
-    let quotas = [Quota::per_hour(1000), Quota::per_second(1000)];
+    // A second's quota keeps a token bucket packed for the shared-lock path; 1,000 in 31 years
+    // does not (its refill is too long for the word), so it is decided under the write lock.
+    let decades = Quota::with_period(1000, Duration::from_secs(1_000_000_000)).unwrap();
+    let quotas = [decades, Quota::per_second(1000)];
     for (alg, quota) in Algorithm::ALL
         .into_iter()
         .flat_map(|a| quotas.map(|q| (a, q)))

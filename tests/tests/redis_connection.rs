@@ -333,10 +333,10 @@ async fn a_check_after_function_flush_loads_the_library_again() {
     assert_eq!(server.calls("function|load"), 2);
 }
 
-/// With nothing listening, the first call fails with a `Connection` error, and the calls that
-/// follow at once fail too, without each waiting on an attempt of its own.
+/// With nothing listening, every call fails with a `Connection` error (the first on its
+/// attempt, those right after it on that attempt's error), and so does `connect`.
 #[tokio::test]
-async fn an_unreachable_server_fails_calls_quickly() {
+async fn an_unreachable_server_fails_every_call_with_a_connection_error() {
     let store = RedisStore::connect_lazy("redis://127.0.0.1:1").unwrap();
     for _ in 0..5 {
         let err = store.check("k", &limit(), nz(1)).await.unwrap_err();

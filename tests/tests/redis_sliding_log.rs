@@ -366,6 +366,12 @@ async fn long_logs_decide_exactly_as_the_rust_transition() {
         }
         let (live, all) = entries(&mut conn, &redis.state_key("k", &l[0])).await;
         assert!(live <= u64::from(limit), "step {step}: {live} entries");
+        // No log (`entries` reads none): nothing charged is in the window.
+        assert!(
+            all > 0 || m.remaining() >= limit,
+            "step {step}: no log where {} remain",
+            m.remaining()
+        );
         // Dead room is dropped when an admission finds it larger than the live part.
         assert!(
             all <= 2 * u64::from(limit) + 8,

@@ -211,6 +211,12 @@ mod tests {
         };
         let word = pack(&s, 0, &p).unwrap();
         assert_eq!(packed_full_at(word, 0), 1_000_001_000);
-        assert!(pack(&s, 0, &p).is_some());
+        // The edge: full again exactly 2^57 - 1 ns after the base packs, a nanosecond later not.
+        let edge = (1u64 << 57) - 1 - 1_000_000_000;
+        let s = |last| TokenBucketState { tokens: 9, last };
+        let word = pack(&s(edge), 0, &p).unwrap();
+        assert_eq!(unpack(word, 0, &p), s(edge));
+        assert_eq!(packed_full_at(word, 0), (1 << 57) - 1);
+        assert_eq!(pack(&s(edge + 1), 0, &p), None);
     }
 }
