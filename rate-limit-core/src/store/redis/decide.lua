@@ -362,7 +362,11 @@ local function decide(keys, args)
       return decide_one(KEYS[1], e[5][1], e[6][1], e[2], e[3])
     end
     if e and e[11] and e[1] == 1 and e[4] == 1 and e[10] == 1 and not e[7] and not e[8] then
-      return log_one(KEYS[1], now, e[6][1], e[2], e[3])
+      local remaining, reset, retry = log_once(KEYS[1], now, e[6][1], e[2], e[3])
+      if not remaining then
+        return failure(reset)
+      end
+      return pack('<ddd', remaining, reset, retry)
     end
   end
   -- All set anew, even `texts`: a call that raised may have left its own.

@@ -93,7 +93,7 @@ local logs = {}
 local log_keys, log_count = {}, 0
 -- Records of calls before, to reuse, at most 256.
 local log_pool, log_spare = {}, 0
--- The record of a call of one check of one log (`log_one`).
+-- The record of a log checked once in a call (`log_once`).
 local LOG_ONE = { 0, 0, 0, 0, 0, 0, 0, 0, false, false, false, false, 0, 0 }
 
 local NOT_A_LOG = 'rate-limit: the value at this key is not a state of this limit'
@@ -605,30 +605,10 @@ local function flush_logs()
   log_count = 0
 end
 
--- A call of one check of one log, the common call: decided and written with one record kept
--- from call to call and none of the call's tables, its record the reply (three doubles, or a
--- failed check's, as decide.lua writes them).
-local function log_one(key, now, p, cost, commit)
-  local l, err = log_fill(key, LOG_ONE)
-  if not l then
-    return pack('<dd', -1, #err) .. err
-  end
-  local allowed, _, remaining, reset, retry = log_check(key, l, now, p, cost, commit)
-  if l[9] or l[10] or l[12] then
-    write_log(key, l)
-  end
-  if allowed then
-    retry = -1
-  elseif retry < 0 then
-    retry = -2
-  end
-  return pack('<ddd', remaining, reset, retry)
-end
-
 -- One check of the log at `key` that no record of the call holds: decided with the record
--- LOG_ONE and written at once, as `log_one` does, so that many keys' one check each cost no
--- record of their own, nor a turn of `flush_logs` (a later check of the key in the call reads
--- the string anew). Returns the check's three values (as decide.lua's records hold them), or
+-- LOG_ONE, kept from call to call, and written at once, so that a call of one check of one log
+-- (the common call) and many keys' one check each cost no record of their own, nor a turn of
+-- `flush_logs` (a later check of the key in the call reads the string anew). Returns the check's three values (as decide.lua's records hold them), or
 -- nil and why the log cannot be read.
 local function log_once(key, now, p, cost, commit)
   local l, err = log_fill(key, LOG_ONE)
