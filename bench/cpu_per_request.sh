@@ -6,7 +6,7 @@
 #
 # Modes are bench_server's (bench/src/bin/bench_server.rs); HEADER_STYLE is passed on to it.
 #
-# In the Redis modes (redis, redis-unbatched, trl-redis) it starts a redis-server of its own and
+# In the Redis modes (redis, redis-unbatched, redis-as-trl, trl-redis) it starts a redis-server of its own and
 # also prints how many checks each script call carried (requests over FCALL and EVALSHA calls,
 # from INFO commandstats), and the time Redis spent running scripts per request (their
 # commandstats microseconds, commands the scripts called included; the rest of redis-server's

@@ -12,7 +12,10 @@
 # runtime's wake-ups), with start-up cancelled out. Kernel work is not counted.
 #
 # Shapes: `lone` (each check a call of its own: the same work every run) and `hot-32` (32 tasks
-# on one key sharing calls: how many share one depends on timing, so this figure moves more).
+# on one key sharing calls: how many share one depends on timing, so this figure moves more);
+# and floors, what a plain `GET` costs apart from the store: `get-own` (through the store's own
+# `RedisConnection`), `get-manager` (through the `redis` crate's `ConnectionManager`) and
+# `get-raw` (on a bare `TcpStream`).
 #
 # With REV, the commit is checked out in a temporary worktree, this tree's program is copied
 # into it (it uses only `RedisStore`'s public API; into rate-limit-core's examples for a commit

@@ -76,6 +76,11 @@ for mode in "${MODES[@]}"; do
   callgrind_annotate --inclusive=yes --threshold=100 "$dump" >"$OUT/listing" 2>/dev/null
   script=$(inclusive "$OUT/listing" ':(fcallCommand|evalShaCommand) ')
   commands=$(inclusive "$OUT/listing" ':scriptCall ')
+  if [[ $script == 0 || $commands == 0 ]]; then
+    echo "$mode: no fcallCommand/evalShaCommand or scriptCall in the profile: a redis-server" \
+      "without symbols?" >&2
+    exit 1
+  fi
   awk -v m="$mode" -v n="$requests" -v t="$total" -v s="$script" -v c="$commands" -v k="$calls" \
     'BEGIN { printf "| %s | %d | %.0f | %.0f | %.0f | %.1f |\n", m, n, t / n, s / n, c / n, (k > 0 ? n / k : 0) }'
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
