@@ -131,23 +131,11 @@ local LAYOUTS = { [12] = '<dI4', [20] = '<ddI4', [28] = '<dddI4' }
 
 local NOT_A_STATE = 'rate-limit: the value at this key is not a state of this limit'
 
--- The integers of a state's text (false for no text, nil for a text no state has) and the
--- expiry it records (see `LAYOUTS`).
+-- The integers of a state's text written without an expiry (by an earlier version: 8, 16 or
+-- 24 bytes), and 0; nil for a text no state has. The texts with one are read by `LAYOUTS`.
 local function fields_of(text)
-  if not text then
-    return false, 0
-  end
   local n = #text
-  if n == 12 then
-    local a, e = sunpack('<dI4', text)
-    return { a }, e
-  elseif n == 20 then
-    local a, b, e = sunpack('<ddI4', text)
-    return { a, b }, e
-  elseif n == 28 then
-    local a, b, c, e = sunpack('<dddI4', text)
-    return { a, b, c }, e
-  elseif n == 8 then
+  if n == 8 then
     return { (sunpack('<d', text)) }, 0
   elseif n == 16 then
     local a, b = sunpack('<dd', text)

@@ -96,7 +96,6 @@ local log_pool, log_spare = {}, 0
 -- The record of a log checked once in a call (`log_once`).
 local LOG_ONE = { 0, 0, 0, 0, 0, 0, 0, 0, false, false, false, false, 0, 0 }
 
-local NOT_A_LOG = 'rate-limit: the value at this key is not a state of this limit'
 
 -- The entries i .. j (i <= j) of the string at `key`, as { t_i, total_i, t_i+1, ... }: unpacked
 -- 200 at a time, within what Lua's C stack holds (and so `log_formats` holds few formats).
@@ -180,7 +179,7 @@ local function log_migrate(key)
   for i = 1, #items do
     local a, c, b = match(items[i], '^(%d+):(%d+):(%d+)$')
     if not a then
-      error(NOT_A_LOG, 0)
+      error(NOT_A_STATE, 0)
     end
     t, total = tonumber(a), tonumber(b)
     if i == 1 then
@@ -239,11 +238,11 @@ local function log_fill(key, l)
     l[1], l[2], l[8] = 0, 0, 0
     return l
   elseif n ~= 40 then
-    return nil, NOT_A_LOG
+    return nil, NOT_A_STATE
   end
   l[6], l[7], l[1], l[2], l[3], l[4], l[5], l[8] = sunpack(LOG_TAIL, tail)
   if l[2] >= l[1] or not (l[3] <= l[6]) then
-    return nil, NOT_A_LOG
+    return nil, NOT_A_STATE
   end
   return l
 end
@@ -662,7 +661,7 @@ local function sliding_window_log_refund(key, now, p, cost, at)
     m, h, first_t, base, head_total, exp = sunpack(LOG_TRAILER, s, n - 27)
   end
   if not m or h >= m then
-    error(NOT_A_LOG, 0)
+    error(NOT_A_STATE, 0)
   end
   -- The last k entries are in `s`: m - k .. m - 1.
   local k = (n - 28) / 12
