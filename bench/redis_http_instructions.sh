@@ -16,12 +16,14 @@
 # are served than at full speed: more of the keys have expired when they come again, and more
 # checks share a call.
 #
-# Settings (environment): DURATION (default 20s), HEADER_STYLE (passed on).
+# Settings (environment): DURATION (default 20s), HEADER_STYLE (passed on), KEEP (a directory to
+# copy callgrind's output to, as KEEP/cg-MODE.out, for `callgrind_annotate --inclusive=yes`).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DURATION=${DURATION:-20s}
+KEEP=${KEEP:-}
 MODES=("$@")
 [[ ${#MODES[@]} -eq 0 ]] && MODES=(redis redis-as-trl trl-redis)
 for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli wrk; do
@@ -74,6 +76,7 @@ for mode in "${MODES[@]}"; do
   dump=$(ls -t "$OUT"/cg-"$mode"."$vpid".* | head -1)
   total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
   callgrind_annotate --inclusive=yes --threshold=100 "$dump" >"$OUT/listing" 2>/dev/null
+  [[ -n $KEEP ]] && mkdir -p "$KEEP" && cp "$dump" "$KEEP/cg-$mode.out"
   script=$(inclusive "$OUT/listing" ':(fcallCommand|evalShaCommand) ')
   commands=$(inclusive "$OUT/listing" ':scriptCall ')
   if [[ $script == 0 || $commands == 0 ]]; then

@@ -229,3 +229,231 @@ async fn keys_read_together_on_the_server_clock_admit_exactly_their_quota() {
         );
     }
 }
+
+/// The checks of `asks` (one key each) at once, each answer or error in order.
+async fn results_at_once<S: Store + 'static>(
+    store: &Arc<S>,
+    asks: &[Ask],
+) -> Vec<Result<Decision, StoreError>> {
+    let handles: Vec<_> = asks
+        .iter()
+        .cloned()
+        .map(|(key, limits, cost, peek)| {
+            let store = Arc::clone(store);
+            tokio::spawn(async move {
+                if peek {
+                    store.peek(&key, &limits, cost).await
+                } else {
+                    store.check(&key, &limits, cost).await
+                }
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+// Calls whose checks differ only in their keys (one limit, one cost, once each: many clients
+// under one quota) take the script's lean path when the limit is GCRA with an interval of
+// whole microseconds. Each round is such a call: keys that come twice (not in a row), keys
+// new, charged, full again or denied, costs above the capacity, peeks, and keys that hold a
+// list or a text that is no state.
+#[tokio::test]
+async fn calls_of_one_quota_over_many_keys_decide_as_the_transitions_in_turn() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let clock = ManualClock::new(conformance::BASE);
+    let redis = Arc::new(
+        RedisStore::builder(mux(&server).await)
+            .clock(clock.clone())
+            .deny_cache(None)
+            .build()
+            .unwrap(),
+    );
+    let memory = Arc::new(MemoryStore::builder().clock(clock.clone()).build());
+    // 500 ms and 125 ms intervals (whole microseconds: the lean path), and 333,333.334 µs (not).
+    let limit_sets = [
+        vec![Limit::new(quota(8, 4_000, 3), Algorithm::Gcra)],
+        vec![Limit::new(quota(8, 1_000, 8), Algorithm::Gcra)],
+        vec![Limit::new(quota(3, 1_000, 3), Algorithm::Gcra)],
+    ];
+    for limits in &limit_sets {
+        server.cli(&["LPUSH", &redis.state_key("a-list", &limits[0]), "x"]);
+        server.cli(&["SET", &redis.state_key("a-text", &limits[0]), "not a state"]);
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut checks, mut denied, fcalls) = (0, 0, server.calls("fcall"));
+    for round in 0..240 {
+        clock.advance(Duration::from_micros(rng.below(400_000)));
+        let limits = limit_sets[round % limit_sets.len()].clone();
+        let capacity = limits[0].quota().burst_size().get();
+        let cost = match rng.below(12) {
+            0 => capacity + 1,
+            1 | 2 => 1 + u32::try_from(rng.below(u64::from(capacity))).unwrap(),
+            _ => 1,
+        };
+        let peek = rng.below(10) == 0;
+        // Some 24 checks of 16 keys: a key's checks never in a row (they would be sent once,
+        // with a count), so some keys come twice in the call.
+        let mut asks: Vec<Ask> = Vec::new();
+        while asks.len() < 24 {
+            let key = format!("many-{}", rng.below(16));
+            if asks.last().is_some_and(|(k, ..)| *k == key) {
+                continue;
+            }
+            asks.push((key, limits.clone(), nz(cost), peek));
+        }
+        if round % 7 == 3 {
+            asks.insert(4, ("a-list".to_owned(), limits.clone(), nz(cost), peek));
+            asks.insert(11, ("a-text".to_owned(), limits.clone(), nz(cost), peek));
+        }
+        let got = results_at_once(&redis, &asks).await;
+        checks += asks.len();
+        for (i, (got, ask)) in got.into_iter().zip(&asks).enumerate() {
+            let (key, limits, cost, peek) = ask;
+            if key.starts_with("a-") {
+                let err = got.unwrap_err();
+                assert_eq!(err.kind(), StoreErrorKind::Backend, "round {round}: {err}");
+                continue;
+            }
+            let want = if *peek {
+                memory.peek(key, limits, *cost).await.unwrap()
+            } else {
+                memory.check(key, limits, *cost).await.unwrap()
+            };
+            let got = got.unwrap();
+            denied += usize::from(!got.is_allowed());
+            assert_eq!(
+                (got.is_allowed(), snapshot_micros(&got)),
+                (want.is_allowed(), snapshot_micros(&want)),
+                "round {round}, check {i}: {ask:?}"
+            );
+        }
+    }
+    // Denials came, and checks shared calls.
+    assert!(denied > checks / 10, "{denied} of {checks} denied");
+    let fcalls = server.calls("fcall") - fcalls;
+    assert!(
+        fcalls * 4 <= checks as u64,
+        "{fcalls} calls for {checks} checks"
+    );
+    // A state full again goes when a call finds it (here peeks, which charge nothing).
+    let hourly = vec![Limit::new(quota(2, 3_600_000, 2), Algorithm::Gcra)];
+    let asks = |peek| -> Vec<Ask> {
+        (0..16)
+            .map(|k| (format!("many-{k}"), hourly.clone(), nz(1), peek))
+            .collect()
+    };
+    let state_keys: Vec<String> = (0..16)
+        .map(|k| redis.state_key(&format!("many-{k}"), &hourly[0]))
+        .collect();
+    let exist = || {
+        let mut args = vec!["EXISTS"];
+        args.extend(state_keys.iter().map(String::as_str));
+        server.cli(&args)
+    };
+    assert!(
+        at_once(&redis, &asks(false))
+            .await
+            .iter()
+            .all(Decision::is_allowed)
+    );
+    assert_eq!(exist(), "16");
+    clock.advance(Duration::from_secs(7_200));
+    let peeks = at_once(&redis, &asks(true)).await;
+    assert!(
+        peeks.iter().all(|d| d.snapshots()[0].remaining() == 2),
+        "{peeks:?}"
+    );
+    assert_eq!(exist(), "0");
+    // The keys of other types were left as they were.
+    for limits in &limit_sets {
+        assert_eq!(
+            server.cli(&["TYPE", &redis.state_key("a-list", &limits[0])]),
+            "list"
+        );
+        assert_eq!(
+            server.cli(&["GET", &redis.state_key("a-text", &limits[0])]),
+            "not a state"
+        );
+    }
+}
+
+// The lean path on the server's clock: keys that come twice in a call, new keys among kept
+// ones, a list and a text in their midst: each key admits exactly its quota, its state lives
+// until it is full again (rounded up to the second), and the other keys are left alone.
+#[tokio::test]
+async fn calls_of_one_quota_over_many_keys_admit_exactly_on_the_server_clock() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let redis = Arc::new(
+        RedisStore::builder(mux(&server).await)
+            .deny_cache(None)
+            .build()
+            .unwrap(),
+    );
+    // 5 a day: an interval of 17,280 s, whole microseconds.
+    let day = Duration::from_secs(86_400);
+    let limits = vec![Limit::new(
+        Quota::with_period(nz(5), day).unwrap(),
+        Algorithm::Gcra,
+    )];
+    server.cli(&["LPUSH", &redis.state_key("a-list", &limits[0]), "x"]);
+    server.cli(&["SET", &redis.state_key("a-text", &limits[0]), "not a state"]);
+    let mut admitted = vec![0; 24];
+    for round in 0..6 {
+        // Keys 0..16 twice each (0..16 then 0..16), and from round 2 on, keys 16..24 once.
+        let mut keys: Vec<usize> = (0..16).chain(0..16).collect();
+        if round >= 2 {
+            keys.extend(16..24);
+        }
+        let mut asks: Vec<Ask> = keys
+            .iter()
+            .map(|k| (format!("kept-{k}"), limits.clone(), nz(1), false))
+            .collect();
+        asks.insert(3, ("a-list".to_owned(), limits.clone(), nz(1), false));
+        asks.insert(20, ("a-text".to_owned(), limits.clone(), nz(1), false));
+        let got = results_at_once(&redis, &asks).await;
+        for (got, (key, ..)) in got.into_iter().zip(&asks) {
+            match key.strip_prefix("kept-") {
+                Some(k) => {
+                    admitted[k.parse::<usize>().unwrap()] += usize::from(got.unwrap().is_allowed());
+                }
+                None => assert_eq!(got.unwrap_err().kind(), StoreErrorKind::Backend, "{key}"),
+            }
+        }
+    }
+    // Keys 0..16: 12 checks each; keys 16..24: 4 each (one short of the quota).
+    let want: Vec<usize> = (0..24).map(|k| if k < 16 { 5 } else { 4 }).collect();
+    assert_eq!(admitted, want);
+    for k in [0, 20] {
+        let pttl: i64 = server
+            .cli(&["PTTL", &redis.state_key(&format!("kept-{k}"), &limits[0])])
+            .parse()
+            .unwrap();
+        let full_in_ms = if k < 16 {
+            5 * 17_280_000
+        } else {
+            4 * 17_280_000
+        };
+        assert!(
+            pttl > full_in_ms - 60_000 && pttl <= full_in_ms + 1_000,
+            "kept-{k}: pttl {pttl}"
+        );
+    }
+    assert_eq!(
+        server.cli(&["TYPE", &redis.state_key("a-list", &limits[0])]),
+        "list"
+    );
+    assert_eq!(
+        server.cli(&["GET", &redis.state_key("a-text", &limits[0])]),
+        "not a state"
+    );
+}
