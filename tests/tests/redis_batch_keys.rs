@@ -276,19 +276,23 @@ async fn calls_of_one_quota_over_many_keys_decide_as_the_transitions_in_turn() {
             .unwrap(),
     );
     let memory = Arc::new(MemoryStore::builder().clock(clock.clone()).build());
-    // 500 ms and 125 ms intervals (whole microseconds: the lean path), and 333,333.334 µs (not).
-    let limit_sets = [
-        vec![Limit::new(quota(8, 4_000, 3), Algorithm::Gcra)],
-        vec![Limit::new(quota(8, 1_000, 8), Algorithm::Gcra)],
-        vec![Limit::new(quota(3, 1_000, 3), Algorithm::Gcra)],
-    ];
+    // Every algorithm of a text state (GCRA's lean path is its own), with intervals of 500 ms
+    // and 125 ms (whole microseconds) and 333,333.334 µs (not).
+    let mut limit_sets = Vec::new();
+    for alg in Algorithm::ALL {
+        if alg != Algorithm::SlidingWindowLog {
+            for q in [quota(8, 4_000, 3), quota(8, 1_000, 8), quota(3, 1_000, 3)] {
+                limit_sets.push(vec![Limit::new(q, alg)]);
+            }
+        }
+    }
     for limits in &limit_sets {
         server.cli(&["LPUSH", &redis.state_key("a-list", &limits[0]), "x"]);
         server.cli(&["SET", &redis.state_key("a-text", &limits[0]), "not a state"]);
     }
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut checks, mut denied, fcalls) = (0, 0, server.calls("fcall"));
-    for round in 0..240 {
+    for round in 0..600 {
         clock.advance(Duration::from_micros(rng.below(400_000)));
         let limits = limit_sets[round % limit_sets.len()].clone();
         let capacity = limits[0].quota().burst_size().get();
@@ -343,34 +347,39 @@ async fn calls_of_one_quota_over_many_keys_decide_as_the_transitions_in_turn() {
         "{fcalls} calls for {checks} checks"
     );
     // A state full again goes when a call finds it (here peeks, which charge nothing).
-    let hourly = vec![Limit::new(quota(2, 3_600_000, 2), Algorithm::Gcra)];
-    let asks = |peek| -> Vec<Ask> {
-        (0..16)
-            .map(|k| (format!("many-{k}"), hourly.clone(), nz(1), peek))
-            .collect()
-    };
-    let state_keys: Vec<String> = (0..16)
-        .map(|k| redis.state_key(&format!("many-{k}"), &hourly[0]))
-        .collect();
-    let exist = || {
-        let mut args = vec!["EXISTS"];
-        args.extend(state_keys.iter().map(String::as_str));
-        server.cli(&args)
-    };
-    assert!(
-        at_once(&redis, &asks(false))
-            .await
-            .iter()
-            .all(Decision::is_allowed)
-    );
-    assert_eq!(exist(), "16");
-    clock.advance(Duration::from_secs(7_200));
-    let peeks = at_once(&redis, &asks(true)).await;
-    assert!(
-        peeks.iter().all(|d| d.snapshots()[0].remaining() == 2),
-        "{peeks:?}"
-    );
-    assert_eq!(exist(), "0");
+    for alg in Algorithm::ALL {
+        if alg == Algorithm::SlidingWindowLog {
+            continue;
+        }
+        let hourly = vec![Limit::new(quota(2, 3_600_000, 2), alg)];
+        let asks = |peek| -> Vec<Ask> {
+            (0..16)
+                .map(|k| (format!("many-{k}"), hourly.clone(), nz(1), peek))
+                .collect()
+        };
+        let state_keys: Vec<String> = (0..16)
+            .map(|k| redis.state_key(&format!("many-{k}"), &hourly[0]))
+            .collect();
+        let exist = || {
+            let mut args = vec!["EXISTS"];
+            args.extend(state_keys.iter().map(String::as_str));
+            server.cli(&args)
+        };
+        assert!(
+            at_once(&redis, &asks(false))
+                .await
+                .iter()
+                .all(Decision::is_allowed)
+        );
+        assert_eq!(exist(), "16", "{alg}");
+        clock.advance(Duration::from_secs(7_200));
+        let peeks = at_once(&redis, &asks(true)).await;
+        assert!(
+            peeks.iter().all(|d| d.snapshots()[0].remaining() == 2),
+            "{alg}: {peeks:?}"
+        );
+        assert_eq!(exist(), "0", "{alg}");
+    }
     // The keys of other types were left as they were.
     for limits in &limit_sets {
         assert_eq!(

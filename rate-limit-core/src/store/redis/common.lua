@@ -386,6 +386,25 @@ local server_now = false
 -- mostly get the same one, and formatting a number costs Redis thousands of instructions.
 local exp_at, exp_text = 0, '0'
 
+-- SET of a state's `text` at `key`, whose text was `read`, with an expiry (`unit` EXAT or PX,
+-- `at` its decimal text). A key read as missing by MGET only (`unsure`: MGET reads a key of
+-- another type as missing too) is set only if it still is missing (NX), and such a key is left
+-- alone: its GET's error is the check's. Returns the check's failure message, or nil.
+local function set_state(key, read, text, unit, at, unsure)
+  if read or not unsure then
+    call('SET', key, text, unit, at)
+    return nil
+  end
+  if call('SET', key, text, 'NX', unit, at) then
+    return nil
+  end
+  local r = rpcall('GET', key)
+  if type(r) == 'table' then
+    return tostring(r.err or r)
+  end
+  return NOT_A_STATE
+end
+
 -- Writes a state saved during the call (the key's text was `read`, recording the expiry `exp`):
 -- `SET` of its integers if they live for `ttl` ticks more, or `DEL` if it is full again. On the
 -- server's time, the key must outlive its state: it expires at the instant the state is full
@@ -395,8 +414,9 @@ local exp_at, exp_text = 0, '0'
 -- one, and a key checked again within the second needs no later one. A text equal to the one
 -- read is not rewritten. On the client's clock
 -- (no server time to set an instant against), the expiry is relative (`PX`), as the TTL
--- rounded up to the millisecond, and set at every write.
-local function write_state(key, read, exp, fields, ttl)
+-- rounded up to the millisecond, and set at every write. Returns the check's failure message
+-- (a key MGET read as missing, `unsure`, holds another type: see `set_state`), or nil.
+local function write_state(key, read, exp, fields, ttl, unsure)
   if not fields then
     if read then
       call('DEL', key)
@@ -449,12 +469,11 @@ local function write_state(key, read, exp, fields, ttl)
     if exp ~= exp_at then
       exp_at, exp_text = exp, format('%d', exp)
     end
-    call('SET', key, state_text(fields, exp), 'EXAT', exp_text)
-    return
+    return set_state(key, read, state_text(fields, exp), 'EXAT', exp_text, unsure)
   end
   local text = state_text(fields, 0)
   if text ~= read then
-    call('SET', key, text, 'PX', ttl_ms(ttl))
+    return set_state(key, read, text, 'PX', ttl_ms(ttl), unsure)
   end
 end
 

@@ -444,17 +444,8 @@ local function gcra_lean(g, fn, p, cost, commit)
           end
           new, at_text = pack('<dI4', tat, e), exp_text
         end
-        if not new then
-          -- Written above.
-        elseif not text then
-          -- MGET answers false for a key of another type too: NX leaves such a key alone and
-          -- GET makes its type an error; a missing key is set, and answered nil.
-          local r = rpcall('SET', key, new, 'NX', 'GET', unit, at_text)
-          if r then
-            failed = type(r) == 'table' and message(r) or NOT_A_STATE
-          end
-        elseif new ~= text then
-          call('SET', key, new, unit, at_text)
+        if new and new ~= text then
+          failed = set_state(key, text, new, unit, at_text, true)
         end
       elseif text and tat == t then
         -- Dropped: the key goes.
@@ -479,6 +470,82 @@ local function gcra_lean(g, fn, p, cost, commit)
       end
     end
     nv = m
+  end
+end
+
+-- The record `lean` decides each key on, kept from call to call.
+local lean_st = { read = false, fields = false, exp = 0, ttl = 0, saved = false, own = { 0, 0, 0 } }
+
+-- As `gcra_lean`, for the other algorithms of a text state: each key decided on one record,
+-- read from `texts`, through the algorithm's run (or the algorithm when its run does not take
+-- the case), and written at once by `write_state`. A key that comes twice in the call or whose
+-- text is no state's goes through `decide_one`.
+local function lean(g, fn, p, cost, commit)
+  serial = serial + 1
+  if seen_count + g > SEEN_MAX then
+    seen, seen_count = {}, 0
+  end
+  local ks, ts, t, mark, st, run = KEYS, texts, now, seen, lean_st, p.run
+  for i = 1, g do
+    local key, text = ks[i], ts[i]
+    local fast, fields, exp = true, false, 0
+    if mark[key] == serial then
+      fast = false
+    else
+      mark[key] = serial
+      seen_count = seen_count + 1
+      if text then
+        local n = #text
+        local layout = LAYOUTS[n]
+        if layout then
+          local a, b, c, d = sunpack(layout, text)
+          if n == 12 then
+            b, c, d = nil, nil, b
+          elseif n == 20 then
+            c, d = nil, c
+          end
+          fields, exp = st.own, d
+          fields[1], fields[2], fields[3] = a, b, c
+        else
+          fast = false
+        end
+      end
+    end
+    if fast then
+      st.read, st.fields, st.exp, st.ttl, st.saved = text, fields, exp, 0, false
+      local m = nv
+      local m2 = run and run(st, t, p, cost, commit, 1, vals, m)
+      if not m2 then
+        local allowed, _, remaining, reset, retry = fn(st, t, p, cost, commit)
+        if allowed then
+          retry = -1
+        elseif retry < 0 then
+          retry = -2
+        end
+        vals[m + 1], vals[m + 2], vals[m + 3] = remaining, reset, retry
+      end
+      nv = m + 3
+      local failed = nil
+      if text or (st.saved and st.fields) then
+        if st.saved then
+          failed = write_state(key, text, exp, st.fields, st.ttl, true)
+        end
+      else
+        -- Nothing written to tell a missing key from a key of another type: GET tells.
+        local r = rpcall('GET', key)
+        if r then
+          failed = type(r) == 'table' and message(r) or NOT_A_STATE
+        end
+      end
+      if failed then
+        nv = m
+        fail(failed)
+      end
+    else
+      pack_vals()
+      np = np + 1
+      parts[np] = decide_one(key, fn, p, cost, commit)
+    end
   end
 end
 
@@ -507,10 +574,15 @@ local function decide(keys, args)
     end
     local nk = #KEYS
     if e and nk > 1 and e[10] == nk and e[1] == 1 and e[4] == 1 and not e[7]
-      and not e[8] and e[6][1].run == gcra_run and e[6][1].il == 0 then
+      and not e[8] and not e[11] then
+      local p = e[6][1]
       prefetch_states(KEYS, nk)
       nv, np = 0, 0
-      gcra_lean(nk, e[5][1], e[6][1], e[2], e[3])
+      if p.run == gcra_run and p.il == 0 then
+        gcra_lean(nk, e[5][1], p, e[2], e[3])
+      else
+        lean(nk, e[5][1], p, e[2], e[3])
+      end
       pack_vals()
       local reply = parts[1]
       if np > 1 then
