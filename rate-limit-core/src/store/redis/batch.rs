@@ -131,6 +131,14 @@ impl Query<'_> {
     }
 }
 
+/// Where a caller's check went.
+enum Entered<'a, C> {
+    /// Its lane was idle: its caller sends it, counted in flight.
+    Alone(InFlight<'a, C>, Check),
+    /// Queued in `lane`: whether to start a flush, and where its answer comes.
+    Queued(bool, u16, oneshot::Receiver<Result<Decision, StoreError>>),
+}
+
 /// What a caller found under the lanes' lock.
 enum Step {
     /// Its lane idle: it sends its check itself.
@@ -192,6 +200,9 @@ where
     /// Decides `check`: through its lane, or in a call of its own when batching is off
     /// (`max_batch` 1) or there is no Tokio runtime to run a flush on (and no timer to bound
     /// the call with: the connection's own timeout applies).
+    ///
+    /// The lanes are visited by [`enter`](Self::enter), a function of its own: what it holds
+    /// is not stored in this future, which the store boxes for every check.
     pub(crate) async fn decide(self: &Arc<Self>, query: Query<'_>) -> Result<Decision, StoreError> {
         let runtime = tokio::runtime::Handle::try_current().is_ok();
         if self.max_batch == 1 || !runtime {
@@ -202,6 +213,29 @@ where
                 Err(e) => Err(error::from_redis(e)),
             };
         }
+        let (counted, check) = match self.enter(query)? {
+            Entered::Alone(counted, check) => (counted, check),
+            Entered::Queued(start, lane, wait) => {
+                if start {
+                    tokio::spawn(Arc::clone(self).flush(lane));
+                }
+                return wait.await.unwrap_or_else(|_| Err(lost()));
+            }
+        };
+        // The lane was idle: this check is sent at once, by its caller, as one call counted
+        // in flight, so that checks arriving meanwhile queue and ride the next call. No flush
+        // task, no channel: the caller owns only its own check, and giving up cancels only its
+        // own call.
+        let answers = self.call(&[&check]).await;
+        drop(counted);
+        match answers {
+            Ok(mut answers) => answers.pop().unwrap_or_else(|| Err(lost())),
+            Err(e) => Err(error::from_redis(e)),
+        }
+    }
+
+    /// Finds `query`'s lane: idle (its caller sends it, counted in flight), or queued in it.
+    fn enter(&self, query: Query<'_>) -> Result<Entered<'_, C>, StoreError> {
         // On a cluster the lane is the check's slot, read from the built check.
         let (ask, mut built) = match query {
             Query::Asked(ask) if self.per_slot.load(Ordering::Relaxed) => {
@@ -214,7 +248,7 @@ where
             Some(check) if self.per_slot.load(Ordering::Relaxed) => check.slot(),
             _ => SHARED_LANE,
         };
-        let queued = loop {
+        loop {
             let step = {
                 let mut lanes = self.lock();
                 match lanes.entry(lane) {
@@ -256,37 +290,23 @@ where
                         built = Some(ask.check()?);
                     }
                 }
-                Step::Queued(start, wait) => break Ok((start, wait)),
-                Step::Alone => break Err(()),
+                Step::Queued(start, wait) => return Ok(Entered::Queued(start, lane, wait)),
+                Step::Alone => {
+                    // Counted in flight from here: a check that fails to build uncounts it.
+                    let counted = InFlight {
+                        dispatcher: self,
+                        lane,
+                        armed: true,
+                    };
+                    let check = match (built, ask) {
+                        (Some(check), _) => check,
+                        (None, Some(ask)) => ask.check()?,
+                        (None, None) => return Err(lost()),
+                    };
+                    return Ok(Entered::Alone(counted, check));
+                }
             }
-        };
-        let (start, wait) = match queued {
-            Ok(queued) => queued,
-            Err(()) => {
-                // The lane was idle: this check is sent at once, by its caller, as one call
-                // counted in flight, so that checks arriving meanwhile queue and ride the next
-                // call. No flush task, no channel: the caller owns only its own check, and
-                // giving up cancels only its own call.
-                let _counted = InFlight {
-                    dispatcher: self.as_ref(),
-                    lane,
-                    armed: true,
-                };
-                let check = match (built, ask) {
-                    (Some(check), _) => check,
-                    (None, Some(ask)) => ask.check()?,
-                    (None, None) => return Err(lost()),
-                };
-                return match self.call(&[&check]).await {
-                    Ok(mut answers) => answers.pop().unwrap_or_else(|| Err(lost())),
-                    Err(e) => Err(error::from_redis(e)),
-                };
-            }
-        };
-        if start {
-            tokio::spawn(Arc::clone(self).flush(lane));
         }
-        wait.await.unwrap_or_else(|_| Err(lost()))
     }
 
     /// Sends batches of `lane` until it is empty.

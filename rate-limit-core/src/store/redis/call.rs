@@ -9,6 +9,7 @@
 //! `ASKING`), at most [`MAX_REDIRECTS`] times.
 
 use std::io;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -49,9 +50,9 @@ pub(crate) async fn call<C>(
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    let attempt = send(conn.clone(), now, checks);
+    let mut attempt = pin!(send(conn.clone(), now, checks));
     match deadlines {
-        Some(deadlines) => match deadlines.bound(attempt).await {
+        Some(deadlines) => match deadlines.bound(attempt.as_mut()).await {
             Ok(answers) => answers,
             Err(Elapsed) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -80,7 +81,8 @@ where
     loop {
         let reply = match &asked {
             None => cmd.query_async(&mut conn).await,
-            Some(node) => asking(&mut conn, &cmd, node).await,
+            // Boxed, as the rare paths below: the future of every call stays small.
+            Some(node) => Box::pin(asking(&mut conn, &cmd, node)).await,
         };
         let e = match reply {
             Ok(reply) => return Ok(script::parse_batch(reply, checks)),
@@ -90,17 +92,7 @@ where
             // On a new server, after a restart or `FUNCTION FLUSH`: load the library (on a
             // cluster, on every master) and send the call again.
             _ if !loaded && is_missing_function(&e) => {
-                let _one_load = LOADING.lock().await;
-                match loads_seen.take() {
-                    // Loaded by another call meanwhile (on this server, most likely): try
-                    // again, and load it if it is still missing.
-                    Some(seen) if seen != LOADS.load(Ordering::Acquire) => {}
-                    _ => {
-                        loaded = true;
-                        let _: Value = script::load_command().query_async(&mut conn).await?;
-                        LOADS.fetch_add(1, Ordering::AcqRel);
-                    }
-                }
+                loaded = Box::pin(load(&mut conn, loads_seen.take())).await?;
             }
             // The slot is served elsewhere. The cluster connection refreshes its slot map on
             // this reply, before it routes the next call.
@@ -118,6 +110,26 @@ where
                 asked = Some(node);
             }
             _ => return Err(e),
+        }
+    }
+}
+
+/// Loads the library on `conn` unless another call completed a load since `loads_seen` (the
+/// loads completed before the call was first sent; `None` once it has tried again after
+/// another's load): whether it loaded it.
+async fn load<C>(conn: &mut C, loads_seen: Option<u64>) -> Result<bool, RedisError>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let _one_load = LOADING.lock().await;
+    match loads_seen {
+        // Loaded by another call meanwhile (on this server, most likely): try again, and
+        // load it if it is still missing.
+        Some(seen) if seen != LOADS.load(Ordering::Acquire) => Ok(false),
+        _ => {
+            let _: Value = script::load_command().query_async(conn).await?;
+            LOADS.fetch_add(1, Ordering::AcqRel);
+            Ok(true)
         }
     }
 }

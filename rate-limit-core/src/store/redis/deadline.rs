@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -81,9 +81,13 @@ impl Deadlines {
     }
 
     /// `f`'s output, or [`Elapsed`] once the timeout has passed since `f` first waited. Must be
-    /// called within a Tokio runtime with its time driver enabled.
-    pub(crate) async fn bound<F: Future>(self: &Arc<Self>, f: F) -> Result<F::Output, Elapsed> {
-        let mut f = pin!(f);
+    /// called within a Tokio runtime with its time driver enabled. `f` is pinned by the caller,
+    /// so that its future is stored once, in the caller's (a future moved into an `async fn`
+    /// takes its room twice there).
+    pub(crate) async fn bound<F: Future + ?Sized>(
+        self: &Arc<Self>,
+        mut f: Pin<&mut F>,
+    ) -> Result<F::Output, Elapsed> {
         let mut ticket = Ticket {
             deadlines: self,
             id: None,
@@ -245,17 +249,21 @@ impl Drop for Running<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn a_call_fails_at_its_deadline_and_not_before() {
         let d = Arc::new(Deadlines::new(Duration::from_millis(100)));
         let start = Instant::now();
-        let stuck = d.bound(std::future::pending::<()>()).await;
+        let stuck = d.bound(pin!(std::future::pending::<()>())).await;
         assert!(stuck.is_err());
         assert_eq!(start.elapsed(), Duration::from_millis(100));
         // A call that ends in time keeps its output and leaves the queue.
-        let quick = d.bound(tokio::time::sleep(Duration::from_millis(99))).await;
+        let quick = d
+            .bound(pin!(tokio::time::sleep(Duration::from_millis(99))))
+            .await;
         assert!(quick.is_ok());
         assert!(d.lock().calls.is_empty());
     }
@@ -268,24 +276,24 @@ mod tests {
             let d = Arc::clone(&d);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(30)).await;
-                d.bound(std::future::pending::<()>()).await.is_err()
+                d.bound(pin!(std::future::pending::<()>())).await.is_err()
             })
         };
-        assert!(d.bound(std::future::pending::<()>()).await.is_err());
+        assert!(d.bound(pin!(std::future::pending::<()>())).await.is_err());
         assert_eq!(start.elapsed(), Duration::from_millis(100));
         assert!(late.await.unwrap());
         assert_eq!(start.elapsed(), Duration::from_millis(130));
         // A call that ended keeps the watchdog for a while; a whole timeout with no call stops
         // it, and the next call starts another.
         assert!(
-            d.bound(tokio::time::sleep(Duration::from_millis(10)))
+            d.bound(pin!(tokio::time::sleep(Duration::from_millis(10))))
                 .await
                 .is_ok()
         );
         assert!(d.lock().watching);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!d.lock().watching);
-        assert!(d.bound(std::future::pending::<()>()).await.is_err());
+        assert!(d.bound(pin!(std::future::pending::<()>())).await.is_err());
         assert!(d.lock().calls.is_empty());
     }
 }

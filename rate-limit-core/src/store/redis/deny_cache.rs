@@ -18,13 +18,19 @@
 //! A refund made by another instance is seen only at the deadline, like a state reset out of
 //! band: for at most the wait Redis announced.
 //!
+//! While the cache holds no denial that still holds (none kept, or every one past its deadline),
+//! a check skips its slot: no hash before it is sent. Should its answer be a denial to keep, the
+//! slot is found then; the key's generation read then is the one the check was sent under
+//! unless a refund (of any key) ended meanwhile, which a store-wide count of refunds, read
+//! before sending and again after the generation, tells: then the denial is not kept.
+//!
 //! The table is direct-mapped: a fixed number of slots, each holding at most one denial; a new
 //! denial takes its slot whatever was there. Entries hold the whole client key, so a hash
 //! collision can only miss, never deny another key.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -75,9 +81,12 @@ impl Slot {
         self.entry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Empties the slot; the caller holds its lock.
-    fn clear(&self, entry: &mut Option<Box<Entry>>) {
-        *entry = None;
+    /// Empties the slot; the caller holds its lock. `occupied` counts the slots that hold an
+    /// entry.
+    fn clear(&self, entry: &mut Option<Box<Entry>>, occupied: &AtomicUsize) {
+        if entry.take().is_some() {
+            occupied.fetch_sub(1, Ordering::AcqRel);
+        }
         self.until.store(0, Ordering::Release);
     }
 }
@@ -88,6 +97,27 @@ pub(crate) struct Spot<'a> {
     slot: &'a Slot,
     generation: &'a AtomicU64,
     seen: u64,
+    /// The cache's count of slots holding an entry.
+    occupied: &'a AtomicUsize,
+    /// The cache's latest deadline.
+    latest: &'a AtomicU64,
+}
+
+/// A check sent to Redis after its lookup, for [`learn`](DenyCache::learn) to learn from its
+/// answer.
+pub(crate) struct Sent<'a> {
+    /// Local time, in nanoseconds, read before the check was sent.
+    sent_at: u64,
+    at: Lookup<'a>,
+}
+
+/// Where a lookup looked.
+enum Lookup<'a> {
+    /// In the check's slot.
+    Slot(Spot<'a>),
+    /// Nowhere, the cache holding no denial that still held: the store's count of refunds
+    /// then.
+    Skipped { refunds: u64 },
 }
 
 pub(crate) struct DenyCache {
@@ -97,6 +127,13 @@ pub(crate) struct DenyCache {
     generations: Box<[AtomicU64]>,
     hasher: DefaultHashBuilder,
     clock: Arc<dyn Clock>,
+    /// The slots holding an entry, expired or not: changed under a slot's lock as its entry
+    /// comes and goes.
+    occupied: AtomicUsize,
+    /// The latest deadline of any entry ever kept (0 for none): from then on, none holds.
+    latest: AtomicU64,
+    /// Refunds of any key whose call has ended: bumped before the key's generation.
+    refunds: AtomicU64,
 }
 
 impl DenyCache {
@@ -111,6 +148,9 @@ impl DenyCache {
             generations: (0..capacity.get()).map(|_| AtomicU64::new(0)).collect(),
             hasher: DefaultHashBuilder::default(),
             clock,
+            occupied: AtomicUsize::new(0),
+            latest: AtomicU64::new(0),
+            refunds: AtomicU64::new(0),
         }
     }
 
@@ -125,12 +165,13 @@ impl DenyCache {
     }
 
     /// The number of slots holding a denial (expired ones included until a lookup lands on
-    /// their slot or they are overwritten). Visits every slot.
+    /// their slot, which lookups skip once every denial is past its deadline, or they are
+    /// overwritten). Visits every slot.
     pub(crate) fn len(&self) -> usize {
         self.slots.iter().filter(|s| s.lock().is_some()).count()
     }
 
-    /// The spot of `key` and `limits`: found once per check, before it is sent, for both
+    /// The spot of `key` and `limits`: found at most once per check, for both
     /// [`get`](Self::get) and [`record`](Self::record).
     pub(crate) fn slot(&self, key: &str, limits: &[Limit]) -> Spot<'_> {
         let mut h = self.hasher.build_hasher();
@@ -143,7 +184,97 @@ impl DenyCache {
             slot: &self.slots[index(h.finish(), self.slots.len())],
             generation,
             seen: generation.load(Ordering::Acquire),
+            occupied: &self.occupied,
+            latest: &self.latest,
         }
+    }
+
+    /// Whether no entry kept holds at `now`: none is kept, or every one is past its deadline.
+    fn holds_none(&self, now: u64) -> bool {
+        self.occupied.load(Ordering::Acquire) == 0 || now >= self.latest.load(Ordering::Acquire)
+    }
+
+    /// A denial of `key` against `limits` that holds now for `cost`, as [`get`](Self::get)
+    /// finds it; `None` when the check needs Redis.
+    pub(crate) fn find(&self, key: &str, limits: &[Limit], cost: NonZeroU32) -> Option<Decision> {
+        if self.occupied.load(Ordering::Acquire) == 0 {
+            // Not even the clock is needed.
+            return None;
+        }
+        let now = self.now();
+        if now >= self.latest.load(Ordering::Acquire) {
+            return None;
+        }
+        Self::get(&self.slot(key, limits), key, limits, cost, now)
+    }
+
+    /// The lookup of a check about to be sent: the denial that holds for it (see
+    /// [`get`](Self::get)), or what [`learn`](Self::learn) needs once Redis has answered it.
+    /// Its slot is found only if some denial may hold; the clock is read either way, as the
+    /// instant the check is sent after.
+    pub(crate) fn lookup(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+    ) -> Result<Sent<'_>, Decision> {
+        let now = self.now();
+        if self.holds_none(now) {
+            return Ok(Sent {
+                sent_at: now,
+                // Read before the check is sent.
+                at: Lookup::Skipped {
+                    refunds: self.refunds.load(Ordering::Acquire),
+                },
+            });
+        }
+        let spot = self.slot(key, limits);
+        match Self::get(&spot, key, limits, cost, now) {
+            Some(denied) => Err(denied),
+            None => Ok(Sent {
+                sent_at: now,
+                at: Lookup::Slot(spot),
+            }),
+        }
+    }
+
+    /// Learns from Redis's answer to `sent`, as [`record`](Self::record) does. A check whose
+    /// lookup skipped its slot finds it now; its denial is kept only if no refund ended since
+    /// it was sent.
+    pub(crate) fn learn(
+        &self,
+        sent: Sent<'_>,
+        key: &str,
+        limits: &[Limit],
+        cost: NonZeroU32,
+        decision: &Decision,
+    ) {
+        let spot = match sent.at {
+            Lookup::Slot(spot) => spot,
+            Lookup::Skipped { refunds } => {
+                if decision.is_allowed() {
+                    // An admission clears what is kept for the key and limits: if anything.
+                    if self.occupied.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    self.slot(key, limits)
+                } else {
+                    if decision.retry_after().is_none() {
+                        return;
+                    }
+                    // The generation first, then the count: a refund bumps the count before
+                    // the generation, so a generation bumped since the check was sent shows
+                    // in the count read after it.
+                    let spot = self.slot(key, limits);
+                    if self.refunds.load(Ordering::Acquire) != refunds {
+                        // A refund ended while this check was out, perhaps of this key.
+                        return;
+                    }
+                    spot
+                }
+            }
+        };
+        Self::record(&spot, key, limits, cost, sent.sent_at, decision);
     }
 
     /// A refund of `key` has been made (or may have been: its call failed): every denial kept
@@ -151,6 +282,8 @@ impl DenyCache {
     pub(crate) fn refunded(&self, key: &str) {
         // As `slot` hashes the key before the limits.
         let i = index(self.hasher.hash_one(key), self.generations.len());
+        // The count before the generation: see `learn`.
+        self.refunds.fetch_add(1, Ordering::AcqRel);
         self.generations[i].fetch_add(1, Ordering::AcqRel);
     }
 
@@ -173,13 +306,13 @@ impl DenyCache {
         let mut entry = slot.lock();
         if now >= entry.as_ref().map_or(0, |e| e.until) {
             // Expired, whoever it was for: the slot is free again.
-            slot.clear(&mut entry);
+            slot.clear(&mut entry, spot.occupied);
             return None;
         }
         let found = entry.as_ref().filter(|e| e.is_for(key, limits))?;
         if found.generation != spot.seen {
             // The key was given a refund since: Redis may admit now.
-            slot.clear(&mut entry);
+            slot.clear(&mut entry, spot.occupied);
             return None;
         }
         if cost.get() < found.cost {
@@ -220,7 +353,7 @@ impl DenyCache {
             }
             let mut entry = slot.lock();
             if entry.as_ref().is_some_and(|e| e.is_for(key, limits)) {
-                slot.clear(&mut entry);
+                slot.clear(&mut entry, spot.occupied);
             }
             return;
         }
@@ -246,7 +379,10 @@ impl DenyCache {
         };
         let until = entry.until;
         let mut kept = slot.lock();
-        *kept = Some(Box::new(entry));
+        if kept.replace(Box::new(entry)).is_none() {
+            spot.occupied.fetch_add(1, Ordering::AcqRel);
+        }
+        spot.latest.fetch_max(until, Ordering::AcqRel);
         slot.until.store(until, Ordering::Release);
     }
 }
@@ -443,5 +579,103 @@ mod tests {
         // A check sent after it is kept.
         c.record_key("k", &l, nz(1), SEC, &denial(500));
         assert!(c.get_key("k", &l, nz(1), SEC + 1).is_some());
+    }
+    /// The cache's clock, to move.
+    fn cache_at(slots: usize, now: Duration) -> (DenyCache, ManualClock) {
+        let clock = ManualClock::new(now);
+        let c = DenyCache::new(NonZeroUsize::new(slots).unwrap(), Arc::new(clock.clone()));
+        (c, clock)
+    }
+
+    fn skipped(sent: &Sent<'_>) -> bool {
+        matches!(sent.at, Lookup::Skipped { .. })
+    }
+
+    #[test]
+    fn an_empty_cache_skips_the_slot_and_still_keeps_the_denial_answered() {
+        let (c, clock) = cache_at(16, Duration::from_secs(10));
+        let l = limit();
+        let sent = c.lookup("k", &l, nz(1)).ok().unwrap();
+        assert!(skipped(&sent));
+        assert_eq!(sent.sent_at, 10 * SEC);
+        // Answered later: the wait counts from the reading before the send.
+        clock.advance(Duration::from_millis(100));
+        c.learn(sent, "k", &l, nz(1), &denial(250));
+        assert_eq!(c.occupied.load(Ordering::Relaxed), 1);
+        let d = c.lookup("k", &l, nz(1)).err().unwrap();
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(150)));
+        assert!(c.find("k", &l, nz(1)).is_some());
+        // Another key now looks in its slot, and finds nothing.
+        let other = c.lookup("x", &l, nz(1)).ok().unwrap();
+        assert!(!skipped(&other));
+        assert!(c.find("x", &l, nz(1)).is_none());
+        // An admission answered to a skipped lookup clears the key's denial.
+        let (c2, _) = cache_at(16, Duration::from_secs(10));
+        let sent = c2.lookup("k", &l, nz(1)).ok().unwrap();
+        c2.record_key("k", &l, nz(1), 10 * SEC, &denial(250));
+        let allowed = Decision::single(Snapshot::new(true, 4, 3, Duration::ZERO, None));
+        c2.learn(sent, "k", &l, nz(1), &allowed);
+        assert_eq!(c2.len(), 0);
+        assert_eq!(c2.occupied.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_refund_ended_while_a_skipped_check_was_out_keeps_its_denial_out() {
+        let (c, _) = cache_at(16, Duration::from_secs(10));
+        let l = limit();
+        let sent = c.lookup("k", &l, nz(1)).ok().unwrap();
+        assert!(skipped(&sent));
+        c.refunded("k");
+        c.learn(sent, "k", &l, nz(1), &denial(250));
+        assert_eq!(c.len(), 0);
+        assert!(c.find("k", &l, nz(1)).is_none());
+        // Any key's refund does: the count is the store's.
+        let sent = c.lookup("k", &l, nz(1)).ok().unwrap();
+        c.refunded("another");
+        c.learn(sent, "k", &l, nz(1), &denial(250));
+        assert_eq!(c.len(), 0);
+        // A refund that ended before the send does not.
+        let sent = c.lookup("k", &l, nz(1)).ok().unwrap();
+        c.learn(sent, "k", &l, nz(1), &denial(250));
+        assert!(c.find("k", &l, nz(1)).is_some());
+        // Nor does a denial without a wait get kept.
+        let (c, _) = cache_at(16, Duration::from_secs(10));
+        let sent = c.lookup("n", &l, nz(9)).ok().unwrap();
+        let never = Decision::single(Snapshot::new(false, 4, 4, Duration::ZERO, None));
+        c.learn(sent, "n", &l, nz(9), &never);
+        assert_eq!(c.occupied.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn lookups_skip_again_once_denials_are_gone_or_past_their_deadline() {
+        let (c, clock) = cache_at(16, Duration::from_secs(10));
+        let l = limit();
+        c.record_key("k", &l, nz(1), 10 * SEC, &denial(1000));
+        c.record_key("j", &l, nz(1), 10 * SEC, &denial(500));
+        assert_eq!(c.occupied.load(Ordering::Relaxed), c.len());
+        assert!(!skipped(&c.lookup("x", &l, nz(1)).ok().unwrap()));
+        // An admission clears one, an expiry found by a lookup the other.
+        let allowed = Decision::single(Snapshot::new(true, 4, 3, Duration::ZERO, None));
+        c.record_key("k", &l, nz(1), 10 * SEC, &allowed);
+        assert_eq!(c.occupied.load(Ordering::Relaxed), 1);
+        clock.advance(Duration::from_millis(600));
+        assert!(c.lookup("j", &l, nz(1)).is_ok());
+        assert_eq!(c.occupied.load(Ordering::Relaxed), 0);
+        assert_eq!(c.len(), 0);
+        assert!(skipped(&c.lookup("x", &l, nz(1)).ok().unwrap()));
+        // A refund's void found by a lookup empties a slot too.
+        c.record_key("k", &l, nz(1), clock.now_nanos(), &denial(1000));
+        c.refunded("k");
+        assert!(c.lookup("k", &l, nz(1)).is_ok());
+        assert_eq!(c.occupied.load(Ordering::Relaxed), 0);
+        // Past the latest deadline, lookups skip though the entry is still kept; an overwrite
+        // keeps the count.
+        c.record_key("k", &l, nz(1), clock.now_nanos(), &denial(1000));
+        c.record_key("k", &l, nz(1), clock.now_nanos(), &denial(1000));
+        assert_eq!(c.occupied.load(Ordering::Relaxed), 1);
+        assert!(!skipped(&c.lookup("x", &l, nz(1)).ok().unwrap()));
+        clock.advance(Duration::from_secs(1));
+        assert!(skipped(&c.lookup("k", &l, nz(1)).ok().unwrap()));
+        assert!(c.find("k", &l, nz(1)).is_none());
     }
 }
