@@ -10,8 +10,8 @@
 //! Shapes: `lone` (one check at a time, each a call of its own), `hot-32` (rounds of 32
 //! concurrent checks of one key), `keys-32` (rounds of 32 concurrent checks of 32 keys) and
 //! `new-32` (as `keys-32`, each round's 32 keys new to the server: clients whose state had
-//! expired). A
-//! round's 32 checks are queued before its flush task runs (one current-thread runtime), so
+//! expired); `hot-N`, `keys-N` and `new-N` are the same with N (1 to 32) checks a round. A
+//! round's checks are queued before its flush task runs (one current-thread runtime), so
 //! they go in one call. `ALGORITHM` is an algorithm's name; its limit never denies (a million
 //! per second: an emission interval of one microsecond, whole as most quotas' are), except `sliding_window_log-denied`: a sliding window log of 1,000 per hour,
 //! filled before the measured checks, so that every measured check is denied on a full log.
@@ -119,15 +119,23 @@ async fn run(
         .build()
         .map_err(|e| e.to_string())?;
     let store = Arc::new(store);
-    let keys: Vec<String> = match shape {
+    // A shape and its width: `lone`, or `hot-N`, `keys-N`, `new-N` (N checks per round).
+    let (kind, width) = match shape.split_once('-') {
+        Some((kind, n)) => match n.parse::<usize>() {
+            Ok(n) if (1..=ROUND).contains(&n) => (kind, n),
+            _ => return Err(format!("shape {shape:?}: a width of 1 to {ROUND}")),
+        },
+        None => (shape, 1),
+    };
+    let keys: Vec<String> = match kind {
         "lone" => vec!["lone".to_owned()],
-        "hot-32" => vec!["hot".to_owned(); ROUND],
-        "keys-32" | "new-32" => (0..ROUND).map(|i| format!("key-{i}")).collect(),
+        "hot" => vec!["hot".to_owned(); width],
+        "keys" | "new" => (0..width).map(|i| format!("key-{i}")).collect(),
         other => return Err(format!("unknown shape {other:?}")),
     };
-    // `new-32`: every round's keys are new to the server, as a client's are after its state
+    // `new-N`: every round's keys are new to the server, as a client's are after its state
     // expired.
-    let fresh = shape == "new-32";
+    let fresh = kind == "new";
     // Warm-up: the library loaded, every key's state present (a full log when denied: one
     // call per admission, each at a later microsecond of the server's clock, is an entry).
     let fill = if denied { FULL_LOG as usize } else { 2 };
