@@ -51,6 +51,11 @@ local runs = {
   token_bucket_run, leaky_bucket_run, fixed_window_run, false, sliding_window_run, gcra_run,
 }
 
+-- The integers each algorithm's text state has at least, in the same order (the log's state is
+-- no text): a text of fewer is no state of the limit, which `decide_one` and `lean` answer with
+-- the check's failure rather than let the algorithm raise on a nil (the call's error).
+local needs = { 2, 2, 2, 1, 3, 1 }
+
 local refunds = {
   token_bucket_refund, leaky_bucket_refund, fixed_window_refund, sliding_window_log_refund,
   sliding_window_refund, gcra_refund,
@@ -119,6 +124,7 @@ local function read_entry(spec)
     p.log = v[b + 1] == 4
     log = log or p.log
     p.run = runs[v[b + 1]]
+    p.need = needs[v[b + 1]]
     fns[i], ps[i] = fn, p
     if rfns then
       rfns[i] = refunds[v[b + 1]]
@@ -317,6 +323,9 @@ local function decide_one(key, fn, p, cost, commit)
         return failure(NOT_A_STATE)
       end
     end
+    if not fields[p.need] then
+      return failure(NOT_A_STATE)
+    end
   end
   st.read, st.fields, st.exp, st.ttl, st.saved = read, fields, exp, 0, false
   local run = p.run
@@ -485,7 +494,7 @@ local function lean(g, fn, p, cost, commit)
   if seen_count + g > SEEN_MAX then
     seen, seen_count = {}, 0
   end
-  local ks, ts, t, mark, st, run = KEYS, texts, now, seen, lean_st, p.run
+  local ks, ts, t, mark, st, run, need = KEYS, texts, now, seen, lean_st, p.run, p.need
   for i = 1, g do
     local key, text = ks[i], ts[i]
     local fast, fields, exp = true, false, 0
@@ -507,11 +516,15 @@ local function lean(g, fn, p, cost, commit)
           fields, exp = st.own, d
           fields[1], fields[2], fields[3] = a, b, c
         else
-          fast = false
+          fields, exp = fields_of(text)
         end
       end
     end
-    if fast then
+    if fast and text and not (fields and fields[need]) then
+      -- No state of this limit: the check fails, and nothing is written. (Before anything
+      -- raises: a call that raised would leave the keys before this one written.)
+      fail(NOT_A_STATE)
+    elseif fast then
       st.read, st.fields, st.exp, st.ttl, st.saved = text, fields, exp, 0, false
       local m = nv
       local m2 = run and run(st, t, p, cost, commit, 1, vals, m)
