@@ -47,7 +47,10 @@ pub use sentinel::SentinelConnection;
 /// [batching](#batching-and-coalescing)). The script (one Lua function per algorithm, each the
 /// twin of its Rust transition, plus an entry point) runs the checks of a call one after the
 /// other, in arrival order, at one instant: exactly as separate calls at that instant would.
-/// For each check it decides every limit without charging, then charges every limit only if all
+/// A call whose checks differ only in their keys (many clients under one quota, the common
+/// batch of an HTTP service) takes a shorter path with the same answers and stored states, each
+/// key decided and written as it is read: with 32 keys per call, about two thirds of what Redis
+/// spends on the general path for GCRA (see `bench/README.md`). For each check it decides every limit without charging, then charges every limit only if all
 /// allow: several limits are all-or-nothing, and limits of one request may use different
 /// algorithms. A check that fails in the script (a key holding another type, `WRONGTYPE`) gets
 /// its error; the others in the same call get their decisions. The script is a Redis Functions
