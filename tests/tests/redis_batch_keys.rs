@@ -36,25 +36,11 @@ type Ask = (String, Vec<Limit>, NonZeroU32, bool);
 /// Spawns every check of `asks` before any runs (one thread: they queue in this order and share
 /// the calls that follow), and returns their answers in that order.
 async fn at_once<S: Store + 'static>(store: &Arc<S>, asks: &[Ask]) -> Vec<Decision> {
-    let handles: Vec<_> = asks
-        .iter()
-        .cloned()
-        .map(|(key, limits, cost, peek)| {
-            let store = Arc::clone(store);
-            tokio::spawn(async move {
-                if peek {
-                    store.peek(&key, &limits, cost).await
-                } else {
-                    store.check(&key, &limits, cost).await
-                }
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap().unwrap());
-    }
-    out
+    results_at_once(store, asks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
 }
 
 #[tokio::test]
@@ -230,7 +216,7 @@ async fn keys_read_together_on_the_server_clock_admit_exactly_their_quota() {
     }
 }
 
-/// The checks of `asks` (one key each) at once, each answer or error in order.
+/// As [`at_once`], each answer or error.
 async fn results_at_once<S: Store + 'static>(
     store: &Arc<S>,
     asks: &[Ask],

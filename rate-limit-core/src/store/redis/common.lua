@@ -386,6 +386,32 @@ local server_now = false
 -- mostly get the same one, and formatting a number costs Redis thousands of instructions.
 local exp_at, exp_text = 0, '0'
 
+-- The expiry of a key written at tick `t` whose state is full again at tick `full`: `full` in
+-- milliseconds, rounded up, at least the next millisecond after `t`, then rounded up to the
+-- second (whole seconds of the server's clock); and its decimal text. Rounded with `% 1`, not
+-- math.floor and math.ceil: a C function call costs Redis hundreds of instructions.
+local function expiry(t, full)
+  local at = full / 1000
+  local need = at - at % 1
+  if need < at then
+    need = need + 1
+  end
+  local least = t / 1000
+  least = least - least % 1 + 1
+  if need < least then
+    need = least
+  end
+  local whole = need / 1000
+  local e = whole - whole % 1
+  if e < whole then
+    e = e + 1
+  end
+  if e ~= exp_at then
+    exp_at, exp_text = e, format('%d', e)
+  end
+  return e, exp_text
+end
+
 -- SET of a state's `text` at `key`, whose text was `read`, with an expiry (`unit` EXAT or PX,
 -- `at` its decimal text). A key read as missing by MGET only (`unsure`: MGET reads a key of
 -- another type as missing too) is set only if it still is missing (NX), and such a key is left
@@ -449,27 +475,9 @@ local function write_state(key, read, exp, fields, ttl, unsure)
       end
       return
     end
-    -- In milliseconds, at least the next one; rounded with `% 1`, not math.floor and
-    -- math.ceil: a C function call costs Redis hundreds of instructions.
-    local at = (server_now + ttl) / 1000
-    local need = at - at % 1
-    if need < at then
-      need = need + 1
-    end
-    local least = server_now / 1000
-    least = least - least % 1 + 1
-    if need < least then
-      need = least
-    end
-    local whole = need / 1000
-    exp = whole - whole % 1
-    if exp < whole then
-      exp = exp + 1
-    end
-    if exp ~= exp_at then
-      exp_at, exp_text = exp, format('%d', exp)
-    end
-    return set_state(key, read, state_text(fields, exp), 'EXAT', exp_text, unsure)
+    local text
+    exp, text = expiry(server_now, server_now + ttl)
+    return set_state(key, read, state_text(fields, exp), 'EXAT', text, unsure)
   end
   local text = state_text(fields, 0)
   if text ~= read then

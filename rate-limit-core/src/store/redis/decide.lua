@@ -433,25 +433,9 @@ local function gcra_lean(g, fn, p, cost, commit)
           end
           new = nil
         else
-          local at = tat / 1000
-          local need = at - at % 1
-          if need < at then
-            need = need + 1
-          end
-          local least = t / 1000
-          least = least - least % 1 + 1
-          if need < least then
-            need = least
-          end
-          local whole = need / 1000
-          local e = whole - whole % 1
-          if e < whole then
-            e = e + 1
-          end
-          if e ~= exp_at then
-            exp_at, exp_text = e, format('%d', e)
-          end
-          new, at_text = pack('<dI4', tat, e), exp_text
+          local e
+          e, at_text = expiry(t, tat)
+          new = pack('<dI4', tat, e)
         end
         if new and new ~= text then
           failed = set_state(key, text, new, unit, at_text, true)
