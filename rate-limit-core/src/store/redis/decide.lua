@@ -192,11 +192,29 @@ local function failure(message)
   return pack('<dd', -1, #message) .. message
 end
 
--- Appends a check's error record.
-local function fail(message)
+-- Appends a packed part (a check's record, or its error record) after the values before it.
+local function append(part)
   pack_vals()
   np = np + 1
-  parts[np] = failure(message)
+  parts[np] = part
+end
+
+-- Appends a check's error record.
+local function fail(message)
+  append(failure(message))
+end
+
+-- The call's reply, its values and parts joined; `parts` is emptied for the next call.
+local function reply()
+  pack_vals()
+  local r = parts[1]
+  if np > 1 then
+    r = concat(parts, '', 1, np)
+  end
+  for i = 1, np do
+    parts[i] = nil
+  end
+  return r
 end
 
 -- What limit i of a check whose keys start after k is decided on: the record of its state, or
@@ -286,7 +304,32 @@ local function message(err)
   return tostring(err)
 end
 
--- The state's record of `decide_one`, kept from call to call.
+-- The integers of a state's text (into `own` when it has an expiry, the common text) and the
+-- expiry it records; nil when the text is no state of a limit whose state has `need` integers.
+local function state_fields(text, own, need)
+  local n = #text
+  local layout = LAYOUTS[n]
+  local fields, exp
+  if layout then
+    -- The integers, then the expiry and the position after it.
+    local a, b, c, d = sunpack(layout, text)
+    if n == 12 then
+      b, c, d = nil, nil, b
+    elseif n == 20 then
+      c, d = nil, c
+    end
+    fields, exp = own, d
+    fields[1], fields[2], fields[3] = a, b, c
+  else
+    fields, exp = fields_of(text)
+  end
+  if fields and fields[need] then
+    return fields, exp
+  end
+  return nil, 0
+end
+
+-- The state's record of `decide_one` and `lean`, kept from call to call.
 local one = { read = false, fields = false, exp = 0, ttl = 0, saved = false, own = { 0, 0, 0 } }
 -- The three values of `decide_one`'s answer, when its algorithm's run gives it.
 local one_vals = { 0, 0, 0 }
@@ -301,29 +344,12 @@ local function decide_one(key, fn, p, cost, commit)
   local st = one
   local fields, exp = false, 0
   if read then
-    local n = #read
-    local layout = LAYOUTS[n]
-    if layout then
-      -- The integers, then the expiry and the position after it.
-      local a, b, c, d = sunpack(layout, read)
-      if n == 12 then
-        b, c, d = nil, nil, b
-      elseif n == 20 then
-        c, d = nil, c
+    fields, exp = state_fields(read, st.own, p.need)
+    if not fields then
+      -- An error reply is a table (told apart only here: type() is a C call).
+      if type(read) == 'table' then
+        return failure(message(read))
       end
-      fields, exp = st.own, d
-      fields[1], fields[2], fields[3] = a, b, c
-    else
-      fields, exp = fields_of(read)
-      if fields == nil then
-        -- An error reply is a table (told apart only here: type() is a C call).
-        if type(read) == 'table' then
-          return failure(message(read))
-        end
-        return failure(NOT_A_STATE)
-      end
-    end
-    if not fields[p.need] then
       return failure(NOT_A_STATE)
     end
   end
@@ -354,19 +380,25 @@ end
 local seen, seen_count, serial = {}, 0, 0
 local SEEN_MAX = 4096
 
--- A call of one entry only: one GCRA limit of a whole-microsecond interval, once each (no
--- repeats) for each of its g keys KEYS[1 .. g]: the HTTP workload of many clients under one
--- quota, which costs Redis about two thirds of what the general path does for it
--- (`bench/redis_instructions.sh`, shapes keys-32 and new-32). Each key's state is read from `texts` (MGET), decided and written
--- at once, in locals, with none of the general path's records, tables or function calls per
--- check: what `decide` and `gcra_us` would do, state by state, and the same writes
--- `write_state` would make. A key the call has already decided (it comes twice), or whose text
--- is not a one-integer state, goes through `decide_one`, which reads it afresh.
-local function gcra_lean(g, fn, p, cost, commit)
+-- Starts a lean call of g keys: a new serial, and `seen` emptied if it would grow past its
+-- bound.
+local function lean_begin(g)
   serial = serial + 1
   if seen_count + g > SEEN_MAX then
     seen, seen_count = {}, 0
   end
+end
+
+-- A call of one entry only: one GCRA limit of a whole-microsecond interval, once each (no
+-- repeats) for each of its g keys KEYS[1 .. g]: the HTTP workload of many clients under one
+-- quota, which costs Redis about two thirds of what the general path does for it
+-- (`bench/redis_instructions.sh`, shapes keys-32 and new-32). Each key's state is read from
+-- `texts` (MGET), decided and written at once, in locals, with none of the general path's
+-- records, tables or function calls per check: what `decide` and `gcra_us` would do, state by
+-- state, and the same writes `write_state` would make. A key the call has already decided (it comes twice), or whose text
+-- is not a one-integer state, goes through `decide_one`, which reads it afresh.
+local function gcra_lean(g, fn, p, cost, commit)
+  lean_begin(g)
   local ks, ts, vs, m, t, mark = KEYS, texts, vals, nv, now, seen
   local t_server = server_now
   local burst, th, ih = p.burst, p.th, p.ih
@@ -397,9 +429,7 @@ local function gcra_lean(g, fn, p, cost, commit)
     end
     if not fast then
       nv = m
-      pack_vals()
-      np = np + 1
-      parts[np] = decide_one(key, fn, p, cost, commit)
+      append(decide_one(key, fn, p, cost, commit))
       m = 0
     else
       -- The state is full again (or was never charged) when tat is now: dropped.
@@ -446,9 +476,7 @@ local function gcra_lean(g, fn, p, cost, commit)
       end
       if failed then
         nv = m
-        pack_vals()
-        np = np + 1
-        parts[np] = failure(failed)
+        fail(failed)
         m = 0
       else
         local free = t + th - tat
@@ -466,19 +494,14 @@ local function gcra_lean(g, fn, p, cost, commit)
   end
 end
 
--- The record `lean` decides each key on, kept from call to call.
-local lean_st = { read = false, fields = false, exp = 0, ttl = 0, saved = false, own = { 0, 0, 0 } }
-
--- As `gcra_lean`, for the other algorithms of a text state: each key decided on one record,
--- read from `texts`, through the algorithm's run (or the algorithm when its run does not take
+-- As `gcra_lean`, for the other algorithms of a text state: each key decided on `decide_one`'s
+-- record (each key's use of it ends before the next key's, a fallback's included), read from
+-- `texts`, through the algorithm's run (or the algorithm when its run does not take
 -- the case), and written at once by `write_state`. A key that comes twice in the call or whose
 -- text is no state's goes through `decide_one`.
 local function lean(g, fn, p, cost, commit)
-  serial = serial + 1
-  if seen_count + g > SEEN_MAX then
-    seen, seen_count = {}, 0
-  end
-  local ks, ts, t, mark, st, run, need = KEYS, texts, now, seen, lean_st, p.run, p.need
+  lean_begin(g)
+  local ks, ts, t, mark, st, run, need = KEYS, texts, now, seen, one, p.run, p.need
   for i = 1, g do
     local key, text = ks[i], ts[i]
     local fast, fields, exp = true, false, 0
@@ -488,23 +511,10 @@ local function lean(g, fn, p, cost, commit)
       mark[key] = serial
       seen_count = seen_count + 1
       if text then
-        local n = #text
-        local layout = LAYOUTS[n]
-        if layout then
-          local a, b, c, d = sunpack(layout, text)
-          if n == 12 then
-            b, c, d = nil, nil, b
-          elseif n == 20 then
-            c, d = nil, c
-          end
-          fields, exp = st.own, d
-          fields[1], fields[2], fields[3] = a, b, c
-        else
-          fields, exp = fields_of(text)
-        end
+        fields, exp = state_fields(text, st.own, need)
       end
     end
-    if fast and text and not (fields and fields[need]) then
+    if fast and text and not fields then
       -- No state of this limit: the check fails, and nothing is written. (Before anything
       -- raises: a call that raised would leave the keys before this one written.)
       fail(NOT_A_STATE)
@@ -523,25 +533,21 @@ local function lean(g, fn, p, cost, commit)
       end
       nv = m + 3
       local failed = nil
-      if text or (st.saved and st.fields) then
-        if st.saved then
-          failed = write_state(key, text, exp, st.fields, st.ttl, true)
-        end
-      else
+      if not text and not (st.saved and st.fields) then
         -- Nothing written to tell a missing key from a key of another type: GET tells.
         local r = rpcall('GET', key)
         if r then
           failed = type(r) == 'table' and message(r) or NOT_A_STATE
         end
+      elseif st.saved then
+        failed = write_state(key, text, exp, st.fields, st.ttl, true)
       end
       if failed then
         nv = m
         fail(failed)
       end
     else
-      pack_vals()
-      np = np + 1
-      parts[np] = decide_one(key, fn, p, cost, commit)
+      append(decide_one(key, fn, p, cost, commit))
     end
   end
 end
@@ -580,16 +586,8 @@ local function decide(keys, args)
       else
         lean(nk, e[5][1], p, e[2], e[3])
       end
-      pack_vals()
-      local reply = parts[1]
-      if np > 1 then
-        reply = concat(parts, '', 1, np)
-      end
-      for i = 1, np do
-        parts[i] = nil
-      end
       texts, text_keys = nil, nil
-      return reply
+      return reply()
     end
     if e and e[11] and e[1] == 1 and e[4] == 1 and e[10] == 1 and not e[7] and not e[8] then
       local remaining, reset, retry = log_once(KEYS[1], now, e[6][1], e[2], e[3])
@@ -756,15 +754,8 @@ local function decide(keys, args)
   end
   flush_states()
   flush_logs()
-  pack_vals()
-  local reply = parts[1]
-  if np > 1 then
-    reply = concat(parts, '', 1, np)
-  end
-  for i = 1, np do
-    parts[i] = nil
-  end
+  local r = reply()
   -- Nothing of the call is kept but `vals`, numbers: the other tables go with it.
   states, state_order, logs, texts, text_keys = nil, nil, nil, nil, nil
-  return reply
+  return r
 end

@@ -96,7 +96,6 @@ local log_pool, log_spare = {}, 0
 -- The record of a log checked once in a call (`log_once`).
 local LOG_ONE = { 0, 0, 0, 0, 0, 0, 0, 0, false, false, false, false, 0, 0 }
 
-
 -- The entries i .. j (i <= j) of the string at `key`, as { t_i, total_i, t_i+1, ... }: unpacked
 -- 200 at a time, within what Lua's C stack holds (and so `log_formats` holds few formats).
 local function log_read(key, i, j)
@@ -607,8 +606,9 @@ end
 -- One check of the log at `key` that no record of the call holds: decided with the record
 -- LOG_ONE, kept from call to call, and written at once, so that a call of one check of one log
 -- (the common call) and many keys' one check each cost no record of their own, nor a turn of
--- `flush_logs` (a later check of the key in the call reads the string anew). Returns the check's three values (as decide.lua's records hold them), or
--- nil and why the log cannot be read.
+-- `flush_logs` (a later check of the key in the call reads the string anew). Returns the
+-- check's three values (as decide.lua's records hold them), or nil and why the log cannot be
+-- read.
 local function log_once(key, now, p, cost, commit)
   local l, err = log_fill(key, LOG_ONE)
   if not l then
