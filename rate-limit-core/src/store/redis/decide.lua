@@ -52,8 +52,8 @@ local runs = {
 }
 
 -- The integers each algorithm's text state has at least, in the same order (the log's state is
--- no text): a text of fewer is no state of the limit, which `decide_one` and `lean` answer with
--- the check's failure rather than let the algorithm raise on a nil (the call's error).
+-- no text): a text of fewer is no state of the limit, which every path answers with the check's
+-- failure rather than let the algorithm raise on a nil (the call's error).
 local needs = { 2, 2, 2, 1, 3, 1 }
 
 local refunds = {
@@ -223,7 +223,11 @@ local function target(k, i, p)
   if p.log then
     return KEYS[k + i]
   end
-  return state_of(KEYS[k + i], k + i)
+  local st = state_of(KEYS[k + i], k + i)
+  if st.fields and not st.fields[p.need] then
+    error(NOT_A_STATE, 0)
+  end
+  return st
 end
 
 -- For each of the n keys KEYS[k + 1 .. k + n], the position of the first with its name.
@@ -661,6 +665,9 @@ local function decide(keys, args)
           else
             s, err = read_state(key, idx)
           end
+        end
+        if s and s.fields and not s.fields[p.need] then
+          s, err = nil, NOT_A_STATE
         end
         local m = nil
         if s and run then
