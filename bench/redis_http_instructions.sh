@@ -17,13 +17,15 @@
 # checks share a call.
 #
 # Settings (environment): DURATION (default 20s), HEADER_STYLE (passed on), KEEP (a directory to
-# copy callgrind's output to, as KEEP/cg-MODE.out, for `callgrind_annotate --inclusive=yes`).
+# copy callgrind's output to, as KEEP/cg-MODE.out, for `callgrind_annotate --inclusive=yes`),
+# VALGRIND_ARGS (more callgrind options, e.g. "--cache-sim=yes --branch-sim=yes").
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DURATION=${DURATION:-20s}
 KEEP=${KEEP:-}
+read -r -a VALGRIND_EXTRA <<<"${VALGRIND_ARGS:-}"
 MODES=("$@")
 [[ ${#MODES[@]} -eq 0 ]] && MODES=(redis redis-as-trl trl-redis)
 for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli wrk; do
@@ -52,7 +54,7 @@ echo "| mode | requests | instructions / request | in script calls | of which co
 echo "|---|---:|---:|---:|---:|---:|"
 for mode in "${MODES[@]}"; do
   rport=$(free_port)
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/cg-$mode.%p" \
+  valgrind --tool=callgrind "${VALGRIND_EXTRA[@]}" --callgrind-out-file="$OUT/cg-$mode.%p" \
     redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
     >"$OUT/valgrind-$mode.log" 2>&1 &
   vpid=$!
