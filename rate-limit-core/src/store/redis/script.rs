@@ -285,9 +285,10 @@ impl Check {
         }
     }
 
-    /// Whether `other` asks the same: same keys, limits, cost and mode.
+    /// Whether `other` asks the same: same keys, limits, cost and mode; at once for the very
+    /// same check (a hot key's callers share one).
     fn same_as(&self, other: &Self) -> bool {
-        self.same_entry(other) && *self.keys == *other.keys
+        std::ptr::eq(self, other) || (self.same_entry(other) && *self.keys == *other.keys)
     }
 
     /// Whether `ask` asks what this check asks (the same keys, limits, cost and mode), found
@@ -469,8 +470,7 @@ fn runs<'a>(checks: &[&'a Check]) -> Vec<(&'a Check, usize)> {
     let mut runs: Vec<(&Check, usize)> = Vec::new();
     for &check in checks {
         match runs.last_mut() {
-            // A repeat queued without a check of its own is the very check it repeats.
-            Some((last, n)) if std::ptr::eq(*last, check) || last.same_as(check) => *n += 1,
+            Some((last, n)) if last.same_as(check) => *n += 1,
             _ => runs.push((check, 1)),
         }
     }

@@ -132,6 +132,10 @@ pub(super) async fn read(link: Arc<Link>, shared: Weak<Shared>, generation: u64)
                 Err(e) => break Err(e),
             }
         };
+        if replies.is_empty() && parsed.is_ok() {
+            // A reply not complete yet: nothing to deliver, no lock to take.
+            continue;
+        }
         let Some(shared) = shared.upgrade() else {
             return;
         };
